@@ -1,0 +1,146 @@
+"""Decoding and preprocessing with Pillow and numpy only (no torch, no torchvision).
+
+One image's path: bytes -> ``open_image`` (EXIF orientation applied, any mode to RGB, pixel
+limit enforced) -> ``apply_policy`` (resize | center-crop | none) -> uint8 HWC array.
+A batch of such arrays -> ``normalize`` -> float32 NCHW, the input of the float graph.
+
+``resize`` is Pillow's bilinear resize, which is exactly what upstream's eval transform
+(torchvision ``Resize((256, 256))`` on a PIL image) runs.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES, ModelSpec
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+)
+# 100 megapixels: a 10000 x 10000 photo passes, a decompression bomb does not.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+Source = Union[str, os.PathLike, bytes]
+
+
+class ImageError(ValueError):
+    """An input that cannot be turned into a model input; the message names the input."""
+
+    def __init__(self, source, problem: str):
+        self.source = _describe(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+def _describe(source) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return os.fspath(source) if isinstance(source, os.PathLike) else str(source)
+
+
+def is_image_path(path: Union[str, os.PathLike]) -> bool:
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a file path or encoded bytes into a fully loaded RGB image.
+
+    Raises ImageError (naming the input) for a missing file, a directory, a file that is not
+    an image, truncated data, or more than ``max_pixels`` pixels (checked from the header,
+    before the pixels are decoded).
+    """
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        else:
+            with open(source, "rb") as f:
+                data = f.read()
+    except FileNotFoundError:
+        raise ImageError(source, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(source, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(source, "permission denied") from None
+    except OSError as e:
+        raise ImageError(source, f"cannot read file ({e.strerror or e})") from None
+    if not data:
+        raise ImageError(source, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(source, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(source, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(source, f"rejected as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(source, f"truncated or corrupt image data ({e})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB. Alpha is dropped; 16/32-bit greyscale is scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    if img.mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids Pillow's palette-transparency warning
+    return img.convert("RGB")
+
+
+def apply_policy(img: Image.Image, policy: str, size: int) -> Image.Image:
+    """resize: bilinear to size x size; center-crop: the central size x size; none: as is."""
+    if policy == "resize":
+        return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
+    if policy == "center-crop":
+        w, h = img.size
+        if w < size or h < size:
+            raise ImageError(
+                getattr(img, "filename", "") or "<image>",
+                f"{w}x{h} is smaller than the {size}x{size} centre crop (use --policy resize)",
+            )
+        left, top = (w - size) // 2, (h - size) // 2
+        return img.crop((left, top, left + size, top + size))
+    if policy == "none":
+        return img
+    raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
+
+
+def load_array(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """File or bytes -> uint8 HWC RGB array prepared by the spec's policy."""
+    img = open_image(source, max_pixels)
+    try:
+        img = apply_policy(img, spec.policy, spec.size)
+    except ImageError as e:
+        raise ImageError(source, e.problem) from None
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 HWC or NHWC -> float32 CHW or NCHW: (x / 255 - mean) / std, as ToTensor + Normalize."""
+    if images.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels, got {images.dtype}")
+    x = images.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    axes = (2, 0, 1) if x.ndim == 3 else (0, 3, 1, 2)
+    return np.ascontiguousarray(x.transpose(axes))

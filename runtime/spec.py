@@ -1,0 +1,67 @@
+"""The model's preprocessing spec: one source of truth for every stage.
+
+A checkpoint carries it (``ckpt["spec"]``), export writes it into the ONNX metadata, and the
+runtime reads it back instead of assuming constants (as timm attaches a ``pretrained_cfg``
+to every weight).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+POLICIES = ("resize", "center-crop", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How images must be prepared for a model, and how its logit is read.
+
+    input:     "float" = normalised float32 NCHW RGB (upstream's input).
+    policy:    "resize" (bilinear to size x size, upstream's eval), "center-crop"
+               (size x size from the centre, no resize) or "none" (native resolution).
+    size:      side of the square the policy produces.
+    mean, std: per-channel RGB statistics applied after scaling bytes to [0, 1].
+    threshold: score (sigmoid of the logit) at or above which an image is called "fake".
+    top_k:     values kept per salience map (decides the minimum input size).
+    """
+
+    input: str = "float"
+    layout: str = "NCHW"
+    policy: str = "resize"
+    size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    threshold: float = 0.5
+    top_k: int = 16
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown preprocessing policy {self.policy!r}; expected one of {POLICIES}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+
+    def replace(self, **changes) -> "ModelSpec":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for key in ("mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)

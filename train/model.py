@@ -1,0 +1,286 @@
+"""LFM, the Local Focus Mechanism deepfake detector, as small composable modules.
+
+    image [B, 3, H, W] (normalised RGB)
+      -> NPR          |x - nearest_up(x[..., ::2, ::2])|        [B, 3, H', W']   (H', W' = H, W rounded down to even)
+      -> SNet         4 x (Conv k2 + BN + ReLU), max-pool after 3  [B, 512, h, w]
+      -> salience     1x1 conv 512 -> 64, no bias                  [B, 64, h, w]    ("salience maps")
+      -> TopKPool     K largest per map, sorted descending          [B, 64 * K]      (channel-major features)
+      -> fc           Linear(64 * K, 1)                              [B]              (logit)
+
+Training adds RankLinearDropout on the pooled values and, optionally, Random-K sampling: an
+auxiliary logit from K randomly chosen positions of each map through the same ``fc``.
+With ``pooling="gap"`` the maps are averaged instead (the paper's ablation): features [B, 64].
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "LFM",
+    "LFMConfig",
+    "NPR",
+    "SNet",
+    "TopKPool",
+    "GlobalAvgPool",
+    "RankLinearDropout",
+    "RandomKSample",
+    "build_model",
+    "salience_size",
+    "min_input_size",
+    "check_input_size",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry: which input sizes the network accepts
+
+
+def salience_size(height: int, width: int) -> tuple[int, int]:
+    """Spatial size of the salience maps for an input of height x width (odd sizes included)."""
+
+    def side(n: int) -> int:
+        n -= n % 2  # NPR drops a trailing odd row / column
+        for _ in range(3):  # conv k=2 (n - 1), then 2x2 max-pool (floor)
+            n = (n - 1) // 2
+        return n - 1  # last conv, no pool
+
+    return side(height), side(width)
+
+
+def min_input_size(top_k: int = 16) -> int:
+    """Smallest square side whose salience maps hold at least ``top_k`` values (48 for K=16)."""
+    n = 2
+    while True:
+        h, w = salience_size(n, n)
+        if h > 0 and h * w >= top_k:
+            return n
+        n += 1
+
+
+def check_input_size(height: int, width: int, top_k: int = 16) -> None:
+    h, w = salience_size(height, width)
+    if h <= 0 or w <= 0 or h * w < top_k:
+        m = min_input_size(top_k)
+        raise ValueError(
+            f"input of {height}x{width} pixels is too small for LFM: its salience maps are "
+            f"{max(h, 0)}x{max(w, 0)} = {max(h, 0) * max(w, 0)} values, top-k pooling needs K={top_k}; "
+            f"the minimum square input is {m}x{m}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+
+
+class NPR(nn.Module):
+    """Neighbouring Pixel Relationships: the residual of a 2x nearest down-up sample.
+
+    [B, C, H, W] -> [B, C, H - H % 2, W - W % 2]. Odd sizes: the last row / column is dropped
+    first (upstream crashes there). Upstream computes the same with two frozen convolutions
+    (a strided 'pick top-left' conv and an all-ones transposed conv); this is exact, as both
+    only copy values.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        x = x[..., : h - h % 2, : w - w % 2]
+        return x - F.interpolate(x[..., ::2, ::2], scale_factor=2.0, mode="nearest")
+
+
+def conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    # Indices 0/1 keep upstream's state-dict names: snet.layerN.{0,1}.
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=2, padding=0), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+class SNet(nn.Module):
+    """Salience network backbone: [B, 3, H, W] -> [B, widths[-1], h, w] (see ``salience_size``)."""
+
+    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (64, 128, 256, 512)):
+        super().__init__()
+        chans = (in_chans, *widths)
+        for i in range(len(widths)):
+            self.add_module(f"layer{i + 1}", conv_bn_relu(chans[i], chans[i + 1]))
+        self.num_layers = len(widths)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.num_layers + 1):
+            x = getattr(self, f"layer{i}")(x)
+            if i < self.num_layers:
+                x = self.pool(x)
+        return x
+
+
+class TopKPool(nn.Module):
+    """[B, C, h, w] -> [B, C * K]: the K largest values of each map, sorted descending, channel-major.
+
+    Ties, -inf and NaN follow ``torch.topk`` (NaN counts as the largest value).
+    """
+
+    def __init__(self, k: int = 16):
+        super().__init__()
+        self.k = k
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.values(maps).flatten(1)
+
+    def values(self, maps: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] -> [B, C, K], before flattening (where dropout acts)."""
+        return torch.topk(maps.flatten(2), self.k, dim=-1, largest=True, sorted=True).values
+
+
+class GlobalAvgPool(nn.Module):
+    """[B, C, h, w] -> [B, C]: the global average pooling LFM replaces (for the ablation)."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.mean(dim=(2, 3))
+
+
+class RankLinearDropout(nn.Module):
+    """Rank-Based Linear Dropout on top-k values [B, C, K] sorted descending.
+
+    The drop probability is linear in the value's rank: ``p_max`` for the largest value down
+    to ``p_min`` for the K-th (the order upstream's code assigns: an ascending sort mapped onto
+    ``linspace(p_min, p_max)``). Survivors are scaled by 1 / (1 - p_rank), so every element
+    keeps its expectation. ``mode="constant"`` reproduces upstream's released code, whose
+    ``linspace(pmin, pmin)`` slip drops every value with probability ``p_min``.
+    Identity in eval mode.
+    """
+
+    def __init__(self, p_min: float = 0.1, p_max: float = 0.3, mode: str = "linear"):
+        super().__init__()
+        if mode not in ("linear", "constant"):
+            raise ValueError(f"dropout mode must be 'linear' or 'constant', got {mode!r}")
+        if not 0.0 <= p_min <= p_max < 1.0:
+            raise ValueError(f"need 0 <= p_min <= p_max < 1, got p_min={p_min}, p_max={p_max}")
+        self.p_min, self.p_max, self.mode = p_min, p_max, mode
+
+    def probabilities(self, k: int, device=None) -> torch.Tensor:
+        """[K] drop probability of each rank position (0 = largest value)."""
+        if self.mode == "constant":
+            return torch.full((k,), self.p_min, device=device)
+        return torch.linspace(self.p_max, self.p_min, k, device=device)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return values
+        p = self.probabilities(values.shape[-1], values.device).to(values.dtype)
+        keep = (torch.rand_like(values) >= p).to(values.dtype)
+        return values * keep / (1.0 - p)
+
+    def extra_repr(self) -> str:
+        return f"p_min={self.p_min}, p_max={self.p_max}, mode={self.mode}"
+
+
+class RandomKSample(nn.Module):
+    """[B, C, h, w] -> [B, C * K]: K positions per map drawn uniformly without replacement,
+    their values sorted descending (the layout of TopKPool, so one ``fc`` reads both)."""
+
+    def __init__(self, k: int = 16):
+        super().__init__()
+        self.k = k
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.flatten(2)
+        idx = torch.rand(flat.shape, device=flat.device).topk(self.k, dim=-1).indices
+        picked = flat.gather(-1, idx)
+        return picked.sort(dim=-1, descending=True).values.flatten(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class LFMConfig:
+    """Everything needed to rebuild the architecture; stored in every checkpoint."""
+
+    top_k: int = 16
+    pooling: str = "topk"  # "topk" (LFM) | "gap" (ablation)
+    dropout: str = "linear"  # "linear" (paper) | "constant" (upstream's code) | "none"
+    drop_min: float = 0.1
+    drop_max: float = 0.3
+    random_k: bool = True  # auxiliary Random-K logit during training
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    salience_channels: int = 64
+
+    def __post_init__(self):
+        self.widths = tuple(self.widths)
+        if self.pooling not in ("topk", "gap"):
+            raise ValueError(f"pooling must be 'topk' or 'gap', got {self.pooling!r}")
+        if self.dropout not in ("linear", "constant", "none"):
+            raise ValueError(f"dropout must be 'linear', 'constant' or 'none', got {self.dropout!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LFMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LFM config keys: {unknown}")
+        return cls(**d)
+
+
+class LFM(nn.Module):
+    """The LFM detector. ``forward(x)`` -> logit [B]; ``forward(x, aux=True)`` -> (logit, aux_logit | None)."""
+
+    def __init__(self, config: LFMConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or LFMConfig()
+        self.npr = NPR()
+        self.snet = SNet(3, cfg.widths)
+        self.salience = nn.Conv2d(cfg.widths[-1], cfg.salience_channels, kernel_size=1, bias=False)
+        if cfg.pooling == "topk":
+            self.pool = TopKPool(cfg.top_k)
+            num_features = cfg.salience_channels * cfg.top_k
+        else:
+            self.pool = GlobalAvgPool()
+            num_features = cfg.salience_channels
+        use_dropout = cfg.pooling == "topk" and cfg.dropout != "none"
+        self.dropout = RankLinearDropout(cfg.drop_min, cfg.drop_max, cfg.dropout) if use_dropout else nn.Identity()
+        self.random_k = RandomKSample(cfg.top_k) if cfg.random_k and cfg.pooling == "topk" else None
+        self.fc = nn.Linear(num_features, 1)
+        self.num_features = num_features
+
+    def salience_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, salience_channels, h, w]."""
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+            if x.ndim != 4 or x.shape[1] != 3:
+                raise ValueError(f"expected input [B, 3, H, W], got {list(x.shape)}")
+            check_input_size(x.shape[-2], x.shape[-1], self.config.top_k if self.config.pooling == "topk" else 1)
+        return self.salience(self.snet(self.npr(x).abs()))
+
+    def features(self, maps: torch.Tensor) -> torch.Tensor:
+        """Salience maps -> pooled features [B, num_features] (dropout applies in training)."""
+        if isinstance(self.pool, TopKPool):
+            return self.dropout(self.pool.values(maps)).flatten(1)
+        return self.pool(maps)
+
+    def forward(self, x: torch.Tensor, aux: bool = False):
+        maps = self.salience_maps(x)
+        logit = self.fc(self.features(maps)).squeeze(-1)
+        if not aux:
+            return logit
+        aux_logit = None
+        if self.training and self.random_k is not None:
+            aux_logit = self.fc(self.random_k(maps)).squeeze(-1)
+        return logit, aux_logit
+
+
+def build_model(config: LFMConfig | dict | None = None, **overrides) -> LFM:
+    """The one way to build an LFM: from a config (object or dict) plus keyword overrides."""
+    if isinstance(config, dict):
+        config = LFMConfig.from_dict(config)
+    config = dataclasses.replace(config or LFMConfig(), **overrides)
+    return LFM(config)
