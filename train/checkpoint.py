@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -67,12 +66,16 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain containers "
-            f"(weights_only=True): {first}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        # torch wraps the real reason in advice about weights_only=False, which we never take.
+        text = str(e)
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else ""
+        if "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects other than tensors and plain "
+                f"containers, and only weights_only=True loading is allowed ({reason})"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({reason})") from None
+    except Exception as e:  # the unpickler raises anything from IndexError to RuntimeError on garbage
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({first})") from None
     if not isinstance(obj, dict):

@@ -1,0 +1,143 @@
+"""The Detector: files (or bytes, or arrays) in, one record per input out, in input order.
+
+    from lfm.runtime.detector import Detector
+    with Detector(checkpoint="ckpt.pt") as det:
+        for record in det.predict(["a.png", "b.jpg"]):
+            print(record.path, record.score, record.label, record.error)
+
+Decoding and preprocessing run in worker threads (Pillow releases the GIL) a bounded window
+ahead of the backend, so the backend does not wait on image decoding. Images that cannot be
+decoded, or that the model refuses, become error records in their place; none is dropped.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator, Union
+
+import numpy as np
+
+from PIL import Image
+
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError, apply_policy, load_array, normalize
+from .records import Record
+from .runners import Runner, make_runner
+
+Item = Union[str, os.PathLike, bytes, np.ndarray]
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+class Detector:
+    def __init__(self, checkpoint: str | None = None, *, runner: Runner | None = None, device: str = "auto",
+                 threshold: float | None = None, policy: str | None = None, size: int | None = None,
+                 batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.runner = (runner or make_runner(checkpoint, device=device)).activate()
+        # The model's own spec, with the caller's overrides on top.
+        self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="lfm-decode")
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.runner.deactivate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- prediction -------------------------------------------------------------------------------
+    def predict(self, items: Iterable[Item]) -> list[Record]:
+        return list(self.predict_iter(items))
+
+    def predict_iter(self, items: Iterable[Item]) -> Iterator[Record]:
+        """Yield one record per item, in order, as soon as its batch is scored."""
+        pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, pixels, error)
+        shape = None
+        for name, pixels, error in self._decoded(items):
+            if pixels is not None:
+                n_ready = sum(p is not None for _, p, _ in pending)
+                if n_ready and (pixels.shape != shape or n_ready >= self.batch_size):
+                    yield from self._flush(pending)
+                    pending = []
+                shape = pixels.shape
+            pending.append((name, pixels, error))
+        yield from self._flush(pending)
+
+    def _decoded(self, items: Iterable[Item]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        window = deque()
+        ahead = 4 * self.batch_size  # bounded read-ahead: memory stays flat on long lists
+
+        def job(item):
+            name = _name(item)
+            try:
+                if isinstance(item, np.ndarray):  # decoded RGB: only the policy applies
+                    img = apply_policy(Image.fromarray(_check_array(item)), self.spec.policy, self.spec.size)
+                    return name, np.asarray(img), None
+                return name, load_array(item, self.spec, self.max_pixels), None
+            except ImageError as e:
+                return name, None, e.problem
+            except Exception as e:  # a decoder bug must cost one record, not the run
+                return name, None, f"{type(e).__name__}: {e}"
+
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray) and item.ndim == 4:
+                raise ValueError("pass a list of HWC images, not one NHWC array")
+            window.append(self._pool.submit(job, item))
+            if len(window) >= ahead:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def _flush(self, pending) -> Iterator[Record]:
+        ready = [i for i, (_, p, _) in enumerate(pending) if p is not None]
+        logits: dict[int, float] = {}
+        errors: dict[int, str] = {}
+        if ready:
+            try:
+                out = self._infer([pending[i][1] for i in ready])
+                logits = dict(zip(ready, out.tolist()))
+            except Exception:
+                # Isolate the input the backend refused (e.g. too small for top-k pooling).
+                for i in ready:
+                    try:
+                        logits[i] = float(self._infer([pending[i][1]])[0])
+                    except Exception as e:
+                        errors[i] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        for i, (name, _, error) in enumerate(pending):
+            if error is None and i in errors:
+                error = errors[i]
+            if error is not None:
+                yield Record.failed(name, error)
+            else:
+                yield Record.from_logit(name, logits[i], self.spec.threshold)
+
+    def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
+        x = normalize(np.stack(arrays), self.spec.mean, self.spec.std)
+        logit = np.asarray(self.runner.infer({"image": x})["logit"], dtype=np.float64).reshape(-1)
+        if logit.shape[0] != len(arrays):
+            raise RuntimeError(f"backend returned {logit.shape[0]} logits for {len(arrays)} images")
+        return logit
+
+
+def _name(item) -> str:
+    if isinstance(item, np.ndarray):
+        return f"<array {'x'.join(map(str, item.shape))}>"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"<{len(item)} bytes>"
+    return os.fspath(item)
+
+
+def _check_array(a: np.ndarray) -> np.ndarray:
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ImageError(_name(a), f"expected a uint8 HxWx3 RGB array, got {a.dtype} {list(a.shape)}")
+    return a

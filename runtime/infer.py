@@ -1,0 +1,94 @@
+"""Score images with LFM: one record per input path, real or generated.
+
+    python runtime/infer.py --checkpoint ckpt.pt PATHS... [--format jsonl|csv|table] [--output FILE]
+
+PATHS are files, directories (image files inside, recursively) or globs ("photos/**/*.jpg").
+Each record holds path, logit, score (sigmoid of the logit), label ("fake" when the score is
+above the threshold, else "real") and error (null on success). Every input appears exactly
+once; an unreadable file gets an error record in its place. Exit status: 0 when every input
+was scored, 1 when any failed, 2 when the model itself could not be loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
+    sys.path.pop(0)
+
+from lfm.runtime.detector import Detector, default_workers  # noqa: E402
+from lfm.runtime.inputs import expand_paths  # noqa: E402
+from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
+from lfm.runtime.records import FORMATS, Record, RecordWriter  # noqa: E402
+from lfm.runtime.runners import BackendError  # noqa: E402
+from lfm.runtime.spec import POLICIES  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint, ours or upstream's (needs the [train] extra)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write records here instead of standard output")
+    p.add_argument("--threshold", type=float, default=None, help="score above which an image is 'fake' (default: the model's, 0.5)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--policy", choices=POLICIES, default=None,
+                   help="resize (bilinear to SIZE, upstream's eval; the default), center-crop, or none (native size)")
+    p.add_argument("--size", type=int, default=None, help="side for resize / center-crop (default: the model's, 256)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
+    p.add_argument("--device", default="auto", help="torch device: auto | cpu | cuda[:N]")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    expansion = expand_paths(args.paths)
+    for note in expansion.notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        detector = Detector(checkpoint=args.checkpoint, device=args.device, threshold=args.threshold,
+                            policy=args.policy, size=args.size, batch_size=args.batch_size,
+                            workers=args.workers, max_pixels=args.max_pixels)
+    except (BackendError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        out = open(args.output, "w", newline="") if args.output else sys.stdout
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
+        detector.close()
+        return 2
+
+    n = failed = 0
+    t0 = time.perf_counter()
+    with detector:
+        writer = RecordWriter(out, args.format)
+        # Arguments that named nothing keep their place in the stream as error records.
+        errors = expansion.errors
+        scorable = (p for p in expansion.inputs if p not in errors)
+        records = detector.predict_iter(scorable)
+        for path in expansion.inputs:
+            record = Record.failed(path, errors[path]) if path in errors else next(records)
+            writer.write(record)
+            n += 1
+            failed += not record.ok
+    if args.output:
+        out.close()
+    dt = time.perf_counter() - t0
+    where = f" -> {args.output}" if args.output else ""
+    print(f"scored {n - failed} of {n} inputs in {dt:.2f} s{where}; {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Expanding the command line's paths (files, directories, globs) into inputs, losing none.
+
+Every file named directly is an input, whatever its extension (a non-image then gets an error
+record). A directory contributes its image files (by extension, recursively, sorted); the
+other files it holds are counted in ``Expansion.notes``, never silently ignored. A glob
+contributes its matches, expanded the same way. A path or pattern that names nothing becomes
+an error record of its own, so the output accounts for every argument.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+
+from .preprocess import is_image_path
+
+
+@dataclass
+class Expansion:
+    inputs: list[str] = field(default_factory=list)  # files to score, in order, each once
+    errors: dict[str, str] = field(default_factory=dict)  # argument -> problem (also kept in order in inputs)
+    notes: list[str] = field(default_factory=list)  # what was left out, for stderr
+
+
+def _walk_images(directory: str, exp: Expansion) -> list[str]:
+    found, other = [], 0
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if is_image_path(name):
+                found.append(os.path.join(root, name))
+            else:
+                other += 1
+    if other:
+        exp.notes.append(f"{directory}: left out {other} file(s) without an image extension")
+    return found
+
+
+def expand_paths(args: list[str]) -> Expansion:
+    exp = Expansion()
+    seen: set[str] = set()
+
+    def add(path: str):
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            exp.inputs.append(path)
+
+    def add_error(arg: str, problem: str):
+        if arg not in exp.errors:
+            exp.errors[arg] = problem
+            exp.inputs.append(arg)
+
+    for arg in args:
+        if os.path.isdir(arg):
+            images = _walk_images(arg, exp)
+            if not images:
+                add_error(arg, "directory holds no image files")
+            for p in images:
+                add(p)
+        elif os.path.exists(arg) or os.path.islink(arg):
+            add(arg)
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                add_error(arg, "no file matches this pattern")
+            for m in matches:
+                if os.path.isdir(m):
+                    for p in _walk_images(m, exp):
+                        add(p)
+                else:
+                    add(m)
+        else:
+            add(arg)  # decoding reports "no such file" for it, in its place
+    return exp

@@ -1,0 +1,243 @@
+"""The lean runtime: decoding, input expansion, records, the Detector and the infer CLI."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfm.runtime.inputs import expand_paths
+from lfm.runtime.preprocess import ImageError, apply_policy, load_array, normalize, open_image
+from lfm.runtime.records import Record, RecordWriter
+from lfm.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+INFER = [sys.executable, str(ROOT / "runtime" / "infer.py")]
+
+
+def noise_png(path, w=64, h=64, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The lean import graph
+
+
+def test_runtime_imports_no_torch_and_no_training_code():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        "import lfm.runtime.detector, lfm.runtime.infer, lfm.runtime.runners, lfm.runtime.inputs\n"
+        "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules), sorted(sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def test_open_image_errors_name_the_file(tmp_path):
+    cases = {
+        tmp_path / "missing.png": "no such file",
+        tmp_path: "is a directory",
+    }
+    (tmp_path / "empty.png").write_bytes(b"")
+    cases[tmp_path / "empty.png"] = "empty file"
+    (tmp_path / "text.png").write_text("not an image at all")
+    cases[tmp_path / "text.png"] = "not an image"
+    good = noise_png(tmp_path / "good.png", 128, 128)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:2000])
+    cases[tmp_path / "cut.png"] = "truncated or corrupt"
+    for path, problem in cases.items():
+        with pytest.raises(ImageError) as e:
+            open_image(path)
+        assert str(path) in str(e.value) and problem in str(e.value), str(e.value)
+    with pytest.raises(ImageError, match="exceeds the limit of 1000"):
+        open_image(good, max_pixels=1000)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = 255  # left half white
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "rot.png", exif=exif)
+    got = np.asarray(open_image(tmp_path / "rot.png"))
+    assert got.shape == (40, 20, 3)
+    np.testing.assert_array_equal(got, np.rot90(a, k=-1))  # independent: numpy's rotation
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "1"])
+def test_any_mode_becomes_rgb(tmp_path, mode):
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    img = base.convert(mode) if mode not in ("I;16",) else Image.fromarray(np.full((32, 32), 65535, np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    rgb = open_image(buf.getvalue())
+    assert rgb.mode == "RGB" and rgb.size == (32, 32)
+    if mode == "I;16":
+        assert np.asarray(rgb).min() == 255  # full-scale 16-bit is white, not clipped garbage
+
+
+def test_normalize_matches_float64_formula():
+    x = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    ref = (x.astype(np.float64) / 255 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(normalize(x), ref.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_policies(tmp_path):
+    img = Image.fromarray(np.arange(300 * 200 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8))
+    assert apply_policy(img, "resize", 256).size == (256, 256)
+    crop = np.asarray(apply_policy(img, "center-crop", 100))
+    np.testing.assert_array_equal(crop, np.asarray(img)[50:150, 100:200])
+    assert apply_policy(img, "none", 256).size == (300, 200)
+    with pytest.raises(ImageError, match="smaller than the 256x256 centre crop"):
+        load_array(noise_png(tmp_path / "s.png", 100, 300), ModelSpec(policy="center-crop", size=256))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and records
+
+
+def test_expand_paths_keeps_every_argument(tmp_path):
+    d = tmp_path / "dir"
+    (d / "sub").mkdir(parents=True)
+    noise_png(d / "b.png")
+    noise_png(d / "sub" / "a.jpg.png")
+    (d / "notes.txt").write_text("x")
+    (tmp_path / "emptydir").mkdir()
+    direct = noise_png(tmp_path / "direct.png")
+    exp = expand_paths([str(d), str(direct), str(d / "b.png"), str(tmp_path / "missing.png"),
+                        str(tmp_path / "*.nothing"), str(tmp_path / "emptydir"), str(tmp_path / "dir" / "**" / "*.png")])
+    assert exp.inputs == [str(d / "b.png"), str(d / "sub" / "a.jpg.png"), str(direct), str(tmp_path / "missing.png"),
+                          str(tmp_path / "*.nothing"), str(tmp_path / "emptydir")]
+    assert exp.errors == {str(tmp_path / "*.nothing"): "no file matches this pattern",
+                          str(tmp_path / "emptydir"): "directory holds no image files"}
+    assert any("left out 1 file" in n for n in exp.notes)
+
+
+def test_record_writers_round_trip():
+    records = [Record.from_logit("a.png", 2.0, 0.5), Record.failed("b, \"odd\".png", "no such file"),
+               Record.from_logit("c.png", -1000.0, 0.5)]
+    assert records[2].score == 0.0 and records[2].label == "real"  # no overflow
+    assert records[0].score == pytest.approx(1 / (1 + np.exp(-2.0))) and records[0].label == "fake"
+    out = {}
+    for fmt in ("jsonl", "csv", "table"):
+        buf = io.StringIO()
+        w = RecordWriter(buf, fmt)
+        for r in records:
+            w.write(r)
+        out[fmt] = buf.getvalue()
+    assert [json.loads(line) for line in out["jsonl"].splitlines()] == [r.to_dict() for r in records]
+    rows = list(csv.DictReader(io.StringIO(out["csv"])))
+    assert [r["path"] for r in rows] == [r.path for r in records] and rows[1]["error"] == "no such file"
+    assert "ERROR" in out["table"].splitlines()[2] and len(out["table"].splitlines()) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector and CLI
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    """A randomly initialised checkpoint: the runtime's plumbing needs no reference data."""
+    torch = pytest.importorskip("torch", reason="the --checkpoint backend needs torch")
+    from lfm.train.checkpoint import make_checkpoint, save_atomic
+    from lfm.train.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_atomic(make_checkpoint(model, ModelSpec(size=64)), path)
+    return path, model
+
+
+def test_detector_matches_direct_model_and_keeps_order(random_ckpt, tmp_path):
+    import torch
+    from lfm.runtime.detector import Detector
+
+    path, model = random_ckpt
+    files = [noise_png(tmp_path / f"{i}.png", 80 + 8 * i, 64, seed=i) for i in range(5)]
+    items = [str(files[0]), str(tmp_path / "missing.png"), str(files[1]), files[2].read_bytes(),
+             np.asarray(Image.open(files[3])), str(files[4])]
+    spec = ModelSpec(size=64)
+    expected = []
+    for f in files:
+        x = normalize(load_array(f, spec)[None])
+        with torch.no_grad():
+            expected.append(float(model(torch.from_numpy(x))[0]))
+    for batch_size in (1, 2, 16):
+        with Detector(checkpoint=str(path), batch_size=batch_size, device="cpu") as det:
+            recs = det.predict(items)
+        assert len(recs) == len(items)
+        assert recs[1].error == "no such file" and recs[1].logit is None
+        got = [r.logit for i, r in enumerate(recs) if i != 1]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert recs[3].path.startswith("<") and recs[4].path == "<array 64x104x3>"
+
+
+def test_detector_isolates_an_image_the_model_refuses(random_ckpt, tmp_path):
+    from lfm.runtime.detector import Detector
+
+    path, _ = random_ckpt
+    big, small = noise_png(tmp_path / "big.png", 64, 64), noise_png(tmp_path / "small.png", 40, 40)
+    with Detector(checkpoint=str(path), policy="none", device="cpu") as det:
+        recs = det.predict([str(big), str(small), str(big)])
+    assert recs[0].ok and recs[2].ok and recs[0].logit == recs[2].logit
+    assert "too small" in recs[1].error and "48x48" in recs[1].error
+
+
+def test_infer_cli(random_ckpt, tmp_path):
+    path, _ = random_ckpt
+    good = [noise_png(tmp_path / f"g{i}.png", seed=i) for i in range(3)]
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    args = ["--checkpoint", str(path), str(tmp_path / "*.png"), str(tmp_path / "bad.jpg"), str(tmp_path / "nope.png")]
+    run = subprocess.run(INFER + args, capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    recs = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in recs] == ["g0.png", "g1.png", "g2.png", "bad.jpg", "nope.png"]
+    assert all(r["error"] is None for r in recs[:3]) and "not an image" in recs[3]["error"]
+    assert "scored 3 of 5 inputs" in run.stderr
+
+    out = tmp_path / "out.csv"
+    run = subprocess.run(INFER + ["--checkpoint", str(path), *map(str, good), "--format", "csv", "-o", str(out),
+                                  "--threshold", "0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert [r["label"] for r in rows] == ["fake"] * 3  # threshold 0: every positive score is fake
+
+
+def test_infer_cli_bad_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    img = noise_png(tmp_path / "img.png")
+    run = subprocess.run(INFER + ["--checkpoint", str(bad), str(img)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: ") and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert str(bad) in run.stderr and "not a PyTorch checkpoint" in run.stderr
+
+
+def test_infer_reproduces_upstream_logits(upstream_ckpt, reference_images):
+    paths = [str(p) for p, _, _ in reference_images]
+    run = subprocess.run(INFER + ["--checkpoint", str(upstream_ckpt), *paths, "--batch-size", "8"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    recs = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["path"] for r in recs] == paths
+    np.testing.assert_allclose([r["logit"] for r in recs], [v for _, v, _ in reference_images], rtol=1e-5, atol=1e-3)
