@@ -1,0 +1,42 @@
+"""Metrics against known answers and a brute-force definition."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lfm.train.metrics import average_precision, binary_metrics
+
+
+def ap_by_definition(y, s):
+    """AP = sum over distinct thresholds t (descending) of (R(t) - R(prev)) * P(t), in float64 loops."""
+    y, s = list(map(int, y)), list(map(float, s))
+    total, prev_recall = 0.0, 0.0
+    for t in sorted(set(s), reverse=True):
+        called = [yi for yi, si in zip(y, s) if si >= t]
+        tp = sum(called)
+        recall, precision = tp / sum(y), tp / len(called)
+        total += (recall - prev_recall) * precision
+        prev_recall = recall
+    return total
+
+
+def test_known_answers():
+    assert average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.8333333333)  # scikit-learn's doc example
+    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie is one threshold
+    assert average_precision([1, 1, 0], [0.9, 0.8, 0.1]) == 1.0
+    assert np.isnan(average_precision([0, 0], [0.2, 0.3]))
+
+
+def test_matches_definition_on_random_data_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 50)
+        y[0] = 1
+        s = rng.integers(0, 10, 50) / 10  # many ties
+        assert average_precision(y, s) == pytest.approx(ap_by_definition(y, s), abs=1e-12)
+
+
+def test_binary_metrics():
+    m = binary_metrics([0, 0, 1, 1, 1], [0.2, 0.7, 0.9, 0.4, 0.5])
+    assert m["real_acc"] == 0.5 and m["fake_acc"] == pytest.approx(1 / 3)  # 0.5 is not above 0.5
+    assert m["acc"] == pytest.approx(2 / 5) and (m["n_real"], m["n_fake"]) == (2, 3)

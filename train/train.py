@@ -1,0 +1,335 @@
+"""Train LFM. One file, one loop; the same script runs on one CPU, one GPU, or under torchrun.
+
+    python train/train.py --data DIR [--out runs/lfm] [options]
+    torchrun --nproc_per_node=N train/train.py --data DIR ...      # DistributedDataParallel
+
+DIR holds ``train/`` and ``val/`` in the ForenSynths layout (``<subset>/{0_real,1_fake}/*``),
+or is itself such a folder, in which case ``--val-split`` of it is held out for validation.
+Recipe as upstream: Adam (lr 1e-4, betas 0.9/0.999), BCE-with-logits plus ``--random-k-weight``
+times the Random-K auxiliary loss, lr x0.9 every ``--delr-freq`` epochs, validation every epoch,
+early stop after ``--patience`` epochs without a better validation accuracy.
+
+Writes OUT/best.pt, OUT/last.pt (atomically) and OUT/metrics.jsonl (one line per epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: don't let train/'s modules shadow libraries
+    sys.path.pop(0)
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from lfm.runtime.spec import ModelSpec
+from lfm.train.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
+from lfm.train.data import (
+    BadFileLog,
+    DatasetError,
+    EvalTransform,
+    ImageDataset,
+    TrainTransform,
+    balanced_weights,
+    collate_skip_bad,
+    find_samples,
+)
+from lfm.train.evaluate import format_table, plain_warnings, predict, subset_metrics
+from lfm.train.model import LFMConfig, build_model, check_input_size
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", required=True, help="dataset root (see above)")
+    a("--out", default="runs/lfm", help="output folder for checkpoints and the metrics log")
+    a("--classes", default=None, help="comma-separated subsets to train and validate on (default: all)")
+    a("--val-split", type=float, default=0.1, help="fraction held out when DATA has no train/ and val/")
+    # model
+    a("--top-k", type=int, default=16)
+    a("--pooling", choices=("topk", "gap"), default="topk")
+    a("--dropout", choices=("linear", "constant", "none"), default="linear",
+      help="rank-based linear dropout (paper), upstream's constant rate, or none")
+    a("--drop-min", type=float, default=0.1)
+    a("--drop-max", type=float, default=0.3)
+    a("--random-k-weight", type=float, default=0.02, help="weight of the Random-K auxiliary loss (0 disables it)")
+    a("--init", default=None, help="start from these weights (ours or upstream's .pth)")
+    # optimisation
+    a("--epochs", type=int, default=100)
+    a("--batch-size", type=int, default=32, help="per process")
+    a("--lr", type=float, default=1e-4)
+    a("--beta1", type=float, default=0.9)
+    a("--delr-freq", type=int, default=10, help="multiply the learning rate by 0.9 every N epochs")
+    a("--patience", type=int, default=5, help="stop after N epochs without a better validation accuracy")
+    a("--max-minutes", type=float, default=None, help="stop training after this wall time (then validate and save)")
+    a("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    a("--steps-per-epoch", type=int, default=None, help="default: one pass over the training set")
+    # data
+    a("--load-size", type=int, default=256, help="resize to this square before cropping (0: no resize)")
+    a("--crop-size", type=int, default=224)
+    a("--no-flip", action="store_true")
+    a("--blur-prob", type=float, default=0.0)
+    a("--blur-sig", type=float, nargs=2, default=(0.0, 3.0))
+    a("--jpg-prob", type=float, default=0.0)
+    a("--jpg-qual", type=int, nargs=2, default=(30, 100))
+    a("--eval-policy", choices=("resize", "center-crop", "none"), default="resize")
+    a("--eval-size", type=int, default=256)
+    a("--workers", type=int, default=2, help="data-loading processes per training process")
+    # run
+    a("--seed", type=int, default=0)
+    a("--device", default="auto", help="auto | cpu | cuda")
+    a("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    a("--resume", nargs="?", const="auto", default=None, help="resume from a checkpoint (default OUT/last.pt)")
+    a("--threads", type=int, default=None, help="torch intra-op threads per process (default: cores / processes)")
+    a("--progress", choices=("auto", "bar", "none"), default="auto", help="progress bars (auto: on a terminal)")
+    return p.parse_args(argv)
+
+
+def log0(*msg):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*msg, flush=True)
+
+
+def split_samples(root, classes, val_split, seed):
+    """(train, val) samples: root/train + root/val if both exist, else a seeded hold-out."""
+    if os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val")):
+        return find_samples(os.path.join(root, "train"), classes), find_samples(os.path.join(root, "val"), classes)
+    samples = find_samples(root, classes)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = max(1, int(round(len(samples) * val_split)))
+    return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
+
+
+def epoch_indices(labels, n, seed, epoch, rank, world):
+    """Class-balanced draws for one epoch (real and fake equally likely), the same on every
+    process and then split between them: rank r takes draws r, r + world, ..."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    draws = torch.multinomial(balanced_weights(labels), n * world, replacement=True, generator=g)
+    return draws[rank::world].tolist()
+
+
+def average_bn_buffers(model, world):
+    """Average BatchNorm running statistics over processes, so every rank holds identical weights."""
+    if world == 1:
+        return
+    for name, buf in model.named_buffers():
+        if ("running_mean" in name or "running_var" in name) and buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= world
+
+
+def replicas_identical(model, world) -> bool:
+    """True when every process holds bit-identical parameters and buffers (checked after training)."""
+    flat = torch.cat([t.detach().double().flatten() for t in list(model.parameters()) + list(model.buffers())])
+    copies = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(copies, flat)
+    return all(torch.equal(copies[0], c) for c in copies[1:])
+
+
+def evaluate(model, loader, val_samples, device, amp, bad_log, world):
+    indices, _, logits = predict(model, loader, device, amp=amp,
+                                 on_bad=lambda i: bad_log.add_indices(loader.dataset, [i]))
+    if world > 1:  # every rank scored a shard: gather all of them
+        parts = [None] * world
+        dist.all_gather_object(parts, (indices, logits))
+        indices = np.concatenate([p[0] for p in parts])
+        logits = np.concatenate([p[1] for p in parts])
+    return subset_metrics(val_samples, indices, logits)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    plain_warnings()
+
+    # -- processes and devices ------------------------------------------------------------------
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    amp = use_cuda and not args.no_amp
+    seed = args.seed + rank
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+    # -- data -----------------------------------------------------------------------------------
+    try:
+        classes = args.classes.split(",") if args.classes else None
+        train_samples, val_samples = split_samples(args.data, classes, args.val_split, args.seed)
+        if args.crop_size:
+            check_input_size(args.crop_size, args.crop_size, args.top_k)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    train_tf = TrainTransform(load_size=args.load_size or None, crop_size=args.crop_size, flip=not args.no_flip,
+                              blur_prob=args.blur_prob, blur_sigma=tuple(args.blur_sig),
+                              jpeg_prob=args.jpg_prob, jpeg_quality=tuple(args.jpg_qual))
+    train_set = ImageDataset(train_samples, train_tf, seed=args.seed)
+    val_set = ImageDataset(val_samples, EvalTransform(args.eval_policy, args.eval_size))
+    val_loader = DataLoader(val_set, batch_size=1 if args.eval_policy == "none" else args.batch_size,
+                            sampler=list(range(rank, len(val_set), world)), num_workers=args.workers,
+                            collate_fn=collate_skip_bad)
+    steps_per_epoch = args.steps_per_epoch or max(1, math.ceil(len(train_samples) / (args.batch_size * world)))
+    labels = [s.label for s in train_samples]
+    if len(set(labels)) < 2:
+        print(f"error: {args.data}: training needs both real (0_real) and generated (1_fake) images", file=sys.stderr)
+        return 2
+
+    # -- model, optimiser, state ----------------------------------------------------------------
+    config = LFMConfig(top_k=args.top_k, pooling=args.pooling, dropout=args.dropout, drop_min=args.drop_min,
+                       drop_max=args.drop_max, random_k=args.random_k_weight > 0)
+    spec = ModelSpec(policy=args.eval_policy, size=args.eval_size, top_k=args.top_k)
+    model = build_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    state = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0, "elapsed": 0.0}
+    try:
+        if args.init:
+            init = load_checkpoint(args.init)
+            model.load_state_dict(init.model.state_dict())
+            log0(f"initialised from {args.init} ({init.source})")
+        resume = os.path.join(args.out, "last.pt") if args.resume == "auto" else args.resume
+        if resume:
+            ckpt = load_checkpoint(resume)
+            if ckpt.source != "lfm-deploy" or "optimizer" not in ckpt.raw:
+                raise CheckpointError(f"{resume}: holds no training state to resume (use --init for weights only)")
+            model = build_model(ckpt.model.config)
+            model.load_state_dict(ckpt.model.state_dict())
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+            optimizer.load_state_dict(ckpt.raw["optimizer"])
+            if "scaler" in ckpt.raw:
+                scaler.load_state_dict(ckpt.raw["scaler"])
+            state.update({k: ckpt.raw[k] for k in state if k in ckpt.raw})
+            config, spec = ckpt.model.config, ckpt.spec
+            log0(f"resumed from {resume} at epoch {state['epoch']}, step {state['step']}")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model.to(device)
+    net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if world > 1 else model
+
+    def save(name, val):
+        if rank == 0:
+            ckpt = make_checkpoint(model, spec, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                   train_args=vars(args) | {"blur_sig": list(args.blur_sig), "jpg_qual": list(args.jpg_qual)},
+                                   val=val, **state)
+            save_atomic(ckpt, os.path.join(args.out, name))
+
+    # -- the loop -------------------------------------------------------------------------------
+    os.makedirs(args.out, exist_ok=True)
+    log_path = os.path.join(args.out, "metrics.jsonl")
+    bad_log = BadFileLog()
+    show_bar = rank == 0 and (args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty()))
+    log0(f"training on {len(train_samples)} images, validating on {len(val_samples)}; {world} process(es) on "
+         f"{device.type}{' with AMP' if amp else ''}; {steps_per_epoch} steps of {args.batch_size * world} per epoch")
+    t_start = time.perf_counter() - state["elapsed"]
+    out_of_time = False
+    val = None
+    while state["epoch"] < args.epochs and not out_of_time:
+        epoch = state["epoch"]
+        # upstream multiplies by 0.9 every delr_freq epochs
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * 0.9 ** (epoch // args.delr_freq)
+        train_set.set_epoch(epoch)
+        sampler = epoch_indices(labels, steps_per_epoch * args.batch_size, args.seed, epoch, rank, world)
+        loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                            collate_fn=collate_skip_bad, drop_last=True, persistent_workers=False)
+        net.train()
+        losses, n_seen = [], 0
+        if show_bar:
+            from tqdm import tqdm
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        for images, y, index, bad in loader:
+            bad_log.add_indices(train_set, bad)
+            if len(index) == 0:
+                continue
+            images, y = images.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+                logit, aux = net(images, aux=True)
+                loss = F.binary_cross_entropy_with_logits(logit.float(), y)
+                if aux is not None:
+                    loss = loss + args.random_k_weight * F.binary_cross_entropy_with_logits(aux.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            state["step"] += 1
+            losses.append(loss.item())
+            n_seen += len(index)
+            if show_bar:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                bar.update()
+            over_time = args.max_minutes is not None and time.perf_counter() - t_start > args.max_minutes * 60
+            if world > 1:  # every rank must stop at the same step, or the collectives hang
+                flag = torch.tensor([float(over_time)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                over_time = bool(flag.item())
+            if over_time or (args.max_steps is not None and state["step"] >= args.max_steps):
+                out_of_time = True
+                break
+        if show_bar:
+            bar.close()
+        average_bn_buffers(model, world)
+        val = evaluate(model, val_loader, val_samples, device, amp, bad_log, world)
+        state["epoch"] = epoch + 1
+        state["elapsed"] = time.perf_counter() - t_start
+        score = (val["mean"]["acc"], val["mean"]["ap"])
+        improved = state["best"] is None or score > tuple(state["best"]["score"])
+        if improved:
+            state["best"] = {"epoch": epoch, "score": list(score)}
+            state["bad_epochs"] = 0
+        else:
+            state["bad_epochs"] += 1
+        record = {"epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": float(np.mean(losses)) if losses else None, "train_images": n_seen * world,
+                  "val_acc": val["mean"]["acc"], "val_ap": val["mean"]["ap"], "val_real_acc": val["mean"]["real_acc"],
+                  "val_fake_acc": val["mean"]["fake_acc"], "elapsed_s": round(state["elapsed"], 2),
+                  "skipped_files": bad_log.count}
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        log0(f"epoch {epoch}: loss {record['train_loss'] or float('nan'):.4f}  val acc {100 * record['val_acc']:.2f}  "
+             f"AP {100 * record['val_ap']:.2f}  lr {record['lr']:.2e}  {state['elapsed']:.0f}s"
+             f"{'  (best)' if improved else ''}")
+        if improved:
+            save("best.pt", val)
+        save("last.pt", val)
+        if state["bad_epochs"] >= args.patience:
+            log0(f"early stop: no better validation accuracy for {args.patience} epochs")
+            break
+
+    if rank == 0 and val is None:
+        log0(f"nothing to do: already trained for {state['epoch']} of {args.epochs} epochs")
+    elif rank == 0:
+        best = state["best"]
+        log0(format_table(val))
+        log0(f"best epoch {best['epoch']}: val acc {100 * best['score'][0]:.2f}, AP {100 * best['score'][1]:.2f}; "
+             f"wrote {os.path.join(args.out, 'best.pt')}, {os.path.join(args.out, 'last.pt')}, {log_path}")
+        if bad_log.count:
+            log0(bad_log.summary())
+    status = 0
+    if world > 1:
+        same = replicas_identical(model, world)
+        log0(f"replicas identical across {world} processes: {'yes' if same else 'NO'}")
+        status = 0 if same else 3
+        dist.barrier()  # no rank tears gloo down while another still talks to it
+        dist.destroy_process_group()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
