@@ -75,6 +75,7 @@ class TorchRunner(Runner):
         try:
             import torch  # noqa: F401  (lazy: only this backend needs torch)
             from lfm.train.checkpoint import CheckpointError, load_checkpoint
+            from lfm.train.model import use_exact_fp32
         except ImportError as e:
             raise BackendError(
                 f"--checkpoint needs PyTorch and the training package ({e}); install with: pip install -e '.[train]'"
@@ -88,6 +89,8 @@ class TorchRunner(Runner):
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(dev)
+        if self.device.type == "cuda":
+            use_exact_fp32()  # the reference backend: true fp32, no TF32
         self.model = loaded.model.to(self.device).eval()
         self.spec = loaded.spec
 

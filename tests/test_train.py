@@ -70,7 +70,8 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_data, tmp_path):
         pytest.skip("torchrun is not on PATH")
     out = tmp_path / "ddp"
     r = run(["torchrun", "--nproc_per_node=2", "--standalone", str(ROOT / "train" / "train.py"),
-             "--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "3", *FAST])
+             "--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "3", *FAST,
+             "--device", "cpu"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 process(es) on cpu" in r.stdout
     assert "replicas identical across 2 processes: yes" in r.stdout

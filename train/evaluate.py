@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from lfm.train.checkpoint import CheckpointError, load_checkpoint
 from lfm.train.data import BadFileLog, DatasetError, EvalTransform, ImageDataset, collate_skip_bad, find_samples
 from lfm.train.metrics import binary_metrics
+from lfm.train.model import use_exact_fp32
 
 METRICS = ("acc", "ap", "real_acc", "fake_acc")
 
@@ -101,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (faster; default: exact fp32)")
     p.add_argument("--output", "-o", default=None, help="JSON file for the figures (default: print only)")
     args = p.parse_args(argv)
     plain_warnings()
@@ -123,7 +125,10 @@ def main(argv=None) -> int:
     model = ckpt.model.to(device)
     bad = BadFileLog()  # warns once per unreadable file, naming it
     t0 = time.perf_counter()
-    indices, _, logits = predict(model, loader, device, amp=device.type == "cuda",
+    amp = args.amp and device.type == "cuda"
+    if device.type == "cuda" and not amp:
+        use_exact_fp32()
+    indices, _, logits = predict(model, loader, device, amp=amp,
                                  on_bad=lambda i: bad.add_indices(dataset, [i]))
     elapsed = time.perf_counter() - t0
     results = subset_metrics(samples, indices, logits, spec.threshold)

@@ -30,6 +30,7 @@ __all__ = [
     "RankLinearDropout",
     "RandomKSample",
     "build_model",
+    "use_exact_fp32",
     "salience_size",
     "min_input_size",
     "check_input_size",
@@ -276,6 +277,14 @@ class LFM(nn.Module):
         if self.training and self.random_k is not None:
             aux_logit = self.fc(self.random_k(maps)).squeeze(-1)
         return logit, aux_logit
+
+
+def use_exact_fp32() -> None:
+    """Turn TF32 off for CUDA convolutions and matmuls. PyTorch enables it for cuDNN convolutions
+    by default, which moved upstream-parity logits by ~5e-3 on an H200; reference scoring and
+    evaluation want true fp32. (Process-wide: training keeps its own AMP/TF32 choices.)"""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def build_model(config: LFMConfig | dict | None = None, **overrides) -> LFM:

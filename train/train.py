@@ -120,7 +120,7 @@ def epoch_indices(labels, n, seed, epoch, rank, world):
 
 def average_bn_buffers(model, world):
     """Average BatchNorm running statistics over processes, so every rank holds identical weights."""
-    if world == 1:
+    if not dist.is_initialized():
         return
     for name, buf in model.named_buffers():
         if ("running_mean" in name or "running_var" in name) and buf.is_floating_point():
@@ -139,7 +139,7 @@ def replicas_identical(model, world) -> bool:
 def evaluate(model, loader, val_samples, device, amp, bad_log, world):
     indices, _, logits = predict(model, loader, device, amp=amp,
                                  on_bad=lambda i: bad_log.add_indices(loader.dataset, [i]))
-    if world > 1:  # every rank scored a shard: gather all of them
+    if dist.is_initialized():  # every rank scored a shard: gather all of them
         parts = [None] * world
         dist.all_gather_object(parts, (indices, logits))
         indices = np.concatenate([p[0] for p in parts])
@@ -152,12 +152,13 @@ def main(argv=None) -> int:
     plain_warnings()
 
     # -- processes and devices ------------------------------------------------------------------
+    distributed = "RANK" in os.environ  # launched by torchrun (even with one process)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if world > 1:
+    if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -207,8 +208,10 @@ def main(argv=None) -> int:
             ckpt = load_checkpoint(resume)
             if ckpt.source != "lfm-deploy" or "optimizer" not in ckpt.raw:
                 raise CheckpointError(f"{resume}: holds no training state to resume (use --init for weights only)")
+            # The optimiser's state follows its parameters: build it on the training device.
             model = build_model(ckpt.model.config)
             model.load_state_dict(ckpt.model.state_dict())
+            model.to(device)
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
             optimizer.load_state_dict(ckpt.raw["optimizer"])
             if "scaler" in ckpt.raw:
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model.to(device)
-    net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if world > 1 else model
+    net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if distributed else model
 
     def save(name, val):
         if rank == 0:
@@ -274,7 +277,7 @@ def main(argv=None) -> int:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 bar.update()
             over_time = args.max_minutes is not None and time.perf_counter() - t_start > args.max_minutes * 60
-            if world > 1:  # every rank must stop at the same step, or the collectives hang
+            if distributed:  # every rank must stop at the same step, or the collectives hang
                 flag = torch.tensor([float(over_time)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 over_time = bool(flag.item())
@@ -322,7 +325,7 @@ def main(argv=None) -> int:
         if bad_log.count:
             log0(bad_log.summary())
     status = 0
-    if world > 1:
+    if distributed:
         same = replicas_identical(model, world)
         log0(f"replicas identical across {world} processes: {'yes' if same else 'NO'}")
         status = 0 if same else 3
