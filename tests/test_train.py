@@ -57,6 +57,12 @@ def test_train_writes_checkpoints_and_log_then_resumes(tiny_data, tmp_path):
     again = load_checkpoint(out / "last.pt").model.state_dict()
     assert not torch.equal(again["fc.weight"], last.model.state_dict()["fc.weight"])
 
+    # a fresh run into the same folder starts a fresh log and keeps the previous one aside
+    r = run(TRAIN + ["--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1", *FAST])
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1]
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl.old")] == [3, 6]
+
 
 def test_train_rejects_bad_data_with_one_line(tmp_path):
     r = run(TRAIN + ["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *FAST])
@@ -120,3 +126,18 @@ def test_evaluate_matches_upstream_logits(upstream_ckpt, reference_dir, tmp_path
         if y.any():
             assert results[subset]["ap"] == pytest.approx(average_precision(y, s), abs=1e-9)
     assert "mean" in r.stdout and "AP" in r.stdout
+
+
+def test_init_from_upstream_weights(upstream_ckpt, tiny_data, tmp_path):
+    out = tmp_path / "ft"
+    r = run(TRAIN + ["--data", str(tiny_data), "--out", str(out), "--init", str(upstream_ckpt), "--epochs", "1",
+                     "--steps-per-epoch", "1", "--lr", "0", *FAST])
+    assert r.returncode == 0, r.stderr
+    assert "(upstream)" in r.stdout
+    # lr 0: the convolution weights are upstream's untouched (BN statistics do move in train mode)
+    ours = load_checkpoint(out / "last.pt").model.state_dict()
+    theirs = load_checkpoint(upstream_ckpt).model.state_dict()
+    for key in ("snet.layer1.0.weight", "salience.weight", "fc.weight"):
+        assert torch.equal(ours[key], theirs[key]), key
+    r = run(TRAIN + ["--data", str(tiny_data), "--out", str(out), "--init", str(upstream_ckpt), "--top-k", "8", *FAST])
+    assert r.returncode == 2 and "top_k=16" in r.stderr and "Traceback" not in r.stderr

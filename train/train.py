@@ -201,6 +201,10 @@ def main(argv=None) -> int:
     try:
         if args.init:
             init = load_checkpoint(args.init)
+            if init.model.config.pooling != config.pooling or init.model.config.top_k != config.top_k:
+                raise CheckpointError(f"{args.init}: built with pooling={init.model.config.pooling}, "
+                                      f"top_k={init.model.config.top_k}; this run asks for "
+                                      f"pooling={config.pooling}, top_k={config.top_k}")
             model.load_state_dict(init.model.state_dict())
             log0(f"initialised from {args.init} ({init.source})")
         resume = os.path.join(args.out, "last.pt") if args.resume == "auto" else args.resume
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
             if "scaler" in ckpt.raw:
                 scaler.load_state_dict(ckpt.raw["scaler"])
             state.update({k: ckpt.raw[k] for k in state if k in ckpt.raw})
-            config, spec = ckpt.model.config, ckpt.spec
+            spec = ckpt.spec
             log0(f"resumed from {resume} at epoch {state['epoch']}, step {state['step']}")
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -235,6 +239,8 @@ def main(argv=None) -> int:
     # -- the loop -------------------------------------------------------------------------------
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "metrics.jsonl")
+    if rank == 0 and not resume and os.path.exists(log_path):
+        os.replace(log_path, log_path + ".old")  # a fresh run starts a fresh log; keep the last one
     bad_log = BadFileLog()
     show_bar = rank == 0 and (args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty()))
     log0(f"training on {len(train_samples)} images, validating on {len(val_samples)}; {world} process(es) on "
