@@ -14,6 +14,7 @@ Writes OUT/best.pt, OUT/last.pt (atomically) and OUT/metrics.jsonl (one line per
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -335,7 +336,11 @@ def main(argv=None) -> int:
         same = replicas_identical(model, world)
         log0(f"replicas identical across {world} processes: {'yes' if same else 'NO'}")
         status = 0 if same else 3
-        dist.barrier()  # no rank tears gloo down while another still talks to it
+        # Free DDP's reducer (its communication hooks) before the group goes, then let every rank
+        # arrive: tearing gloo down with either still alive aborted ranks now and then.
+        del net
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     return status
 
