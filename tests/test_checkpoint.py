@@ -61,12 +61,10 @@ def test_foreign_architecture_lists_missing_and_unexpected_keys(tmp_path):
 
 
 def test_wrong_shapes_are_named(tmp_path):
-    state = build_model(top_k=8).state_dict()
     path = tmp_path / "k8_as_k16.pth"
     torch.save(make_checkpoint(build_model(top_k=8), ModelSpec()) | {"model_args": build_model().config.to_dict()}, path)
     with pytest.raises(CheckpointError, match=r"fc.weight has shape \[1, 512\], the model expects \[1, 1024\]"):
         load_checkpoint(path)
-    assert "fc.weight" in state
 
 
 @pytest.mark.parametrize(

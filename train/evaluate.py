@@ -138,9 +138,13 @@ def main(argv=None) -> int:
     if args.output:
         report = {"checkpoint": os.path.abspath(args.checkpoint), "data": os.path.abspath(args.data),
                   "spec": spec.to_dict(), "results": results, "skipped": bad.reasons}
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            with open(args.output, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as e:
+            print(f"error: {args.output}: cannot write the report ({e.strerror})", file=sys.stderr)
+            return 2
         print(f"wrote {args.output}")
     return 0
 

@@ -170,6 +170,11 @@ def main(argv=None) -> int:
 
     # -- data -----------------------------------------------------------------------------------
     try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"error: {args.out}: cannot create the output folder ({e.strerror})", file=sys.stderr)
+        return 2
+    try:
         classes = args.classes.split(",") if args.classes else None
         train_samples, val_samples = split_samples(args.data, classes, args.val_split, args.seed)
         if args.crop_size:
@@ -238,7 +243,6 @@ def main(argv=None) -> int:
             save_atomic(ckpt, os.path.join(args.out, name))
 
     # -- the loop -------------------------------------------------------------------------------
-    os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "metrics.jsonl")
     if rank == 0 and not resume and os.path.exists(log_path):
         os.replace(log_path, log_path + ".old")  # a fresh run starts a fresh log; keep the last one
