@@ -1,7 +1,7 @@
 """The Detector: files (or bytes, or arrays) in, one record per input out, in input order.
 
     from lfm.runtime.detector import Detector
-    with Detector(checkpoint="ckpt.pt") as det:
+    with Detector(model="lfm.onnx") as det:        # or checkpoint="ckpt.pt"
         for record in det.predict(["a.png", "b.jpg"]):
             print(record.path, record.score, record.label, record.error)
 
@@ -32,10 +32,12 @@ def default_workers() -> int:
 
 
 class Detector:
-    def __init__(self, checkpoint: str | None = None, *, runner: Runner | None = None, device: str = "auto",
+    def __init__(self, checkpoint: str | None = None, *, model: str | None = None, runner: Runner | None = None,
+                 device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
                  batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.runner = (runner or make_runner(checkpoint, device=device)).activate()
+        self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
+                                             threads=threads)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
         if batch_size < 1:
@@ -122,8 +124,12 @@ class Detector:
                 yield Record.from_logit(name, logits[i], self.spec.threshold)
 
     def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
-        x = normalize(np.stack(arrays), self.spec.mean, self.spec.std)
-        logit = np.asarray(self.runner.infer({"image": x})["logit"], dtype=np.float64).reshape(-1)
+        pixels = np.stack(arrays)
+        if self.spec.input == "uint8":  # the graph normalises: hand over the decoded bytes as they are
+            feed = {"pixels": pixels}
+        else:
+            feed = {"image": normalize(pixels, self.spec.mean, self.spec.std)}
+        logit = np.asarray(self.runner.infer(feed)["logit"], dtype=np.float64).reshape(-1)
         if logit.shape[0] != len(arrays):
             raise RuntimeError(f"backend returned {logit.shape[0]} logits for {len(arrays)} images")
         return logit

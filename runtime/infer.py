@@ -1,6 +1,7 @@
 """Score images with LFM: one record per input path, real or generated.
 
-    python runtime/infer.py --checkpoint ckpt.pt PATHS... [--format jsonl|csv|table] [--output FILE]
+    python runtime/infer.py --model lfm.onnx PATHS... [--format jsonl|csv|table] [--output FILE]
+    python runtime/infer.py --checkpoint ckpt.pt PATHS...        (PyTorch, the reference backend)
 
 PATHS are files, directories (image files inside, recursively) or globs ("photos/**/*.jpg").
 Each record holds path, logit, score (sigmoid of the logit), label ("fake" when the score is
@@ -30,6 +31,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime; the embedded default)")
     model.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint, ours or upstream's (needs the [train] extra)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
@@ -40,7 +42,10 @@ def parse_args(argv=None):
                    help="resize (bilinear to SIZE, upstream's eval; the default), center-crop, or none (native size)")
     p.add_argument("--size", type=int, default=None, help="side for resize / center-crop (default: the model's, 256)")
     p.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
-    p.add_argument("--device", default="auto", help="torch device: auto | cpu | cuda[:N]")
+    p.add_argument("--device", default="auto", help="--checkpoint: torch device, auto | cpu | cuda[:N]")
+    p.add_argument("--providers", default=None,
+                   help="--model: comma-separated onnxruntime providers, e.g. cpu or cuda,cpu (default: TensorRT, CUDA, CPU as available)")
+    p.add_argument("--threads", type=int, default=None, help="--model: intra-op threads (default: all cores)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -56,7 +61,9 @@ def main(argv=None) -> int:
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)
     try:
-        detector = Detector(checkpoint=args.checkpoint, device=args.device, threshold=args.threshold,
+        providers = args.providers.split(",") if args.providers else None
+        detector = Detector(checkpoint=args.checkpoint, model=args.model, device=args.device, providers=providers,
+                            threads=args.threads, threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
                             workers=args.workers, max_pixels=args.max_pixels)
     except (BackendError, ValueError) as e:

@@ -2,7 +2,7 @@
 
     runner = make_runner("ckpt.pt")      # chosen by file type
     with runner:                          # activate() ... deactivate()
-        out = runner.infer({"image": x})  # x: float32 [B, 3, H, W] normalised RGB
+        out = runner.infer({"image": x})  # float32 [B, 3, H, W] normalised, or {"pixels": uint8 [B, H, W, 3]}
         out["logit"]                      # float32 [B]
 
 Heavy libraries are imported in ``activate``, never at module import: the lean runtime does not
@@ -105,8 +105,73 @@ class TorchRunner(Runner):
         return {"logit": logit.float().cpu().numpy()}
 
 
-def make_runner(checkpoint: str | None = None, device: str = "auto") -> Runner:
-    """The runner for a model source. Only PyTorch checkpoints exist at this stage."""
-    if checkpoint is None:
-        raise BackendError("no model given: pass a checkpoint")
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+                    "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class OnnxRunner(Runner):
+    """ONNX Runtime on an exported LFM graph (float or uint8 input, fp32/fp16/INT8).
+
+    The preprocessing spec comes from the model's own metadata (``lfm.spec``). Providers:
+    TensorRT, then CUDA, then CPU, whichever this onnxruntime build has, unless given.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.requested_providers = providers
+        self.threads = threads
+
+    def activate_impl(self):
+        import json
+
+        import onnxruntime as ort
+
+        if not os.path.isfile(self.path):
+            raise BackendError(f"{self.path}: no such file" if not os.path.exists(self.path) else f"{self.path}: not a file")
+        available = ort.get_available_providers()
+        if self.requested_providers:
+            providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in self.requested_providers]
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise BackendError(f"onnxruntime provider(s) {missing} not available here; available: {available}")
+        else:
+            providers = [p for p in PROVIDER_PREFERENCE if p in available]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One inference at a time uses every core; decoding threads overlap with it.
+        options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(self.path, options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "lfm.spec" not in meta:
+            raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")
+        self.spec = ModelSpec.from_dict(json.loads(meta["lfm.spec"]))
+        self.metadata = dict(meta)
+        self.providers = self.session.get_providers()
+        (self.input_name,) = [i.name for i in self.session.get_inputs()]
+
+    def deactivate_impl(self):
+        del self.session
+
+    def infer_impl(self, feed):
+        (x,) = feed.values()
+        (logit,) = self.session.run(["logit"], {self.input_name: x})
+        return {"logit": logit}
+
+
+def make_runner(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
+                providers: list[str] | None = None, threads: int | None = None) -> Runner:
+    """The runner for a model source: a PyTorch checkpoint or an exported ONNX model."""
+    if (checkpoint is None) == (model is None):
+        raise BackendError("give exactly one model: a checkpoint or an ONNX model")
+    if model is not None:
+        return OnnxRunner(model, providers=providers, threads=threads)
     return TorchRunner(checkpoint, device=device)

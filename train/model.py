@@ -262,6 +262,11 @@ class LFM(nn.Module):
             check_input_size(x.shape[-2], x.shape[-1], self.config.top_k if self.config.pooling == "topk" else 1)
         return self.salience(self.snet(self.npr(x).abs()))
 
+    def logit_from_residual(self, residual_abs: torch.Tensor) -> torch.Tensor:
+        """|NPR| [B, 3, H', W'] -> logit [B] in eval mode: what follows NPR. Lets the uint8
+        export compute |NPR| on raw bytes (the mean cancels, only 1/std remains) and reuse the rest."""
+        return self.fc(self.features(self.salience(self.snet(residual_abs)))).squeeze(-1)
+
     def features(self, maps: torch.Tensor) -> torch.Tensor:
         """Salience maps -> pooled features [B, num_features] (dropout applies in training)."""
         if isinstance(self.pool, TopKPool):

@@ -1,0 +1,179 @@
+"""PyTorch LFM -> ONNX: the graph wrappers, the export, simplification and metadata.
+
+Two input variants, both with dynamic batch, height and width and outputs ``logit`` [B] and
+``score`` [B] (sigmoid of the logit):
+
+    float   image  float32 [B, 3, H, W]  normalised RGB, as upstream
+    uint8   pixels uint8   [B, H, W, 3]  raw RGB bytes, as decoded
+
+The uint8 graph folds the normalisation into NPR. NPR is linear and the mean is constant over
+each 2x2 block, so for x_norm = (x / 255 - mean) / std:
+
+    |NPR(x_norm)| = |NPR(x)| / (255 * std)       (per channel; the mean cancels)
+
+and the graph scales |NPR| of the raw bytes by one constant per channel: no float image is
+ever materialised by the runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+
+import torch
+import torch.nn as nn
+
+from lfm.runtime.spec import ModelSpec
+from lfm.train.model import LFM
+
+EXPORTER_VERSION = "lfm-deploy-export/1"
+INPUT_NAMES = {"float": "image", "uint8": "pixels"}
+OUTPUT_NAMES = ("logit", "score")
+MIN_OPSET = 17
+
+
+class FloatInputLFM(nn.Module):
+    """image float32 [B, 3, H, W] (normalised) -> (logit [B], score [B])."""
+
+    def __init__(self, model: LFM):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, image):
+        logit = self.model(image)
+        return logit, torch.sigmoid(logit)
+
+
+class Uint8InputLFM(nn.Module):
+    """pixels uint8 [B, H, W, 3] (raw RGB) -> (logit [B], score [B]); normalisation folded into NPR."""
+
+    def __init__(self, model: LFM, std):
+        super().__init__()
+        self.model = model.eval()
+        scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+
+    def forward(self, pixels):
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+        return self._head(self.model.npr(x).abs() * self.scale)
+
+    def _head(self, residual_abs):
+        logit = self.model.logit_from_residual(residual_abs)
+        return logit, torch.sigmoid(logit)
+
+
+def wrap(model: LFM, spec: ModelSpec, input_variant: str) -> nn.Module:
+    if input_variant == "float":
+        return FloatInputLFM(model)
+    if input_variant == "uint8":
+        return Uint8InputLFM(model, spec.std)
+    raise ValueError(f"unknown input variant {input_variant!r}; expected 'float' or 'uint8'")
+
+
+def example_input(input_variant: str, batch: int = 2, height: int = 224, width: int = 224) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if input_variant == "uint8":
+        return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=g)
+    return torch.randn(batch, 3, height, width, generator=g)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def metadata(spec: ModelSpec, *, precision: str, source: str | None, source_sha256: str | None,
+             variant: str = "standard", extra: dict | None = None) -> dict[str, str]:
+    """The model's own description, written into metadata_props and read back by the runtime."""
+    layout = "NHWC" if spec.input == "uint8" else "NCHW"
+    props = {
+        "lfm.spec": spec.replace(layout=layout).to_json(),
+        "lfm.input": spec.input,
+        "lfm.layout": layout,
+        "lfm.policy": spec.policy,
+        "lfm.size": str(spec.size),
+        "lfm.mean": json.dumps(list(spec.mean)),
+        "lfm.std": json.dumps(list(spec.std)),
+        "lfm.threshold": repr(spec.threshold),
+        "lfm.top_k": str(spec.top_k),
+        "lfm.precision": precision,
+        "lfm.variant": variant,
+        "lfm.source": os.path.basename(source) if source else "",
+        "lfm.source_sha256": source_sha256 or "",
+        "lfm.exporter": EXPORTER_VERSION,
+        "lfm.torch": torch.__version__,
+    }
+    props.update(extra or {})
+    return props
+
+
+def set_metadata(model_proto, props: dict[str, str]) -> None:
+    del model_proto.metadata_props[:]
+    for k, v in props.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def read_metadata(path_or_proto) -> dict[str, str]:
+    import onnx
+
+    proto = path_or_proto if hasattr(path_or_proto, "metadata_props") else onnx.load(os.fspath(path_or_proto), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = MIN_OPSET):
+    """Export the wrapped model; returns the onnx ModelProto (not yet checked or simplified)."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is not supported: LFM's export needs opset {MIN_OPSET} or newer")
+    net = wrap(model, spec, input_variant)
+    x = example_input(input_variant)
+    name = INPUT_NAMES[input_variant]
+    h_axis, w_axis = (1, 2) if input_variant == "uint8" else (2, 3)
+    dims = {0: "batch", h_axis: "height", w_axis: "width"}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = os.path.join(tmp, "model.onnx")
+        # TorchScript-based exporter: exact, fast, and it keeps dynamic H/W through the odd-size crop.
+        torch.onnx.export(net, (x,), path, input_names=[name], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={name: dims, "logit": {0: "batch"}, "score": {0: "batch"}},
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        return onnx.load(path)
+
+
+def simplify(model_proto):
+    """onnxslim (measured against onnxsim on this graph: see README); returns the simplified proto."""
+    import onnxslim
+
+    return onnxslim.slim(model_proto)
+
+
+def check(model_proto):
+    """Full onnx.checker pass and strict shape inference; returns the inferred proto."""
+    import onnx
+
+    onnx.checker.check_model(model_proto, full_check=True)
+    return onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True)
+
+
+def save_atomic(model_proto, path: str | os.PathLike) -> None:
+    """Write to a temp file beside ``path``, then rename: a failed export leaves no partial model."""
+    import onnx
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        onnx.save(model_proto, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,197 @@
+"""Export an LFM checkpoint (ours or upstream's) to ONNX, verified against PyTorch.
+
+    python export/to_onnx.py CKPT [-o lfm.onnx] [--input float|uint8] [--fp16]
+                                  [--int8 (--calib DIR | --calib-synthetic)] [--opset 17]
+
+The graph has dynamic batch, height and width, outputs ``logit`` and ``score``, passes the
+full onnx.checker and strict shape inference, is simplified with onnxslim and carries the
+model's preprocessing spec in its metadata. Every export is verified before it is written:
+ONNX Runtime against the PyTorch model (Polygraphy's Comparator) on fixed and random inputs;
+fp32 must agree to 1e-4 (rtol and atol on the max error), fp16 to 5e-3 relative, with no
+decision flipping; INT8 is scored on images disjoint from its calibration set for decision
+agreement and AP. The report is printed and saved as OUT.report.json. A model that fails
+verification is kept aside as OUT.rejected.onnx and the command exits 1; nothing partial is
+ever left at OUT. Exit 2: bad arguments, checkpoint or paths.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
+    sys.path.pop(0)
+
+
+class ExportError(RuntimeError):
+    """A one-line, user-facing export failure."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="to_onnx.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help="our ckpt.pt or upstream's .pth")
+    p.add_argument("-o", "--output", default="lfm.onnx", help="where to write the model (default: lfm.onnx)")
+    p.add_argument("--input", choices=("float", "uint8"), default="float",
+                   help="float: normalised NCHW (upstream's); uint8: raw NHWC RGB bytes, normalisation folded in")
+    p.add_argument("--variant", choices=("standard",), default="standard",
+                   help="standard ONNX operators (the custom-op plugin graph arrives with the kernels)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 inputs/outputs kept (GPU runtimes)")
+    precision.add_argument("--int8", action="store_true", help="static INT8 QDQ model (ONNX Runtime CPU, TensorRT explicit INT8)")
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (a share is held out for the report)")
+    calib.add_argument("--calib-synthetic", action="store_true", help="calibrate on generated synthetic images (demos)")
+    p.add_argument("--calib-count", type=int, default=64, help="images used for calibration (default 64)")
+    p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None, help="override the checkpoint's policy")
+    p.add_argument("--size", type=int, default=None, help="override the checkpoint's size")
+    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    if args.int8 and not (args.calib or args.calib_synthetic):
+        p.error("--int8 needs --calib DIR or --calib-synthetic")
+    if (args.calib or args.calib_synthetic) and not args.int8:
+        p.error("--calib/--calib-synthetic only make sense with --int8")
+    return args
+
+
+def check_output_path(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ExportError(f"{path}: is a directory; give a file name such as {os.path.join(path, 'lfm.onnx')}")
+    if not os.path.isdir(directory):
+        raise ExportError(f"{path}: folder {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ExportError(f"{path}: folder {directory} is not writable")
+
+
+def labels_from_paths(files):
+    """ForenSynths folder names give labels (1_fake -> 1, 0_real -> 0); None if any is unknown."""
+    labels = []
+    for f in files:
+        parts = os.path.normpath(f).split(os.sep)
+        if "1_fake" in parts:
+            labels.append(1)
+        elif "0_real" in parts:
+            labels.append(0)
+        else:
+            return None
+    return labels
+
+
+def export(args) -> int:
+    from lfm.export import onnx_export as ox
+    from lfm.export.verify import format_report, save_report, verify
+    from lfm.train.checkpoint import CheckpointError, load_checkpoint
+
+    check_output_path(args.output)
+    if args.opset < ox.MIN_OPSET:
+        raise ExportError(f"opset {args.opset} is not supported: LFM's export needs opset {ox.MIN_OPSET} or newer")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
+    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    t0 = time.perf_counter()
+
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.output))) as tmp:
+        proto = ox.torch_to_onnx(ckpt.model, spec, args.input, opset=args.opset)
+        if not args.no_simplify:
+            proto = ox.simplify(proto)
+        proto = ox.check(proto)
+        props = ox.metadata(spec, precision="fp32", source=args.checkpoint, source_sha256=ox.sha256(args.checkpoint))
+        ox.set_metadata(proto, props)
+        fp32_path = os.path.join(tmp, "fp32.onnx")
+        ox.save_atomic(proto, fp32_path)
+        report = {"checkpoint": os.path.abspath(args.checkpoint), "checkpoint_source": ckpt.source,
+                  "output": os.path.abspath(args.output), "precision": precision, "input": args.input,
+                  "opset": args.opset, "simplified": not args.no_simplify, "metadata": props}
+        # fp32 is verified in every case: fp16 and INT8 are derived from it.
+        report["fp32_verification"] = fp32 = verify(fp32_path, ckpt.model, args.input, "fp32", spec.mean, spec.std)
+        print(format_report(fp32))
+        passed = fp32["passed"]
+        final = fp32_path
+
+        if args.fp16 and passed:
+            import onnxslim
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            # The converter appends its casts unsorted; onnxslim puts the graph back in order.
+            half = ox.check(onnxslim.slim(convert_float_to_float16(proto, keep_io_types=True)))
+            ox.set_metadata(half, {**props, "lfm.precision": "fp16"})
+            final = os.path.join(tmp, "fp16.onnx")
+            ox.save_atomic(half, final)
+            report["verification"] = fp16 = verify(final, ckpt.model, args.input, "fp16", spec.mean, spec.std)
+            print(format_report(fp16))
+            passed = fp16["passed"]
+
+        if args.int8 and passed:
+            from lfm.export.quantize import calibration_images, int8_report, quantize_int8
+
+            files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=None, seed=0)
+            n_calib = min(args.calib_count, max(1, (len(files) * 3) // 4))
+            calib_files, held_out = files[:n_calib], files[n_calib:]
+            if not held_out:
+                raise ExportError(f"{args.calib}: {len(files)} image(s) leave none for the held-out report; "
+                                  "give more images than --calib-count")
+            final = os.path.join(tmp, "int8.onnx")
+            report["quantization"] = quantize_int8(fp32_path, final, calib_files, spec)
+            int8 = int8_report(fp32_path, final, held_out, labels=labels_from_paths(held_out), spec=spec)
+            report["verification"] = int8
+            agreement = int8["agreement"]
+            line = (f"INT8 on {len(held_out)} held-out images (disjoint from {len(calib_files)} calibration images): "
+                    f"decision agreement with fp32 {100 * agreement:.2f} %, max |dlogit| {int8['max_abs_logit_diff']:.3f}")
+            if int8.get("ap_fp32") is not None:
+                line += f", AP fp32 {100 * int8['ap_fp32']:.2f} / int8 {100 * int8['ap_int8']:.2f}"
+            print(line)
+            if agreement < 0.99:
+                print("\n" + "!" * 78 + f"\nWARNING: INT8 agrees with fp32 on only {100 * agreement:.2f} % of "
+                      "held-out decisions (< 99 %).\nCalibrate on more, and more representative, images "
+                      "before deploying this model.\n" + "!" * 78 + "\n", file=sys.stderr)
+
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        report["passed"] = passed
+        report_path = args.output + ".report.json"
+        if passed:
+            os.replace(final, args.output)
+            save_report(report, report_path)
+            print(f"wrote {args.output} ({precision}, {args.input} input, {os.path.getsize(args.output) / 1e6:.1f} MB) "
+                  f"and {report_path} in {report['seconds']:.1f} s")
+            return 0
+        rejected = os.path.splitext(args.output)[0] + ".rejected.onnx"
+        os.replace(final, rejected)
+        save_report(report, report_path)
+        print(f"error: verification FAILED; nothing written to {args.output}; the model is kept as {rejected} "
+              f"and the report in {report_path}", file=sys.stderr)
+        return 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return export(args)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # one line, not a traceback wall, unless asked
+        if args.debug:
+            raise
+        name = type(e).__name__
+        if name == "QuantizeError":
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: export failed: {name}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""ONNX export and the ONNX Runtime backend, against PyTorch and upstream's own logits."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lfm.runtime.spec import ModelSpec
+from lfm.train.checkpoint import make_checkpoint, save_atomic
+from lfm.train.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TO_ONNX = [sys.executable, str(ROOT / "export" / "to_onnx.py")]
+INFER = [sys.executable, str(ROOT / "runtime" / "infer.py")]
+
+
+def run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    save_atomic(make_checkpoint(model, ModelSpec(size=64, threshold=0.4)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(upstream_ckpt, tmp_path_factory):
+    """Upstream's checkpoint exported once per input variant."""
+    out = {}
+    d = tmp_path_factory.mktemp("onnx")
+    for variant in ("float", "uint8"):
+        path = d / f"lfm_{variant}.onnx"
+        r = run(TO_ONNX + [str(upstream_ckpt), "-o", str(path), "--input", variant])
+        assert r.returncode == 0, r.stdout + r.stderr
+        out[variant] = path
+    return out
+
+
+def test_graph_is_checked_dynamic_and_described(exported, upstream_ckpt):
+    for variant, path in exported.items():
+        m = onnx.load(path)
+        onnx.checker.check_model(m, full_check=True)
+        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        (inp,) = m.graph.input
+        dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+        assert dims == (["batch", "height", "width", 3] if variant == "uint8" else ["batch", 3, "height", "width"])
+        assert [o.name for o in m.graph.output] == ["logit", "score"]
+        meta = {p.key: p.value for p in m.metadata_props}
+        spec = ModelSpec.from_dict(json.loads(meta["lfm.spec"]))
+        assert spec.input == variant and spec.layout == ("NHWC" if variant == "uint8" else "NCHW")
+        assert (spec.policy, spec.size, spec.top_k, spec.threshold) == ("resize", 256, 16, 0.5)
+        import hashlib
+
+        assert meta["lfm.source_sha256"] == hashlib.sha256(upstream_ckpt.read_bytes()).hexdigest()
+        assert meta["lfm.precision"] == "fp32" and meta["lfm.exporter"].startswith("lfm-deploy-export/")
+        report = json.load(open(str(path) + ".report.json"))
+        assert report["passed"] and report["fp32_verification"]["max_rel_logit_diff"] <= 1e-4
+        shapes = {tuple(f["input_shape"]) for f in report["fp32_verification"]["feeds"]}
+        assert ((3, 255, 257, 3) if variant == "uint8" else (3, 3, 255, 257)) in shapes  # odd sizes verified
+
+
+def test_onnx_runtime_backend_matches_torch_and_upstream(exported, upstream_ckpt, reference_images):
+    from lfm.runtime.detector import Detector
+
+    paths = [str(p) for p, _, _ in reference_images]
+    upstream = np.array([v for _, v, _ in reference_images])
+    with Detector(checkpoint=str(upstream_ckpt), device="cpu") as det:
+        torch_logits = np.array([r.logit for r in det.predict(paths)])
+    for variant, path in exported.items():
+        with Detector(model=str(path), providers=["cpu"]) as det:
+            assert det.spec.input == variant
+            recs = det.predict(paths)
+        logits = np.array([r.logit for r in recs])
+        np.testing.assert_allclose(logits, torch_logits, rtol=1e-4, atol=1e-4, err_msg=variant)
+        np.testing.assert_allclose(logits, upstream, rtol=1e-5, atol=1e-3, err_msg=variant)
+
+
+def test_uint8_graph_folds_normalisation_exactly_enough(exported, upstream_ckpt):
+    """ORT on raw bytes vs the torch float model on bytes normalised in float64 by numpy."""
+    import onnxruntime as ort
+
+    from lfm.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(upstream_ckpt).model
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (3, 97, 131, 3), dtype=np.uint8)  # odd sizes
+    x = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
+    sess = ort.InferenceSession(str(exported["uint8"]), providers=["CPUExecutionProvider"])
+    logit, score = sess.run(None, {"pixels": pixels})
+    np.testing.assert_allclose(logit, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(score, 1 / (1 + np.exp(-logit.astype(np.float64))), rtol=1e-6, atol=1e-7)
+
+
+def test_infer_model_path_imports_no_torch(exported, reference_dir):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from lfm.runtime.infer import main\n"
+        f"rc = main(['--model', {str(exported['uint8'])!r}, {str(reference_dir / 'images')!r}])\n"
+        "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(recs) == 8 and all(rec["error"] is None for rec in recs)
+
+
+def test_fp16_export_keeps_float32_io(random_ckpt, tmp_path):
+    out = tmp_path / "half.onnx"
+    r = run(TO_ONNX + [str(random_ckpt), "-o", str(out), "--fp16"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = onnx.load(out)
+    float32 = onnx.TensorProto.FLOAT
+    assert [i.type.tensor_type.elem_type for i in list(m.graph.input) + list(m.graph.output)] == [float32] * 3
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["lfm.precision"] == "fp16" and json.loads(meta["lfm.spec"])["threshold"] == 0.4
+    report = json.load(open(str(out) + ".report.json"))
+    assert report["passed"] and report["verification"]["decision_flips"] == 0
+
+
+def test_failed_verification_leaves_nothing_at_the_output(random_ckpt, tmp_path, monkeypatch, capsys):
+    from lfm.export import to_onnx, verify
+
+    monkeypatch.setitem(verify.TOLERANCES, "fp32", (0.0, 0.0))  # no float graph is bit-exact
+    monkeypatch.setattr(verify, "SHAPES", ((1, 64, 64),))
+    out = tmp_path / "m.onnx"
+    rc = to_onnx.main([str(random_ckpt), "-o", str(out)])
+    assert rc == 1 and not out.exists() and (tmp_path / "m.rejected.onnx").exists()
+    assert "verification FAILED" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.report.json", "m.rejected.onnx"]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "foreign", "opset", "unwritable", "directory"])
+def test_export_errors_are_one_line(case, random_ckpt, tmp_path):
+    ckpt, out, extra = str(random_ckpt), str(tmp_path / "m.onnx"), []
+    if case == "missing":
+        ckpt = str(tmp_path / "nope.pt")
+    elif case == "corrupt":
+        (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+        ckpt = str(tmp_path / "bad.pt")
+    elif case == "foreign":
+        torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pt")
+        ckpt = str(tmp_path / "resnet.pt")
+    elif case == "opset":
+        extra = ["--opset", "13"]
+    elif case == "unwritable":
+        out = str(tmp_path / "no" / "such" / "m.onnx")
+    elif case == "directory":
+        out = str(tmp_path)
+    r = run(TO_ONNX + [ckpt, "-o", out, *extra])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_onnx_runner_errors(tmp_path, exported):
+    from lfm.runtime.runners import BackendError, OnnxRunner
+
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BackendError, match="not a loadable ONNX model"):
+        OnnxRunner(tmp_path / "bad.onnx").activate()
+    with pytest.raises(BackendError, match="no such file"):
+        OnnxRunner(tmp_path / "none.onnx").activate()
+    with pytest.raises(BackendError, match=r"provider\(s\) \['NoSuchExecutionProvider'\] not available"):
+        OnnxRunner(exported["float"], providers=["NoSuchExecutionProvider"]).activate()
+    plain = onnx.load(exported["float"])
+    del plain.metadata_props[:]
+    onnx.save(plain, tmp_path / "plain.onnx")
+    with pytest.raises(BackendError, match="no lfm.spec metadata"):
+        OnnxRunner(tmp_path / "plain.onnx").activate()
