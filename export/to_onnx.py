@@ -48,6 +48,7 @@ def parse_args(argv=None):
     calib.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (a share is held out for the report)")
     calib.add_argument("--calib-synthetic", action="store_true", help="calibrate on generated synthetic images (demos)")
     p.add_argument("--calib-count", type=int, default=64, help="images used for calibration (default 64)")
+    p.add_argument("--report-count", type=int, default=512, help="held-out images scored for the INT8 report (default 512)")
     p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None, help="override the checkpoint's policy")
     p.add_argument("--size", type=int, default=None, help="override the checkpoint's size")
     p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
@@ -136,8 +137,12 @@ def export(args) -> int:
             from lfm.export.quantize import calibration_images, int8_report, quantize_int8
 
             files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=None, seed=0)
+            # Shuffle (seeded) so neither set is one subset or one label; then split, disjoint.
+            import numpy as np
+
+            files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
             n_calib = min(args.calib_count, max(1, (len(files) * 3) // 4))
-            calib_files, held_out = files[:n_calib], files[n_calib:]
+            calib_files, held_out = files[:n_calib], files[n_calib:n_calib + args.report_count]
             if not held_out:
                 raise ExportError(f"{args.calib}: {len(files)} image(s) leave none for the held-out report; "
                                   "give more images than --calib-count")

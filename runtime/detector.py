@@ -34,10 +34,11 @@ def default_workers() -> int:
 class Detector:
     def __init__(self, checkpoint: str | None = None, *, model: str | None = None, runner: Runner | None = None,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
+                 backend: str = "onnxruntime",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
                  batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
-                                             threads=threads)).activate()
+                                             threads=threads, backend=backend)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
         if batch_size < 1:

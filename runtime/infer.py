@@ -23,7 +23,7 @@ from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import FORMATS, Record, RecordWriter  # noqa: E402
-from lfm.runtime.runners import BackendError  # noqa: E402
+from lfm.runtime.runners import BACKENDS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES  # noqa: E402
 
 
@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--providers", default=None,
                    help="--model: comma-separated onnxruntime providers, e.g. cpu or cuda,cpu (default: TensorRT, CUDA, CPU as available)")
     p.add_argument("--threads", type=int, default=None, help="--model: intra-op threads (default: all cores)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                   help="--model: onnxruntime (default) or openvino (optional extra)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     try:
         providers = args.providers.split(",") if args.providers else None
         detector = Detector(checkpoint=args.checkpoint, model=args.model, device=args.device, providers=providers,
-                            threads=args.threads, threshold=args.threshold,
+                            threads=args.threads, backend=args.backend, threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
                             workers=args.workers, max_pixels=args.max_pixels)
     except (BackendError, ValueError) as e:

@@ -167,11 +167,70 @@ class OnnxRunner(Runner):
         return {"logit": logit}
 
 
+class OpenVinoRunner(Runner):
+    """OpenVINO on the same exported ONNX graph (an optional extra: pip install -e '.[openvino]').
+
+    OpenVINO keeps ONNX metadata_props under rt_info["framework"], so the spec travels as with
+    ONNX Runtime. ``precision`` is OpenVINO's inference precision hint: None keeps the device's
+    default (bf16 on CPUs with AMX/AVX512-BF16), "f32" forces float32.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str | None = None,
+                 threads: int | None = None):
+        super().__init__()
+        self.path, self.device, self.precision, self.threads = os.fspath(path), device, precision, threads
+
+    def activate_impl(self):
+        import json
+
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendError("--backend openvino needs OpenVINO: pip install -e '.[openvino]'") from None
+        if not os.path.isfile(self.path):
+            raise BackendError(f"{self.path}: no such file")
+        core = ov.Core()
+        try:
+            model = core.read_model(self.path)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"{self.path}: OpenVINO cannot read it ({first})") from None
+        if not model.has_rt_info(["framework", "lfm.spec"]):
+            raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")
+        self.spec = ModelSpec.from_dict(json.loads(model.get_rt_info(["framework", "lfm.spec"]).astype(str)))
+        config = {}
+        if self.precision:
+            config["INFERENCE_PRECISION_HINT"] = self.precision
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        self.compiled = core.compile_model(model, self.device, config)
+        self.request = self.compiled.create_infer_request()
+
+    def deactivate_impl(self):
+        del self.request, self.compiled
+
+    def infer_impl(self, feed):
+        (x,) = feed.values()
+        out = self.request.infer([x])
+        return {"logit": np.asarray(out[self.compiled.output("logit")])}
+
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
 def make_runner(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
-                providers: list[str] | None = None, threads: int | None = None) -> Runner:
-    """The runner for a model source: a PyTorch checkpoint or an exported ONNX model."""
+                providers: list[str] | None = None, threads: int | None = None,
+                backend: str = "onnxruntime") -> Runner:
+    """The runner for a model source: a PyTorch checkpoint, or an exported ONNX model run by
+    ONNX Runtime (default) or OpenVINO."""
     if (checkpoint is None) == (model is None):
         raise BackendError("give exactly one model: a checkpoint or an ONNX model")
     if model is not None:
+        if backend == "openvino":
+            return OpenVinoRunner(model, threads=threads)
+        if backend != "onnxruntime":
+            raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         return OnnxRunner(model, providers=providers, threads=threads)
     return TorchRunner(checkpoint, device=device)

@@ -185,3 +185,20 @@ def test_onnx_runner_errors(tmp_path, exported):
     onnx.save(plain, tmp_path / "plain.onnx")
     with pytest.raises(BackendError, match="no lfm.spec metadata"):
         OnnxRunner(tmp_path / "plain.onnx").activate()
+
+
+def test_openvino_backend_on_the_same_graph(exported, reference_images):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
+    from lfm.runtime.detector import Detector
+    from lfm.runtime.runners import OpenVinoRunner
+
+    paths = [str(p) for p, _, _ in reference_images[:24]]
+    with Detector(model=str(exported["uint8"]), providers=["cpu"]) as det:
+        ort_logits = np.array([r.logit for r in det.predict(paths)])
+    with Detector(runner=OpenVinoRunner(exported["uint8"], precision="f32")) as det:
+        assert det.spec.input == "uint8"  # the spec travelled through OpenVINO's rt_info
+        f32 = np.array([r.logit for r in det.predict(paths)])
+    np.testing.assert_allclose(f32, ort_logits, rtol=1e-4, atol=1e-3)
+    with Detector(model=str(exported["uint8"]), backend="openvino") as det:  # device default (bf16 where supported)
+        default = det.predict(paths)
+    assert [r.label for r in default] == [("fake" if v > 0 else "real") for v in ort_logits]
