@@ -136,7 +136,8 @@ def export(args) -> int:
         if args.int8 and passed:
             from lfm.export.quantize import calibration_images, int8_report, quantize_int8
 
-            files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=None, seed=0)
+            n = 0 if args.calib else args.calib_count + min(args.report_count, 256)  # 0: every file in DIR
+            files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=n, seed=0)
             # Shuffle (seeded) so neither set is one subset or one label; then split, disjoint.
             import numpy as np
 
