@@ -127,8 +127,9 @@ def _even_sample(files: list[str], n: int) -> list[str]:
 # Model inputs
 
 
-def model_variant(model_proto, spec: ModelSpec | None = None) -> str:
-    """'uint8' or 'float': the metadata's lfm.input, else the graph input's dtype; checked against spec."""
+def model_variant(model_proto) -> str:
+    """'uint8' or 'float': the model's own input format (metadata lfm.input, checked against the
+    graph input's dtype). It decides how calibration images are fed, whatever spec.input says."""
     import onnx
 
     props = {p.key: p.value for p in model_proto.metadata_props}
@@ -137,8 +138,6 @@ def model_variant(model_proto, spec: ModelSpec | None = None) -> str:
     variant = props.get("lfm.input") or from_graph
     if variant != from_graph:
         raise QuantizeError(f"model metadata says input {variant!r} but the graph input is {from_graph}")
-    if spec is not None and spec.input not in (variant, None) and "lfm.input" in props:
-        warnings.warn(f"spec.input={spec.input!r} differs from the model's {variant!r}; using the model's", stacklevel=3)
     return variant
 
 
@@ -529,7 +528,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         raise QuantizeError(f"{fp32_path}: is already {props['lfm.precision']}, expected an fp32 model")
     if spec is None:
         spec = ModelSpec.from_dict(json.loads(props["lfm.spec"])) if "lfm.spec" in props else ModelSpec()
-    variant = model_variant(model, spec)
+    variant = model_variant(model)
     spec = spec.replace(input=variant)
     input_name = model.graph.input[0].name
 
@@ -540,6 +539,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     if op_types is None:
         # cpu: Relu is quantised so that ORT drops it into QLinearConv (zero point 0 = ReLU's clamp).
         op_types = ("Conv", "MaxPool", "Relu") if profile == "cpu" else ("Conv", "MaxPool")
+    if quantize_fc:
+        op_types = tuple(op_types) + tuple(t for t in ("Gemm", "MatMul") if t not in op_types)
 
     calib_files = list(calib_files)
     if not calib_files:
