@@ -66,9 +66,9 @@ class Uint8InputLFM(nn.Module):
 
 def wrap(model: LFM, spec: ModelSpec, input_variant: str) -> nn.Module:
     if input_variant == "float":
-        return FloatInputLFM(model)
+        return FloatInputLFM(model).eval()
     if input_variant == "uint8":
-        return Uint8InputLFM(model, spec.std)
+        return Uint8InputLFM(model, spec.std).eval()
     raise ValueError(f"unknown input variant {input_variant!r}; expected 'float' or 'uint8'")
 
 
@@ -144,6 +144,7 @@ def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = 
         torch.onnx.export(net, (x,), path, input_names=[name], output_names=list(OUTPUT_NAMES),
                           dynamic_axes={name: dims, "logit": {0: "batch"}, "score": {0: "batch"}},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
+        model.eval()  # export restores the wrapper's mode, which can leave the caller's model in train mode
         return onnx.load(path)
 
 

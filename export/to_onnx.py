@@ -48,6 +48,9 @@ def parse_args(argv=None):
     calib.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (a share is held out for the report)")
     calib.add_argument("--calib-synthetic", action="store_true", help="calibrate on generated synthetic images (demos)")
     p.add_argument("--calib-count", type=int, default=64, help="images used for calibration (default 64)")
+    p.add_argument("--int8-profile", choices=("cpu", "tensorrt"), default="cpu",
+                   help="cpu: uint8 activations, fast on ONNX Runtime/OpenVINO (default); tensorrt: symmetric int8 "
+                        "activations with zero points 0, as TensorRT's explicit INT8 requires (slow on ORT CPU)")
     p.add_argument("--report-count", type=int, default=512, help="held-out images scored for the INT8 report (default 512)")
     p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None, help="override the checkpoint's policy")
     p.add_argument("--size", type=int, default=None, help="override the checkpoint's size")
@@ -148,7 +151,7 @@ def export(args) -> int:
                 raise ExportError(f"{args.calib}: {len(files)} image(s) leave none for the held-out report; "
                                   "give more images than --calib-count")
             final = os.path.join(tmp, "int8.onnx")
-            report["quantization"] = quantize_int8(fp32_path, final, calib_files, spec)
+            report["quantization"] = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile)
             int8 = int8_report(fp32_path, final, held_out, labels=labels_from_paths(held_out), spec=spec)
             report["verification"] = int8
             agreement = int8["agreement"]

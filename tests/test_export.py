@@ -170,6 +170,16 @@ def test_export_errors_are_one_line(case, random_ckpt, tmp_path):
     assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_export_leaves_the_model_in_eval_mode(random_ckpt):
+    from lfm.export.onnx_export import torch_to_onnx
+    from lfm.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(random_ckpt).model
+    for variant in ("float", "uint8"):
+        torch_to_onnx(model, ModelSpec(input=variant), variant)
+        assert not any(m.training for m in model.modules())  # BN must keep its running statistics
+
+
 def test_onnx_runner_errors(tmp_path, exported):
     from lfm.runtime.runners import BackendError, OnnxRunner
 
