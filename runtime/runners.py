@@ -173,14 +173,20 @@ class OpenVinoRunner(Runner):
     OpenVINO keeps ONNX metadata_props under rt_info["framework"], so the spec travels as with
     ONNX Runtime. ``precision`` is OpenVINO's inference precision hint: None keeps the device's
     default (bf16 on CPUs with AMX/AVX512-BF16), "f32" forces float32.
+
+    OpenVINO runs a model compiled for one static shape about 8-9 % faster than the dynamic one
+    (2-core EPYC, 224 px, batch 8: INT8 256 -> 280 images/s, fp32 143 -> 153), so the first
+    ``static_shapes`` input shapes seen (a detector sees few: the batch size and the last, short
+    batch) each get their own compiled model; any further shape runs on the dynamic one.
     """
 
     name = "openvino"
 
     def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, static_shapes: int = 4):
         super().__init__()
         self.path, self.device, self.precision, self.threads = os.fspath(path), device, precision, threads
+        self.static_shapes = static_shapes
 
     def activate_impl(self):
         import json
@@ -191,30 +197,40 @@ class OpenVinoRunner(Runner):
             raise BackendError("--backend openvino needs OpenVINO: pip install -e '.[openvino]'") from None
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such file")
-        core = ov.Core()
+        self.core = ov.Core()
         try:
-            model = core.read_model(self.path)
+            self.model = self.core.read_model(self.path)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BackendError(f"{self.path}: OpenVINO cannot read it ({first})") from None
-        if not model.has_rt_info(["framework", "lfm.spec"]):
+        if not self.model.has_rt_info(["framework", "lfm.spec"]):
             raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")
-        self.spec = ModelSpec.from_dict(json.loads(model.get_rt_info(["framework", "lfm.spec"]).astype(str)))
-        config = {}
+        self.spec = ModelSpec.from_dict(json.loads(self.model.get_rt_info(["framework", "lfm.spec"]).astype(str)))
+        self.config = {"PERFORMANCE_HINT": "LATENCY"}
         if self.precision:
-            config["INFERENCE_PRECISION_HINT"] = self.precision
+            self.config["INFERENCE_PRECISION_HINT"] = self.precision
         if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        self.compiled = core.compile_model(model, self.device, config)
-        self.request = self.compiled.create_infer_request()
+            self.config["INFERENCE_NUM_THREADS"] = self.threads
+        self.dynamic = self._compile(self.model)
+        self.by_shape = {}  # input shape -> (compiled model, infer request)
+
+    def _compile(self, model):
+        compiled = self.core.compile_model(model, self.device, self.config)
+        return compiled, compiled.create_infer_request()
 
     def deactivate_impl(self):
-        del self.request, self.compiled
+        del self.dynamic, self.by_shape, self.model, self.core
 
     def infer_impl(self, feed):
         (x,) = feed.values()
-        out = self.request.infer([x])
-        return {"logit": np.asarray(out[self.compiled.output("logit")])}
+        shape = tuple(x.shape)
+        if shape not in self.by_shape and len(self.by_shape) < self.static_shapes:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].get_any_name(): list(shape)})
+            self.by_shape[shape] = self._compile(model)
+        compiled, request = self.by_shape.get(shape, self.dynamic)
+        out = request.infer([x])
+        return {"logit": np.asarray(out[compiled.output("logit")]).copy()}
 
 
 BACKENDS = ("onnxruntime", "openvino")

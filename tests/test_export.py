@@ -209,6 +209,13 @@ def test_openvino_backend_on_the_same_graph(exported, reference_images):
         assert det.spec.input == "uint8"  # the spec travelled through OpenVINO's rt_info
         f32 = np.array([r.logit for r in det.predict(paths)])
     np.testing.assert_allclose(f32, ort_logits, rtol=1e-4, atol=1e-3)
+    # Static-shape models for the first shapes, the dynamic one beyond: batches of 5, 5, 5, 5, 4
+    # with one static slot run both paths.
+    runner = OpenVinoRunner(exported["uint8"], precision="f32", static_shapes=1)
+    with Detector(runner=runner, batch_size=5) as det:
+        mixed = np.array([r.logit for r in det.predict(paths)])
+        assert list(runner.by_shape) == [(5, 256, 256, 3)]
+    np.testing.assert_allclose(mixed, ort_logits, rtol=1e-4, atol=1e-3)
     with Detector(model=str(exported["uint8"]), backend="openvino") as det:  # device default (bf16 where supported)
         default = det.predict(paths)
     assert [r.label for r in default] == [("fake" if v > 0 else "real") for v in ort_logits]
