@@ -20,7 +20,7 @@ import numpy as np
 
 from PIL import Image
 
-from .preprocess import DEFAULT_MAX_PIXELS, ImageError, apply_policy, load_array, normalize
+from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_tiles
 from .records import Record
 from .runners import Runner, make_runner
 
@@ -31,20 +31,32 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
 
+TILE_REDUCTIONS = ("max", "mean")
+
+
 class Detector:
+    """tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
+    (default: an image is generated if any part of it looks generated) or "mean"."""
+
     def __init__(self, checkpoint: str | None = None, *, model: str | None = None, runner: Runner | None = None,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
                  backend: str = "onnxruntime",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
-                 batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if tile_reduce not in TILE_REDUCTIONS:
+            raise ValueError(f"tile_reduce must be one of {TILE_REDUCTIONS}, got {tile_reduce!r}")
+        if max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
                                              threads=threads, backend=backend)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
         self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="lfm-decode")
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -63,17 +75,20 @@ class Detector:
         return list(self.predict_iter(items))
 
     def predict_iter(self, items: Iterable[Item]) -> Iterator[Record]:
-        """Yield one record per item, in order, as soon as its batch is scored."""
-        pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, pixels, error)
-        shape = None
-        for name, pixels, error in self._decoded(items):
-            if pixels is not None:
-                n_ready = sum(p is not None for _, p, _ in pending)
-                if n_ready and (pixels.shape != shape or n_ready >= self.batch_size):
+        """Yield one record per item, in order, as soon as its batch is scored.
+
+        Each decoded item is a stack of arrays [N, h, w, 3] (N = 1, or its tiles); consecutive
+        items of one array shape are batched together up to ``batch_size`` arrays."""
+        pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
+        shape, n_ready = None, 0
+        for name, arrays, error in self._decoded(items):
+            if arrays is not None:
+                if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self.batch_size):
                     yield from self._flush(pending)
-                    pending = []
-                shape = pixels.shape
-            pending.append((name, pixels, error))
+                    pending, n_ready = [], 0
+                shape = arrays.shape[1:]
+                n_ready += len(arrays)
+            pending.append((name, arrays, error))
         yield from self._flush(pending)
 
     def _decoded(self, items: Iterable[Item]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
@@ -84,9 +99,11 @@ class Detector:
             name = _name(item)
             try:
                 if isinstance(item, np.ndarray):  # decoded RGB: only the policy applies
-                    img = apply_policy(Image.fromarray(_check_array(item)), self.spec.policy, self.spec.size)
-                    return name, np.asarray(img), None
-                return name, load_array(item, self.spec, self.max_pixels), None
+                    img = Image.fromarray(_check_array(item))
+                    if self.spec.policy == "tiles":
+                        return name, to_tiles(img, self.spec.size, self.max_tiles), None
+                    return name, np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None], None
+                return name, load_tiles(item, self.spec, self.max_pixels, self.max_tiles), None
             except ImageError as e:
                 return name, None, e.problem
             except Exception as e:  # a decoder bug must cost one record, not the run
@@ -102,37 +119,41 @@ class Detector:
             yield window.popleft().result()
 
     def _flush(self, pending) -> Iterator[Record]:
-        ready = [i for i, (_, p, _) in enumerate(pending) if p is not None]
-        logits: dict[int, float] = {}
+        ready = [i for i, (_, a, _) in enumerate(pending) if a is not None]
+        logits: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         if ready:
             try:
-                out = self._infer([pending[i][1] for i in ready])
-                logits = dict(zip(ready, out.tolist()))
+                out = self._infer_chunked(np.concatenate([pending[i][1] for i in ready]))
+                bounds = np.cumsum([0] + [len(pending[i][1]) for i in ready])
+                logits = {i: out[bounds[j]:bounds[j + 1]] for j, i in enumerate(ready)}
             except Exception:
                 # Isolate the input the backend refused (e.g. too small for top-k pooling).
                 for i in ready:
                     try:
-                        logits[i] = float(self._infer([pending[i][1]])[0])
+                        logits[i] = self._infer_chunked(pending[i][1])
                     except Exception as e:
                         errors[i] = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reduce = np.max if self.tile_reduce == "max" else np.mean
         for i, (name, _, error) in enumerate(pending):
             if error is None and i in errors:
                 error = errors[i]
             if error is not None:
                 yield Record.failed(name, error)
             else:
-                yield Record.from_logit(name, logits[i], self.spec.threshold)
+                yield Record.from_logit(name, float(reduce(logits[i])), self.spec.threshold)
 
-    def _infer(self, arrays: list[np.ndarray]) -> np.ndarray:
-        pixels = np.stack(arrays)
+    def _infer_chunked(self, pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._infer(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)])
+
+    def _infer(self, pixels: np.ndarray) -> np.ndarray:
         if self.spec.input == "uint8":  # the graph normalises: hand over the decoded bytes as they are
-            feed = {"pixels": pixels}
+            feed = {"pixels": np.ascontiguousarray(pixels)}
         else:
             feed = {"image": normalize(pixels, self.spec.mean, self.spec.std)}
         logit = np.asarray(self.runner.infer(feed)["logit"], dtype=np.float64).reshape(-1)
-        if logit.shape[0] != len(arrays):
-            raise RuntimeError(f"backend returned {logit.shape[0]} logits for {len(arrays)} images")
+        if logit.shape[0] != len(pixels):
+            raise RuntimeError(f"backend returned {logit.shape[0]} logits for {len(pixels)} images")
         return logit
 
 

@@ -39,8 +39,13 @@ def parse_args(argv=None):
     p.add_argument("--threshold", type=float, default=None, help="score above which an image is 'fake' (default: the model's, 0.5)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--policy", choices=POLICIES, default=None,
-                   help="resize (bilinear to SIZE, upstream's eval; the default), center-crop, or none (native size)")
-    p.add_argument("--size", type=int, default=None, help="side for resize / center-crop (default: the model's, 256)")
+                   help="resize (bilinear to SIZE, upstream's eval; the model's default), center-crop, none (native "
+                        "size), or tiles (native resolution, SIZE x SIZE tiles, one score per image)")
+    p.add_argument("--size", type=int, default=None, help="side for resize / center-crop / tiles (default: the model's, 256)")
+    p.add_argument("--tile-reduce", choices=("max", "mean"), default="max",
+                   help="--policy tiles: image logit = max (default) or mean of its tiles' logits")
+    p.add_argument("--max-tiles", type=int, default=64,
+                   help="--policy tiles: at most this many tiles per image (larger images get spread-out tiles)")
     p.add_argument("--workers", type=int, default=default_workers(), help="decoding threads")
     p.add_argument("--device", default="auto", help="--checkpoint: torch device, auto | cpu | cuda[:N]")
     p.add_argument("--providers", default=None,
@@ -54,6 +59,8 @@ def parse_args(argv=None):
         p.error(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_tiles < 1:
+        p.error(f"--max-tiles must be >= 1, got {args.max_tiles}")
     return args
 
 
@@ -67,6 +74,7 @@ def main(argv=None) -> int:
         detector = Detector(checkpoint=args.checkpoint, model=args.model, device=args.device, providers=providers,
                             threads=args.threads, backend=args.backend, threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
+                            tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
                             workers=args.workers, max_pixels=args.max_pixels)
     except (BackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

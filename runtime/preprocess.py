@@ -1,7 +1,8 @@
 """Decoding and preprocessing with Pillow and numpy only (no torch, no torchvision).
 
 One image's path: bytes -> ``open_image`` (EXIF orientation applied, any mode to RGB, pixel
-limit enforced) -> ``apply_policy`` (resize | center-crop | none) -> uint8 HWC array.
+limit enforced) -> ``apply_policy`` (resize | center-crop | none) -> uint8 HWC array, or
+``to_tiles`` (policy tiles) -> uint8 [N, h, w, 3], N tiles of one image at native resolution.
 A batch of such arrays -> ``normalize`` -> float32 NCHW, the input of the float graph.
 
 ``resize`` is Pillow's bilinear resize, which is exactly what upstream's eval transform
@@ -24,6 +25,11 @@ IMAGE_EXTENSIONS = frozenset(
 )
 # 100 megapixels: a 10000 x 10000 photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 100_000_000
+# Tiles per image: 64 tiles of 256 cover a 2048 x 2048 image; larger ones get spread-out tiles.
+DEFAULT_MAX_TILES = 64
+# Tile origins are multiples of 8: every tile then sees the JPEG 8x8 block grid and NPR's 2x2
+# grid in the same phase as the whole image does.
+TILE_ALIGN = 8
 
 Source = Union[str, os.PathLike, bytes]
 
@@ -123,17 +129,65 @@ def apply_policy(img: Image.Image, policy: str, size: int) -> Image.Image:
         return img.crop((left, top, left + size, top + size))
     if policy == "none":
         return img
+    if policy == "tiles":
+        raise ValueError("policy 'tiles' gives several arrays per image: use to_tiles")
     raise ValueError(f"unknown policy {policy!r}; expected one of {POLICIES}")
 
 
+def tile_origins(length: int, tile: int, count: int) -> list[int]:
+    """`count` origins for tiles of side `tile` along an axis of `length`, evenly spread from 0
+    to the far edge, each rounded down to a multiple of TILE_ALIGN (so the last tile may stop
+    up to TILE_ALIGN - 1 pixels short of the edge)."""
+    if count <= 1 or length <= tile:
+        return [0]
+    last = length - tile
+    return [(i * last // (count - 1)) // TILE_ALIGN * TILE_ALIGN for i in range(count)]
+
+
+def tile_boxes(width: int, height: int, size: int, max_tiles: int = DEFAULT_MAX_TILES) -> list[tuple[int, int, int, int]]:
+    """The (left, top, right, bottom) boxes of policy ``tiles``: size x size tiles at native
+    resolution covering the image, neighbours overlapping by whatever the image leaves over
+    (ceil(W / size) x ceil(H / size) tiles). A side shorter than ``size`` is taken whole, so a
+    small image is one tile of its own size. More than ``max_tiles`` tiles: the grid is thinned
+    (the longer axis first) and the tiles spread evenly, leaving gaps between them."""
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    tw, th = min(size, width), min(size, height)
+    nx, ny = -(-width // size), -(-height // size)
+    while nx * ny > max_tiles:
+        if nx >= ny:
+            nx -= 1
+        else:
+            ny -= 1
+    return [(x, y, x + tw, y + th) for y in tile_origins(height, th, ny) for x in tile_origins(width, tw, nx)]
+
+
+def to_tiles(img: Image.Image, size: int, max_tiles: int = DEFAULT_MAX_TILES) -> np.ndarray:
+    """RGB image -> uint8 [N, h, w, 3]: its ``tile_boxes`` at native resolution."""
+    a = np.asarray(img, dtype=np.uint8)
+    return np.stack([a[t:b, l:r] for l, t, r, b in tile_boxes(img.width, img.height, size, max_tiles)])
+
+
 def load_array(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """File or bytes -> uint8 HWC RGB array prepared by the spec's policy."""
+    """File or bytes -> uint8 HWC RGB array prepared by the spec's policy (not ``tiles``:
+    see ``load_tiles``)."""
+    if spec.policy == "tiles":
+        raise ValueError("policy 'tiles' gives several arrays per image: use load_tiles")
     img = open_image(source, max_pixels)
     try:
         img = apply_policy(img, spec.policy, spec.size)
     except ImageError as e:
         raise ImageError(source, e.problem) from None
     return np.asarray(img, dtype=np.uint8)
+
+
+def load_tiles(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_tiles: int = DEFAULT_MAX_TILES) -> np.ndarray:
+    """File or bytes -> uint8 [N, h, w, 3]: the image's tiles for policy ``tiles``, or the one
+    array of any other policy with a leading axis of 1."""
+    if spec.policy != "tiles":
+        return load_array(source, spec, max_pixels)[None]
+    return to_tiles(open_image(source, max_pixels), spec.size, max_tiles)
 
 
 def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

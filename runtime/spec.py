@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-POLICIES = ("resize", "center-crop", "none")
+POLICIES = ("resize", "center-crop", "none", "tiles")
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,10 @@ class ModelSpec:
 
     input:     "float" = normalised float32 NCHW RGB (upstream's input).
     policy:    "resize" (bilinear to size x size, upstream's eval), "center-crop"
-               (size x size from the centre, no resize) or "none" (native resolution).
-    size:      side of the square the policy produces.
+               (size x size from the centre, no resize), "none" (native resolution) or
+               "tiles" (native resolution cut into size x size tiles, one score per image
+               reduced over its tiles; see runtime/preprocess.py ``tile_boxes``).
+    size:      side of the square the policy produces (the tile side for "tiles").
     mean, std: per-channel RGB statistics applied after scaling bytes to [0, 1].
     threshold: score (sigmoid of the logit) at or above which an image is called "fake".
     top_k:     values kept per salience map (decides the minimum input size).
