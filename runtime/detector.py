@@ -23,6 +23,7 @@ from PIL import Image
 from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_tiles
 from .records import Record
 from .runners import Runner, make_runner
+from .spec import check_input_size
 
 Item = Union[str, os.PathLike, bytes, np.ndarray]
 
@@ -101,9 +102,16 @@ class Detector:
                 if isinstance(item, np.ndarray):  # decoded RGB: only the policy applies
                     img = Image.fromarray(_check_array(item))
                     if self.spec.policy == "tiles":
-                        return name, to_tiles(img, self.spec.size, self.max_tiles), None
-                    return name, np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None], None
-                return name, load_tiles(item, self.spec, self.max_pixels, self.max_tiles), None
+                        arrays = to_tiles(img, self.spec.size, self.max_tiles)
+                    else:
+                        arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None]
+                else:
+                    arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
+                try:  # name the problem here rather than let the backend fail on it
+                    check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
+                except ValueError as e:
+                    return name, None, str(e)
+                return name, arrays, None
             except ImageError as e:
                 return name, None, e.problem
             except Exception as e:  # a decoder bug must cost one record, not the run

@@ -22,9 +22,23 @@ class Expansion:
     notes: list[str] = field(default_factory=list)  # what was left out, for stderr
 
 
-def _walk_images(directory: str, exp: Expansion) -> list[str]:
-    found, other = [], 0
-    for root, dirs, files in os.walk(directory):
+def _walk_images(directory: str, exp: Expansion, add_error) -> list[str]:
+    """Image files under directory, recursively and sorted, following symlinked directories
+    once each (a symlink loop is noted, not walked forever). A subdirectory that cannot be
+    listed becomes an error record of its own."""
+    found, other, loops = [], 0, []
+    visited = set()
+
+    def unreadable(e: OSError):
+        add_error(e.filename or directory, f"cannot read directory ({e.strerror or e})")
+
+    for root, dirs, files in os.walk(directory, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # reached again through a symlink: a loop or a second path to it
+            loops.append(root)
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -35,6 +49,9 @@ def _walk_images(directory: str, exp: Expansion) -> list[str]:
                 other += 1
     if other:
         exp.notes.append(f"{directory}: left out {other} file(s) without an image extension")
+    if loops:
+        exp.notes.append(f"{directory}: {len(loops)} symlinked folder(s) lead back to folders already read "
+                         f"(first: {loops[0]}); read once")
     return found
 
 
@@ -55,7 +72,7 @@ def expand_paths(args: list[str]) -> Expansion:
 
     for arg in args:
         if os.path.isdir(arg):
-            images = _walk_images(arg, exp)
+            images = _walk_images(arg, exp, add_error)
             if not images:
                 add_error(arg, "directory holds no image files")
             for p in images:
@@ -68,7 +85,7 @@ def expand_paths(args: list[str]) -> Expansion:
                 add_error(arg, "no file matches this pattern")
             for m in matches:
                 if os.path.isdir(m):
-                    for p in _walk_images(m, exp):
+                    for p in _walk_images(m, exp, add_error):
                         add(p)
                 else:
                     add(m)

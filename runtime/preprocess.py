@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from typing import Union
 
@@ -78,6 +79,7 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise ImageError(source, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged EXIF etc.: the image still decodes
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
@@ -88,12 +90,28 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except ImageError:
         raise
     except UnidentifiedImageError:
+        fmt = _sniff(data)
+        if fmt:  # a known signature Pillow could not get past: damaged, not foreign
+            raise ImageError(source, f"corrupt {fmt} data (signature present, header unreadable)") from None
         raise ImageError(source, "not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(source, f"rejected as a decompression bomb ({e})") from None
+        # Pillow's own guard fired while opening (its limit is 2x MAX_IMAGE_PIXELS).
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{m.group(1)} pixels" if m else "its size"
+        raise ImageError(source, f"{size} exceeds the limit of {max_pixels} (rejected as a decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(source, f"truncated or corrupt image data ({e})") from None
     return to_rgb(img)
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _sniff(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for sig, fmt in _SIGNATURES if data.startswith(sig)), None)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -67,3 +67,40 @@ class ModelSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# Geometry: which input sizes the network accepts (here, not in train/, so the runtime can
+# name the problem before a backend fails on it).
+
+
+def salience_size(height: int, width: int) -> tuple[int, int]:
+    """Spatial size of the salience maps for an input of height x width (odd sizes included)."""
+
+    def side(n: int) -> int:
+        n -= n % 2  # NPR drops a trailing odd row / column
+        for _ in range(3):  # conv k=2 (n - 1), then 2x2 max-pool (floor)
+            n = (n - 1) // 2
+        return n - 1  # last conv, no pool
+
+    return side(height), side(width)
+
+
+def min_input_size(top_k: int = 16) -> int:
+    """Smallest square side whose salience maps hold at least ``top_k`` values (48 for K=16)."""
+    n = 2
+    while True:
+        h, w = salience_size(n, n)
+        if h > 0 and h * w >= top_k:
+            return n
+        n += 1
+
+
+def check_input_size(height: int, width: int, top_k: int = 16) -> None:
+    h, w = salience_size(height, width)
+    if h <= 0 or w <= 0 or h * w < top_k:
+        m = min_input_size(top_k)
+        raise ValueError(
+            f"input of {height}x{width} pixels is too small for LFM: its salience maps are "
+            f"{max(h, 0)}x{max(w, 0)} = {max(h, 0) * max(w, 0)} values, top-k pooling needs K={top_k}; "
+            f"the minimum square input is {m}x{m}"
+        )

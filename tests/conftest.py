@@ -44,3 +44,28 @@ def reference_images(reference_dir) -> list[tuple[Path, float, int | None]]:
     cnn = reference_dir / "cnndetection"
     rows += [(cnn / f, float(v), int(y)) for f, y, v in read_tsv(_need(cnn / "labels_and_upstream_logits.tsv"))]
     return rows
+
+
+@pytest.fixture(scope="session")
+def random_onnx(tmp_path_factory) -> Path:
+    """A random-weight LFM (BN statistics moved off identity, so logits vary) exported as the
+    uint8 fp32 ONNX graph: a real model for runtime tests that need no reference data."""
+    torch = pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
+    pytest.importorskip("onnx", reason="exporting needs the [export] extra")
+    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
+    proto = check(simplify(torch_to_onnx(model, spec, "uint8")))
+    set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))
+    path = tmp_path_factory.mktemp("random_onnx") / "random_uint8.onnx"
+    save_atomic(proto, path)
+    return path

@@ -8,8 +8,6 @@ from PIL import Image
 
 from lfm.runtime.preprocess import TILE_ALIGN, tile_boxes, tile_origins, to_tiles
 
-torch = pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
-pytest.importorskip("onnx", reason="exporting needs the [export] extra")
 
 
 def test_tile_grid_known_answers():
@@ -45,29 +43,8 @@ def test_tiles_cover_the_image_with_aligned_origins(width, height):
     assert tile_origins(1000, 256, 1) == [0]
 
 
-@pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory):
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
-    from lfm.runtime.spec import ModelSpec
-    from lfm.train.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model().eval()
-    with torch.no_grad():  # BN statistics away from identity, so logits differ from tile to tile
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    spec = ModelSpec(input="uint8", layout="NHWC")
-    proto = check(simplify(torch_to_onnx(model, spec, "uint8")))
-    set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))
-    path = tmp_path_factory.mktemp("tiles") / "m.onnx"
-    save_atomic(proto, path)
-    return path
-
-
 @pytest.mark.parametrize("reduce", ["max", "mean"])
-def test_detector_reduces_tile_logits(onnx_model, tmp_path, reduce):
+def test_detector_reduces_tile_logits(random_onnx, tmp_path, reduce):
     import onnxruntime as ort
 
     from lfm.runtime.detector import Detector
@@ -78,7 +55,7 @@ def test_detector_reduces_tile_logits(onnx_model, tmp_path, reduce):
     for i, (w, h) in enumerate(sizes):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
-    sess = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(random_onnx), providers=["CPUExecutionProvider"])
     expected = []
     for p, (w, h) in zip(paths, sizes):
         a = np.asarray(Image.open(p).convert("RGB"))
@@ -88,19 +65,19 @@ def test_detector_reduces_tile_logits(onnx_model, tmp_path, reduce):
         assert len(set(np.round(logits, 4))) > 1 or len(tiles) == 1  # the reduction matters
         expected.append(logits.max() if reduce == "max" else logits.mean())
     # Batch 3 < the 10 tiles of the 600 x 400 image: an image's tiles span several batches.
-    with Detector(model=str(onnx_model), policy="tiles", size=128, tile_reduce=reduce, batch_size=3) as det:
+    with Detector(model=str(random_onnx), policy="tiles", size=128, tile_reduce=reduce, batch_size=3) as det:
         records = det.predict(paths + [str(tmp_path / "missing.png")])
     assert [r.path for r in records] == paths + [str(tmp_path / "missing.png")]
     assert records[-1].error and records[-1].logit is None
     np.testing.assert_allclose([r.logit for r in records[:-1]], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_tiles_from_arrays_match_files(onnx_model, tmp_path):
+def test_tiles_from_arrays_match_files(random_onnx, tmp_path):
     from lfm.runtime.detector import Detector
 
     a = np.random.default_rng(2).integers(0, 256, (333, 444, 3), dtype=np.uint8)
     Image.fromarray(a).save(tmp_path / "a.png")
     assert to_tiles(Image.fromarray(a), 128).shape == (12, 128, 128, 3)
-    with Detector(model=str(onnx_model), policy="tiles", size=128) as det:
+    with Detector(model=str(random_onnx), policy="tiles", size=128) as det:
         from_file, from_array = det.predict([str(tmp_path / "a.png"), a])
     assert from_file.logit == pytest.approx(from_array.logit, rel=1e-6)

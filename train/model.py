@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lfm.runtime.spec import check_input_size, min_input_size, salience_size  # noqa: F401  (re-exported: the geometry lives with the spec)
+
 __all__ = [
     "LFM",
     "LFMConfig",
@@ -39,39 +41,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------
 # Geometry: which input sizes the network accepts
-
-
-def salience_size(height: int, width: int) -> tuple[int, int]:
-    """Spatial size of the salience maps for an input of height x width (odd sizes included)."""
-
-    def side(n: int) -> int:
-        n -= n % 2  # NPR drops a trailing odd row / column
-        for _ in range(3):  # conv k=2 (n - 1), then 2x2 max-pool (floor)
-            n = (n - 1) // 2
-        return n - 1  # last conv, no pool
-
-    return side(height), side(width)
-
-
-def min_input_size(top_k: int = 16) -> int:
-    """Smallest square side whose salience maps hold at least ``top_k`` values (48 for K=16)."""
-    n = 2
-    while True:
-        h, w = salience_size(n, n)
-        if h > 0 and h * w >= top_k:
-            return n
-        n += 1
-
-
-def check_input_size(height: int, width: int, top_k: int = 16) -> None:
-    h, w = salience_size(height, width)
-    if h <= 0 or w <= 0 or h * w < top_k:
-        m = min_input_size(top_k)
-        raise ValueError(
-            f"input of {height}x{width} pixels is too small for LFM: its salience maps are "
-            f"{max(h, 0)}x{max(w, 0)} = {max(h, 0) * max(w, 0)} values, top-k pooling needs K={top_k}; "
-            f"the minimum square input is {m}x{m}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------

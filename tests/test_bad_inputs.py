@@ -1,0 +1,208 @@
+"""Bad input never crashes the runtime and never loses a record.
+
+A corpus of broken, unusual and awkwardly named inputs goes through `runtime/infer.py --model`;
+every input appears exactly once, with a score or with an error naming its problem. Then the
+decode-and-preprocess path is fuzzed with mutated image bytes (hypothesis)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfm.runtime.preprocess import ImageError, load_tiles
+from lfm.runtime.spec import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+INFER = [sys.executable, str(ROOT / "runtime" / "infer.py")]
+RNG = np.random.default_rng(0)
+
+
+def noise(h, w, c=3):
+    return RNG.integers(0, 256, (h, w, c) if c else (h, w), dtype=np.uint8)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (8-bit RGB) with no pixel data: a decompression
+    bomb as far as any decoder that trusts the header is concerned."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """name -> (path, expected: "ok" or a substring of the error), plus reference twins."""
+    d = tmp_path_factory.mktemp("corpus")
+    ok_rgb = Image.fromarray(noise(80, 96))
+    files: dict[str, tuple[Path, str]] = {}
+
+    def put(name, data: bytes, expect):
+        p = d / name
+        p.write_bytes(data)
+        files[name] = (p, expect)
+        return p
+
+    png, jpg = encoded(ok_rgb, "PNG"), encoded(ok_rgb, "JPEG", quality=90)
+    put("ok.png", png, "ok")
+    put("empty.jpg", b"", "empty file")
+    put("truncated.png", png[: len(png) // 2], "truncated or corrupt")
+    put("truncated.jpg", jpg[: len(jpg) * 3 // 5], "truncated or corrupt")
+    put("corrupt.png", png[:33] + RNG.integers(0, 256, 400, dtype=np.uint8).tobytes(), "corrupt")
+    put("notes.jpg", b"these are my notes, not a picture\n" * 20, "not an image")
+    put("bomb.png", png_header_only(100_000, 100_000), "exceeds the limit")
+    put("tiny.png", encoded(Image.fromarray(noise(20, 20)), "PNG"), "too small")
+    put("gray.png", encoded(Image.fromarray(noise(70, 70, 0)), "PNG"), "ok")
+    put("palette.png", encoded(Image.fromarray(noise(70, 70)).convert("P"), "PNG"), "ok")
+    put("cmyk.jpg", encoded(Image.fromarray(noise(70, 70)).convert("CMYK"), "JPEG"), "ok")
+    put("gray16.png", encoded(Image.fromarray((noise(70, 70, 0).astype(np.uint16) * 257)), "PNG"), "ok")
+    put("rgba.png", encoded(Image.fromarray(noise(70, 70, 4), "RGBA"), "PNG"), "ok")
+    frames = [Image.fromarray(noise(64, 64)).convert("P") for _ in range(3)]
+    put("animated.gif", encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0), "ok")
+    put("animated_frame0.png", encoded(frames[0].convert("RGB"), "PNG"), "ok")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rot = put("exif_rotated.jpg", encoded(Image.fromarray(noise(60, 90)), "JPEG", quality=95, exif=exif), "ok")
+    upright = np.rot90(np.asarray(Image.open(rot).convert("RGB")), k=-1)  # decoded, turned by hand
+    put("exif_upright.png", encoded(Image.fromarray(np.ascontiguousarray(upright)), "PNG"), "ok")
+    put("name with spaces.png", png, "ok")
+    put("ünïcødé 图像.png", png, "ok")
+    (d / "dangling.png").symlink_to(d / "nowhere.png")
+    files["dangling.png"] = (d / "dangling.png", "no such file")
+    sub = d / "nested"
+    sub.mkdir()
+    (sub / "deep.png").write_bytes(png)
+    files["nested/deep.png"] = (sub / "deep.png", "ok")
+    (sub / "loop").symlink_to(d, target_is_directory=True)  # a symlink loop back to the top
+    (d / "readme.txt").write_text("not an image, left out and counted")
+    return d, files
+
+
+def run_infer(model, args, tmp_path):
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run(INFER + ["--model", str(model), "--batch-size", "4", "--policy", "none", *map(str, args),
+                                "-o", str(out)], capture_output=True, text=True, timeout=600)
+    return r, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_corpus_every_input_once_with_its_problem(random_onnx, corpus, tmp_path):
+    d, files = corpus
+    empty_dir = tmp_path / "no_images"
+    empty_dir.mkdir()
+    missing = tmp_path / "missing.png"
+    r, recs = run_infer(random_onnx, [d, empty_dir, missing], tmp_path)
+    assert r.returncode == 1, r.stderr  # documented: 1 = some inputs failed
+    assert "Traceback" not in r.stderr
+    by_path = {}
+    for rec in recs:
+        assert rec["path"] not in by_path, f"{rec['path']} reported twice"
+        by_path[rec["path"]] = rec
+    for name, (p, expect) in files.items():
+        rec = by_path.pop(str(p), None)
+        assert rec is not None, f"{name}: no record"
+        if expect == "ok":
+            assert rec["error"] is None and rec["logit"] is not None and rec["label"] in ("real", "fake"), (name, rec)
+        else:
+            assert rec["logit"] is None and expect in rec["error"], (name, rec)
+    assert by_path.pop(str(empty_dir))["error"] == "directory holds no image files"
+    assert "no such file" in by_path.pop(str(missing))["error"]
+    assert not by_path, f"records for inputs nobody gave: {sorted(by_path)}"
+    assert "left out 1 file(s) without an image extension" in r.stderr
+    assert "symlinked folder(s) lead back" in r.stderr
+    # The unusual-but-valid ones were decoded right: first GIF frame, EXIF orientation applied.
+    recs_by_name = {os.path.relpath(rec["path"], d): rec for rec in recs if rec["path"].startswith(str(d))}
+    assert recs_by_name["animated.gif"]["logit"] == pytest.approx(recs_by_name["animated_frame0.png"]["logit"], rel=1e-6)
+    assert recs_by_name["exif_rotated.jpg"]["logit"] == pytest.approx(recs_by_name["exif_upright.png"]["logit"], rel=1e-6)
+    assert recs_by_name["name with spaces.png"]["logit"] == pytest.approx(recs_by_name["ok.png"]["logit"], rel=1e-6)
+
+
+def test_unreadable_subdirectory_becomes_an_error_record(monkeypatch, tmp_path):
+    from lfm.runtime import inputs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"")
+    (tmp_path / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as a non-root user would see a chmod 000 folder (root reads anything)
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    exp = inputs.expand_paths([str(tmp_path)])
+    assert exp.inputs == [str(tmp_path / "locked"), str(tmp_path / "a" / "x.png")] or \
+        sorted(exp.inputs) == sorted([str(tmp_path / "locked"), str(tmp_path / "a" / "x.png")])
+    assert exp.errors[str(tmp_path / "locked")] == "cannot read directory (Permission denied)"
+
+
+# -- fuzzing ------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis (the [dev] extra)")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+SEEDS = [encoded(Image.fromarray(noise(56, 72)), fmt, **kw) for fmt, kw in
+         (("PNG", {}), ("JPEG", {"quality": 80}), ("GIF", {}), ("BMP", {}), ("WEBP", {"quality": 80}),
+          ("TIFF", {}), ("PPM", {}))]
+SPECS = [ModelSpec(policy="resize", size=64), ModelSpec(policy="none"), ModelSpec(policy="tiles", size=32),
+         ModelSpec(policy="center-crop", size=48)]
+
+
+@st.composite
+def mutated(draw):
+    data = bytearray(SEEDS[draw(st.integers(0, len(SEEDS) - 1))])
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "header"]))
+        if not data:
+            break
+        i = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del data[i:]
+        elif kind == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "delete":
+            del data[i:i + draw(st.integers(1, 16))]
+        else:  # overwrite within the first 64 bytes, where sizes and modes live
+            j = i % min(64, len(data))
+            data[j] = draw(st.integers(0, 255))
+    return bytes(data), draw(st.integers(0, len(SPECS) - 1))
+
+
+def check_decoded(data: bytes, spec: ModelSpec):
+    try:
+        arrays = load_tiles(data, spec, max_pixels=4_000_000)
+    except ImageError as e:
+        assert e.problem and e.source.startswith("<")  # named, one line
+        assert "\n" not in str(e)
+        return
+    assert arrays.dtype == np.uint8 and arrays.ndim == 4 and arrays.shape[3] == 3 and len(arrays) >= 1
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(mutated())
+def test_fuzz_mutated_images_decode_or_fail_cleanly(case):
+    data, s = case
+    check_decoded(data, SPECS[s])
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(st.binary(max_size=512), st.integers(0, len(SPECS) - 1))
+def test_fuzz_random_bytes_fail_cleanly(data, s):
+    check_decoded(data, SPECS[s])
