@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -47,41 +46,8 @@ TARGET_AGREEMENT = 0.99
 # after a run, and would steal the cores from whichever backend runs next.
 GAP_S = 0.03
 
-T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Machine
-
-
-def machine(threads: int) -> dict:
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu in ("", platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    versions = {"python": platform.python_version()}
-    for mod in ("numpy", "torch", "onnx", "onnxruntime", "openvino"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
-            versions[mod] = f"unavailable ({type(e).__name__})"
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni") if f in flags]
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": affinity, "threads": threads,
-            "isa": isa, "platform": platform.platform(), "versions": versions,
-            "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ}}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import T0, log, machine, summarize, time_interleaved  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +131,7 @@ def torch_backend(model, threads, compile_mode=None):
 
 
 def time_all(backends, inputs, batch, warmup, rounds, log_every=None, block=3):
-    """Interleaved timing: each round runs every backend for 1 + `block` calls, in a rotated order."""
+    """Warm every backend up, then time them interleaved (common.time_interleaved)."""
     live = [b for b in backends if b.prepare(batch)]
     for b in live:
         x = inputs[b.input_kind]
@@ -173,29 +139,9 @@ def time_all(backends, inputs, batch, warmup, rounds, log_every=None, block=3):
         for _ in range(warmup):
             b.fns[batch](x)
         log(f"  batch {batch}: {b.name} warm ({warmup} runs, {time.perf_counter() - t:.1f}s)")
-    times = {b.name: [] for b in live}
-    for r in range(rounds):
-        k = r % len(live)
-        for b in live[k:] + live[:k]:
-            x = inputs[b.input_kind]
-            time.sleep(GAP_S)  # let the previous backend's spinning worker threads go idle
-            # A short block of calls per backend: the first wakes its thread pool and is not
-            # counted, so a backend is timed in its steady state, not in its neighbour's wake.
-            for i in range(block + 1):
-                t = time.perf_counter()
-                b.fns[batch](x)
-                if i:
-                    times[b.name].append(time.perf_counter() - t)
-        if log_every and (r + 1) % log_every == 0:
-            log(f"  batch {batch}: round {r + 1}/{rounds}")
-    return times
-
-
-def summarize(times, batch):
-    t = np.asarray(times)
-    p50, p90, p99 = np.percentile(t, [50, 90, 99]) * 1000
-    return {"images_per_s": round(batch / np.median(t), 1), "p50_ms": round(float(p50), 2),
-            "p90_ms": round(float(p90), 2), "p99_ms": round(float(p99), 2), "runs": int(t.size)}
+    fns = {b.name: (lambda f=b.fns[batch], x=inputs[b.input_kind]: f(x)) for b in live}
+    return time_interleaved(fns, rounds, block=block, gap_s=GAP_S,
+                            on_round=lambda r: log(f"  batch {batch}: round {r}/{rounds}") if log_every and r % log_every == 0 else None)
 
 
 # --------------------------------------------------------------------------------------------

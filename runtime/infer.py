@@ -12,7 +12,6 @@ was scored, 1 when any failed, 2 when the model itself could not be loaded.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 

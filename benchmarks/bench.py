@@ -1,0 +1,624 @@
+"""One harness for latency and throughput of every LFM backend, with reports and plots.
+
+    python benchmarks/bench.py [--quick] [--backends torch,ort,ort-int8,...] [--batch-sizes 1,8,32]
+                               [--sizes 224,256] [--mode engine|e2e|both] [--output-dir DIR]
+
+Backends (those whose libraries or hardware are missing are listed as unavailable, with why):
+  torch            PyTorch eager on the CPU, our faithful model (upstream's setting): the baseline
+  torch-compile    torch.compile (inductor) of the same
+  ort, ort-int8    ONNX Runtime on the exported fp32 / INT8 QDQ graph (uint8 input)
+  ort-plugins      ONNX Runtime on the custom-op graph (export --variant plugins)
+  openvino, openvino-f32, openvino-int8
+                   OpenVINO on the fp32 graph (its default precision: bf16 where the CPU has it;
+                   f32 forced) and on the INT8 graph
+  trt-fp16, trt-int8
+                   TensorRT engines (export/to_trt.py) where tensorrt and a GPU exist
+  torch-cuda, torch-cuda-fp16, torch-cuda-graphs
+                   PyTorch on a GPU: fp32; fp16 + channels-last; fp16 + channels-last + a CUDA
+                   graph per batch shape
+
+Modes: `engine` times one backend call on a batch already in the backend's own format (uint8
+NHWC bytes, or normalised float NCHW for torch); `e2e` times files in, scores out through the
+runtime's Detector (decoding in worker threads, batching), on the reference JPEGs (or generated
+images without ../shared). Timing interleaves the backends round by round (benchmarks/common.py)
+so drifts of a shared machine hit all of them; on GPUs a call is timed with CUDA events.
+
+Per configuration: images/s (batch / median latency), p50/p90/p99 latency, the ratio to the
+`torch` baseline at the same size and batch in the same run, peak host memory (process peak
+and what the backend added while it was created, warmed up and run), peak device memory where
+measurable, and achieved GFLOP/s against the machine's measured GEMM rate (fp32 BLAS; INT8
+with ONNX Runtime's MatMulInteger), so a reader sees how close each backend gets.
+Writes bench.json, bench.md and bench_throughput.png / bench_latency.png to --output-dir.
+--quick (< 2 min on 2 cores): torch, ort, ort-int8, openvino at 224, batches 1 and 8, few rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (PeakRSS, bf16_gemm_rate, fp32_gemm_rate, int8_gemm_rate, lfm_gflop_per_image, log, machine,  # noqa: E402
+                    max_rss_bytes, summarize, time_interleaved, usable_cpus)
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
+CPU_BACKENDS = ("torch", "torch-compile", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-f32", "openvino-int8")
+GPU_BACKENDS = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "trt-fp16", "trt-int8")
+ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+QUICK_BACKENDS = ("torch", "ort", "ort-int8", "openvino")
+E2E_CAPABLE = ("torch", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-int8", "trt-fp16", "trt-int8")
+PRECISION = {"torch": "fp32", "torch-compile": "fp32", "ort": "fp32", "ort-int8": "int8", "ort-plugins": "fp32",
+             "openvino": "default (bf16 where supported)", "openvino-f32": "fp32", "openvino-int8": "int8",
+             "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-graphs": "fp16", "trt-fp16": "fp16",
+             "trt-int8": "int8"}
+
+
+class Unavailable(Exception):
+    """A backend that cannot run here; the message says why (one line)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models: exported once per run through the project's own CLIs (the contract users run)
+
+
+@dataclass
+class Models:
+    work: Path
+    checkpoint: str
+    calib_dir: str | None
+    calib_count: int
+    size: int
+    _paths: dict = field(default_factory=dict)
+    _torch: object = None
+
+    def _export(self, key: str, extra: list[str]) -> str:
+        """python export/to_onnx.py CHECKPOINT -o OUT EXTRA... once per key; a failure makes the
+        backends that need it unavailable, with the CLI's own one-line error."""
+        if key not in self._paths:
+            out = str(self.work / f"lfm_{key}.onnx")
+            t = time.perf_counter()
+            r = subprocess.run([sys.executable, str(ROOT / "export" / "to_onnx.py"), self.checkpoint, "-o", out, *extra],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip() or r.stdout.strip() or "failed").splitlines()[-1]
+                self._paths[key] = Unavailable(f"export failed: {last}")
+            else:
+                self._paths[key] = out
+                log(f"exported {key} -> {out} ({time.perf_counter() - t:.1f}s)")
+        if isinstance(self._paths[key], Unavailable):
+            raise self._paths[key]
+        return self._paths[key]
+
+    def onnx(self, kind: str) -> str:
+        """The uint8-input graph of a kind: fp32, int8 (QDQ) or plugins (custom ops)."""
+        common = ["--input", "uint8", "--size", str(self.size)]
+        if kind == "fp32":
+            return self._export("fp32", common)
+        if kind == "plugins":
+            return self._export("plugins", [*common, "--variant", "plugins"])
+        if kind == "int8":
+            calib = ["--calib", self.calib_dir] if self.calib_dir else ["--calib-synthetic"]
+            return self._export("int8", [*common, "--int8", *calib, "--calib-count", str(self.calib_count),
+                                         "--report-count", "16"])
+        raise ValueError(kind)
+
+    def plan(self, precision: str) -> str:
+        key = f"plan_{precision}"
+        if key not in self._paths:
+            onnx_path = self.onnx("int8" if precision == "int8" else "fp32")
+            out = str(self.work / f"lfm_{precision}.plan")
+            r = subprocess.run([sys.executable, str(ROOT / "export" / "to_trt.py"), onnx_path, "-o", out,
+                                "--precision", precision], capture_output=True, text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip() or r.stdout.strip() or "failed").splitlines()[-1]
+                self._paths[key] = Unavailable(f"engine build failed: {last}")
+            else:
+                self._paths[key] = out
+        if isinstance(self._paths[key], Unavailable):
+            raise self._paths[key]
+        return self._paths[key]
+
+    def torch_model(self):
+        if self._torch is None:
+            from lfm.train.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(self.checkpoint)
+            self._torch = (ckpt.model.eval(), ckpt.spec)
+        return self._torch
+
+
+# --------------------------------------------------------------------------------------------
+# Engine mode: backend -> (input kind, batch -> callable(x) -> logits)
+
+
+@dataclass
+class Engine:
+    name: str
+    input_kind: str  # "uint8" (NHWC bytes) or "float" (normalised NCHW)
+    setup: Callable  # batch -> fn(x) -> logits (or (logits, device seconds))
+    device_memory: Callable | None = None  # -> peak bytes on the device since the last reset, or None
+    fns: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def _need(module: str, why: str):
+    try:
+        return __import__(module)
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"{why} ({module}: {type(e).__name__})") from None
+
+
+def _cuda():
+    torch = _need("torch", "needs PyTorch")
+    if not torch.cuda.is_available():
+        raise Unavailable("no CUDA GPU")
+    return torch
+
+
+def make_engine(name: str, models: Models, threads: int) -> Engine:
+    """The engine-mode callable factory of one backend; raises Unavailable with the reason."""
+    if name in ("torch", "torch-compile"):
+        torch = _need("torch", "needs PyTorch")
+        torch.set_num_threads(threads)
+        model, _ = models.torch_model()
+        net = torch.compile(model) if name == "torch-compile" else model
+
+        def setup(batch):
+            def run(x):
+                with torch.inference_mode():
+                    return net(torch.from_numpy(x)).numpy()
+            return run
+        return Engine(name, "float", setup)
+
+    if name in ("torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs"):
+        torch = _cuda()
+        model, _ = models.torch_model()
+        half = name != "torch-cuda"
+        import copy
+
+        net = copy.deepcopy(model).cuda().eval()
+        if half:
+            net = net.half().to(memory_format=torch.channels_last)
+
+        def setup(batch):
+            size = models.size
+            static = torch.zeros(batch, 3, size, size, device="cuda", dtype=torch.half if half else torch.float32)
+            if half:
+                static = static.contiguous(memory_format=torch.channels_last)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if name == "torch-cuda-graphs":
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s), torch.inference_mode():
+                    for _ in range(3):  # warm-up on a side stream before capture, as PyTorch asks
+                        net(static)
+                torch.cuda.current_stream().wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.inference_mode():
+                    out = net(static)
+
+                def call():
+                    graph.replay()
+                    return out
+            else:
+                def call():
+                    with torch.inference_mode():
+                        return net(static)
+
+            def run(x):
+                static.copy_(torch.from_numpy(x), non_blocking=False)
+                start.record()
+                y = call()
+                end.record()
+                end.synchronize()
+                return y.float().cpu().numpy(), start.elapsed_time(end) / 1000.0  # device seconds
+            return run
+
+        def device_memory():
+            return torch.cuda.max_memory_allocated()
+        return Engine(name, "float", setup, device_memory)
+
+    if name in ("ort", "ort-int8", "ort-plugins", "openvino", "openvino-f32", "openvino-int8"):
+        if name.startswith("openvino"):
+            _need("openvino", "needs OpenVINO (pip install -e '.[openvino]')")
+        path = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins", "openvino": "fp32",
+                            "openvino-f32": "fp32", "openvino-int8": "int8"}[name])
+        from lfm.runtime.runners import OnnxRunner, OpenVinoRunner
+
+        if name.startswith("openvino"):
+            runner = OpenVinoRunner(path, threads=threads, precision="f32" if name == "openvino-f32" else None)
+        else:
+            runner = OnnxRunner(path, providers=["cpu"], threads=threads)
+        try:
+            runner.activate()
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+        def setup(batch):
+            return lambda x: runner.infer({"pixels": x})["logit"]
+        return Engine(name, "uint8", setup)
+
+    if name in ("trt-fp16", "trt-int8"):
+        _need("tensorrt", "needs TensorRT (pip install tensorrt, on an NVIDIA GPU machine)")
+        _cuda()
+        plan = models.plan(name.split("-")[1])
+        from lfm.runtime.runners import make_runner
+
+        runner = make_runner(engine=plan).activate()
+
+        def setup(batch):
+            return lambda x: runner.infer({"pixels": x})["logit"]
+        return Engine(name, "uint8", setup)
+    raise Unavailable(f"unknown backend {name!r}; known: {', '.join(ALL_BACKENDS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def image_files(work: Path, quick: bool) -> tuple[list[str], str]:
+    """The e2e and calibration images: the reference JPEGs, or generated ones without them."""
+    cnn = REFERENCE / "cnndetection"
+    if cnn.is_dir():
+        from lfm.runtime.preprocess import is_image_path
+
+        return sorted(str(f) for f in cnn.iterdir() if is_image_path(f)), str(cnn)
+    from lfm.train.make_synthetic import make_synthetic
+
+    out = work / "synthetic"
+    make_synthetic(out, n=32 if quick else 128, size=256, seed=0, val_fraction=0.0, force=True, jobs=1)
+    files = sorted(str(p) for p in out.rglob("*.png"))
+    return files, str(out)
+
+
+def batch_of(base: np.ndarray, batch: int) -> np.ndarray:
+    return np.ascontiguousarray(np.resize(base, (batch, *base.shape[1:])))
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, files) -> tuple[list, dict, dict]:
+    from lfm.runtime.preprocess import load_array, normalize
+    from lfm.runtime.spec import ModelSpec
+
+    rows, latencies, unavailable = [], {}, {}
+    for size in sizes:
+        models.size = size
+        engines = []
+        for name in names:
+            with PeakRSS() as mem:
+                try:
+                    eng = make_engine(name, models, threads)
+                except Unavailable as e:
+                    unavailable[name] = str(e)
+                    log(f"  {name}: unavailable ({e})")
+                    continue
+            eng.host_added = mem.delta
+            engines.append(eng)
+        spec = ModelSpec(size=size, policy="resize")
+        base = np.stack([load_array(f, spec) for f in files[:8]])
+        for batch in batches:
+            x_u8 = batch_of(base, batch)
+            x = {"uint8": x_u8, "float": normalize(x_u8, spec.mean, spec.std)}
+            fns, meta = {}, {}
+            for eng in engines:
+                with PeakRSS() as mem:
+                    try:
+                        fn = eng.setup(batch)
+                        for _ in range(warmup):
+                            fn(x[eng.input_kind])
+                    except Exception as e:  # noqa: BLE001  (e.g. out of memory at this batch)
+                        log(f"  {eng.name} b{batch}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                        continue
+                meta[eng.name] = {"host_added_mb": round((eng.host_added + mem.delta) / 2**20, 1)}
+                fns[eng.name] = (lambda f=fn, a=x[eng.input_kind]: f(a))
+            if not fns:
+                continue
+            log(f"engine {size}px b{batch}: {len(fns)} backends x {rounds} rounds")
+            times = time_interleaved(fns, rounds, on_round=lambda r: log(f"  round {r}/{rounds}") if r % max(1, rounds // 2) == 0 else None)
+            base_ips = None
+            for eng in engines:
+                if eng.name not in times:
+                    continue
+                t = times[eng.name]
+                row = {"mode": "engine", "backend": eng.name, "precision": PRECISION.get(eng.name, "?"), "size": size,
+                       "batch": batch, **summarize(t, batch), **meta[eng.name],
+                       "host_peak_mb": round(max_rss_bytes() / 2**20, 1),
+                       "device_peak_mb": round(eng.device_memory() / 2**20, 1) if eng.device_memory else None}
+                latencies[f"engine/{eng.name}/{size}/{batch}"] = [round(v * 1000, 3) for v in t]
+                rows.append(row)
+                if eng.name == "torch":
+                    base_ips = row["images_per_s"]
+            for row in rows:
+                if row["mode"] == "engine" and row["size"] == size and row["batch"] == batch and base_ips:
+                    row["x_torch"] = round(row["images_per_s"] / base_ips, 2)
+    return rows, latencies, unavailable
+
+
+def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -> tuple[list, dict]:
+    from lfm.runtime.detector import Detector
+
+    models.size = size
+    listed = files * repeat
+    rows, unavailable = [], {}
+    for batch in batches:
+        dets, fns = {}, {}
+        for name in names:
+            if name not in E2E_CAPABLE:
+                continue
+            try:
+                if name == "torch":
+                    kw = {"checkpoint": models.checkpoint, "device": "cpu"}
+                elif name.startswith("trt"):
+                    _need("tensorrt", "needs TensorRT")
+                    kw = {"engine": models.plan(name.split("-")[1])}
+                else:
+                    path = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins",
+                                        "openvino": "fp32", "openvino-int8": "int8"}[name])
+                    kw = {"model": path, "backend": "openvino" if name.startswith("openvino") else "onnxruntime"}
+                    if not name.startswith("openvino"):
+                        kw["providers"] = ["cpu"]
+                det = Detector(**kw, threads=threads if name != "torch" else None, batch_size=batch, size=size, policy="resize")
+            except (Unavailable, Exception) as e:  # noqa: BLE001
+                unavailable[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                continue
+            if name == "torch":
+                import torch
+
+                torch.set_num_threads(threads)
+            dets[name] = det
+            recs = det.predict(files[: 2 * batch])  # warm-up, and a check that it scores
+            bad = [r for r in recs if not r.ok]
+            if bad:
+                unavailable[name] = f"scoring failed: {bad[0].path}: {bad[0].error}"
+                det.close()
+                del dets[name]
+                continue
+            fns[name] = (lambda d=det: d.predict(listed))
+        if not fns:
+            continue
+        log(f"e2e {size}px batch {batch}: {len(fns)} backends x {rounds} rounds of {len(listed)} files")
+        times = time_interleaved(fns, rounds, block=1)
+        base = None
+        for name in fns:
+            s = summarize(times[name], len(listed))
+            row = {"mode": "e2e", "backend": name, "precision": PRECISION.get(name, "?"), "size": size, "batch": batch,
+                   "images_per_s": s["images_per_s"], "p50_ms_per_image": round(s["p50_ms"] / len(listed), 3),
+                   "files_per_round": len(listed), "runs": s["runs"], "host_peak_mb": round(max_rss_bytes() / 2**20, 1)}
+            rows.append(row)
+            if name == "torch":
+                base = row["images_per_s"]
+        for row in rows:
+            if row["batch"] == batch and base:
+                row["x_torch"] = round(row["images_per_s"] / base, 2)
+        for d in dets.values():
+            d.close()
+    return rows, unavailable
+
+
+# --------------------------------------------------------------------------------------------
+# Reports
+
+
+def add_limits(rows, rates):
+    for r in rows:
+        gflop = lfm_gflop_per_image(r["size"])
+        r["gflop_per_image"] = round(gflop, 3)
+        r["achieved_gflop_per_s"] = round(r["images_per_s"] * gflop, 1)
+        rate = None
+        if not r["backend"].startswith(("torch-cuda", "trt")):
+            key = {"int8": "int8_gop_per_s", "fp32": "fp32_gflop_per_s"}.get(r["precision"], "bf16_gflop_per_s")
+            rate = rates.get(key)
+        r["of_gemm_rate"] = round(r["achieved_gflop_per_s"] / rate, 3) if rate else None
+
+
+def markdown(doc) -> str:
+    m = doc["machine"]
+    gpus = "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in m["gpus"]) or "none"
+    lines = [f"# LFM benchmark ({'quick' if doc['quick'] else 'full'})", "", f"`{doc['command']}`", "",
+             f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['threads']} threads used), {m['memory_gb']} GB; "
+             f"GPU: {gpus}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if "unavailable" not in str(v)), "",
+             f"Machine rates measured in this run: fp32 GEMM {doc['rates']['fp32_gflop_per_s']:.0f} GFLOP/s (numpy BLAS)"
+             + (f", bf16 GEMM {doc['rates']['bf16_gflop_per_s']:.0f} GFLOP/s (PyTorch)" if doc['rates'].get('bf16_gflop_per_s') else "")
+             + (f", INT8 GEMM {doc['rates']['int8_gop_per_s']:.0f} GOP/s (ONNX Runtime MatMulInteger)" if doc['rates'].get('int8_gop_per_s') else "")
+             + ". LFM needs " + ", ".join(f"{lfm_gflop_per_image(s):.2f} GFLOP at {s}" for s in doc["settings"]["sizes"])
+             + " per image. 'of GEMM' = achieved GFLOP/s over the GEMM rate of the backend's precision (OpenVINO's "
+             "default: bf16); above 100 % means the backend's fused convolution kernels beat that plain GEMM, "
+             "not that a limit was broken.", ""]
+    eng = [r for r in doc["results"] if r["mode"] == "engine"]
+    if eng:
+        lines += ["## Engine mode (tensor in, logits out)", "",
+                  "| backend | precision | size | batch | img/s | p50 / p90 / p99 ms | x torch | host added MB | device peak MB | GFLOP/s | of GEMM |",
+                  "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for r in eng:
+            of_gemm = "-" if r["of_gemm_rate"] is None else f"{100 * r['of_gemm_rate']:.0f} %"
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                         f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f} / {r['p99_ms']:.2f} | {r.get('x_torch', '-')} | "
+                         f"{r['host_added_mb']} | {r['device_peak_mb'] if r['device_peak_mb'] is not None else '-'} | "
+                         f"{r['achieved_gflop_per_s']:.0f} | {of_gemm} |")
+        lines.append("")
+    e2e = [r for r in doc["results"] if r["mode"] == "e2e"]
+    if e2e:
+        lines += ["## End-to-end mode (files in, scores out, decoding included)", "",
+                  f"{e2e[0]['files_per_round']} files per round from {doc['settings']['files_from']}.", "",
+                  "| backend | precision | size | batch | img/s | ms per image | x torch |", "|---|---|---:|---:|---:|---:|---:|"]
+        for r in e2e:
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                         f"{r['p50_ms_per_image']:.2f} | {r.get('x_torch', '-')} |")
+        lines.append("")
+    if doc["unavailable"]:
+        lines += ["Unavailable here:", ""] + [f"- {k}: {v}" for k, v in doc["unavailable"].items()] + [""]
+    if doc.get("plots"):
+        lines += [f"![{Path(p).stem}]({Path(p).name})" for p in doc["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def plots(doc, latencies, out_dir: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (pip install -e '.[viz]'): no plots")
+        return []
+    made = []
+    rows = doc["results"]
+    keys = sorted({(r["mode"], r["size"]) for r in rows})
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+        for ax, (mode, size) in zip(axes[0], keys):
+            sel = [r for r in rows if r["mode"] == mode and r["size"] == size]
+            for name in dict.fromkeys(r["backend"] for r in sel):
+                pts = sorted((r["batch"], r["images_per_s"]) for r in sel if r["backend"] == name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("images / s")
+            ax.set_title(f"{'engine (tensor in)' if mode == 'engine' else 'end to end (files in)'}, {size} px")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"LFM throughput — {doc['machine']['cpu']}" + (f", {doc['machine']['gpus'][0]['name']}" if doc["machine"]["gpus"] else ""), fontsize=10)
+        fig.tight_layout()
+        p = out_dir / "bench_throughput.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(str(p))
+    if latencies:
+        batch = min(int(k.split("/")[3]) for k in latencies)
+        size = min(int(k.split("/")[2]) for k in latencies)
+        sel = {k.split("/")[1]: v for k, v in latencies.items() if k.endswith(f"/{size}/{batch}")}
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(sel)), 4.5))
+        ax.boxplot(list(sel.values()), showfliers=True)
+        ax.set_xticks(range(1, len(sel) + 1), list(sel), rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per call (ms)")
+        ax.set_title(f"Latency distribution, engine mode, batch {batch}, {size} px")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        fig.tight_layout()
+        p = out_dir / "bench_latency.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        made.append(str(p))
+    return made
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def int_list(s: str) -> list[int]:
+    try:
+        vals = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {s!r}")
+    return vals
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="backends: " + ", ".join(ALL_BACKENDS))
+    p.add_argument("--quick", action="store_true", help="< 2 min: torch, ort, ort-int8, openvino; 224 px; batches 1, 8")
+    p.add_argument("--backends", default=None, help="comma-separated (default: all for this machine; --quick: a few)")
+    p.add_argument("--batch-sizes", type=int_list, default=None, help="default 1,8,32 (GPU: 1,32,256,1024)")
+    p.add_argument("--sizes", type=int_list, default=None, help="image sides, default 224,256 (GPU: 256)")
+    p.add_argument("--mode", choices=("engine", "e2e", "both"), default="both")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration (each 3 calls)")
+    p.add_argument("--threads", type=int, default=usable_cpus())
+    p.add_argument("--checkpoint", default=str(REFERENCE / "lfm_upstream.pth"),
+                   help="default: upstream's checkpoint from ../shared/reference (else a random-weight model)")
+    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--work-dir", default=None, help="where exported models go (default: a temp folder)")
+    args = p.parse_args(argv)
+
+    gpu = bool(machine(args.threads, modules=())["gpus"])
+    names = args.backends.split(",") if args.backends else list(QUICK_BACKENDS if args.quick else
+                                                                  (CPU_BACKENDS + (GPU_BACKENDS if gpu else ())))
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        p.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(ALL_BACKENDS)}")
+    batches = args.batch_sizes or ([1, 8] if args.quick else ([1, 32, 256, 1024] if gpu else [1, 8, 32]))
+    sizes = args.sizes or ([224] if args.quick else ([256] if gpu else [224, 256]))
+    rounds = args.rounds or (3 if args.quick else 8)
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    checkpoint = args.checkpoint
+    if not Path(checkpoint).is_file():
+        if args.checkpoint != p.get_default("checkpoint"):
+            print(f"error: {checkpoint}: no such checkpoint", file=sys.stderr)
+            return 2
+        import torch
+
+        from lfm.train.checkpoint import make_checkpoint, save_atomic
+        from lfm.train.model import build_model
+
+        torch.manual_seed(0)
+        checkpoint = str(work / "random.pt")
+        save_atomic(make_checkpoint(build_model()), checkpoint)
+        log(f"no reference checkpoint at {args.checkpoint}: timing a random-weight model ({checkpoint})")
+
+    log(f"backends {', '.join(names)}; sizes {sizes}; batches {batches}; {rounds} rounds; work dir {work}")
+    files, files_from = image_files(work, args.quick)
+    calib = str(REFERENCE / "images") if (REFERENCE / "images").is_dir() else files_from
+    models = Models(work, checkpoint, calib, 16 if args.quick else 64, sizes[0])
+    log("measuring the machine's GEMM rates")
+    rates = {"fp32_gflop_per_s": round(fp32_gemm_rate(args.threads), 1)}
+    for key, fn in (("int8_gop_per_s", int8_gemm_rate), ("bf16_gflop_per_s", bf16_gemm_rate)):
+        v = fn(args.threads)
+        if v:
+            rates[key] = round(v, 1)
+    results, latencies, unavailable = [], {}, {}
+    if args.mode in ("engine", "both"):
+        rows, latencies, unavailable = run_engine_mode(names, models, sizes, batches, args.threads, rounds,
+                                                       2 if args.quick else 5, files)
+        results += rows
+    if args.mode in ("e2e", "both"):
+        e2e_batches = [16] if args.quick else sorted({8, 32} | ({256} if gpu else set()))
+        rows, un = run_e2e_mode(names, models, sizes[0], e2e_batches, args.threads, 2 if args.quick else 4,
+                                files[:32] if args.quick else files, 1 if args.quick else 4)
+        results += rows
+        unavailable.update({k: v for k, v in un.items() if k not in unavailable})
+    add_limits(results, rates)
+    cmd = "python benchmarks/bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    doc = {"benchmark": "bench", "command": cmd.strip(), "quick": args.quick, "machine": machine(args.threads),
+           "settings": {"backends": names, "sizes": sizes, "batches": batches, "rounds": rounds, "mode": args.mode,
+                        "checkpoint": "upstream (reference)" if checkpoint == str(REFERENCE / "lfm_upstream.pth") else checkpoint,
+                        "files_from": files_from, "timing": "interleaved rounds of 1 + 3 calls, the first not counted; "
+                                                            "CUDA events on GPUs"},
+           "rates": rates, "results": results, "unavailable": unavailable, "seconds": None}
+    doc["plots"] = plots(doc, latencies, out_dir)
+    doc["latencies_ms"] = latencies
+    doc["seconds"] = round(time.perf_counter() - __import__("common").T0, 1)
+    (out_dir / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / "bench.md").write_text(markdown(doc))
+    print(markdown(doc))
+    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'} and {len(doc['plots'])} plot(s) in {doc['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,232 @@
+"""What every benchmark here shares: the machine record, timing and summaries, peak memory,
+and the machine's own arithmetic rates (the physical limits figures are set against).
+
+Imported by bench.py, bench_cpu.py and friends as a sibling module (`benchmarks/` is put on
+sys.path by running a script from it).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, stamped with the seconds since start (stdout stays for results)."""
+    print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Machine
+
+
+def gpu_info() -> list[dict]:
+    """NVIDIA GPUs as nvidia-smi sees them (name, driver, memory); [] without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3:
+            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2],
+                         **({"compute_capability": parts[3]} if len(parts) > 3 else {})})
+    return gpus
+
+
+def machine(threads: int, modules=("numpy", "torch", "onnx", "onnxruntime", "openvino", "tensorrt", "triton")) -> dict:
+    cpu, flags = platform.processor(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and cpu in ("", platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    versions = {"python": platform.python_version()}
+    for mod in modules:
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception as e:  # noqa: BLE001  (recorded, not fatal)
+            versions[mod] = f"unavailable ({type(e).__name__})"
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni") if f in flags]
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        mem_gb = None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "threads": threads,
+            "memory_gb": mem_gb, "isa": isa, "gpus": gpu_info(), "platform": platform.platform(),
+            "versions": versions,
+            "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ}}
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def summarize(times, batch: int) -> dict:
+    """Seconds per call -> images/s (batch / median) and latency percentiles in ms."""
+    t = np.asarray(times, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99]) * 1000
+    return {"images_per_s": round(batch / float(np.median(t)), 1), "p50_ms": round(float(p50), 3),
+            "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3), "runs": int(t.size)}
+
+
+def time_interleaved(fns: dict, rounds: int, block: int = 3, gap_s: float = 0.03, on_round=None) -> dict:
+    """Time several callables side by side: each round runs every one for 1 + `block` calls in
+    a rotated order; the first call of a block (which wakes the callee's thread pool after the
+    previous one's) is not counted. Drifts of a shared machine thus spread over all of them.
+    fns: name -> (callable with no arguments); one that returns (result, seconds) is timed by
+    those seconds (CUDA events) instead of the wall clock. Returns name -> seconds per call."""
+    names = list(fns)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            time.sleep(gap_s)  # let the previous callee's spinning worker threads go idle
+            for i in range(block + 1):
+                t = time.perf_counter()
+                out = fns[n]()
+                wall = time.perf_counter() - t
+                if i:  # a callee timing itself on a device returns (result, device seconds)
+                    device = out[1] if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], float) else None
+                    times[n].append(wall if device is None else device)
+        if on_round:
+            on_round(r + 1)
+    return times
+
+
+# --------------------------------------------------------------------------------------------
+# Memory
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class PeakRSS:
+    """Peak resident memory while a block runs, sampled every `interval` s in a thread (plus
+    the start and end values). `peak` and `delta` (peak minus the value at entry) in bytes."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self.start = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self):
+        self.start = self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.start
+
+
+def max_rss_bytes() -> int:
+    """Lifetime peak RSS of this process (getrusage; kilobytes on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# The machine's arithmetic rates
+
+
+def fp32_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of a square float32 matrix product with numpy's BLAS (best of `reps`)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def bf16_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
+    """GFLOP/s of a square bfloat16 matrix product with PyTorch (oneDNN; fast where the CPU has
+    AVX512-BF16 or AMX, OpenVINO's default precision there); None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def int8_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
+    """GOP/s (2 ops per multiply-accumulate) of ONNX Runtime's MatMulInteger, uint8 activations
+    x constant int8 weights (prepacked, as a model's convolution weights are), square n; None
+    without onnx/onnxruntime."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w")
+    g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "mmi",
+                          [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    sess.run(None, feed)
+    best = min(_timed(lambda: sess.run(None, feed)) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def lfm_gflop_per_image(size: int, top_k: int = 16) -> float:
+    """Convolution FLOPs (2 per multiply-accumulate) of one size x size image through LFM,
+    from the layer geometry (upstream's widths 64-128-256-512, salience 512->64): 2.39 at 224,
+    3.15 at 256. NPR, pooling, top-k and the 1024->1 linear are negligible beside them."""
+    n = size - size % 2
+    macs, c_in = 0, 3
+    for i, c_out in enumerate((64, 128, 256, 512)):
+        n -= 1  # conv k=2, no padding
+        macs += n * n * c_out * c_in * 4
+        c_in = c_out
+        if i < 3:
+            n //= 2
+    macs += n * n * 64 * 512  # salience 1x1
+    return 2 * macs / 1e9

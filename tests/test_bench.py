@@ -1,0 +1,44 @@
+"""Smoke test of the benchmark harness: `benchmarks/bench.py --quick` runs and writes the
+documented fields. It checks the report, never the speed (speed targets live in benchmarks/)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("torch", reason="the harness's baseline is PyTorch (the [train] extra)")
+pytest.importorskip("onnx", reason="the harness exports ONNX models (the [export] extra)")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--output-dir", str(out),
+                        "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    m = doc["machine"]
+    assert m["cpu"] and m["usable_cpus"] >= 1 and "onnxruntime" in m["versions"] and "gpus" in m
+    assert doc["rates"]["fp32_gflop_per_s"] > 0
+    engine = [x for x in doc["results"] if x["mode"] == "engine"]
+    e2e = [x for x in doc["results"] if x["mode"] == "e2e"]
+    assert {x["backend"] for x in engine} >= {"torch", "ort", "ort-int8"}
+    assert {(x["backend"], x["batch"]) for x in engine} >= {("torch", 1), ("torch", 8), ("ort", 1), ("ort", 8)}
+    for x in engine:
+        for key in ("images_per_s", "p50_ms", "p90_ms", "p99_ms", "x_torch", "host_added_mb", "host_peak_mb",
+                    "achieved_gflop_per_s", "gflop_per_image"):
+            assert key in x, (key, x)
+        assert x["images_per_s"] > 0 and x["p50_ms"] <= x["p90_ms"] <= x["p99_ms"]
+        assert x["gflop_per_image"] == pytest.approx(2.387, abs=1e-3)  # 224 px
+    assert next(x for x in engine if x["backend"] == "torch")["x_torch"] == 1.0
+    assert {x["backend"] for x in e2e} >= {"torch", "ort-int8"} and all(x["images_per_s"] > 0 for x in e2e)
+    md = (out / "bench.md").read_text()
+    assert "Engine mode" in md and "End-to-end mode" in md and "x torch" in md
+    if doc["plots"]:  # matplotlib present (the [viz] extra)
+        for p in doc["plots"]:
+            assert Path(p).stat().st_size > 10_000
