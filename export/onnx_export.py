@@ -13,6 +13,11 @@ each 2x2 block, so for x_norm = (x / 255 - mean) / std:
 
 and the graph scales |NPR| of the raw bytes by one constant per channel: no float image is
 ever materialised by the runtime.
+
+Two graph variants: ``standard`` (ONNX operators only) and ``plugins``, where NPR (with the
+scaling) and Top-K pooling are one custom node each, ``LfmNpr`` and ``LfmTopKPool`` in the
+domain ``ai.onnx.contrib`` (contract: ``lfm.runtime.custom_ops``). The plugin graph is what
+TensorRT builds with LFM's plugins; ONNX Runtime runs it on the CPU through the numpy ops.
 """
 from __future__ import annotations
 
@@ -25,13 +30,15 @@ import warnings
 import torch
 import torch.nn as nn
 
+from lfm.runtime import custom_ops
 from lfm.runtime.spec import ModelSpec
-from lfm.train.model import LFM
+from lfm.train.model import LFM, NPR
 
 EXPORTER_VERSION = "lfm-deploy-export/1"
 INPUT_NAMES = {"float": "image", "uint8": "pixels"}
 OUTPUT_NAMES = ("logit", "score")
 MIN_OPSET = 17
+VARIANTS = ("standard", "plugins")
 
 
 class FloatInputLFM(nn.Module):
@@ -64,12 +71,74 @@ class Uint8InputLFM(nn.Module):
         return logit, torch.sigmoid(logit)
 
 
-def wrap(model: LFM, spec: ModelSpec, input_variant: str) -> nn.Module:
+class _NprOp(torch.autograd.Function):
+    """LfmNpr: the torch reference runs while tracing; the graph gets one custom node."""
+
+    @staticmethod
+    def forward(ctx, x, scale: tuple, nhwc: bool):
+        if nhwc:
+            x = x.permute(0, 3, 1, 2).to(torch.float32)
+        return NPR()(x).abs() * torch.tensor(scale, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @staticmethod
+    def symbolic(g, x, scale, nhwc):
+        attrs = {f"{k}_s": v for k, v in custom_ops.npr_attributes(scale).items()}
+        out = g.op(f"{custom_ops.DOMAIN}::{custom_ops.NPR_OP}", x, **attrs)
+        out.setType(x.type().with_dtype(torch.float32).with_sizes([None, 3, None, None]))
+        return out
+
+
+class _TopKPoolOp(torch.autograd.Function):
+    """LfmTopKPool: torch.topk while tracing (TopKPool's semantics); one custom node in the graph."""
+
+    @staticmethod
+    def forward(ctx, maps, k: int, channels: int):
+        return torch.topk(maps.flatten(2), k, dim=-1, largest=True, sorted=True).values.flatten(1)
+
+    @staticmethod
+    def symbolic(g, maps, k, channels):
+        attrs = custom_ops.top_k_pool_attributes(k)
+        out = g.op(f"{custom_ops.DOMAIN}::{custom_ops.TOP_K_POOL_OP}", maps, k_i=attrs["k"],
+                   plugin_namespace_s=attrs["plugin_namespace"], plugin_version_s=attrs["plugin_version"])
+        out.setType(maps.type().with_dtype(torch.float32).with_sizes([None, channels * k]))
+        return out
+
+
+class PluginLFM(nn.Module):
+    """Either input variant -> (logit [B], score [B]) with NPR and Top-K pooling as custom nodes.
+
+    uint8: LfmNpr scales by 1 / (255 std) (the same float32 constants as Uint8InputLFM); float:
+    by 1, 1, 1. What lies between the two nodes (SNet, salience) and after (fc) is unchanged."""
+
+    def __init__(self, model: LFM, input_variant: str, std):
+        super().__init__()
+        if model.config.pooling != "topk":
+            raise ValueError(f"the plugin graph needs Top-K pooling; this model uses pooling={model.config.pooling!r}")
+        self.model = model.eval()
+        self.nhwc = input_variant == "uint8"
+        if self.nhwc:
+            self.scale = tuple((1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).tolist())
+        else:
+            self.scale = (1.0, 1.0, 1.0)
+        self.k, self.channels = model.config.top_k, model.config.salience_channels
+
+    def forward(self, x):
+        m = self.model
+        maps = m.salience(m.snet(_NprOp.apply(x, self.scale, self.nhwc)))
+        logit = m.fc(_TopKPoolOp.apply(maps, self.k, self.channels)).squeeze(-1)
+        return logit, torch.sigmoid(logit)
+
+
+def wrap(model: LFM, spec: ModelSpec, input_variant: str, variant: str = "standard") -> nn.Module:
+    if input_variant not in INPUT_NAMES:
+        raise ValueError(f"unknown input variant {input_variant!r}; expected 'float' or 'uint8'")
+    if variant == "plugins":
+        return PluginLFM(model, input_variant, spec.std).eval()
+    if variant != "standard":
+        raise ValueError(f"unknown graph variant {variant!r}; expected one of {VARIANTS}")
     if input_variant == "float":
         return FloatInputLFM(model).eval()
-    if input_variant == "uint8":
-        return Uint8InputLFM(model, spec.std).eval()
-    raise ValueError(f"unknown input variant {input_variant!r}; expected 'float' or 'uint8'")
+    return Uint8InputLFM(model, spec.std).eval()
 
 
 def example_input(input_variant: str, batch: int = 2, height: int = 224, width: int = 224) -> torch.Tensor:
@@ -126,13 +195,14 @@ def read_metadata(path_or_proto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = MIN_OPSET):
-    """Export the wrapped model; returns the onnx ModelProto (not yet checked or simplified)."""
+def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = MIN_OPSET, variant: str = "standard"):
+    """Export the wrapped model; returns the onnx ModelProto (not yet checked or simplified).
+    ``variant="plugins"``: NPR and Top-K pooling as LFM's custom nodes (see PluginLFM)."""
     import onnx
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is not supported: LFM's export needs opset {MIN_OPSET} or newer")
-    net = wrap(model, spec, input_variant)
+    net = wrap(model, spec, input_variant, variant)
     x = example_input(input_variant)
     name = INPUT_NAMES[input_variant]
     h_axis, w_axis = (1, 2) if input_variant == "uint8" else (2, 3)
@@ -143,7 +213,8 @@ def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = 
         # TorchScript-based exporter: exact, fast, and it keeps dynamic H/W through the odd-size crop.
         torch.onnx.export(net, (x,), path, input_names=[name], output_names=list(OUTPUT_NAMES),
                           dynamic_axes={name: dims, "logit": {0: "batch"}, "score": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+                          opset_version=opset, dynamo=False, do_constant_folding=True,
+                          custom_opsets={custom_ops.DOMAIN: custom_ops.DOMAIN_VERSION} if variant == "plugins" else None)
         model.eval()  # export restores the wrapper's mode, which can leave the caller's model in train mode
         return onnx.load(path)
 

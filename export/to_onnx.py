@@ -1,7 +1,7 @@
 """Export an LFM checkpoint (ours or upstream's) to ONNX, verified against PyTorch.
 
-    python export/to_onnx.py CKPT [-o lfm.onnx] [--input float|uint8] [--fp16]
-                                  [--int8 (--calib DIR | --calib-synthetic)] [--opset 17]
+    python export/to_onnx.py CKPT [-o lfm.onnx] [--input float|uint8] [--variant standard|plugins]
+                                  [--fp16 | --int8 (--calib DIR | --calib-synthetic)] [--opset 17]
 
 The graph has dynamic batch, height and width, outputs ``logit`` and ``score``, passes the
 full onnx.checker and strict shape inference, is simplified with onnxslim and carries the
@@ -12,6 +12,10 @@ decision flipping; INT8 is scored on images disjoint from its calibration set fo
 agreement and AP. The report is printed and saved as OUT.report.json. A model that fails
 verification is kept aside as OUT.rejected.onnx and the command exits 1; nothing partial is
 ever left at OUT. Exit 2: bad arguments, checkpoint or paths.
+
+--variant plugins: NPR and Top-K pooling as the custom nodes LfmNpr and LfmTopKPool (TensorRT
+plugins "lfm::..."; ONNX Runtime runs them with the [plugins] extra). Verified against PyTorch
+as fp32 and against the standard graph of the same model. fp32 only.
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", default="lfm.onnx", help="where to write the model (default: lfm.onnx)")
     p.add_argument("--input", choices=("float", "uint8"), default="float",
                    help="float: normalised NCHW (upstream's); uint8: raw NHWC RGB bytes, normalisation folded in")
-    p.add_argument("--variant", choices=("standard",), default="standard",
-                   help="standard ONNX operators (the custom-op plugin graph arrives with the kernels)")
+    p.add_argument("--variant", choices=("standard", "plugins"), default="standard",
+                   help="standard: ONNX operators only (default); plugins: NPR and Top-K pooling as LFM's custom "
+                        "nodes (TensorRT plugins; ONNX Runtime needs the [plugins] extra)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 inputs/outputs kept (GPU runtimes)")
@@ -95,33 +100,63 @@ def export(args) -> int:
     from lfm.train.checkpoint import CheckpointError, load_checkpoint
 
     check_output_path(args.output)
+    if args.variant == "plugins" and (args.fp16 or args.int8):
+        raise ExportError(f"--variant plugins is exported in fp32 only (not with --{'fp16' if args.fp16 else 'int8'}): "
+                          "TensorRT lowers its precision when it builds the engine; export --variant standard for an "
+                          "fp16 or INT8 ONNX model")
+    if args.variant == "plugins":  # its verification runs LFM's custom ops in ONNX Runtime
+        from lfm.runtime.custom_ops import register_ops
+        from lfm.runtime.runners import BackendError
+
+        try:
+            register_ops()
+        except BackendError as e:
+            raise ExportError(str(e)) from None
     if args.opset < ox.MIN_OPSET:
         raise ExportError(f"opset {args.opset} is not supported: LFM's export needs opset {ox.MIN_OPSET} or newer")
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
+    if args.variant == "plugins" and ckpt.model.config.pooling != "topk":
+        raise ExportError(f"{args.checkpoint}: --variant plugins needs a Top-K pooling model; this one uses "
+                          f"pooling={ckpt.model.config.pooling!r}")
     spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     t0 = time.perf_counter()
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.output))) as tmp:
-        proto = ox.torch_to_onnx(ckpt.model, spec, args.input, opset=args.opset)
-        if not args.no_simplify:
-            proto = ox.simplify(proto)
-        proto = ox.check(proto)
-        props = ox.metadata(spec, precision="fp32", source=args.checkpoint, source_sha256=ox.sha256(args.checkpoint))
-        ox.set_metadata(proto, props)
+        def build(variant: str, path: str):
+            proto = ox.torch_to_onnx(ckpt.model, spec, args.input, opset=args.opset, variant=variant)
+            if not args.no_simplify:
+                proto = ox.simplify(proto)
+            proto = ox.check(proto)
+            props = ox.metadata(spec, precision="fp32", source=args.checkpoint,
+                                source_sha256=ox.sha256(args.checkpoint), variant=variant)
+            ox.set_metadata(proto, props)
+            ox.save_atomic(proto, path)
+            return proto, props
+
         fp32_path = os.path.join(tmp, "fp32.onnx")
-        ox.save_atomic(proto, fp32_path)
+        proto, props = build(args.variant, fp32_path)
         report = {"checkpoint": os.path.abspath(args.checkpoint), "checkpoint_source": ckpt.source,
                   "output": os.path.abspath(args.output), "precision": precision, "input": args.input,
-                  "opset": args.opset, "simplified": not args.no_simplify, "metadata": props}
+                  "variant": args.variant, "opset": args.opset, "simplified": not args.no_simplify, "metadata": props}
         # fp32 is verified in every case: fp16 and INT8 are derived from it.
         report["fp32_verification"] = fp32 = verify(fp32_path, ckpt.model, args.input, "fp32", spec.mean, spec.std)
         print(format_report(fp32))
         passed = fp32["passed"]
         final = fp32_path
+
+        if args.variant == "plugins" and passed:
+            from lfm.export.verify import compare_graphs
+
+            standard_path = os.path.join(tmp, "standard.onnx")
+            build("standard", standard_path)
+            report["standard_agreement"] = agree = compare_graphs(fp32_path, standard_path, args.input,
+                                                                  spec.mean, spec.std)
+            print(format_report(agree))
+            passed = agree["passed"]
 
         if args.fp16 and passed:
             import onnxslim
@@ -171,7 +206,8 @@ def export(args) -> int:
         if passed:
             os.replace(final, args.output)
             save_report(report, report_path)
-            print(f"wrote {args.output} ({precision}, {args.input} input, {os.path.getsize(args.output) / 1e6:.1f} MB) "
+            variant = ", plugin graph" if args.variant == "plugins" else ""
+            print(f"wrote {args.output} ({precision}, {args.input} input{variant}, {os.path.getsize(args.output) / 1e6:.1f} MB) "
                   f"and {report_path} in {report['seconds']:.1f} s")
             return 0
         rejected = os.path.splitext(args.output)[0] + ".rejected.onnx"

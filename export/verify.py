@@ -4,6 +4,8 @@ ONNX Runtime (Polygraphy's ``OnnxrtRunner``) and the PyTorch model (``TorchCpuRu
 Polygraphy runner on the CPU in exact fp32) run the same feeds: fixed patterns and seeded
 random inputs over several shapes (batch 1 and more, odd sizes, the minimum size). Outputs
 are compared by ``SimpleCompareFunc`` on the max error; the report records every pair.
+A plugin graph (LFM's custom ops) runs in ONNX Runtime with the numpy ops registered, and is
+also compared with the standard graph of the same model (``compare_graphs``).
 """
 from __future__ import annotations
 
@@ -91,14 +93,61 @@ def feeds(input_variant: str, mean, std, seed: int = 0) -> list[OrderedDict]:
     return out
 
 
+def ort_session(onnx_path: str, providers=("CPUExecutionProvider",)):
+    """Polygraphy's ONNX Runtime loader; for a plugin graph, a session with LFM's custom ops."""
+    from lfm.runtime.custom_ops import session_options_for, uses_custom_ops
+
+    if not uses_custom_ops(onnx_path):
+        return SessionFromOnnx(onnx_path, providers=list(providers))
+
+    def load():
+        import onnxruntime as ort
+
+        return ort.InferenceSession(onnx_path, session_options_for(onnx_path), providers=list(providers))
+
+    return load
+
+
 def verify(onnx_path: str, model: torch.nn.Module, input_variant: str, precision: str, mean, std,
            providers=("CPUExecutionProvider",)) -> dict:
     """Run ONNX Runtime and PyTorch on the same feeds; return a JSON-able report with ``passed``."""
     rtol, atol = TOLERANCES[precision]
     data = feeds(input_variant, mean, std)
-    ort_runner = OnnxrtRunner(SessionFromOnnx(onnx_path, providers=list(providers)), name="onnxruntime")
+    ort_runner = OnnxrtRunner(ort_session(onnx_path, providers), name="onnxruntime")
     torch_runner = TorchCpuRunner(model, input_variant, mean, std)
-    results = Comparator.run([torch_runner, ort_runner], data_loader=data)
+    report = _compare(torch_runner, ort_runner, data, rtol, atol)
+    return {
+        "model": str(onnx_path),
+        "precision": precision,
+        "input": input_variant,
+        "reference": "PyTorch eager float model, CPU, fp32" + (" (bytes normalised in numpy)" if input_variant == "uint8" else ""),
+        "compare": f"polygraphy SimpleCompareFunc(check_error_stat='max', rtol={rtol}, atol={atol})",
+        "providers": list(providers),
+        **report,
+    }
+
+
+def compare_graphs(onnx_path: str, reference_path: str, input_variant: str, mean, std,
+                   providers=("CPUExecutionProvider",)) -> dict:
+    """Two graphs of one model (the plugin graph and the standard one) in ONNX Runtime on the same
+    feeds, at the fp32 tolerances; a JSON-able report with ``passed``."""
+    rtol, atol = TOLERANCES["fp32"]
+    data = feeds(input_variant, mean, std)
+    reference = OnnxrtRunner(ort_session(reference_path, providers), name="standard-graph")
+    runner = OnnxrtRunner(ort_session(onnx_path, providers), name="plugin-graph")
+    return {
+        "model": str(onnx_path),
+        "precision": "fp32",
+        "input": input_variant,
+        "reference": "the standard graph of the same model in ONNX Runtime",
+        "compare": f"polygraphy SimpleCompareFunc(check_error_stat='max', rtol={rtol}, atol={atol})",
+        "providers": list(providers),
+        **_compare(reference, runner, data, rtol, atol),
+    }
+
+
+def _compare(reference, runner, data, rtol, atol) -> dict:
+    results = Comparator.run([reference, runner], data_loader=data)
     accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
         rtol=rtol, atol=atol, check_error_stat="max"))
     per_feed = []
@@ -111,16 +160,10 @@ def verify(onnx_path: str, model: torch.nn.Module, input_variant: str, precision
                            "passed": bool(res)}
         per_feed.append(entry)
     # Decisions too: the label at the default threshold must not flip anywhere.
-    (_, torch_outs), (_, ort_outs) = results[0], results[1]
-    flips = sum(int(((a["score"] > 0.5) != (b["score"] > 0.5)).sum()) for a, b in zip(torch_outs, ort_outs))
-    n = sum(len(a["score"]) for a in torch_outs)
+    (_, ref_outs), (_, outs) = results[0], results[1]
+    flips = sum(int(((a["score"] > 0.5) != (b["score"] > 0.5)).sum()) for a, b in zip(ref_outs, outs))
+    n = sum(len(a["score"]) for a in ref_outs)
     return {
-        "model": str(onnx_path),
-        "precision": precision,
-        "input": input_variant,
-        "reference": "PyTorch eager float model, CPU, fp32" + (" (bytes normalised in numpy)" if input_variant == "uint8" else ""),
-        "compare": f"polygraphy SimpleCompareFunc(check_error_stat='max', rtol={rtol}, atol={atol})",
-        "providers": list(providers),
         "feeds": per_feed,
         "max_abs_logit_diff": max(e["logit"]["max_absdiff"] for e in per_feed),
         "max_rel_logit_diff": max(e["logit"]["max_reldiff"] for e in per_feed),

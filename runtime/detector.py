@@ -40,6 +40,7 @@ class Detector:
     (default: an image is generated if any part of it looks generated) or "mean"."""
 
     def __init__(self, checkpoint: str | None = None, *, model: str | None = None, runner: Runner | None = None,
+                 engine: str | None = None, cuda_graphs: bool = False,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
                  backend: str = "onnxruntime",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
@@ -52,7 +53,8 @@ class Detector:
         if max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
-                                             threads=threads, backend=backend)).activate()
+                                             threads=threads, backend=backend, engine=engine,
+                                             cuda_graphs=cuda_graphs)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
         self.batch_size = batch_size
@@ -79,18 +81,26 @@ class Detector:
         """Yield one record per item, in order, as soon as its batch is scored.
 
         Each decoded item is a stack of arrays [N, h, w, 3] (N = 1, or its tiles); consecutive
-        items of one array shape are batched together up to ``batch_size`` arrays."""
+        items of one array shape are batched together up to ``batch_size`` arrays. A runner with
+        ``max_in_flight`` > 1 (TensorRT) gets that many batches submitted before the oldest one's
+        records are yielded, so the GPU works while the next batch is decoded and staged."""
         pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
         shape, n_ready = None, 0
+        in_flight: deque = deque()
+        depth = max(1, int(getattr(self.runner, "max_in_flight", 1)))
         for name, arrays, error in self._decoded(items):
             if arrays is not None:
                 if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self.batch_size):
-                    yield from self._flush(pending)
+                    in_flight.append(self._submit(pending))
+                    while len(in_flight) >= depth:
+                        yield from self._collect(*in_flight.popleft())
                     pending, n_ready = [], 0
                 shape = arrays.shape[1:]
                 n_ready += len(arrays)
             pending.append((name, arrays, error))
-        yield from self._flush(pending)
+        in_flight.append(self._submit(pending))
+        while in_flight:
+            yield from self._collect(*in_flight.popleft())
 
     def _decoded(self, items: Iterable[Item]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         window = deque()
@@ -126,13 +136,43 @@ class Detector:
         while window:
             yield window.popleft().result()
 
-    def _flush(self, pending) -> Iterator[Record]:
+    def _submit(self, pending):
+        """Start the batch's chunks on the runner; handles None if the runner refused one."""
         ready = [i for i, (_, a, _) in enumerate(pending) if a is not None]
+        handles = []
+        if ready:
+            pixels = np.concatenate([pending[i][1] for i in ready])
+            try:
+                for j in range(0, len(pixels), self.batch_size):
+                    chunk = pixels[j:j + self.batch_size]
+                    handles.append((self.runner.submit(self._feed(chunk)), len(chunk)))
+            except Exception:
+                self._drain(handles)
+                handles = None  # _collect isolates the input the backend refused
+        return pending, ready, handles
+
+    def _drain(self, handles) -> None:
+        for handle, _ in handles or ():
+            try:
+                self.runner.result(handle)
+            except Exception:
+                pass
+
+    def _collect(self, pending, ready, handles) -> Iterator[Record]:
         logits: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         if ready:
             try:
-                out = self._infer_chunked(np.concatenate([pending[i][1] for i in ready]))
+                if handles is None:
+                    raise RuntimeError("the runner refused the batch")
+                outs = []
+                for k, (handle, n) in enumerate(handles):
+                    try:
+                        outs.append(self._logits(self.runner.result(handle), n))
+                    except Exception:
+                        self._drain(handles[k + 1:])
+                        raise
+                out = np.concatenate(outs)
                 bounds = np.cumsum([0] + [len(pending[i][1]) for i in ready])
                 logits = {i: out[bounds[j]:bounds[j + 1]] for j, i in enumerate(ready)}
             except Exception:
@@ -155,13 +195,18 @@ class Detector:
         return np.concatenate([self._infer(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)])
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
+        return self._logits(self.runner.infer(self._feed(pixels)), len(pixels))
+
+    def _feed(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         if self.spec.input == "uint8":  # the graph normalises: hand over the decoded bytes as they are
-            feed = {"pixels": np.ascontiguousarray(pixels)}
-        else:
-            feed = {"image": normalize(pixels, self.spec.mean, self.spec.std)}
-        logit = np.asarray(self.runner.infer(feed)["logit"], dtype=np.float64).reshape(-1)
-        if logit.shape[0] != len(pixels):
-            raise RuntimeError(f"backend returned {logit.shape[0]} logits for {len(pixels)} images")
+            return {"pixels": np.ascontiguousarray(pixels)}
+        return {"image": normalize(pixels, self.spec.mean, self.spec.std)}
+
+    @staticmethod
+    def _logits(out: dict[str, np.ndarray], n: int) -> np.ndarray:
+        logit = np.asarray(out["logit"], dtype=np.float64).reshape(-1)
+        if logit.shape[0] != n:
+            raise RuntimeError(f"backend returned {logit.shape[0]} logits for {n} images")
         return logit
 
 

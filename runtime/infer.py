@@ -2,6 +2,7 @@
 
     python runtime/infer.py --model lfm.onnx PATHS... [--format jsonl|csv|table] [--output FILE]
     python runtime/infer.py --checkpoint ckpt.pt PATHS...        (PyTorch, the reference backend)
+    python runtime/infer.py --engine lfm.plan PATHS...           (TensorRT engine from export/to_trt.py)
 
 PATHS are files, directories (image files inside, recursively) or globs ("photos/**/*.jpg").
 Each record holds path, logit, score (sigmoid of the logit), label ("fake" when the score is
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime; the embedded default)")
     model.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint, ours or upstream's (needs the [train] extra)")
+    model.add_argument("--engine", metavar="PLAN", help="TensorRT engine from export/to_trt.py, with its PLAN.json "
+                       "sidecar (needs an NVIDIA GPU and the [tensorrt] extra)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default: jsonl)")
     p.add_argument("--output", "-o", metavar="FILE", help="write records here instead of standard output")
@@ -52,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="--model: intra-op threads (default: all cores)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                    help="--model: onnxruntime (default) or openvino (optional extra)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--engine: capture each batch shape as a CUDA graph once and replay it")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     try:
         providers = args.providers.split(",") if args.providers else None
-        detector = Detector(checkpoint=args.checkpoint, model=args.model, device=args.device, providers=providers,
+        detector = Detector(checkpoint=args.checkpoint, model=args.model, engine=args.engine,
+                            cuda_graphs=args.cuda_graphs, device=args.device, providers=providers,
                             threads=args.threads, backend=args.backend, threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
                             tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,

@@ -47,6 +47,17 @@ class Runner:
             raise BackendError(f"{self.name}: infer() before activate()")
         return self.infer_impl(feed)
 
+    # Batches in flight: submit(feed) starts a batch and returns a handle, result(handle) waits for
+    # its outputs. A runner that overlaps batches (TensorRT) overrides both and raises
+    # max_in_flight; by default submit runs the batch at once, so callers need no second path.
+    max_in_flight = 1
+
+    def submit(self, feed: dict[str, np.ndarray]):
+        return self.infer(feed)
+
+    def result(self, handle) -> dict[str, np.ndarray]:
+        return handle
+
     def __enter__(self):
         return self.activate()
 
@@ -145,6 +156,9 @@ class OnnxRunner(Runner):
         # One inference at a time uses every core; decoding threads overlap with it.
         options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        from .custom_ops import session_options_for
+
+        options = session_options_for(self.path, options)  # a plugin graph: LFM's custom ops registered
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -197,6 +211,11 @@ class OpenVinoRunner(Runner):
             raise BackendError("--backend openvino needs OpenVINO: pip install -e '.[openvino]'") from None
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such file")
+        from .custom_ops import OP_TYPES, uses_custom_ops
+
+        if uses_custom_ops(self.path):
+            raise BackendError(f"{self.path}: a plugin graph (custom ops {', '.join(OP_TYPES)}), which OpenVINO cannot "
+                               "run; use the ONNX Runtime backend or export --variant standard")
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(self.path)
@@ -238,11 +257,15 @@ BACKENDS = ("onnxruntime", "openvino")
 
 def make_runner(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
                 providers: list[str] | None = None, threads: int | None = None,
-                backend: str = "onnxruntime") -> Runner:
-    """The runner for a model source: a PyTorch checkpoint, or an exported ONNX model run by
-    ONNX Runtime (default) or OpenVINO."""
-    if (checkpoint is None) == (model is None):
-        raise BackendError("give exactly one model: a checkpoint or an ONNX model")
+                backend: str = "onnxruntime", engine: str | None = None, cuda_graphs: bool = False) -> Runner:
+    """The runner for a model source: a PyTorch checkpoint, an exported ONNX model run by
+    ONNX Runtime (default) or OpenVINO, or a TensorRT engine (export/to_trt.py)."""
+    if sum(source is not None for source in (checkpoint, model, engine)) != 1:
+        raise BackendError("give exactly one model: a checkpoint, an ONNX model or a TensorRT engine")
+    if engine is not None:
+        from .trt_runner import TrtRunner  # numpy only at import; tensorrt and cuda-python on activate()
+
+        return TrtRunner(engine, cuda_graphs=cuda_graphs)
     if model is not None:
         if backend == "openvino":
             return OpenVinoRunner(model, threads=threads)

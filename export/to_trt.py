@@ -1,0 +1,249 @@
+"""Build a TensorRT engine from an exported LFM ONNX model, compared with ONNX Runtime before it is kept.
+
+    python export/to_trt.py lfm.onnx [-o lfm.plan] [--precision fp32|fp16|int8] [--batch 1,16,32]
+                            [--size 48,256,512] [--workspace 2048] [--opt-level 3] [--timing-cache FILE]
+
+Writes PLAN (the serialized engine), PLAN.json (its sidecar: the model's preprocessing spec
+lfm.spec, TensorRT version, GPU name and compute capability, the optimisation profile, the
+precision, the ONNX model's SHA-256, the plan's SHA-256 and the command that rebuilds it) and
+PLAN.report.json (the comparison). runtime/infer.py --engine PLAN reads the sidecar, and refuses
+an engine built by another TensorRT release or for another GPU architecture with the rebuild
+command in its message.
+
+Precision follows the ONNX model: fp32, fp16 (export/to_onnx.py --fp16) or INT8 from the QDQ
+model (export/to_onnx.py --int8 --int8-profile tensorrt), each built as a strongly typed network;
+--precision fp16 on an fp32 model is TensorRT 10's weakly typed FP16 build. No calibrator is ever
+used. The plugin graph (export/to_onnx.py --variant plugins) is built with LFM's TensorRT plugins
+(lfm.kernels.trt_plugins), registered only for such a graph.
+
+--batch and --size give the optimisation profile, MIN,OPT,MAX (or one N for a static one);
+--size bounds height and width alike (default: LFM's minimum 48, the model's size, twice it). The
+timing cache (default: beside PLAN, named by TensorRT release and GPU architecture) is loaded and
+updated by every build, so rebuilds are fast.
+
+After the build, Polygraphy runs the engine and ONNX Runtime (CPU) on the same ONNX model with the
+same inputs: fixed patterns and seeded random images at the profile's min, opt and max shapes and
+an odd one (plus --compare-images DIR). fp32 must agree to 1e-3 (max logit error, relative or
+absolute), fp16 to 1e-2 / 0.1; INT8 is judged by decisions, none may flip unless ONNX Runtime's
+logit is within 1.0 of the threshold. The report is printed and saved as PLAN.report.json; an
+engine that fails is kept only as lfm.rejected.plan (for -o lfm.plan), nothing is written at PLAN,
+exit 1. Exit 2: bad arguments or model, no TensorRT, no GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+import warnings
+
+if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
+    sys.path.pop(0)
+
+
+def parse_args(argv=None):
+    from lfm.export.trt_build import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MIB, OPT_LEVELS, PRECISIONS
+
+    p = argparse.ArgumentParser(prog="to_trt.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("onnx", metavar="ONNX", help="an LFM model from export/to_onnx.py (fp32, fp16, INT8 QDQ or plugin graph)")
+    p.add_argument("-o", "--output", metavar="PLAN", default=None,
+                   help="where to write the engine (default: the ONNX path with .plan, e.g. lfm.plan)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default: the ONNX model's; int8 needs the QDQ model, fp16 on an fp32 model is a weakly typed build")
+    p.add_argument("--batch", metavar="MIN,OPT,MAX", default=None, help="batch range of the profile (default 1,16,32)")
+    p.add_argument("--size", metavar="MIN,OPT,MAX", default=None,
+                   help="height/width range of the profile (default: 48, the model's size, twice the model's size)")
+    p.add_argument("--workspace", type=int, default=DEFAULT_WORKSPACE_MIB, metavar="MiB",
+                   help=f"builder workspace limit in MiB (default {DEFAULT_WORKSPACE_MIB})")
+    p.add_argument("--opt-level", type=int, choices=OPT_LEVELS, default=DEFAULT_OPT_LEVEL,
+                   help=f"builder optimisation level 0-5 (default {DEFAULT_OPT_LEVEL}, TensorRT's; higher builds longer)")
+    p.add_argument("--timing-cache", metavar="FILE", default=None,
+                   help="timing cache to load and update (default: beside PLAN, per TensorRT release and GPU)")
+    p.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache")
+    p.add_argument("--compare-images", metavar="DIR", default=None,
+                   help="also compare on these images (prepared by the model's spec), e.g. for INT8 decisions")
+    p.add_argument("--compare-count", type=int, default=256, help="at most this many --compare-images files (256)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    if args.workspace < 1:
+        p.error(f"--workspace must be >= 1 MiB, got {args.workspace}")
+    if args.timing_cache and args.no_timing_cache:
+        p.error("--timing-cache and --no-timing-cache exclude each other")
+    return args
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_engine(trt, onnx_path: str, profile: dict, mode: dict, plugins: list, workspace_mib: int,
+                 opt_level: int, timing_cache: str | None) -> bytes:
+    """TensorRT's ONNX parser and builder, through Polygraphy's config and build loaders."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile
+
+    from lfm.export.trt_build import BuildError, import_plugins
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    flags = 0
+    if mode["strongly_typed"]:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if plugins:  # the plugin graph: LFM's plugins registered before parsing, AOT implementations preferred
+        trt_plugins = import_plugins()
+        trt_plugins.register_plugins()
+        flags |= trt_plugins.network_flags()
+
+    def network():
+        builder = trt.Builder(logger)
+        net = builder.create_network(flags)
+        parser = trt.OnnxParser(net, logger)
+        if not parser.parse_from_file(onnx_path):
+            errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
+            first = errors[0].splitlines()[0] if errors else "no reason given"
+            raise BuildError(f"{onnx_path}: TensorRT's ONNX parser refused it ({first})")
+        return builder, net, parser
+
+    config = CreateConfig(
+        fp16=mode["fp16_flag"], tf32=False,
+        profiles=[Profile().add(profile["input"], min=profile["min"], opt=profile["opt"], max=profile["max"])],
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mib << 20},
+        builder_optimization_level=opt_level,
+        load_timing_cache=timing_cache if timing_cache and os.path.exists(timing_cache) else None,
+    )
+    return EngineBytesFromNetwork(network, config=config, save_timing_cache=timing_cache)()
+
+
+def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str, threshold: float) -> dict:
+    """Polygraphy's Comparator: ONNX Runtime (CPU) on the ONNX model against the engine."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from lfm.export.trt_build import TOLERANCES, judge
+    from lfm.runtime.custom_ops import session_options_for, uses_custom_ops
+
+    if uses_custom_ops(onnx_path):
+        def session():
+            import onnxruntime as ort
+
+            return ort.InferenceSession(onnx_path, session_options_for(onnx_path), providers=["CPUExecutionProvider"])
+    else:
+        session = SessionFromOnnx(onnx_path, providers=["CPUExecutionProvider"])
+    runners = [OnnxrtRunner(session, name="onnxruntime"), TrtRunner(EngineFromBytes(plan_bytes), name="tensorrt")]
+    results = Comparator.run(runners, data_loader=feeds)
+    tol = TOLERANCES[precision]
+    passed = None
+    if tol.rtol is not None:
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
+            rtol=tol.rtol, atol=tol.atol, check_error_stat="max"))
+        (_, iterations), = accuracy[0].items()
+        passed = [bool(it["logit"]) for it in iterations]
+    (_, ref), (_, eng) = results[0], results[1]
+    return judge(precision, [r["logit"] for r in ref], [e["logit"] for e in eng], threshold, passed)
+
+
+def build(args) -> int:
+    from lfm.export import trt_build as tb
+    from lfm.runtime.trt_runner import device_info, import_cudart, sha256_bytes, sidecar_path
+
+    proto, props = tb.read_onnx(args.onnx)
+    spec = tb.model_spec(props)
+    inp = tb.input_info(proto, props)
+    plugins = tb.plugin_ops(proto)
+    model_precision = tb.onnx_precision(proto, props)
+    profile = tb.make_profile(inp, args.batch, args.size, spec)
+    plan = args.output or tb.default_output(args.onnx)
+    tb.check_output(plan)
+    del proto
+
+    tb.choose_mode(args.onnx, model_precision, args.precision, tb.int8_profile(props), weak_typing=True)  # early
+    trt = tb.import_tensorrt()
+    mode = tb.choose_mode(args.onnx, model_precision, args.precision, tb.int8_profile(props),
+                          weak_typing=hasattr(trt.BuilderFlag, "FP16"))
+    try:
+        cudart = import_cudart()
+        device_name, cc = device_info(cudart)
+    except Exception as e:  # BackendError / CudaError: already one line
+        raise tb.BuildError(str(e)) from None
+    timing_cache = None if args.no_timing_cache else (args.timing_cache or tb.default_timing_cache(plan, trt.__version__, cc))
+    precision = mode["precision"]
+    command = tb.build_command(args.onnx, plan, precision, profile, args.workspace, args.opt_level)
+    print(f"building a {precision} engine from {args.onnx} ({model_precision} model"
+          f"{', plugin graph: ' + ', '.join(plugins) if plugins else ''}) with TensorRT {trt.__version__} on "
+          f"{device_name} (compute capability {cc}); profile {inp['name']}: min {profile['min']} opt {profile['opt']} "
+          f"max {profile['max']}")
+
+    t0 = time.perf_counter()
+    plan_bytes = bytes(build_engine(trt, args.onnx, profile, mode, plugins, args.workspace, args.opt_level, timing_cache))
+    build_s = time.perf_counter() - t0
+
+    feeds = tb.synthetic_feeds(inp, spec, profile)
+    shapes = [list(next(iter(f.values())).shape) for f in feeds]
+    notes = []
+    if args.compare_images:
+        from lfm.runtime.inputs import expand_paths
+
+        files = list(expand_paths([args.compare_images]).inputs)[:args.compare_count]
+        image_feeds, notes = tb.image_feeds(files, inp, spec, profile)
+        feeds += image_feeds
+        shapes += [list(next(iter(f.values())).shape) for f in image_feeds]
+        print(f"--compare-images: {sum(len(next(iter(f.values()))) for f in image_feeds)} images from {len(files)} "
+              f"files{f'; {len(notes)} left out (listed in the report)' if notes else ''}")
+    t1 = time.perf_counter()
+    verdict = compare(trt, args.onnx, plan_bytes, feeds, precision, spec.threshold)
+    compare_s = time.perf_counter() - t1
+    print(tb.format_report(verdict, shapes))
+
+    build_record = {"seconds": round(build_s, 2), "workspace_mib": args.workspace, "opt_level": args.opt_level,
+                    "timing_cache": timing_cache, "strongly_typed": mode["strongly_typed"], "fp16_flag": mode["fp16_flag"]}
+    sidecar = tb.make_sidecar(spec=spec, inp=inp, profile=profile, precision=precision, mode=mode,
+                              trt_version=trt.__version__, device_name=device_name, compute_capability=cc,
+                              onnx_path=args.onnx, onnx_sha256=_sha256_file(args.onnx), onnx_props=props,
+                              plan_sha256=sha256_bytes(plan_bytes), plugins=plugins, command=command, build=build_record)
+    report = {"onnx": os.path.abspath(args.onnx), "plan": os.path.abspath(plan), "engine": sidecar,
+              "reference": "ONNX Runtime (CPUExecutionProvider) on the same ONNX model, through Polygraphy's Comparator",
+              "inputs": shapes, "image_notes": notes, "comparison": verdict,
+              "seconds": {"build": round(build_s, 2), "compare": round(compare_s, 2)}, "passed": verdict["passed"]}
+    report_path = plan + ".report.json"
+
+    rejected = tb.save_build(plan, plan_bytes, sidecar, report)
+    if rejected is None:
+        print(f"wrote {plan} ({precision}, {len(plan_bytes) / 1e6:.1f} MB), {sidecar_path(plan)} and {report_path} "
+              f"(build {build_s:.1f} s, comparison {compare_s:.1f} s)")
+        return 0
+    print(f"error: the engine FAILED its comparison with ONNX Runtime; nothing written to {plan}; the engine is kept "
+          f"as {rejected} and the report in {report_path}", file=sys.stderr)
+    return 1
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from lfm.export.trt_build import BuildError
+
+    try:
+        from polygraphy.logger import G_LOGGER
+
+        G_LOGGER.module_severity = G_LOGGER.WARNING  # Polygraphy's INFO lines add nothing to our own
+    except ImportError:
+        pass
+    try:
+        return build(args)
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # one line, not a traceback wall, unless asked
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: engine build failed: {type(e).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
