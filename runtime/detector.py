@@ -1,7 +1,7 @@
 """The Detector: files (or bytes, or arrays) in, one record per input out, in input order.
 
     from lfm.runtime.detector import Detector
-    with Detector(model="lfm.onnx") as det:        # or checkpoint="ckpt.pt"
+    with Detector("lfm.onnx") as det:      # or "lfm.plan" (TensorRT), "ckpt.pt" (PyTorch)
         for record in det.predict(["a.png", "b.jpg"]):
             print(record.path, record.score, record.label, record.error)
 
@@ -39,13 +39,19 @@ class Detector:
     """tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
     (default: an image is generated if any part of it looks generated) or "mean"."""
 
-    def __init__(self, checkpoint: str | None = None, *, model: str | None = None, runner: Runner | None = None,
+    def __init__(self, source: str | os.PathLike | None = None, *, checkpoint: str | None = None,
+                 model: str | None = None, runner: Runner | None = None,
                  engine: str | None = None, cuda_graphs: bool = False,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
                  backend: str = "onnxruntime",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
                  batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES):
+        if source is not None:  # Detector("lfm.onnx"), Detector("lfm.plan"), Detector("ckpt.pt")
+            if checkpoint or model or engine or runner:
+                raise ValueError("give the model once: positionally, or as checkpoint=/model=/engine=")
+            kind = source_kind(source)
+            checkpoint, model, engine = (os.fspath(source) if kind == k else None for k in ("checkpoint", "model", "engine"))
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if tile_reduce not in TILE_REDUCTIONS:
@@ -208,6 +214,18 @@ class Detector:
         if logit.shape[0] != n:
             raise RuntimeError(f"backend returned {logit.shape[0]} logits for {n} images")
         return logit
+
+
+def source_kind(path: str | os.PathLike) -> str:
+    """What a model file is, by its extension: "model" (.onnx), "engine" (.plan, .engine,
+    .trt) or "checkpoint" (.pt, .pth, .ckpt, .bin)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    for kind, exts in (("model", (".onnx",)), ("engine", (".plan", ".engine", ".trt")),
+                       ("checkpoint", (".pt", ".pth", ".ckpt", ".bin"))):
+        if ext in exts:
+            return kind
+    raise ValueError(f"{os.fspath(path)}: cannot tell the model kind from its extension; pass "
+                     "checkpoint=, model= (ONNX) or engine= (TensorRT plan)")
 
 
 def _name(item) -> str:

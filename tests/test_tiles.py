@@ -81,3 +81,17 @@ def test_tiles_from_arrays_match_files(random_onnx, tmp_path):
     with Detector(model=str(random_onnx), policy="tiles", size=128) as det:
         from_file, from_array = det.predict([str(tmp_path / "a.png"), a])
     assert from_file.logit == pytest.approx(from_array.logit, rel=1e-6)
+
+
+def test_detector_takes_the_model_positionally(random_onnx, tmp_path):
+    from lfm.runtime.detector import Detector, source_kind
+
+    assert [source_kind(p) for p in ("a.onnx", "b.PLAN", "c.engine", "d.pt", "e.pth")] == \
+        ["model", "engine", "engine", "checkpoint", "checkpoint"]
+    with pytest.raises(ValueError, match="cannot tell the model kind"):
+        source_kind("model.bin.gz")
+    a = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    with Detector(random_onnx) as det, Detector(model=str(random_onnx)) as ref:
+        assert det.predict([a])[0].logit == ref.predict([a])[0].logit
+    with pytest.raises(ValueError, match="give the model once"):
+        Detector(random_onnx, model=str(random_onnx))
