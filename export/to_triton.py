@@ -1,0 +1,428 @@
+"""Write a Triton Inference Server model repository for an exported LFM model.
+
+    python export/to_triton.py lfm.onnx --repository DIR [--name lfm] [--max-batch-size 32]
+                               [--preferred-batch-sizes 8,16] [--max-queue-delay-us 2000]
+                               [--instances 2] [--kind auto|cpu|gpu] [--force]
+    python export/to_triton.py lfm.plan --repository DIR ...     (TensorRT; reads lfm.plan.json)
+
+For NVIDIA's Triton containers (nvcr.io/nvidia/tritonserver:<yy.mm>-py3), which bring the
+onnxruntime, tensorrt and python backends. Three models, named from --name (default lfm):
+
+    DIR/lfm_model/       the model itself: config.pbtxt (platform onnxruntime_onnx or tensorrt_plan,
+                         dynamic batching, instance group) and 1/model.onnx | 1/model.plan;
+                         input and outputs as the graph has them (pixels uint8 [-1,-1,3] or image
+                         fp32 [3,-1,-1]; logit and score fp32, [batch] reshaped to [batch, 1])
+    DIR/lfm_preprocess/  python backend, 1/model.py: encoded image bytes -> the model's input, by
+                         the runtime's own decoding and preprocessing (lfm.runtime.preprocess, the
+                         spec from the model's metadata, kept in config.pbtxt parameters). A bad
+                         image fails its own request only (python-backend per-request errors).
+    DIR/lfm/             ensemble: image BYTES [1] -> lfm_preprocess -> lfm_model -> logit, score;
+                         the same name and input as runtime/serve.py's model, so
+                         runtime/client.py works against either (label = score > lfm.threshold,
+                         a parameter of this config).
+
+The preprocessing model imports the lfm package: install it in the container first, e.g.
+``pip install --no-deps /path/to/lfm-deploy pillow`` (numpy is there already); the model
+refuses to load, naming the problem, without it. Every config.pbtxt written is parsed back into
+Triton's ModelConfig protobuf when tritonclient is installed (the [serve] extra).
+
+--engine plans: the input, precision and optimisation profile come from the sidecar that
+export/to_trt.py writes (PLAN.json); --max-batch-size is capped at the profile's largest batch.
+An engine built with LFM's plugins needs the plugin library loaded by tritonserver
+(LD_PRELOAD, see the TensorRT section of the README). A plan only runs on the GPU architecture
+and TensorRT release it was built with: build it in (or for) the container you deploy.
+Policy "tiles" (several arrays per image) is not expressible as one preprocessing step: serve it
+with runtime/serve.py. Exit status: 0 written, 2 bad model or arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
+    sys.path.pop(0)
+
+DEFAULT_PREFERRED = (8, 16)
+KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+# ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
+ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL",
+                  10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
+NUMPY_TO_TRITON = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+OUTPUTS = ("logit", "score")
+
+
+class RepositoryError(ValueError):
+    """A one-line, user-facing failure."""
+
+
+# --------------------------------------------------------------------------------------------
+# What the model takes and gives
+
+
+def describe_onnx(path: str) -> dict:
+    """{"inputs": [(name, type, dims)], "outputs": [...], "spec": ModelSpec, "plugins": [...]} from
+    the graph and its lfm.spec metadata; dims exclude the batch axis (-1 = dynamic)."""
+    try:
+        import onnx
+    except ImportError:
+        raise RepositoryError("reading an ONNX model needs onnx: pip install -e '.[export]'") from None
+    from lfm.runtime.spec import ModelSpec
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise RepositoryError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else e})") from None
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise RepositoryError(f"{path}: weights in external data files; re-export it as one file")
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "lfm.spec" not in props:
+        raise RepositoryError(f"{path}: no lfm.spec metadata; export it with export/to_onnx.py")
+    spec = ModelSpec.from_dict(json.loads(props["lfm.spec"]))
+
+    def tensors(values, kind):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            if t.elem_type not in ONNX_TO_TRITON:
+                raise RepositoryError(f"{path}: {kind} {v.name!r} has ONNX element type {t.elem_type}, not one Triton maps")
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            if not dims or dims[0] > 1:
+                raise RepositoryError(f"{path}: {kind} {v.name!r} has shape {dims}; expected a leading dynamic batch axis")
+            out.append((v.name, ONNX_TO_TRITON[t.elem_type], dims[1:]))
+        return out
+
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = tensors([i for i in proto.graph.input if i.name not in initializers], "input")
+    outputs = tensors(proto.graph.output, "output")
+    if len(inputs) != 1:
+        raise RepositoryError(f"{path}: expected one input, found {[n for n, _, _ in inputs]}")
+    missing = [o for o in OUTPUTS if o not in [n for n, _, _ in outputs]]
+    if missing:
+        raise RepositoryError(f"{path}: no output(s) {missing}; export it with export/to_onnx.py")
+    plugins = sorted({n.op_type for n in proto.graph.node if n.domain == "ai.onnx.contrib"})
+    return {"inputs": inputs, "outputs": [o for o in outputs if o[0] in OUTPUTS], "spec": spec, "plugins": plugins,
+            "max_batch": None}
+
+
+def describe_plan(path: str) -> dict:
+    """The same description for a TensorRT engine, from its sidecar PLAN.json (export/to_trt.py)."""
+    from lfm.runtime.spec import ModelSpec
+
+    sidecar = path + ".json"
+    if not os.path.isfile(path):
+        raise RepositoryError(f"{path}: no such file")
+    try:
+        with open(sidecar) as f:
+            meta = json.load(f)
+        spec = ModelSpec.from_dict(meta["spec"])
+        inp = meta["input"]
+        dtype = NUMPY_TO_TRITON[inp["dtype"]]
+        layout = inp.get("layout") or ("NHWC" if inp["dtype"] == "uint8" else "NCHW")
+        profile = meta["profiles"][0]
+    except FileNotFoundError:
+        raise RepositoryError(f"{path}: no sidecar {sidecar}; build the engine with export/to_trt.py") from None
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        raise RepositoryError(f"{sidecar}: not an export/to_trt.py sidecar ({type(e).__name__}: {e})") from None
+    dims = [-1, -1, 3] if layout == "NHWC" else [3, -1, -1]
+    batch_axis_max = profile.get("max", [None])[0]
+    return {"inputs": [(inp["name"], dtype, dims)], "outputs": [(o, "TYPE_FP32", []) for o in OUTPUTS], "spec": spec,
+            "plugins": list(meta.get("plugins", [])), "max_batch": batch_axis_max}
+
+
+# --------------------------------------------------------------------------------------------
+# config.pbtxt text
+
+
+def _q(s: str) -> str:
+    """A protobuf text-format string literal."""
+    if not s.isascii() or not s.isprintable():
+        raise RepositoryError(f"cannot write {s!r} into config.pbtxt: printable ASCII only")
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _dims(dims) -> str:
+    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+
+
+def _tensor(name: str, dtype: str, dims: list) -> str:
+    if not dims:  # [batch] in the model: the API needs a non-empty dims, [batch, 1]
+        return f"  {{\n    name: {_q(name)}\n    data_type: {dtype}\n    dims: [ 1 ]\n    reshape: {{ shape: [ ] }}\n  }}"
+    return f"  {{\n    name: {_q(name)}\n    data_type: {dtype}\n    dims: {_dims(dims)}\n  }}"
+
+
+def _batching(preferred, delay_us: int) -> str:
+    pref = f"\n  preferred_batch_size: {_dims(preferred)}" if preferred else ""
+    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}\n}}"
+
+
+def _parameters(params: dict) -> str:
+    return "\n".join(f"parameters {{\n  key: {_q(k)}\n  value: {{ string_value: {_q(str(v))} }}\n}}"
+                     for k, v in params.items())
+
+
+def model_config(name: str, platform: str, desc: dict, max_batch: int, preferred, delay_us: int,
+                 instances: int, kind: str) -> str:
+    filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+    return "\n".join([
+        "# LFM: the model. Written by export/to_triton.py.",
+        f"name: {_q(name)}",
+        f"platform: {_q(platform)}",
+        f"default_model_filename: {_q(filename)}",
+        f"max_batch_size: {max_batch}",
+        "input [\n" + ",\n".join(_tensor(*t) for t in desc["inputs"]) + "\n]",
+        "output [\n" + ",\n".join(_tensor(*t) for t in desc["outputs"]) + "\n]",
+        _batching(preferred, delay_us),
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
+        _parameters({"lfm.spec": desc["spec"].to_json()}),
+    ]) + "\n"
+
+
+def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us: int, instances: int,
+                      max_pixels: int) -> str:
+    (in_name, in_type, in_dims) = desc["inputs"][0]
+    spec = desc["spec"]
+    if spec.policy in ("resize", "center-crop"):  # fixed size after the policy
+        in_dims = [spec.size, spec.size, 3] if in_type == "TYPE_UINT8" else [3, spec.size, spec.size]
+    return "\n".join([
+        "# LFM: encoded image bytes -> the model's input (lfm.runtime.preprocess). Written by export/to_triton.py.",
+        f"name: {_q(name)}",
+        'backend: "python"',
+        f"max_batch_size: {max_batch}",
+        "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
+        "output [\n" + _tensor(in_name, in_type, in_dims) + "\n]",
+        _batching(preferred, delay_us),
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
+        _parameters({"lfm.spec": spec.to_json(), "lfm.max_pixels": max_pixels}),
+    ]) + "\n"
+
+
+def ensemble_config(name: str, model_name: str, pre_name: str, desc: dict, max_batch: int) -> str:
+    (in_name, _, _) = desc["inputs"][0]
+    outs = desc["outputs"]
+    out_maps = "".join(f"\n      output_map {{ key: {_q(o)} value: {_q(o)} }}" for o, _, _ in outs)
+    return "\n".join([
+        f"# LFM: image bytes -> {pre_name} -> {model_name} -> logit, score. Written by export/to_triton.py.",
+        f"name: {_q(name)}",
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch}",
+        "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
+        # the ensemble's outputs as Triton's API sees the model's: [batch, 1]
+        "output [\n" + ",\n".join(_tensor(o, t, [1]) for o, t, _ in outs) + "\n]",
+        "ensemble_scheduling {\n  step [\n"
+        f"    {{\n      model_name: {_q(pre_name)}\n      model_version: -1\n"
+        f"      input_map {{ key: \"image\" value: \"image\" }}\n"
+        f"      output_map {{ key: {_q(in_name)} value: \"preprocessed\" }}\n    }},\n"
+        f"    {{\n      model_name: {_q(model_name)}\n      model_version: -1\n"
+        f"      input_map {{ key: {_q(in_name)} value: \"preprocessed\" }}{out_maps}\n    }}\n  ]\n}}",
+        _parameters({"lfm.spec": desc["spec"].to_json(), "lfm.threshold": desc["spec"].threshold}),
+    ]) + "\n"
+
+
+# The python-backend model written as DIR/<name>_preprocess/1/model.py.
+PREPROCESS_MODEL_PY = '''\
+"""LFM preprocessing for Triton's python backend (written by export/to_triton.py).
+
+Encoded image bytes (input "image", BYTES [batch, 1]) -> the LFM model's input, with the
+runtime's own decoding and preprocessing: lfm.runtime.preprocess (Pillow: EXIF orientation,
+any mode to RGB, the pixel limit against decompression bombs, then the model's size policy).
+The spec comes from this model's config.pbtxt parameters (lfm.spec, lfm.max_pixels).
+
+Needs the lfm package in the container's Python: pip install --no-deps /path/to/lfm-deploy pillow.
+Each request is answered on its own: an image that cannot be decoded fails its request (an
+error response naming the problem), never the other requests batched with it.
+"""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+try:
+    from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_array, normalize
+    from lfm.runtime.spec import ModelSpec, check_input_size
+except ImportError as e:  # pragma: no cover - the container lacks the package
+    raise ImportError(f"LFM preprocessing needs the lfm package in Triton's Python ({e}); "
+                      "install it with: pip install --no-deps /path/to/lfm-deploy pillow") from None
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.spec = ModelSpec.from_dict(json.loads(params["lfm.spec"]))
+        if self.spec.policy == "tiles":
+            raise ValueError("policy tiles gives several arrays per image; serve it with runtime/serve.py")
+        self.max_pixels = int(params.get("lfm.max_pixels", DEFAULT_MAX_PIXELS))
+        self.output_name = config["output"][0]["name"]
+        self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                out = self._prepare(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)]))
+            except (ImageError, ValueError, TypeError) as e:
+                message = e.problem if isinstance(e, ImageError) else str(e)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+        return responses
+
+    def _prepare(self, blobs):
+        arrays = []
+        for blob in blobs.reshape(-1):
+            if not isinstance(blob, (bytes, bytearray)):
+                raise TypeError(f"expected encoded image bytes, got {type(blob).__name__}")
+            a = load_array(bytes(blob), self.spec, self.max_pixels)
+            check_input_size(a.shape[0], a.shape[1], self.spec.top_k)
+            arrays.append(a)
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError("images of one request preprocess to different sizes (policy none): "
+                             "send them in separate requests")
+        batch = np.stack(arrays)
+        if self.spec.input == "uint8":
+            return batch.astype(self.output_dtype, copy=False)
+        return normalize(batch, self.spec.mean, self.spec.std).astype(self.output_dtype, copy=False)
+
+    def finalize(self):
+        pass
+'''
+
+
+# --------------------------------------------------------------------------------------------
+# The repository
+
+
+def validate_config(text: str, path: str = "config.pbtxt"):
+    """Parse config.pbtxt text into Triton's ModelConfig protobuf (tritonclient's copy of
+    model_config.proto); returns the message, or None when tritonclient is not installed."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return None
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise RepositoryError(f"{path}: not a valid Triton ModelConfig ({e})") from None
+
+
+def write_repository(source: str, repository: str, *, name: str = "lfm", max_batch_size: int = 32,
+                     preferred=DEFAULT_PREFERRED, max_queue_delay_us: int = 2000, instances: int = 2,
+                     kind: str = "auto", max_pixels: int | None = None, force: bool = False) -> dict:
+    """Write the three models; returns {"models": {name: dir}, "validated": bool, "notes": [...]}."""
+    from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS
+
+    if not os.path.isfile(source):
+        raise RepositoryError(f"{source}: no such file")
+    is_plan = source.endswith((".plan", ".engine", ".trt"))
+    desc = describe_plan(source) if is_plan else describe_onnx(source)
+    spec, notes = desc["spec"], []
+    if spec.policy == "tiles":
+        raise RepositoryError(f"{source}: policy 'tiles' gives several arrays per image, which one preprocessing "
+                              "step cannot express; serve it with runtime/serve.py or re-export with --policy resize")
+    if desc["plugins"]:
+        if is_plan:
+            notes.append(f"engine uses LFM's TensorRT plugins ({', '.join(desc['plugins'])}): load the plugin "
+                         "library into tritonserver (LD_PRELOAD)")
+        else:
+            raise RepositoryError(f"{source}: a plugin graph (custom ops {', '.join(desc['plugins'])}) that Triton's "
+                                  "onnxruntime backend cannot run; export --variant standard")
+    if desc["max_batch"] and max_batch_size > desc["max_batch"]:
+        notes.append(f"max_batch_size {max_batch_size} capped at the engine profile's {desc['max_batch']}")
+        max_batch_size = desc["max_batch"]
+    preferred = [b for b in preferred if b <= max_batch_size]
+    platform = "tensorrt_plan" if is_plan else "onnxruntime_onnx"
+    if is_plan and kind != "gpu":
+        if kind == "cpu":
+            raise RepositoryError("a TensorRT plan runs on the GPU only; --kind cpu is for ONNX models")
+        kind = "gpu"
+    model_name, pre_name = f"{name}_model", f"{name}_preprocess"
+    texts = {
+        model_name: model_config(model_name, platform, desc, max_batch_size, preferred, max_queue_delay_us,
+                                 instances, KINDS[kind]),
+        pre_name: preprocess_config(pre_name, desc, max_batch_size, preferred, max_queue_delay_us, instances,
+                                    max_pixels or DEFAULT_MAX_PIXELS),
+        name: ensemble_config(name, model_name, pre_name, desc, max_batch_size),
+    }
+    parsed = {m: validate_config(t, os.path.join(repository, m, "config.pbtxt")) for m, t in texts.items()}
+
+    os.makedirs(repository, exist_ok=True)
+    existing = [m for m in texts if os.path.exists(os.path.join(repository, m))]
+    if existing and not force:
+        raise RepositoryError(f"{repository}: {', '.join(existing)} already there; --force replaces them")
+    staging = tempfile.mkdtemp(prefix=".lfm-triton-", dir=repository)
+    try:
+        for m, text in texts.items():
+            os.makedirs(os.path.join(staging, m, "1"))
+            with open(os.path.join(staging, m, "config.pbtxt"), "w") as f:
+                f.write(text)
+        shutil.copyfile(source, os.path.join(staging, model_name, "1", "model.plan" if is_plan else "model.onnx"))
+        with open(os.path.join(staging, pre_name, "1", "model.py"), "w") as f:
+            f.write(PREPROCESS_MODEL_PY)
+        for m in texts:
+            target = os.path.join(repository, m)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, m), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"models": {m: os.path.join(repository, m) for m in texts}, "validated": all(parsed.values()),
+            "notes": notes, "platform": platform, "max_batch_size": max_batch_size}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="to_triton.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="MODEL", help="lfm.onnx (export/to_onnx.py) or lfm.plan (export/to_trt.py)")
+    p.add_argument("--repository", "-r", required=True, metavar="DIR", help="model repository to write into")
+    p.add_argument("--name", default="lfm", help="ensemble name; the others get _model and _preprocess (default lfm)")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
+                   help="comma-separated (default 8,16; '' for none)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=2, help="instances of the model and of the preprocessing (default 2)")
+    p.add_argument("--kind", choices=sorted(KINDS), default="auto",
+                   help="where the model's instances run: auto (GPU if there is one; default), cpu, gpu (plans: gpu)")
+    p.add_argument("--max-pixels", type=int, default=None, help="preprocessing's decompression-bomb limit (default 100 MP)")
+    p.add_argument("--force", action="store_true", help="replace these models if the repository has them")
+    args = p.parse_args(argv)
+    try:
+        args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error("--preferred-batch-sizes: expected comma-separated integers")
+    if args.max_batch_size < 1 or args.instances < 1 or args.max_queue_delay_us < 0:
+        p.error("--max-batch-size and --instances must be >= 1, --max-queue-delay-us >= 0")
+    if any(b < 1 or b > args.max_batch_size for b in args.preferred):
+        p.error("--preferred-batch-sizes must lie in [1, --max-batch-size]")
+    if not all(c.isalnum() or c in "_-." for c in args.name):
+        p.error("--name: letters, digits, '_', '-' and '.' only")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        out = write_repository(args.source, args.repository, name=args.name, max_batch_size=args.max_batch_size,
+                               preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
+                               instances=args.instances, kind=args.kind, max_pixels=args.max_pixels, force=args.force)
+    except (RepositoryError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for note in out["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    for m, d in out["models"].items():
+        print(f"wrote {d}/config.pbtxt", file=sys.stderr)
+    check = ("each config.pbtxt parsed into Triton's ModelConfig" if out["validated"]
+             else "configs not parsed (install the [serve] extra for tritonclient's ModelConfig)")
+    print(f"{args.repository}: '{args.name}' ({out['platform']}, max batch {out['max_batch_size']}); {check}.\n"
+          f"run: tritonserver --model-repository {os.path.abspath(args.repository)}  "
+          f"(the container needs: pip install --no-deps /path/to/lfm-deploy pillow)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Score images through a Triton Inference Server serving LFM (runtime/serve.py, or the model
+repository export/to_triton.py writes): one record per input, as runtime/infer.py writes them.
+
+    python runtime/client.py PATHS... [--url http://127.0.0.1:8000 | grpc://127.0.0.1:8001]
+                             [--model lfm] [--batch-size 8] [--format jsonl|csv|table] [-o FILE]
+
+Files are read here and sent as encoded bytes (input ``image``, BYTES); the server decodes and
+preprocesses them. PATHS are files, directories and globs, as for infer.py. Exit status: 0
+every input scored, 1 some failed, 2 the server could not be reached or has no such model.
+
+Python API (tritonclient only: no torch, no model file needed here):
+
+    from lfm.runtime.client import LfmClient
+    with LfmClient("http://127.0.0.1:8000") as c:          # or "grpc://127.0.0.1:8001"
+        records = c.score(["a.jpg", "b.png"])               # paths, bytes or uint8 HxWx3 arrays
+        c.score_bytes([blob]); c.score_pixels(batch_nhwc)   # one request each
+        c.ready(), c.live()
+
+A request the server rejects as a whole (e.g. a wrong datatype) raises ``ServerError`` from
+``score_bytes`` / ``score_pixels``; ``score`` turns it into error records for that request's
+inputs, so a long list is never cut short.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Iterable, Sequence, Union
+
+if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
+    sys.path.pop(0)
+
+import numpy as np  # noqa: E402
+
+from lfm.runtime.records import FORMATS, Record, RecordWriter, sigmoid  # noqa: E402
+
+MODEL_NAME = "lfm"
+IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+Item = Union[str, os.PathLike, bytes, np.ndarray]
+
+
+class ServerError(RuntimeError):
+    """The server refused a request, or could not be reached."""
+
+
+def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
+    """'http://host:port' | 'grpc://host:port' | 'host:port' (+ protocol, default http) ->
+    (protocol, 'host:port')."""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme not in ("http", "grpc"):
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use http:// or grpc://")
+        if protocol and protocol != scheme:
+            raise ValueError(f"--protocol {protocol} contradicts the URL {url!r}")
+        return scheme, rest.rstrip("/")
+    return protocol or "http", url.rstrip("/")
+
+
+class LfmClient:
+    """A tritonclient HTTP or gRPC client for the ``lfm`` model. Not thread-safe: use one per
+    thread (tritonclient's own advice for its HTTP client)."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str = MODEL_NAME,
+                 timeout: float = 60.0, threshold: float | None = None):
+        self.protocol, self.address = parse_url(url, protocol)
+        self.model, self.timeout = model, timeout
+        self._threshold_given = threshold is not None
+        self.threshold = 0.5 if threshold is None else threshold
+        if self.protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        from tritonclient.utils import InferenceServerException
+
+        self._tc, self._exc = tc, InferenceServerException
+        if self.protocol == "grpc":
+            self._client = tc.InferenceServerClient(self.address)
+        else:
+            self._client = tc.InferenceServerClient(self.address, connection_timeout=timeout, network_timeout=timeout)
+        self._outputs: list[str] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self):
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- health ------------------------------------------------------------------------------
+    def live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live())
+        except Exception:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model))
+        except Exception:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def output_names(self) -> list[str]:
+        """The model's outputs among logit, score, label, error (serve.py has all four; the
+        ensemble of export/to_triton.py has logit and score)."""
+        if self._outputs is None:
+            try:
+                meta = self._client.get_model_metadata(self.model)
+            except self._exc as e:
+                raise ServerError(f"model {self.model!r} at {self.address}: {_message(e)}") from None
+            except Exception as e:
+                raise ServerError(f"cannot reach {self.protocol}://{self.address}: {e}") from None
+            names = [o.name for o in meta.outputs] if self.protocol == "grpc" else [o["name"] for o in meta["outputs"]]
+            self._outputs = [n for n in ("logit", "score", "label", "error") if n in names]
+            if "logit" not in self._outputs:
+                raise ServerError(f"model {self.model!r} has no 'logit' output (outputs: {names})")
+            if "label" not in self._outputs and not self._threshold_given:
+                self.threshold = self._config_threshold()
+        return self._outputs
+
+    def _config_threshold(self) -> float:
+        """The 'lfm.threshold' parameter of the model's config (export/to_triton.py writes it), else 0.5."""
+        try:
+            config = self._client.get_model_config(self.model)
+            params = config.config.parameters if self.protocol == "grpc" else config.get("parameters", {})
+            value = params["lfm.threshold"].string_value if self.protocol == "grpc" else params["lfm.threshold"]["string_value"]
+            return float(value)
+        except Exception:
+            return self.threshold
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, name: str, data: np.ndarray, datatype: str) -> dict[str, np.ndarray]:
+        """One request: input ``name`` = data (with its batch dimension) -> raw outputs."""
+        tc = self._tc
+        inp = tc.InferInput(name, list(data.shape), datatype)
+        inp.set_data_from_numpy(data)
+        outputs = [tc.InferRequestedOutput(n) for n in self.output_names()]
+        try:
+            kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            result = self._client.infer(self.model, [inp], outputs=outputs, **kw)
+        except self._exc as e:
+            raise ServerError(_message(e)) from None
+        except Exception as e:  # connection refused / reset, timeouts
+            raise ServerError(f"{type(e).__name__}: {e}") from None
+        out = {n: result.as_numpy(n) for n in self.output_names()}
+        n = len(data)
+        for k, v in out.items():
+            if v is None or v.size != n:
+                raise ServerError(f"output {k!r}: expected {n} values, got {None if v is None else v.shape}")
+        return out
+
+    def score_bytes(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> list[Record]:
+        """Encoded image files -> one request (input ``image``) -> one record each."""
+        data = np.empty((len(blobs), 1), dtype=object)
+        for i, b in enumerate(blobs):
+            data[i, 0] = bytes(b)
+        out = self.infer(IMAGE_INPUT, data, "BYTES")
+        names = names or [f"<{len(b)} bytes>" for b in blobs]
+        return self._records(out, names)
+
+    def score_pixels(self, pixels: np.ndarray, names: Sequence[str] | None = None) -> list[Record]:
+        """uint8 [N, H, W, 3] decoded RGB -> one request (input ``pixels``) -> one record each."""
+        pixels = np.ascontiguousarray(pixels)
+        out = self.infer(PIXELS_INPUT, pixels, "UINT8")
+        names = names or [f"<array {'x'.join(map(str, pixels.shape[1:]))}>"] * len(pixels)
+        return self._records(out, names)
+
+    def score(self, items: Iterable[Item], batch_size: int = 8) -> list[Record]:
+        """Paths, encoded bytes or uint8 HxWx3 arrays -> one record per item, in order. Paths are
+        read here and sent as bytes, ``batch_size`` per request; arrays of one shape go together."""
+        items = list(items)
+        records: list[Record | None] = [None] * len(items)
+        blobs: list[tuple[int, str, bytes]] = []
+        arrays: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray):
+                arrays.setdefault(item.shape, []).append((i, item))
+            elif isinstance(item, (bytes, bytearray, memoryview)):
+                blobs.append((i, f"<{len(item)} bytes>", bytes(item)))
+            else:
+                path = os.fspath(item)
+                try:
+                    with open(path, "rb") as f:
+                        blobs.append((i, path, f.read()))
+                except FileNotFoundError:
+                    records[i] = Record.failed(path, "no such file")
+                except IsADirectoryError:
+                    records[i] = Record.failed(path, "is a directory, not an image file")
+                except OSError as e:
+                    records[i] = Record.failed(path, f"cannot read file ({e.strerror or e})")
+        for start in range(0, len(blobs), batch_size):
+            chunk = blobs[start:start + batch_size]
+            self._fill(records, [i for i, _, _ in chunk], [n for _, n, _ in chunk],
+                       lambda: self.score_bytes([b for _, _, b in chunk], [n for _, n, _ in chunk]))
+        for group in arrays.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                names = [f"<array {'x'.join(map(str, a.shape))}>" for _, a in chunk]
+                self._fill(records, [i for i, _ in chunk], names,
+                           lambda: self.score_pixels(np.stack([a for _, a in chunk]), names))
+        return records  # type: ignore[return-value]
+
+    @staticmethod
+    def _fill(records, indices, names, call):
+        try:
+            got = call()
+        except ServerError as e:
+            got = [Record.failed(n, f"server: {e}") for n in names]
+        for i, r in zip(indices, got):
+            records[i] = r
+
+    def _records(self, out: dict[str, np.ndarray], names: Sequence[str]) -> list[Record]:
+        logit = out["logit"].reshape(-1).astype(np.float64)
+        label = out["label"].reshape(-1) if "label" in out else None
+        error = out["error"].reshape(-1) if "error" in out else None
+        records = []
+        for i, name in enumerate(names):
+            err = _text(error[i]) if error is not None else ""
+            if err:
+                records.append(Record.failed(name, err))
+                continue
+            lg = float(logit[i])
+            if not math.isfinite(lg):
+                records.append(Record.failed(name, "server returned no logit"))
+                continue
+            sc = sigmoid(lg)  # in float64 from the logit, as the runtime's records (a graph's score is float32)
+            lb = _text(label[i]) if label is not None else ("fake" if sc > self.threshold else "real")
+            records.append(Record(path=name, logit=lg, score=sc, label=lb))
+        return records
+
+
+def _text(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
+
+
+def _message(e) -> str:
+    msg = e.message() if callable(getattr(e, "message", None)) else str(e)
+    status = e.status() if callable(getattr(e, "status", None)) else None
+    return f"[{status}] {msg}" if status and not str(msg).startswith("[") else str(msg)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="client.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server, http://HOST:PORT or grpc://HOST:PORT (default {DEFAULT_URL})")
+    p.add_argument("--protocol", choices=("http", "grpc"), default=None, help="for a URL without a scheme")
+    p.add_argument("--model", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
+    p.add_argument("--batch-size", type=int, default=8, help="images per request (default 8)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="for a model without a 'label' output only (the to_triton.py ensemble): score above which "
+                        "an image is 'fake' (default: its config's lfm.threshold, else 0.5)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
+    p.add_argument("--output", "-o", metavar="FILE")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    from lfm.runtime.inputs import expand_paths
+
+    args = parse_args(argv)
+    expansion = expand_paths(args.paths)
+    for note in expansion.notes:
+        print(f"note: {note}", file=sys.stderr)
+    try:
+        client = LfmClient(args.url, protocol=args.protocol, model=args.model, timeout=args.timeout,
+                           threshold=args.threshold)
+        client.output_names()
+    except (ValueError, ServerError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    n = failed = 0
+    t0 = time.perf_counter()
+    with client:
+        writer = RecordWriter(out, args.format)
+        scorable = [p for p in expansion.inputs if p not in expansion.errors]
+        records = iter(client.score(scorable, batch_size=args.batch_size))
+        for path in expansion.inputs:
+            record = Record.failed(path, expansion.errors[path]) if path in expansion.errors else next(records)
+            writer.write(record)
+            n += 1
+            failed += not record.ok
+    if args.output:
+        out.close()
+    print(f"scored {n - failed} of {n} inputs in {time.perf_counter() - t0:.2f} s via {client.protocol}://"
+          f"{client.address}; {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""Serve LFM behind NVIDIA Triton Inference Server, started through PyTriton.
+
+    python runtime/serve.py --model lfm.onnx [--host 127.0.0.1] [--http-port 8000]
+                            [--grpc-port 8001] [--metrics-port 8002] [--instances 2]
+                            [--max-batch-size 32] [--preferred-batch-sizes 8,16]
+                            [--max-queue-delay-us 2000] [--max-request-bytes 67108864] ...
+    python runtime/serve.py --checkpoint ckpt.pt ...     (PyTorch, the reference backend)
+    python runtime/serve.py --engine lfm.plan ...        (TensorRT, where the runtime has it)
+
+A real Triton Inference Server (the binary bundled in the `nvidia-pytriton` wheel; it runs on
+the CPU too) serves one model, ``lfm``, backed by the runtime's Detector: the same decoding,
+preprocessing and backends as runtime/infer.py, so a file scores the same through either.
+
+Model ``lfm`` (max_batch_size > 0: every tensor below has a leading batch dimension)
+
+    inputs   image   BYTES [1]         encoded image files (PNG, JPEG, ...), decoded server-side
+             pixels  UINT8 [-1, -1, 3] decoded RGB arrays (H, W >= the model's minimum, 48 for K=16);
+                                       the model's policy is applied as the runtime does for arrays
+                                       (a no-op for arrays already at the model's size)
+             (a request sends one of the two)
+    outputs  logit   FP64 [1]          NaN where the item failed
+             score   FP64 [1]          sigmoid(logit)
+             label   BYTES [1]         b"fake" | b"real" | b"" (failed)
+             error   BYTES [1]         b"" on success, else what was wrong with this item
+
+Errors. Triton itself rejects what breaks the model's signature (a wrong datatype, a wrong
+rank or channel count) with an error response before the model runs. What only decoding can
+tell (garbage bytes, an empty file, a decompression bomb, an image too small, a request over
+--max-request-bytes) is answered per item in ``error``, the runtime's record contract (one
+record per input, the error in its place): Triton's dynamic batcher hands the model requests
+from different clients together, and PyTriton can only fail such a group as a whole, so one
+client's bad image must not be raised as an exception. Triton's HTTP and gRPC front ends of
+this build have no body-size option: a request over the limit is still received, then
+refused unread; for a hard cap at the transport, put a proxy with one in front.
+
+Operations: dynamic batching (--max-batch-size, --preferred-batch-sizes,
+--max-queue-delay-us), --instances model instances (each with its own Detector and backend
+session), Triton's health endpoints (/v2/health/live, /v2/health/ready, gRPC ServerLive /
+ServerReady / ModelReady) and Prometheus metrics on --metrics-port (/metrics). SIGTERM or SIGINT
+stops gracefully: Triton stops taking requests, finishes those in flight (up to
+--exit-timeout seconds), then the process exits 0.
+
+The Python backend fix (why PyTriton's shared-memory path failed here with "'_thread.RLock'
+object has no attribute '_recursion_count'"): see ``fix_python_backend_libpython``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import inspect
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import sysconfig
+import threading
+import time
+
+if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
+    sys.path.pop(0)
+
+import numpy as np  # noqa: E402
+
+from lfm.runtime.detector import Detector, default_workers  # noqa: E402
+from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
+from lfm.runtime.records import Record  # noqa: E402
+from lfm.runtime.runners import BACKENDS, BackendError  # noqa: E402
+from lfm.runtime.spec import POLICIES, check_input_size  # noqa: E402
+
+LOG = logging.getLogger("lfm.serve")
+
+MODEL_NAME = "lfm"
+IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
+OUTPUT_NAMES = ("logit", "score", "label", "error")
+# Newer Triton servers cap HTTP bodies with --http-max-input-size (default 64 MiB); the server
+# PyTriton bundles has no such option, so the model applies the same limit per request.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_PREFERRED = (8, 16)
+# PyTriton waits 30 s for tritonserver to exit after SIGINT, then kills it: stay below.
+MAX_EXIT_TIMEOUT_S = 25
+
+
+# --------------------------------------------------------------------------------------------
+# The Python backend's interpreter
+
+
+def fix_python_backend_libpython() -> str:
+    """Make Triton's Python-backend stub run this interpreter's own libpython.
+
+    Root cause of "'_thread.RLock' object has no attribute '_recursion_count'": PyTriton runs
+    each model instance in Triton's Python-backend stub, a separate executable linked against
+    ``libpython3.X.so.1.0`` and found by the dynamic loader. Its RPATH holds no libpython, so
+    the loader takes the first one on LD_LIBRARY_PATH, else the system's (ld.so.cache), while
+    the stub's sys.path is *this* interpreter's standard library (PyTriton puts its bin folder
+    first on PATH). Where the two differ (here: Debian's libpython3.11 3.11.2 in /usr/lib, found
+    through ld.so.cache, and pyenv's 3.11.7; seen in /proc/<stub>/maps), the stub runs a 3.11.2
+    core under 3.11.7's pure-Python modules. 3.11.7's
+    ``multiprocessing.resource_tracker`` calls ``RLock._recursion_count()``, which the 3.11.2
+    C RLock lacks (added with the resource-tracker reentrancy fix, CPython gh-109593 / PR 109629,
+    in 3.11.6 and 3.12.1; PyTriton issue #51 reports the same error "since 3.11.7, fine on
+    3.11.5"): PyTriton's default serializer, TensorStore,
+    keeps tensors in shared memory through multiprocessing and so fails as soon as a model
+    instance starts. ``PYTRITON_NO_TENSORSTORE=1`` switches to base64 over ZeroMQ, which avoids
+    that one call but keeps the mismatched interpreter (any other difference between the two
+    builds would still bite) and copies every tensor through base64.
+
+    The fix: put the directory holding this interpreter's libpython first on LD_LIBRARY_PATH
+    before Triton starts (PyTriton passes its environment on to tritonserver and the stubs), so
+    the stub links the same build as its standard library; TensorStore then works. Where this
+    interpreter has no shared libpython (a static build), fall back to the switch, with a
+    warning. Returns what was done: "libpython", "no-tensorstore" or "already" (set by the user).
+    """
+    if os.environ.get("PYTRITON_NO_TENSORSTORE"):
+        return "already"
+    soname = f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if libdir and os.path.isfile(os.path.join(libdir, soname)):
+        paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+        if not paths or os.path.realpath(paths[0]) != os.path.realpath(libdir):
+            os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + [p for p in paths if p != libdir])
+        return "libpython"
+    LOG.warning("this Python (%s) has no shared %s: Triton's Python backend may load another build of "
+                "Python %d.%d; using PyTriton's base64 serializer (PYTRITON_NO_TENSORSTORE=1)",
+                sys.executable, soname, *sys.version_info[:2])
+    os.environ["PYTRITON_NO_TENSORSTORE"] = "1"
+    return "no-tensorstore"
+
+
+@contextlib.contextmanager
+def own_process_group():
+    """Start tritonserver in a process group of its own (its Python-backend stubs and their
+    TensorStore processes follow it). A signal sent to serve.py's whole group (Ctrl-C in a
+    terminal, ``timeout``, ``kill -- -PGID``) then reaches serve.py alone, which stops Triton in
+    order; otherwise the same SIGTERM kills the stubs' TensorStore process at once and the
+    requests in flight fail (seen here). PyTriton starts tritonserver through ``sh``, whose
+    default for ``_new_group`` is set for the duration."""
+    try:
+        import sh
+
+        defaults = sh.Command._call_args
+        previous = defaults["new_group"]
+    except (ImportError, AttributeError, KeyError):  # another sh: leave it be
+        yield False
+        return
+    defaults["new_group"] = True
+    try:
+        yield True
+    finally:
+        defaults["new_group"] = previous
+
+
+def stub_libpythons() -> dict[int, list[str]]:
+    """pid -> libpython files mapped by each running Python-backend stub (Linux /proc);
+    a diagnostic for the fix above (tests check the stub maps this interpreter's)."""
+    found = {}
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                argv0 = f.read().split(b"\0")[0]
+            if not argv0.endswith(b"triton_python_backend_stub"):
+                continue
+            with open(cmdline[:-len("cmdline")] + "maps") as f:
+                libs = sorted({line.split()[-1] for line in f if "libpython" in line})
+        except OSError:
+            continue
+        found[int(cmdline.split("/")[2])] = libs
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The model: Triton requests -> Detector -> per-item outputs
+
+
+class LfmModel:
+    """One model instance's inference callable (PyTriton, unbatched signature: a list of
+    requests in, one output dict per request out). Each instance owns a Detector."""
+
+    def __init__(self, detector: Detector, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+        self.detector = detector
+        self.max_request_bytes = max_request_bytes
+
+    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
+        items: list = []
+        plans: list[list] = []  # per request: per item, an index into items or an error string
+        for request in requests:
+            plans.append(self._plan(dict(request.items()), items))
+        records = self.detector.predict(items) if items else []
+        return [self._outputs(plan, records) for plan in plans]
+
+    def _plan(self, inputs: dict[str, np.ndarray], items: list) -> list:
+        image, pixels = inputs.get(IMAGE_INPUT), inputs.get(PIXELS_INPUT)
+        n = len(image) if image is not None else len(pixels) if pixels is not None else 0
+        if image is not None and pixels is not None:
+            return [f"send either '{IMAGE_INPUT}' or '{PIXELS_INPUT}' in one request, not both"] * max(
+                len(image), len(pixels))
+        if image is None and pixels is None:
+            return []
+        size = (sum(len(b) for b in image.reshape(-1) if isinstance(b, (bytes, bytearray)))
+                if image is not None else pixels.nbytes)
+        if size > self.max_request_bytes:
+            return [f"request of {size} bytes exceeds the limit of {self.max_request_bytes} bytes"] * n
+        plan = []
+        if image is not None:
+            if image.ndim != 2 or image.shape[1] != 1:
+                return [f"'{IMAGE_INPUT}' must be [batch, 1], got {list(image.shape)}"] * n
+            for blob in image[:, 0]:
+                if not isinstance(blob, (bytes, bytearray)):
+                    plan.append(f"expected encoded image bytes, got {type(blob).__name__}")
+                elif not blob:
+                    plan.append("empty file (0 bytes)")
+                else:
+                    plan.append(len(items))
+                    items.append(bytes(blob))
+            return plan
+        # pixels: Triton has already checked the datatype (UINT8) and [batch, H, W, 3]
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
+            return [f"'{PIXELS_INPUT}' must be uint8 [batch, H, W, 3], got {pixels.dtype} {list(pixels.shape)}"] * n
+        h, w = pixels.shape[1:3]
+        try:
+            check_input_size(h, w, self.detector.spec.top_k)
+        except ValueError as e:
+            return [str(e)] * n
+        if h * w > self.detector.max_pixels:
+            return [f"{w}x{h} = {w * h} pixels exceeds the limit of {self.detector.max_pixels}"] * n
+        for a in pixels:
+            plan.append(len(items))
+            items.append(np.ascontiguousarray(a))
+        return plan
+
+    @staticmethod
+    def _outputs(plan: list, records: list[Record]) -> dict[str, np.ndarray]:
+        n = len(plan)
+        logit = np.full((n, 1), np.nan, dtype=np.float64)
+        score = np.full((n, 1), np.nan, dtype=np.float64)
+        label = np.full((n, 1), b"", dtype=object)
+        error = np.full((n, 1), b"", dtype=object)
+        for i, slot in enumerate(plan):
+            if isinstance(slot, str):
+                error[i, 0] = slot.encode()
+                continue
+            r = records[slot]
+            if r.ok:
+                logit[i, 0], score[i, 0], label[i, 0] = r.logit, r.score, r.label.encode()
+            else:
+                error[i, 0] = r.error.encode()
+        return {"logit": logit, "score": score, "label": label, "error": error}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None):
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="serve.py", description=doc[0],
+                                epilog="\n\n".join(doc[1:3]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime, or --backend openvino)")
+    src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs the runtime's TensorRT runner)")
+    src.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint (needs the [train] extra)")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address for HTTP, gRPC and metrics (default 127.0.0.1; 0.0.0.0 for every interface)")
+    net.add_argument("--http-port", type=int, default=8000)
+    net.add_argument("--grpc-port", type=int, default=8001)
+    net.add_argument("--metrics-port", type=int, default=8002)
+    tr = p.add_argument_group("Triton")
+    tr.add_argument("--instances", type=int, default=2,
+                    help="model instances, each with its own Detector and backend session (default 2)")
+    tr.add_argument("--max-batch-size", type=int, default=32,
+                    help="largest batch the dynamic batcher forms, counted in images (default 32)")
+    tr.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
+                    help="dynamic batcher's preferred batch sizes, comma-separated (default 8,16; '' for none)")
+    tr.add_argument("--max-queue-delay-us", type=int, default=2000,
+                    help="how long a request may wait for others to batch with, microseconds (default 2000)")
+    tr.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                    help="larger requests get an error per item, not decoded (default 64 MiB)")
+    tr.add_argument("--exit-timeout", type=int, default=20,
+                    help=f"on SIGTERM, wait this long for in-flight requests (s, at most {MAX_EXIT_TIMEOUT_S}; default 20)")
+    tr.add_argument("--log-verbose", type=int, default=0, help="Triton's verbose log level (default 0)")
+    tr.add_argument("--no-self-test", action="store_true",
+                    help="skip the start-up request that checks the server answers as the local Detector does")
+    rt = p.add_argument_group("runtime (as runtime/infer.py)")
+    rt.add_argument("--threshold", type=float, default=None)
+    rt.add_argument("--policy", choices=POLICIES, default=None)
+    rt.add_argument("--size", type=int, default=None)
+    rt.add_argument("--tile-reduce", choices=("max", "mean"), default="max")
+    rt.add_argument("--max-tiles", type=int, default=64)
+    rt.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+    rt.add_argument("--workers", type=int, default=None, help="decoding threads per instance (default: cores, at most 8)")
+    rt.add_argument("--threads", type=int, default=None, help="backend intra-op threads per instance (default: cores / instances)")
+    rt.add_argument("--providers", default=None, help="--model: comma-separated onnxruntime providers")
+    rt.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="--model: onnxruntime or openvino")
+    rt.add_argument("--device", default="auto", help="--checkpoint: torch device")
+    rt.add_argument("--cuda-graphs", action="store_true", help="--engine: replay each batch shape as a CUDA graph")
+    args = p.parse_args(argv)
+    try:
+        args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error(f"--preferred-batch-sizes: expected comma-separated integers, got {args.preferred_batch_sizes!r}")
+    if args.max_batch_size < 1:
+        p.error("--max-batch-size must be >= 1")
+    if any(b < 1 or b > args.max_batch_size for b in args.preferred):
+        p.error(f"--preferred-batch-sizes must lie in [1, --max-batch-size={args.max_batch_size}]")
+    if args.instances < 1:
+        p.error("--instances must be >= 1")
+    if args.max_queue_delay_us < 0:
+        p.error("--max-queue-delay-us must be >= 0")
+    if args.max_request_bytes < 1:
+        p.error("--max-request-bytes must be >= 1")
+    if not 0 <= args.exit_timeout <= MAX_EXIT_TIMEOUT_S:
+        p.error(f"--exit-timeout must lie in [0, {MAX_EXIT_TIMEOUT_S}]")
+    if args.cuda_graphs and not args.engine:
+        p.error("--cuda-graphs is for --engine")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        p.error("--threshold must lie in [0, 1]")
+    ports = [args.http_port, args.grpc_port, args.metrics_port]
+    if len(set(ports)) != 3 or not all(0 < x < 65536 for x in ports):
+        p.error(f"--http-port, --grpc-port and --metrics-port must be three different ports, got {ports}")
+    return args
+
+
+def detector_kwargs(args, instances: int) -> dict:
+    """Keyword arguments for one instance's Detector."""
+    cores = os.cpu_count() or 1
+    kw = dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
+              workers=args.workers or max(1, min(default_workers(), cores // instances or 1)),
+              max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles)
+    if args.engine:
+        if "engine" not in inspect.signature(Detector).parameters:
+            raise BackendError("--engine needs the runtime's TensorRT runner (runtime/trt_runner.py, "
+                               "Detector(engine=...)), which this installation does not have; serve the ONNX "
+                               "model with --model instead")
+        kw.update(engine=args.engine, cuda_graphs=args.cuda_graphs)
+    elif args.model:
+        kw.update(model=args.model, backend=args.backend, threads=args.threads or max(1, cores // instances),
+                  providers=args.providers.split(",") if args.providers else None)
+    else:
+        kw.update(checkpoint=args.checkpoint, device=args.device)
+    return kw
+
+
+def check_ports_free(host: str, ports: list[int]) -> None:
+    for port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def self_test_image() -> bytes:
+    """A small deterministic PNG (noise, 96 x 80) for the start-up check."""
+    from PIL import Image
+
+    a = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def self_test(url: str, detector: Detector) -> str:
+    """Score one image through the running server and locally; raise unless they agree exactly.
+    Catches a server that answers but returns nothing (e.g. PyTriton <= 0.5.7 under numpy 2:
+    every output arrives empty)."""
+    from lfm.runtime.client import LfmClient, ServerError
+
+    blob = self_test_image()
+    (local,) = detector.predict([blob])
+    with LfmClient(url, timeout=60.0) as client:
+        try:
+            (served,) = client.score_bytes([blob])
+        except ServerError as e:
+            hint = ("; PyTriton's Python backend returns empty outputs under numpy 2: install nvidia-pytriton>=0.5.8, "
+                    "which pins numpy<2 (pip install -e '.[serve]')") if int(np.__version__.split(".")[0]) >= 2 else ""
+            raise RuntimeError(f"start-up self-test failed: {e}{hint}") from None
+    if not (served.ok and local.ok and served.logit == local.logit and served.score == local.score):
+        raise RuntimeError(f"start-up self-test failed: server answered {served.to_dict()}, "
+                           f"the local Detector {local.to_dict()}")
+    return f"self-test: server and local Detector agree (logit {served.logit:.6f})"
+
+
+def serve(args) -> int:
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    how = fix_python_backend_libpython()
+    LOG.info("Python backend: %s", {"libpython": "stub linked to this interpreter's libpython (LD_LIBRARY_PATH)",
+                                     "already": "PYTRITON_NO_TENSORSTORE set by the user",
+                                     "no-tensorstore": "base64 serializer (no shared libpython)"}[how])
+    check_ports_free(args.host, [args.http_port, args.grpc_port, args.metrics_port])
+
+    kw = detector_kwargs(args, args.instances)
+    detectors = []
+    try:
+        for _ in range(args.instances):
+            detectors.append(Detector(**kw))
+    except Exception:
+        for d in detectors:
+            d.close()
+        raise
+    spec = detectors[0].spec
+    LOG.info("model: %s (%s), spec: input %s, policy %s, size %d, threshold %g; %d instance(s)",
+             args.model or args.engine or args.checkpoint, detectors[0].runner.name, spec.input, spec.policy,
+             spec.size, spec.threshold, args.instances)
+
+    config = TritonConfig(
+        http_address=args.host, http_port=args.http_port, grpc_address=args.host, grpc_port=args.grpc_port,
+        metrics_address=args.host, metrics_port=args.metrics_port, allow_metrics=True, allow_gpu_metrics=False,
+        allow_cpu_metrics=True, strict_readiness=True, exit_timeout_secs=args.exit_timeout,
+        log_verbose=args.log_verbose or None)
+    stop = threading.Event()
+    signals = {}
+
+    def on_signal(signum, _frame):
+        LOG.info("%s received: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    rc = 0
+    triton = Triton(config=config)
+    try:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signals[s] = signal.signal(s, on_signal)
+        triton.bind(
+            model_name=MODEL_NAME,
+            infer_func=[LfmModel(d, args.max_request_bytes) for d in detectors],
+            inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
+                    Tensor(name=PIXELS_INPUT, dtype=np.uint8, shape=(-1, -1, 3), optional=True)],
+            outputs=[Tensor(name="logit", dtype=np.float64, shape=(1,)),
+                     Tensor(name="score", dtype=np.float64, shape=(1,)),
+                     Tensor(name="label", dtype=np.bytes_, shape=(1,)),
+                     Tensor(name="error", dtype=np.bytes_, shape=(1,))],
+            config=ModelConfig(max_batch_size=args.max_batch_size,
+                               batcher=DynamicBatcher(preferred_batch_size=args.preferred or None,
+                                                      max_queue_delay_microseconds=args.max_queue_delay_us)),
+            strict=True,
+        )
+        with own_process_group():
+            triton.run()
+        url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.http_port}"
+        if not args.no_self_test:
+            LOG.info(self_test(url, detectors[0]))
+        print(f"serving model '{MODEL_NAME}': HTTP {args.host}:{args.http_port}, gRPC {args.host}:{args.grpc_port}, "
+              f"metrics http://{args.host}:{args.metrics_port}/metrics (pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            if not triton.is_alive():
+                LOG.error("Triton Inference Server stopped unexpectedly")
+                rc = 1
+                break
+    finally:
+        t0 = time.perf_counter()
+        triton.stop()  # SIGINT to tritonserver: no new requests, in-flight ones finish, models unload
+        for d in detectors:
+            d.close()
+        for s, previous in signals.items():
+            signal.signal(s, previous)
+        LOG.info("stopped in %.1f s", time.perf_counter() - t0)
+    return rc
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("pytriton", "tritonclient"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        import pytriton  # noqa: F401  (the [serve] extra)
+        import tritonclient  # noqa: F401
+    except ImportError as e:
+        print(f"error: serving needs PyTriton and tritonclient ({e}); install with: pip install -e '.[serve]'",
+              file=sys.stderr)
+        return 2
+    try:
+        return serve(args)
+    except (BackendError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

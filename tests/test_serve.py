@@ -1,0 +1,639 @@
+"""Serving: runtime/serve.py (a real Triton Inference Server through PyTriton), the tritonclient
+client, export/to_triton.py's model repository, malformed requests, a short load, SIGTERM.
+
+Servers listen on free loopback ports and are always stopped (fixture finalizers). Needs the
+[serve] extra (nvidia-pytriton, tritonclient); the model is conftest's random-weight ONNX.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("tritonclient.http", reason="serving tests need the [serve] extra: pip install -e '.[serve]'")
+pytest.importorskip("tritonclient.grpc", reason="serving tests need the [serve] extra: pip install -e '.[serve]'")
+
+from lfm.runtime.client import LfmClient, ServerError, parse_url  # noqa: E402
+from lfm.runtime.detector import Detector  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE = ROOT / "runtime" / "serve.py"
+START_TIMEOUT_S = 120
+MAX_REQUEST_BYTES = 3_000_000
+MAX_PIXELS = 4_000_000
+
+
+def need_pytriton():
+    return pytest.importorskip("pytriton", reason="serving tests need the [serve] extra: pip install -e '.[serve]'")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def encode(a: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+class Server:
+    """runtime/serve.py in a subprocess on free loopback ports."""
+
+    def __init__(self, model: Path, log: Path, *extra: str):
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.log_path = log
+        self._log = open(log, "wb")
+        cmd = [sys.executable, str(SERVE), "--model", str(model), "--host", "127.0.0.1",
+               "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+               *extra]
+        # a session of its own: the SIGTERM test signals the whole process group, as a terminal's
+        # Ctrl-C or `timeout` would
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    @property
+    def http_url(self):
+        return f"http://127.0.0.1:{self.http}"
+
+    @property
+    def grpc_url(self):
+        return f"grpc://127.0.0.1:{self.grpc}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with LfmClient(self.http_url, timeout=5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"serve.py exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+                if c.ready() and "serving model" in self.log():  # ready, and the self-test passed
+                    return self
+                time.sleep(0.25)
+        self.stop()
+        pytest.fail(f"serve.py not ready after {START_TIMEOUT_S} s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 45) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Files of several formats and modes; the BMP ends in zero bytes (row padding), which a
+    fixed-width numpy bytes array would strip."""
+    d = tmp_path_factory.mktemp("serve_images")
+    rng = np.random.default_rng(7)
+    files = {
+        "noise.png": encode(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8), "PNG"),
+        "photo.jpg": encode(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "JPEG", quality=90),
+        "padded.bmp": encode(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), "BMP"),
+        "grey.png": encode(rng.integers(0, 256, (70, 70), dtype=np.uint8), "PNG"),
+        "alpha.png": encode(rng.integers(0, 256, (64, 128, 4), dtype=np.uint8), "PNG"),
+    }
+    assert files["padded.bmp"].endswith(b"\x00")
+    paths = []
+    for name, blob in files.items():
+        (d / name).write_bytes(blob)
+        paths.append(d / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def offline(random_onnx, images):
+    """What runtime/infer.py's Detector says about the files: the reference for every served score."""
+    with Detector(model=str(random_onnx)) as det:
+        return {str(p): r for p, r in zip(images, det.predict([str(p) for p in images]))}
+
+
+@pytest.fixture(scope="module")
+def server(random_onnx, tmp_path_factory):
+    need_pytriton()
+    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    s = Server(random_onnx, log, "--instances", "2", "--max-batch-size", "16", "--preferred-batch-sizes", "4,8",
+               "--max-queue-delay-us", "20000", "--max-request-bytes", str(MAX_REQUEST_BYTES),
+               "--max-pixels", str(MAX_PIXELS), "--exit-timeout", "20")
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+
+
+def same(a, b) -> bool:
+    return (a.ok and b.ok and a.logit == b.logit and a.score == b.score and a.label == b.label)
+
+
+# --------------------------------------------------------------------------------------------
+# Without a server
+
+
+def test_fix_python_backend_libpython(monkeypatch, restore_env):
+    need_pytriton()
+    from lfm.runtime.serve import fix_python_backend_libpython
+
+    monkeypatch.delenv("PYTRITON_NO_TENSORSTORE", raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/elsewhere")
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
+    how = fix_python_backend_libpython()
+    if os.path.isfile(os.path.join(libdir, soname)):
+        assert how == "libpython"
+        assert os.environ["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/elsewhere"]
+        assert fix_python_backend_libpython() == "libpython"  # idempotent
+        assert os.environ["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/elsewhere"]
+    else:  # a static Python: the serializer switch instead
+        assert how == "no-tensorstore" and os.environ["PYTRITON_NO_TENSORSTORE"] == "1"
+    monkeypatch.setenv("PYTRITON_NO_TENSORSTORE", "1")
+    assert fix_python_backend_libpython() == "already"
+
+
+def test_parse_url():
+    assert parse_url("http://h:1") == ("http", "h:1")
+    assert parse_url("grpc://h:2/") == ("grpc", "h:2")
+    assert parse_url("h:3", "grpc") == ("grpc", "h:3")
+    with pytest.raises(ValueError):
+        parse_url("https://h:1")
+
+
+def test_serve_and_client_import_no_torch():
+    need_pytriton()
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import lfm.runtime.serve, lfm.runtime.client, pytriton.triton, tritonclient.http, tritonclient.grpc\n"
+            "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules)\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture
+def restore_env():
+    """serve.main and fix_python_backend_libpython set LD_LIBRARY_PATH / PYTRITON_NO_TENSORSTORE."""
+    saved = {k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "PYTRITON_NO_TENSORSTORE")}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env):
+    need_pytriton()
+    from lfm.runtime import serve
+
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", "m.onnx", "--preferred-batch-sizes", "64", "--max-batch-size", "32"])
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", "m.onnx", "--http-port", "9000", "--grpc-port", "9000"])
+    # --engine: passed through to the runtime (not served here: no GPU); a missing plan is a one-line error
+    import inspect
+
+    http, grpc, metrics = free_ports(3)
+    plan = tmp_path / "lfm.plan"
+    rc = serve.main(["--engine", str(plan), "--http-port", str(http), "--grpc-port", str(grpc),
+                     "--metrics-port", str(metrics)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    if "engine" in inspect.signature(Detector).parameters:
+        assert f"error: {plan}: no such file" in err
+    else:
+        assert "--engine needs the runtime's TensorRT runner" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Through the server
+
+
+def test_health_endpoints_and_python_backend_fix(server):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/lfm/ready"):
+        with urllib.request.urlopen(server.http_url + path, timeout=5) as r:
+            assert r.status == 200, path
+    with LfmClient(server.grpc_url) as c:
+        assert c.live() and c.ready()
+    with urllib.request.urlopen(server.http_url + "/v2/models/lfm/config", timeout=5) as r:
+        config = json.load(r)
+    assert config["max_batch_size"] == 16
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    assert sum(g["count"] for g in config["instance_group"]) == 2
+    assert {i["name"]: i["data_type"] for i in config["input"]} == {"image": "TYPE_STRING", "pixels": "TYPE_UINT8"}
+    assert [o["name"] for o in config["output"]] == ["logit", "score", "label", "error"]
+    # The root-cause fix: the Python-backend stubs run this interpreter's own libpython.
+    from lfm.runtime.serve import stub_libpythons
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ours = os.path.realpath(os.path.join(libdir, f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"))
+    children = _descendants(server.proc.pid)
+    stubs = {pid: libs for pid, libs in stub_libpythons().items() if pid in children}
+    assert len(stubs) == 2, f"expected 2 stub processes under the server, found {stubs}"
+    if os.path.isfile(ours):
+        for libs in stubs.values():
+            assert [os.path.realpath(p) for p in libs] == [ours]
+
+
+def _descendants(pid: int) -> set[int]:
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parent.items() if p in frontier} - out
+        out |= frontier
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_scores_equal_offline_runtime(server, images, offline, protocol):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with LfmClient(url) as c:
+        records = c.score([str(p) for p in images], batch_size=2)
+    assert [r.path for r in records] == [str(p) for p in images]
+    for r in records:
+        assert same(r, offline[r.path]), (r, offline[r.path])
+
+
+def test_client_command(server, images, offline, tmp_path):
+    out = tmp_path / "served.jsonl"
+    missing = str(tmp_path / "missing.png")
+    res = subprocess.run([sys.executable, str(ROOT / "runtime" / "client.py"), *map(str, images), missing,
+                          "--url", server.http_url, "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr  # one input failed (the missing file)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [*map(str, images), missing]
+    for row in rows[:-1]:
+        ref = offline[row["path"]].to_dict()
+        assert row == ref
+    assert rows[-1]["error"] == "no such file"
+
+
+def test_pixels_input_equals_detector_on_arrays(server, random_onnx):
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)  # the model's size: the policy is a no-op
+    other = rng.integers(0, 256, (2, 90, 70, 3), dtype=np.uint8)  # resized by the policy, as the runtime does
+    with Detector(model=str(random_onnx)) as det:
+        ref = det.predict(list(batch) + list(other))
+    with LfmClient(server.http_url) as c:
+        got = c.score_pixels(batch) + c.score_pixels(other)
+    for r, e in zip(got, ref):
+        assert same(r, e), (r, e)
+
+
+def _png(w, h, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_malformed_requests_get_errors_and_server_keeps_answering(server, images, offline):
+    good = images[0].read_bytes()
+    bomb = _png(3000, 3000, "L")  # 9 MP in a few kB: over --max-pixels 4 MP
+    assert len(bomb) < 100_000
+    with LfmClient(server.http_url) as c, LfmClient(server.grpc_url) as g:
+        # per item, in its place: garbage, empty, bomb, oversized request, too small; the good one scored
+        recs = c.score_bytes([b"\x89PNG\r\n\x1a\ngarbage", good, b"", bomb])
+        assert "corrupt PNG" in recs[0].error
+        assert same(recs[1], offline[str(images[0])])
+        assert recs[2].error == "empty file (0 bytes)"
+        assert "exceeds the limit of 4000000" in recs[3].error
+        (big,) = g.score_bytes([b"\xff" * (MAX_REQUEST_BYTES + 1)])
+        assert f"exceeds the limit of {MAX_REQUEST_BYTES} bytes" in big.error
+        (small,) = c.score_pixels(np.zeros((1, 8, 8, 3), np.uint8))
+        assert "too small for LFM" in small.error
+        # rejected by Triton before the model: an error response
+        for name, data, dtype, expect in [
+            ("pixels", np.zeros((1, 64, 64, 3), np.float32), "FP32", "data-type is 'FP32'"),
+            ("image", np.zeros((1, 1), np.int32), "INT32", "data-type is 'INT32'"),
+            ("pixels", np.zeros((1, 64, 64, 4), np.uint8), "UINT8", "unexpected shape"),
+            ("image", np.empty((0, 1), dtype=object), "BYTES", "expected 1 string elements"),
+            ("image", np.array([[good]] * 17, dtype=object), "BYTES", "batch-size must be <= 16"),
+        ]:
+            for client in (c, g):
+                with pytest.raises(ServerError, match=expect):
+                    client.infer(name, data, dtype)
+        # still up, still right
+        assert server.proc.poll() is None
+        assert same(c.score_bytes([good])[0], offline[str(images[0])])
+
+
+def test_short_load_with_a_bad_client_among_good_ones(server, images, offline):
+    """8 closed-loop clients for ~2 s, batched together by the dynamic batcher (20 ms window);
+    one of them sends garbage half the time. No good request fails, every score is the offline
+    one, and batches of several requests did form (Triton's own counters)."""
+    blobs = [(str(p), p.read_bytes()) for p in images]
+    stop = time.monotonic() + 2.0
+    results, errors = [], []
+
+    def worker(k):
+        with LfmClient(server.grpc_url if k % 2 else server.http_url) as c:
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                if k == 0 and i % 2:
+                    (r,) = c.score_bytes([b"not an image"])
+                    results.append(("bad", r))
+                    continue
+                path, blob = blobs[(k + i) % len(blobs)]
+                try:
+                    (r,) = c.score_bytes([blob], [path])
+                    results.append(("good", r))
+                except ServerError as e:
+                    errors.append(str(e))
+
+    before = _metric(server, "nv_inference_exec_count"), _metric(server, "nv_inference_count")
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    good = [r for kind, r in results if kind == "good"]
+    bad = [r for kind, r in results if kind == "bad"]
+    assert len(good) >= 16 and bad
+    assert all(same(r, offline[r.path]) for r in good)
+    assert all(r.error == "not an image (unrecognised format)" for r in bad)
+    executions = _metric(server, "nv_inference_exec_count") - before[0]
+    inferences = _metric(server, "nv_inference_count") - before[1]
+    assert inferences >= len(results) and executions < inferences, (executions, inferences)
+
+
+def _metric(server, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'model="lfm"' in line)
+
+
+def test_zz_sigterm_finishes_in_flight_requests(server):
+    """Last in this file: stops the module's server. Slow requests (6 JPEGs of 2000 x 2000 each,
+    ~0.4 s of decoding per request on one core) are in flight when SIGTERM arrives, sent to the
+    server's whole process group (the harder case: tritonserver and its stubs must not get it
+    directly, see serve.own_process_group); every request completes, then the process exits 0
+    and frees its ports."""
+    y, x = np.mgrid[0:2000, 0:2000]
+    a = np.stack([x * 255 // 2000, y * 255 // 2000, (x + y) % 256], -1).astype(np.uint8)
+    a += np.random.default_rng(1).integers(0, 8, a.shape, dtype=np.uint8)
+    blob = encode(a, "JPEG", quality=85)
+    per_request = 6
+    assert len(blob) * per_request < MAX_REQUEST_BYTES
+    finished, failed = [], []
+
+    def worker(k):
+        with LfmClient(server.grpc_url if k % 2 else server.http_url, timeout=60) as c:
+            try:
+                recs = c.score_bytes([blob] * per_request)
+                finished.append((time.monotonic(), recs))
+            except ServerError as e:
+                failed.append(str(e))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # the requests are in the server
+    t0 = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGTERM)  # the group of serve.py, which started it (a session leader)
+    for t in threads:
+        t.join(60)
+    assert not failed, failed
+    assert len(finished) == 3 and all(r.ok for _, recs in finished for r in recs)
+    assert any(t > t0 for t, _ in finished), "every request finished before SIGTERM: nothing was in flight"
+    assert server.stop() == 0
+    assert time.monotonic() - t0 < 40
+    log = server.log()
+    assert "SIGTERM received" in log and "stopped in" in log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.http), timeout=1)
+
+
+# --------------------------------------------------------------------------------------------
+# export/to_triton.py
+
+
+def _parse_config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_to_triton_repository(random_onnx, tmp_path):
+    pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
+    from lfm.export.to_triton import main
+
+    repo = tmp_path / "repo"
+    assert main([str(random_onnx), "--repository", str(repo), "--max-batch-size", "16",
+                 "--preferred-batch-sizes", "4,8", "--instances", "3", "--kind", "cpu"]) == 0
+    assert sorted(p.name for p in repo.iterdir()) == ["lfm", "lfm_model", "lfm_preprocess"]
+    assert (repo / "lfm_model" / "1" / "model.onnx").read_bytes() == random_onnx.read_bytes()
+    assert (repo / "lfm_preprocess" / "1" / "model.py").is_file() and (repo / "lfm" / "1").is_dir()
+    model, pre, ens = (_parse_config(repo / m / "config.pbtxt") for m in ("lfm_model", "lfm_preprocess", "lfm"))
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert model.platform == "onnxruntime_onnx" and model.max_batch_size == 16
+    assert [(i.name, i.data_type, list(i.dims)) for i in model.input] == [("pixels", mc.TYPE_UINT8, [-1, -1, 3])]
+    assert [(o.name, o.data_type, list(o.dims), list(o.reshape.shape)) for o in model.output] == [
+        ("logit", mc.TYPE_FP32, [1], []), ("score", mc.TYPE_FP32, [1], [])]
+    assert list(model.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert [(g.count, g.kind) for g in model.instance_group] == [(3, mc.ModelInstanceGroup.KIND_CPU)]
+    spec = json.loads(model.parameters["lfm.spec"].string_value)
+    assert spec["input"] == "uint8" and spec["size"] == 64
+    assert pre.backend == "python" and [(i.name, i.data_type) for i in pre.input] == [("image", mc.TYPE_STRING)]
+    assert [(o.name, list(o.dims)) for o in pre.output] == [("pixels", [64, 64, 3])]
+    assert ens.platform == "ensemble" and ens.input[0].data_type == mc.TYPE_STRING
+    steps = ens.ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["lfm_preprocess", "lfm_model"]
+    assert dict(steps[0].output_map) == {"pixels": "preprocessed"} and dict(steps[1].input_map) == {"pixels": "preprocessed"}
+    assert sorted(steps[1].output_map.values()) == sorted(o.name for o in ens.output) == ["logit", "score"]
+    assert float(ens.parameters["lfm.threshold"].string_value) == 0.5
+    # an existing repository is not overwritten without --force
+    assert main([str(random_onnx), "--repository", str(repo)]) == 2
+    assert main([str(random_onnx), "--repository", str(repo), "--force"]) == 0
+
+
+def test_to_triton_plan_from_sidecar(random_onnx, tmp_path, capsys):
+    from lfm.export.to_triton import main
+    from lfm.runtime.spec import ModelSpec
+
+    plan = tmp_path / "lfm.plan"
+    plan.write_bytes(b"not really an engine")
+    spec = ModelSpec(input="float", layout="NCHW", size=224)
+    (tmp_path / "lfm.plan.json").write_text(json.dumps({
+        "spec": spec.to_dict(), "input": {"name": "image", "dtype": "float32", "layout": "NCHW"},
+        "profiles": [{"min": [1, 3, 48, 48], "opt": [16, 3, 224, 224], "max": [24, 3, 448, 448]}], "plugins": []}))
+    repo = tmp_path / "repo"
+    assert main([str(plan), "--repository", str(repo), "--max-batch-size", "32"]) == 0
+    assert "capped at the engine profile's 24" in capsys.readouterr().err
+    model = _parse_config(repo / "lfm_model" / "config.pbtxt")
+    pre = _parse_config(repo / "lfm_preprocess" / "config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert model.platform == "tensorrt_plan" and model.max_batch_size == 24
+    assert model.default_model_filename == "model.plan" and (repo / "lfm_model" / "1" / "model.plan").is_file()
+    assert [(g.kind) for g in model.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert [(i.name, i.data_type, list(i.dims)) for i in model.input] == [("image", mc.TYPE_FP32, [3, -1, -1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [("image", mc.TYPE_FP32, [3, 224, 224])]
+    assert list(model.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert main([str(plan), "--repository", str(tmp_path / "r2"), "--kind", "cpu"]) == 2
+    (tmp_path / "lfm.plan.json").unlink()
+    assert main([str(plan), "--repository", str(tmp_path / "r3")]) == 2
+    assert "no sidecar" in capsys.readouterr().err
+
+
+def _load_preprocess_model(path: Path):
+    """Import the written model.py with a stand-in for Triton's triton_python_backend_utils."""
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class TritonError:
+        def __init__(self, message):
+            self.msg = message
+
+    pb.Tensor, pb.InferenceResponse, pb.TritonError = Tensor, InferenceResponse, TritonError
+    pb.get_input_tensor_by_name = lambda request, name: request[name]
+    pb.triton_string_to_numpy = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32}.__getitem__
+    sys.modules["triton_python_backend_utils"] = pb
+    try:
+        spec = importlib.util.spec_from_file_location("lfm_preprocess_model", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["triton_python_backend_utils"]
+    return module, Tensor
+
+
+def test_to_triton_preprocess_model_matches_runtime(random_onnx, images, tmp_path):
+    """The written python-backend model, run with a stand-in pb_utils: per-request outputs equal
+    the runtime's preprocessing, and a bad image fails its own request only."""
+    pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
+    from lfm.export.to_triton import write_repository
+    from lfm.runtime.preprocess import load_array
+    from lfm.runtime.spec import ModelSpec
+
+    repo = tmp_path / "repo"
+    write_repository(str(random_onnx), str(repo))
+    module, Tensor = _load_preprocess_model(repo / "lfm_preprocess" / "1" / "model.py")
+    config = _parse_config(repo / "lfm_preprocess" / "config.pbtxt")
+    from google.protobuf import json_format
+
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))})
+    blobs = [p.read_bytes() for p in images]
+    requests = [{"image": Tensor("image", np.array([[b] for b in blobs[:2]], dtype=object))},
+                {"image": Tensor("image", np.array([[b"junk"]], dtype=object))},
+                {"image": Tensor("image", np.array([[blobs[2]]], dtype=object))}]
+    responses = model.execute(requests)
+    spec = ModelSpec.from_dict(json.loads(config.parameters["lfm.spec"].string_value))
+    assert responses[0].error is None and responses[2].error is None
+    np.testing.assert_array_equal(responses[0].output_tensors[0].array, np.stack([load_array(b, spec) for b in blobs[:2]]))
+    np.testing.assert_array_equal(responses[2].output_tensors[0].array, load_array(blobs[2], spec)[None])
+    assert responses[1].error.msg == "not an image (unrecognised format)"
+
+
+def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline, tmp_path, restore_env):
+    """The repository in a real tritonserver (PyTriton's bundled binary, which has the python
+    backend but not the onnxruntime one): lfm_model is swapped for a python model running the
+    same ONNX file with onnxruntime; the ensemble and the preprocessing model are as written.
+    Logits equal the runtime's; a bad image fails its own request."""
+    pytriton = need_pytriton()
+    pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
+    from lfm.export.to_triton import write_repository
+    from lfm.runtime.serve import fix_python_backend_libpython
+
+    repo = tmp_path / "repo"
+    write_repository(str(random_onnx), str(repo), instances=1, max_queue_delay_us=100)
+    (repo / "lfm_model" / "config.pbtxt").write_text(
+        'name: "lfm_model"\nbackend: "python"\nmax_batch_size: 32\n'
+        'input [ { name: "pixels" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] } ]\n'
+        'output [ { name: "logit" data_type: TYPE_FP32 dims: [ 1 ] }, { name: "score" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'instance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    (repo / "lfm_model" / "1" / "model.py").write_text(
+        "import os\nimport onnxruntime as ort\nimport triton_python_backend_utils as pb\n\n"
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        self.s = ort.InferenceSession(os.path.join(os.path.dirname(__file__), 'model.onnx'), providers=['CPUExecutionProvider'])\n\n"
+        "    def execute(self, requests):\n"
+        "        out = []\n"
+        "        for r in requests:\n"
+        "            logit, score = self.s.run(['logit', 'score'], {'pixels': pb.get_input_tensor_by_name(r, 'pixels').as_numpy()})\n"
+        "            out.append(pb.InferenceResponse([pb.Tensor('logit', logit.reshape(-1, 1)), pb.Tensor('score', score.reshape(-1, 1))]))\n"
+        "        return out\n")
+    dist = Path(pytriton.__file__).parent / "tritonserver"
+    server_dir = tmp_path / "tritonserver"
+    shutil.copytree(dist, server_dir, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    shutil.copy(dist / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / "triton_python_backend_stub",
+                server_dir / "backends" / "python" / "triton_python_backend_stub")
+    fix_python_backend_libpython()  # the stub must run this interpreter's libpython here too
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in [os.environ.get("LD_LIBRARY_PATH", ""), str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs")] if p)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    http, grpc, metrics = free_ports(3)
+    log = open(tmp_path / "tritonserver.log", "wb")
+    proc = subprocess.Popen([str(server_dir / "bin" / "tritonserver"), "--model-repository", str(repo),
+                             "--backend-directory", str(server_dir / "backends"), "--http-address", "127.0.0.1",
+                             "--http-port", str(http), "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
+                             "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics),
+                             "--allow-gpu-metrics", "false", "--exit-timeout-secs", "5"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        with LfmClient(f"http://127.0.0.1:{http}") as c:
+            if not c.wait_ready(START_TIMEOUT_S):
+                pytest.fail("tritonserver not ready:\n" + (tmp_path / "tritonserver.log").read_text()[-4000:])
+            records = c.score([str(p) for p in images], batch_size=2)
+            junk, after = c.score([b"junk", str(images[0])], batch_size=1)
+        for r in records + [after]:
+            assert same(r, offline[r.path]), (r, offline[r.path])
+        assert junk.error.endswith("not an image (unrecognised format)")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
