@@ -593,7 +593,7 @@ def main(argv=None) -> int:
     if args.mode in ("e2e", "both"):
         e2e_batches = [16] if args.quick else sorted({8, 32} | ({256} if gpu else set()))
         rows, un = run_e2e_mode(names, models, sizes[0], e2e_batches, args.threads, 2 if args.quick else 4,
-                                files[:32] if args.quick else files, 1 if args.quick else 4)
+                                files[:32] if args.quick else files, 1 if args.quick else 2)
         results += rows
         unavailable.update({k: v for k, v in un.items() if k not in unavailable})
     add_limits(results, rates)
