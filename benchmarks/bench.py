@@ -13,9 +13,10 @@ Backends (those whose libraries or hardware are missing are listed as unavailabl
                    f32 forced) and on the INT8 graph
   trt-fp16, trt-int8
                    TensorRT engines (export/to_trt.py) where tensorrt and a GPU exist
-  torch-cuda, torch-cuda-fp16, torch-cuda-graphs
+  torch-cuda, torch-cuda-fp16, torch-cuda-graphs, torch-cuda-triton
                    PyTorch on a GPU: fp32; fp16 + channels-last; fp16 + channels-last + a CUDA
-                   graph per batch shape
+                   graph per batch shape; fp16 + channels-last with our Triton kernels for NPR
+                   (from the uint8 bytes) and Top-K pooling
 
 Modes: `engine` times one backend call on a batch already in the backend's own format (uint8
 NHWC bytes, or normalised float NCHW for torch); `e2e` times files in, scores out through the
@@ -54,13 +55,13 @@ from common import (PeakRSS, bf16_gemm_rate, fp32_gemm_rate, int8_gemm_rate, lfm
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 CPU_BACKENDS = ("torch", "torch-compile", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-f32", "openvino-int8")
-GPU_BACKENDS = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "trt-fp16", "trt-int8")
+GPU_BACKENDS = ("torch-cuda", "torch-cuda-fp16", "torch-cuda-graphs", "torch-cuda-triton", "trt-fp16", "trt-int8")
 ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 QUICK_BACKENDS = ("torch", "ort", "ort-int8", "openvino")
 E2E_CAPABLE = ("torch", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-int8", "trt-fp16", "trt-int8")
 PRECISION = {"torch": "fp32", "torch-compile": "fp32", "ort": "fp32", "ort-int8": "int8", "ort-plugins": "fp32",
              "openvino": "default (bf16 where supported)", "openvino-f32": "fp32", "openvino-int8": "int8",
-             "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-graphs": "fp16", "trt-fp16": "fp16",
+             "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-graphs": "fp16", "torch-cuda-triton": "fp16", "trt-fp16": "fp16",
              "trt-int8": "int8"}
 
 
@@ -228,6 +229,37 @@ def make_engine(name: str, models: Models, threads: int) -> Engine:
         def device_memory():
             return torch.cuda.max_memory_allocated()
         return Engine(name, "float", setup, device_memory)
+
+    if name == "torch-cuda-triton":
+        torch = _cuda()
+        _need("triton", "needs Triton (pip install -e '.[kernels]')")
+        import copy
+
+        from lfm.kernels.npr import npr
+        from lfm.kernels.top_k_pool import top_k_pool
+
+        model, spec = models.torch_model()
+        net = copy.deepcopy(model).cuda().eval().half().to(memory_format=torch.channels_last)
+        scale = tuple(1.0 / (255.0 * s) for s in spec.std)
+
+        def setup(batch):
+            size = models.size
+            static = torch.zeros(batch, size, size, 3, device="cuda", dtype=torch.uint8)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+            def run(x):
+                static.copy_(torch.from_numpy(x))
+                start.record()
+                with torch.inference_mode():
+                    # NHWC fp16 out = a channels-last NCHW tensor after the permute: no copy.
+                    r = npr(static, scale, out_dtype="float16", out_layout="NHWC").permute(0, 3, 1, 2)
+                    maps = net.salience(net.snet(r))
+                    y = net.fc(top_k_pool(maps.float().contiguous(), net.config.top_k).half()).squeeze(-1)
+                end.record()
+                end.synchronize()
+                return y.float().cpu().numpy(), start.elapsed_time(end) / 1000.0
+            return run
+        return Engine(name, "uint8", setup, lambda: torch.cuda.max_memory_allocated())
 
     if name in ("ort", "ort-int8", "ort-plugins", "openvino", "openvino-f32", "openvino-int8"):
         if name.startswith("openvino"):
@@ -477,6 +509,9 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
         return []
     made = []
     rows = doc["results"]
+    # One colour per backend across every panel and plot.
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    colour = {n: plt.get_cmap("tab10" if len(names) <= 10 else "tab20")(i) for i, n in enumerate(names)}
     keys = sorted({(r["mode"], r["size"]) for r in rows})
     if keys:
         fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
@@ -484,7 +519,7 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
             sel = [r for r in rows if r["mode"] == mode and r["size"] == size]
             for name in dict.fromkeys(r["backend"] for r in sel):
                 pts = sorted((r["batch"], r["images_per_s"]) for r in sel if r["backend"] == name)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, color=colour[name])
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("batch size")
@@ -503,7 +538,10 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
         size = min(int(k.split("/")[2]) for k in latencies)
         sel = {k.split("/")[1]: v for k, v in latencies.items() if k.endswith(f"/{size}/{batch}")}
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(sel)), 4.5))
-        ax.boxplot(list(sel.values()), showfliers=True)
+        box = ax.boxplot(list(sel.values()), showfliers=True, patch_artist=True)
+        for patch, name in zip(box["boxes"], sel):
+            patch.set_facecolor(colour.get(name, "grey"))
+            patch.set_alpha(0.6)
         ax.set_xticks(range(1, len(sel) + 1), list(sel), rotation=30, ha="right")
         ax.set_yscale("log")
         ax.set_ylabel("latency per call (ms)")
@@ -544,7 +582,16 @@ def main(argv=None) -> int:
                    help="default: upstream's checkpoint from ../shared/reference (else a random-weight model)")
     p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--work-dir", default=None, help="where exported models go (default: a temp folder)")
+    p.add_argument("--replot", metavar="BENCH_JSON", help="only redraw the plots (and bench.md) of a results file")
     args = p.parse_args(argv)
+    if args.replot:
+        doc = json.loads(Path(args.replot).read_text())
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        doc["plots"] = plots(doc, doc.get("latencies_ms", {}), out)
+        (out / "bench.md").write_text(markdown(doc))
+        log(f"redrew {len(doc['plots'])} plot(s) in {out}")
+        return 0
 
     gpu = bool(machine(args.threads, modules=())["gpus"])
     names = args.backends.split(",") if args.backends else list(QUICK_BACKENDS if args.quick else
