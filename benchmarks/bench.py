@@ -25,7 +25,8 @@ images without ../shared). Timing interleaves the backends round by round (bench
 so drifts of a shared machine hit all of them; on GPUs a call is timed with CUDA events.
 
 Per configuration: images/s (batch / median latency), p50/p90/p99 latency, the ratio to the
-`torch` baseline at the same size and batch in the same run, peak host memory (process peak
+`torch` baseline at the same size and batch in the same run, the largest logit difference from
+`torch` on the timed batch (speed is worth nothing without the same answers), peak host memory (process peak
 and what the backend added while it was created, warmed up and run), peak device memory where
 measurable, and achieved GFLOP/s against the machine's measured GEMM rate (fp32 BLAS; INT8
 with ONNX Runtime's MatMulInteger), so a reader sees how close each backend gets.
@@ -351,23 +352,31 @@ def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, file
                     try:
                         fn = eng.setup(batch)
                         for _ in range(warmup):
-                            fn(x[eng.input_kind])
+                            out = fn(x[eng.input_kind])
                     except Exception as e:  # noqa: BLE001  (e.g. out of memory at this batch)
                         log(f"  {eng.name} b{batch}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
                         continue
-                meta[eng.name] = {"host_added_mb": round((eng.host_added + mem.delta) / 2**20, 1)}
+                logits = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64).reshape(-1)
+                meta[eng.name] = {"host_added_mb": round((eng.host_added + mem.delta) / 2**20, 1), "_logits": logits}
                 fns[eng.name] = (lambda f=fn, a=x[eng.input_kind]: f(a))
             if not fns:
                 continue
             log(f"engine {size}px b{batch}: {len(fns)} backends x {rounds} rounds")
             times = time_interleaved(fns, rounds, on_round=lambda r: log(f"  round {r}/{rounds}") if r % max(1, rounds // 2) == 0 else None)
             base_ips = None
+            # Speed comes with correctness: each backend's logits on this very batch against torch's.
+            ref = meta.get("torch", {}).get("_logits")
             for eng in engines:
                 if eng.name not in times:
                     continue
                 t = times[eng.name]
+                logits = meta[eng.name].pop("_logits")
+                agree = {}
+                if ref is not None and len(ref) == len(logits):
+                    agree = {"max_abs_dlogit_vs_torch": round(float(np.max(np.abs(logits - ref))), 5),
+                             "decisions_equal_to_torch": round(float(np.mean((logits > 0) == (ref > 0))), 4)}
                 row = {"mode": "engine", "backend": eng.name, "precision": PRECISION.get(eng.name, "?"), "size": size,
-                       "batch": batch, **summarize(t, batch), **meta[eng.name],
+                       "batch": batch, **summarize(t, batch), **meta[eng.name], **agree,
                        "host_peak_mb": round(max_rss_bytes() / 2**20, 1),
                        "device_peak_mb": round(eng.device_memory() / 2**20, 1) if eng.device_memory else None}
                 latencies[f"engine/{eng.name}/{size}/{batch}"] = [round(v * 1000, 3) for v in t]
@@ -473,12 +482,13 @@ def markdown(doc) -> str:
     eng = [r for r in doc["results"] if r["mode"] == "engine"]
     if eng:
         lines += ["## Engine mode (tensor in, logits out)", "",
-                  "| backend | precision | size | batch | img/s | p50 / p90 / p99 ms | x torch | host added MB | device peak MB | GFLOP/s | of GEMM |",
-                  "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+                  "| backend | precision | size | batch | img/s | p50 / p90 / p99 ms | x torch | max abs dlogit vs torch | host added MB | device peak MB | GFLOP/s | of GEMM |",
+                  "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in eng:
             of_gemm = "-" if r["of_gemm_rate"] is None else f"{100 * r['of_gemm_rate']:.0f} %"
             lines.append(f"| {r['backend']} | {r['precision']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
                          f"{r['p50_ms']:.2f} / {r['p90_ms']:.2f} / {r['p99_ms']:.2f} | {r.get('x_torch', '-')} | "
+                         f"{r.get('max_abs_dlogit_vs_torch', '-')} | "
                          f"{r['host_added_mb']} | {r['device_peak_mb'] if r['device_peak_mb'] is not None else '-'} | "
                          f"{r['achieved_gflop_per_s']:.0f} | {of_gemm} |")
         lines.append("")
