@@ -61,9 +61,34 @@ def interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def _patch_interpreter_index() -> None:
+    """Triton <= 3.6's interpreter makes a scalar a Python int (Top-K's ``range(0, n, BLOCK)``)
+    with ``int(array of shape (1,))``, a TypeError since NumPy 2.4 (triton-lang/triton#9171; 3.7
+    has the fix, ``.squeeze()``): apply that fix. Interpreter (CPU) runs only."""
+    import re
+
+    import triton
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    version = tuple(int(v) for v in re.findall(r"\d+", triton.__version__)[:2])
+    if original is None or getattr(original, "_lfm_fixed", False) or version >= (3, 7):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._lfm_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
 def check_device(kernel, tensor) -> None:
-    """A clear error where the tensor's device and the kernel's mode do not go together."""
+    """A clear error where the tensor's device and the kernel's mode do not go together (and, for
+    the interpreter, the fix of ``_patch_interpreter_index``)."""
     on_cpu = tensor.device.type == "cpu"
+    if on_cpu and interpreted(kernel):
+        _patch_interpreter_index()
     if on_cpu and not interpreted(kernel):
         raise RuntimeError("Triton kernels run on CPU tensors only in Triton's interpreter: set "
                            "TRITON_INTERPRET=1 before triton is first imported, or pass CUDA tensors")

@@ -20,13 +20,16 @@ A CUDA driver JIT-compiles only PTX ISA versions it knows (driver for CUDA 12.x:
 sm_80/86/89 with ptxas 12.9 (-> ``.version 8.8``) and sm_90+ with ptxas 13.4 (-> ``.version
 9.4``), too new for our CUDA 13.0 test driver (9.0) and for any CUDA 12 driver. Triton's CUDA
 option ``ptx_version`` (an int, 80 = ISA 8.0) sets LLVM's ``+ptxNN`` feature (capped at 9.0)
-and rewrites the ``.version`` line. Behaviour found here (Triton 3.9): below an arch's minimum
+and rewrites the ``.version`` line (Triton 3.6, also tested: ptxas 12.8 for sm < 100, so ISA 8.7 by
+default; LLVM's feature capped at 8.6). Behaviour found here (Triton 3.9): below an arch's minimum
 (sm_90a needs 8.0) LLVM aborts the whole process (so we check first); above what the bundled
 ptxas takes (8.8 for ptxas 12.9, used for sm < 90) ``triton.compile`` fails in ptxas.
 
 We pin ISA 8.0: the lowest sm_90a accepts (Triton targets ``sm_90a`` for sm_90), so every
 driver from CUDA 12.0 (R525, the oldest TensorRT 10 runs on) through 13.x JIT-compiles every
-artifact, and both bundled ptxas (12.9 and 13.4) assemble it for all four targets (tested).
+artifact, and the bundled ptxas (Triton 3.9: 12.9 and 13.4; 3.6: 12.8 and 12.9) assemble it for
+all four targets (tested). Both Triton versions give the same interface: ``.version 8.0``, the
+same ``.target`` lines and parameters, two hidden pointers (only ``shared_mem`` differs).
 Triton emits ``.target sm_90a`` for sm_90: arch-specific PTX, which loads on sm_90 devices
 (H100 / H200) only, as a per-arch artifact should.
 
