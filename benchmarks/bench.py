@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (PeakRSS, bf16_gemm_rate, fp32_gemm_rate, int8_gemm_rate, lfm_gflop_per_image, log, machine,  # noqa: E402
-                    max_rss_bytes, summarize, time_interleaved, usable_cpus)
+                    max_rss_bytes, run_main, summarize, time_interleaved, usable_cpus, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -664,18 +663,10 @@ def main(argv=None) -> int:
     doc["plots"] = plots(doc, latencies, out_dir)
     doc["latencies_ms"] = latencies
     doc["seconds"] = round(time.perf_counter() - __import__("common").T0, 1)
-    (out_dir / "bench.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out_dir / "bench.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_report(out_dir, "bench", doc, markdown(doc))
     log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'} and {len(doc['plots'])} plot(s) in {doc['seconds']:.0f}s")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception:
-        traceback.print_exc()
-        sys.exit(1)
+    run_main(main)

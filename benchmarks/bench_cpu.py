@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ TARGET_AGREEMENT = 0.99
 GAP_S = 0.03
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import T0, log, machine, summarize, time_interleaved  # noqa: E402
+from common import T0, log, machine, run_main, summarize, time_interleaved, write_report  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,18 +520,10 @@ def main(argv=None) -> int:
                          **({"error": b.error} if b.error else {})} for b in backends],
            "agreement_sets": list(sets), "results": results, "agreement": agreement, "targets": targets,
            "int8_roofline": roofline, "notes": notes, "seconds": round(time.perf_counter() - T0, 1)}
-    (out_dir / "bench_cpu.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out_dir / "bench_cpu.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_report(out_dir, "bench_cpu", doc, markdown(doc))
     log(f"wrote {out_dir / 'bench_cpu.json'} and {out_dir / 'bench_cpu.md'} in {doc['seconds']:.0f}s")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception:
-        traceback.print_exc()
-        sys.exit(1)
+    run_main(main)

@@ -230,3 +230,32 @@ def lfm_gflop_per_image(size: int, top_k: int = 16) -> float:
             n //= 2
     macs += n * n * 64 * 512  # salience 1x1
     return 2 * macs / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# Reports and the scripts' entry point
+
+
+def write_report(out_dir, stem: str, doc: dict, markdown_text: str) -> None:
+    """OUT_DIR/STEM.json and OUT_DIR/STEM.md, the Markdown also printed (stdout is for results)."""
+    import json
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown_text)
+    print(markdown_text)
+
+
+def run_main(main) -> None:
+    """sys.exit(main()), with Ctrl-C as 130 and an unexpected error as its traceback and 1."""
+    import traceback
+
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
