@@ -70,11 +70,14 @@ class LfmClient:
         self.model, self.timeout = model, timeout
         self._threshold_given = threshold is not None
         self.threshold = 0.5 if threshold is None else threshold
-        if self.protocol == "grpc":
-            import tritonclient.grpc as tc
-        else:
-            import tritonclient.http as tc
-        from tritonclient.utils import InferenceServerException
+        try:
+            if self.protocol == "grpc":
+                import tritonclient.grpc as tc
+            else:
+                import tritonclient.http as tc
+            from tritonclient.utils import InferenceServerException
+        except ImportError as e:
+            raise ImportError(f"the client needs tritonclient ({e}); install with: pip install -e '.[serve]'") from None
 
         self._tc, self._exc = tc, InferenceServerException
         if self.protocol == "grpc":
