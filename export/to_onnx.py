@@ -20,7 +20,6 @@ as fp32 and against the standard graph of the same model. fp32 only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import warnings
 
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
+
+from lfm.export.paths import output_problem  # noqa: E402
 
 
 class ExportError(RuntimeError):
@@ -71,13 +72,9 @@ def parse_args(argv=None):
 
 
 def check_output_path(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise ExportError(f"{path}: is a directory; give a file name such as {os.path.join(path, 'lfm.onnx')}")
-    if not os.path.isdir(directory):
-        raise ExportError(f"{path}: folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise ExportError(f"{path}: folder {directory} is not writable")
+    problem = output_problem(path, "lfm.onnx")
+    if problem:
+        raise ExportError(problem)
 
 
 def labels_from_paths(files):

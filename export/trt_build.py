@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lfm.export.paths import output_problem
 from lfm.runtime import custom_ops
 from lfm.runtime.spec import ModelSpec, min_input_size
 from lfm.runtime.trt_runner import SIDECAR_FORMAT, describe_profile, profile_axes, trt_release
@@ -256,13 +257,9 @@ def rejected_path(plan: str) -> str:
 
 
 def check_output(path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise BuildError(f"{path}: is a directory; give a file name such as {os.path.join(path, 'lfm.plan')}")
-    if not os.path.isdir(directory):
-        raise BuildError(f"{path}: folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise BuildError(f"{path}: folder {directory} is not writable")
+    problem = output_problem(path, "lfm.plan")
+    if problem:
+        raise BuildError(problem)
 
 
 def default_timing_cache(plan: str, trt_version: str, compute_capability: str) -> str:

@@ -290,7 +290,12 @@ def main(argv=None) -> int:
     except (ValueError, ServerError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        out = open(args.output, "w", newline="") if args.output else sys.stdout
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
+        client.close()
+        return 2
     n = failed = 0
     t0 = time.perf_counter()
     with client:

@@ -69,3 +69,22 @@ def random_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("random_onnx") / "random_uint8.onnx"
     save_atomic(proto, path)
     return path
+
+
+def infer_without_torch(model: Path, images: Path) -> list[dict]:
+    """`runtime/infer.py --model MODEL IMAGES` in a fresh interpreter where torch cannot be
+    imported; asserts it succeeded and loaded no training code, returns its records."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from lfm.runtime.infer import main\n"
+        f"rc = main(['--model', {str(model)!r}, {str(images)!r}])\n"
+        "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from conftest import infer_without_torch
 import torch
 
 from lfm.runtime.spec import ModelSpec
@@ -108,16 +110,7 @@ def test_uint8_graph_folds_normalisation_exactly_enough(exported, upstream_ckpt)
 
 
 def test_infer_model_path_imports_no_torch(exported, reference_dir):
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from lfm.runtime.infer import main\n"
-        f"rc = main(['--model', {str(exported['uint8'])!r}, {str(reference_dir / 'images')!r}])\n"
-        "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules)\n"
-        "sys.exit(rc)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    recs = infer_without_torch(exported["uint8"], reference_dir / "images")
     assert len(recs) == 8 and all(rec["error"] is None for rec in recs)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from conftest import infer_without_torch
 import torch
 
 from lfm.runtime import custom_ops as ops
@@ -271,16 +273,7 @@ def test_upstream_plugin_graph_scores_reference_images_as_pytorch(upstream_plugi
 
 
 def test_infer_runs_the_plugin_graph_without_torch(upstream_plugins, reference_dir):
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from lfm.runtime.infer import main\n"
-        f"rc = main(['--model', {str(upstream_plugins)!r}, {str(reference_dir / 'images')!r}])\n"
-        "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules)\n"
-        "sys.exit(rc)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    recs = infer_without_torch(upstream_plugins, reference_dir / "images")
     assert len(recs) == 8 and all(rec["error"] is None for rec in recs)
 
 
