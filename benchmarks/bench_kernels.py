@@ -165,7 +165,7 @@ def bench_npr(args, aot, nprm, timing) -> dict:
     rows.append({"what": "PyTorch reference (eager: permute, float, NPR, abs, scale)", "bytes": traffic, **t,
                  "gbps": traffic / t["median_ms"] / 1e6})
 
-    configs = [(bw, nw) for bw in (32, 64, 128, 256) for nw in (2, 4, 8)] if not args.quick else [(128, 4), (64, 4)]
+    configs = [(bw, nw) for bw in (32, 64, 128, 256, 512) for nw in (2, 4, 8)] if not args.quick else [(128, 4), (64, 4)]
     default = (nprm.BLOCK_W, nprm.NUM_WARPS)
     if default not in configs:
         configs.append(default)
@@ -239,16 +239,20 @@ def bench_top_k(args, aot, topk, timing) -> dict:
     default = (topk.BLOCK, topk.NUM_WARPS)
     if default not in configs:
         configs.append(default)
+    configs = [("bitonic", bl, nw) for bl, nw in configs]
+    one_chunk = 1 << (n - 1).bit_length()  # the select method holds the whole map in one block
+    if one_chunk <= topk.SELECT_MAX_BLOCK:
+        configs += [("select", one_chunk, nw) for nw in ((1, 2) if args.quick else (1, 2, 4, 8))]
     best = None
-    for bl, nw in configs:
-        out = topk.top_k_pool(maps, k, block=bl, num_warps=nw)
+    for method, bl, nw in configs:
+        out = topk.top_k_pool(maps, k, block=bl, num_warps=nw, method=method)
         if not exact(out, ref):
-            raise SystemExit(f"bench_kernels: top_k_pool block={bl} num_warps={nw} differs from torch.topk")
-        t = time_gpu(lambda bl=bl, nw=nw: topk.top_k_pool(maps, k, block=bl, num_warps=nw), **timing)
-        row = {"what": f"Triton top_k_pool, block={bl}, num_warps={nw}", "block": bl, "num_warps": nw,
-               "default": (bl, nw) == default, **t, "speedup": torch_ms / t["median_ms"]}
+            raise SystemExit(f"bench_kernels: top_k_pool {method} block={bl} num_warps={nw} differs from torch.topk")
+        t = time_gpu(lambda m=method, bl=bl, nw=nw: topk.top_k_pool(maps, k, block=bl, num_warps=nw, method=m), **timing)
+        row = {"what": f"Triton top_k_pool {method}, block={bl}, num_warps={nw}", "method": method, "block": bl,
+               "num_warps": nw, "default": (method, bl, nw) == ("bitonic", *default), **t, "speedup": torch_ms / t["median_ms"]}
         rows.append(row)
-        log(f"top_k block={bl} nw={nw}: {t['median_ms']:.3f} ms, {row['speedup']:.2f}x torch.topk")
+        log(f"top_k {method} block={bl} nw={nw}: {t['median_ms']:.3f} ms, {row['speedup']:.2f}x torch.topk")
         if best is None or row["median_ms"] < best["median_ms"]:
             best = row
     default_row = next(r for r in rows if r.get("default"))

@@ -210,6 +210,41 @@ def int8_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
     return 2 * n ** 3 / best / 1e9
 
 
+def gpu_gemm_rates(n: int = 8192, reps: int = 10) -> dict:
+    """GFLOP/s of a square matrix product on the GPU through PyTorch (cuBLAS), median of `reps`
+    timed with CUDA events after warm-up, on random data: fp16, and fp32 with TF32 (what cuDNN
+    uses for fp32 convolutions by PyTorch's default). {} without torch or a CUDA GPU."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    rates = {}
+    for key, dtype in (("gpu_fp16_gflop_per_s", torch.float16), ("gpu_tf32_gflop_per_s", torch.float32)):
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            a = torch.randn(n, n, device="cuda", dtype=dtype)
+            b = torch.randn(n, n, device="cuda", dtype=dtype)
+            for _ in range(3):
+                a @ b
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                a @ b
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            rates[key] = 2 * n ** 3 / sorted(times)[reps // 2] / 1e9
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+            a = b = None
+            torch.cuda.empty_cache()
+    return rates
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()

@@ -1,17 +1,47 @@
 #!/usr/bin/env bash
-# The GPU checks of the kernels, in one call (a lent GPU machine: torch+CUDA, Triton, cuda-python;
-# no TensorRT needed). Runs the kernels natively against their references, launches the PTX
-# artifacts compiled on the CPU machine through cuda-python exactly as TensorRT's AOT path would,
-# and measures NPR bandwidth (vs a device-to-device copy) and Top-K pooling (vs torch.topk).
+# Everything that needs a GPU, in one call (a lent GPU machine: torch + CUDA, Triton, cuda-python;
+# no TensorRT needed, none installable there):
+#   1. looks for TensorRT after all, and records the GPU's state;
+#   2. tests/test_kernels.py natively on the GPU, including the AOT PTX artifacts compiled on the
+#      CPU machine, launched through cuda-python exactly as TensorRT's AOT path would;
+#   3. benchmarks/bench_kernels.py: NPR bandwidth vs a device-to-device copy, Top-K vs torch.topk;
+#   4. benchmarks/bench.py: the GPU backends at 256 px, batches 1-1024, engine and end-to-end.
 #
 #   On the CPU machine first:  python -m lfm.kernels.aot --out aot_artifacts
-#   On the GPU machine:        bash benchmarks/gpu_checks.sh [--quick]
-# Results land in benchmarks/results/bench_kernels.{json,md} (and $OUT/results when $OUT is set).
-set -x
+#   On the GPU machine:        bash benchmarks/gpu_checks.sh [RESULTS_DIR]
+# Results: RESULTS_DIR/kernels/bench_kernels.{json,md}, RESULTS_DIR/bench_gpu/bench.{json,md,*.png},
+# RESULTS_DIR/gpu_checks.log (RESULTS_DIR: $OUT where set, else benchmarks/results/gpu).
+# Each step has its own time limit, so one that hangs cannot take the others' results with it.
+set -u
+cd "$(dirname "$0")/.."
+RES=${1:-${OUT:-benchmarks/results/gpu}}
+mkdir -p "$RES"
+exec > >(tee "$RES/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1
-python3 -c 'import tensorrt' 2>&1 | tail -1; ldconfig -p | grep -c nvinfer   # is TensorRT there after all?
-nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader
-python -c "import lfm.kernels" 2>/dev/null || pip install --no-deps -q -e .
-LFM_AOT_DIR=${LFM_AOT_DIR:-$([ -d aot_artifacts ] && echo aot_artifacts)} python -m pytest -q -rs tests/test_kernels.py 2>&1 | tail -25
-python benchmarks/bench_kernels.py "$@" 2>&1 | tail -40
-if [ -n "${OUT:-}" ]; then mkdir -p "$OUT/results" && cp benchmarks/results/bench_kernels.* "$OUT/results/" 2>/dev/null; fi
+PY=$(command -v python3 || command -v python)
+step() { echo; echo "=== $* ($(date -u +%T))"; }
+
+# import lfm without installing it (the GPU machine has no package index): a namespace package
+# on PYTHONPATH that maps the folders as pyproject.toml does
+if ! "$PY" -c "import lfm.kernels, lfm.train, lfm.runtime" 2>/dev/null; then
+  ns=$(mktemp -d); mkdir -p "$ns/lfm"
+  for d in train runtime export kernels; do ln -s "$PWD/$d" "$ns/lfm/$d"; done
+  export PYTHONPATH="$ns${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+step "TensorRT here?"
+"$PY" -c 'import tensorrt; print("tensorrt", tensorrt.__version__)' 2>&1 | tail -1
+echo "libnvinfer entries in ldconfig: $(ldconfig -p | grep -c nvinfer)"
+"$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)'
+nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+
+step "kernel tests on the GPU (AOT artifacts from ${LFM_AOT_DIR:-aot_artifacts})"
+export LFM_AOT_DIR=${LFM_AOT_DIR:-$([ -d aot_artifacts ] && echo "$PWD/aot_artifacts")}
+timeout 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py
+
+step "kernel benchmark"
+timeout 150 "$PY" benchmarks/bench_kernels.py --output-dir "$RES/kernels"
+
+step "model benchmark (GPU backends)"
+timeout "${BENCH_TIMEOUT:-280}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
+step done

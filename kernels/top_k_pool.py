@@ -123,6 +123,44 @@ def top_k_pool_kernel(
     tl.store(out_ptr + row * K + k, vals.to(out_ptr.dtype.element_ty), mask=k < K)
 
 
+@triton.jit
+def top_k_pool_select_kernel(
+    maps_ptr,  # input: float32 | float16 [B, C, H, W], contiguous: rows of n values
+    n,  # int32: H * W, values per map (n <= BLOCK: the whole map in registers)
+    out_ptr,  # output: [B, C * K], same dtype as the input
+    K: tl.constexpr,
+    LOG_K: tl.constexpr,
+    LOG_BLOCK: tl.constexpr,
+):
+    """The alternative to the bitonic kernel for maps that fit one chunk: K rounds of "take the
+    largest, knock it out". Each value's int32 key (the same total order) goes into the high half
+    of an int64 and its index into the low half, so every composite is unique: one max-reduction
+    per round finds the value and exactly one occurrence to remove (ties keep their multiplicity)."""
+    KP: tl.constexpr = 1 << LOG_K
+    BLOCK: tl.constexpr = 1 << LOG_BLOCK
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    inside = offs < n
+    x = tl.load(maps_ptr + row * n + offs, mask=inside, other=0.0).to(tl.float32)
+    bits = x.to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = tl.where(x != x, 0x7FFFFFFF, key)
+    key = tl.where(inside, key, -2147483647)
+    comp = (key.to(tl.int64) << 32) | (BLOCK - 1 - offs).to(tl.int64)
+    slot = tl.arange(0, KP)
+    top = tl.full([KP], -2147483647, tl.int32)
+    for t in tl.static_range(K):
+        best = tl.max(comp, axis=0)
+        top = tl.where(slot == t, (best >> 32).to(tl.int32), top)
+        comp = tl.where(comp == best, -9223372036854775807 - 1, comp)
+    bits = top ^ ((top >> 31) & 0x7FFFFFFF)
+    vals = bits.to(tl.float32, bitcast=True)
+    tl.store(out_ptr + row * K + slot, vals.to(out_ptr.dtype.element_ty), mask=slot < K)
+
+
+SELECT_MAX_BLOCK = 4096  # the select kernel holds the whole map in registers
+
+
 def log2_ceil(v: int) -> int:
     return max(0, (int(v) - 1).bit_length())
 
@@ -153,12 +191,14 @@ def _check(maps, k: int):
         raise ValueError(f"top_k_pool: each map has H * W = {h} * {w} = {h * w} values, fewer than k = {k}")
 
 
-def top_k_pool(maps, k: int = K_DEFAULT, *, block: int | None = None, num_warps: int | None = None):
+def top_k_pool(maps, k: int = K_DEFAULT, *, block: int | None = None, num_warps: int | None = None,
+               method: str = "bitonic"):
     """[B, C, H, W] float32 | float16 -> [B, C * k], the k largest of each map, descending.
 
     On CUDA tensors the kernel runs natively; on CPU tensors under TRITON_INTERPRET=1 in Triton's
     interpreter. ``block`` (values per chunk, a power of two >= k) and ``num_warps`` default to a
-    size that fits the map.
+    size that fits the map. ``method``: "bitonic" (``top_k_pool_kernel``, any map size) or
+    "select" (``top_k_pool_select_kernel``, maps of at most SELECT_MAX_BLOCK values, one chunk).
     """
     import torch
 
@@ -168,6 +208,13 @@ def top_k_pool(maps, k: int = K_DEFAULT, *, block: int | None = None, num_warps:
     if maps.dtype not in (torch.float32, torch.float16):
         raise TypeError(f"top_k_pool takes float32 or float16 maps, got {maps.dtype}")
     b, c, h, w = maps.shape
+    if method not in ("bitonic", "select"):
+        raise ValueError(f"method must be 'bitonic' or 'select', got {method!r}")
+    if method == "select":
+        block = max(1 << log2_ceil(k), triton.next_power_of_2(h * w)) if block is None else block
+        if block < h * w or block > SELECT_MAX_BLOCK:
+            raise ValueError(f"top_k_pool method='select' needs the whole map in one block of at most "
+                             f"{SELECT_MAX_BLOCK} values; the map has {h * w}, block {block}")
     if block is None:  # the whole map in one chunk up to BLOCK values, then chunks of BLOCK
         block = max(1 << log2_ceil(k), min(BLOCK, triton.next_power_of_2(h * w)))
     constexprs = kernel_constexprs(k, block)
@@ -180,7 +227,8 @@ def top_k_pool(maps, k: int = K_DEFAULT, *, block: int | None = None, num_warps:
         return out
     # grid: one program per map (b, c)
     grid = top_k_pool_grid(b, c)
-    top_k_pool_kernel[grid](maps, h * w, out, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
+    kernel = top_k_pool_select_kernel if method == "select" else top_k_pool_kernel
+    kernel[grid](maps, h * w, out, **constexprs, num_warps=num_warps, enable_fp_fusion=False)
     return out
 
 

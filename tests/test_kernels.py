@@ -178,6 +178,25 @@ def test_top_k_pool_matches_torch_topk(shape, k, block):
         same(top_k_pool(x.to(DEVICE), k, block=block), top_k_pool_reference(x, k))
 
 
+SELECT_CASES = [c for c in TOPK_CASES if c[2] is None or c[2] >= c[0][2] * c[0][3]]
+
+
+@needs_kernel_device
+@pytest.mark.parametrize("shape,k,block", SELECT_CASES)
+def test_top_k_pool_select_method_matches_torch_topk(shape, k, block):
+    for x in (torch.randn(*shape, generator=gen(sum(shape) + 1)), specials(shape, k + 1)):
+        same(top_k_pool(x.to(DEVICE), k, block=block, method="select"), top_k_pool_reference(x, k))
+    x = specials((2, 2, 6, 6), 3).to(torch.float16)
+    same(top_k_pool(x.to(DEVICE), 16, method="select"), top_k_pool_reference(x, 16))
+
+
+def test_top_k_pool_select_needs_the_map_in_one_block():
+    with pytest.raises(ValueError, match="whole map in one block"):
+        top_k_pool(torch.zeros(1, 1, 80, 80), 16, method="select")  # 6400 values > 4096
+    with pytest.raises(ValueError, match="method must be"):
+        top_k_pool(torch.zeros(1, 1, 8, 8), 16, method="heap")
+
+
 @needs_kernel_device
 def test_top_k_pool_float16_and_all_nan_or_inf_maps():
     x = specials((2, 2, 6, 6), 3).to(torch.float16)
@@ -362,6 +381,9 @@ def test_native_kernels_at_the_real_sizes():
         same(top_k_pool(maps.half(), 16), top_k_pool_reference(maps.half(), 16))
         sp = specials(shape, 7).cuda()
         same(top_k_pool(sp, 16), top_k_pool_reference(sp, 16))
+        if shape[2] * shape[3] <= 4096:
+            for m in (maps, maps.half(), sp):
+                same(top_k_pool(m, 16, method="select"), top_k_pool_reference(m, 16))
 
 
 @needs_cuda

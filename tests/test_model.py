@@ -177,3 +177,55 @@ def test_upstream_parity_on_images(upstream_model, reference_images):
     ref = np.array([v for _, v, _ in reference_images])
     assert len(ref) == 110
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-3)
+
+
+def _random_bn_stats(model: LFM, seed: int = 0) -> LFM:
+    """Non-trivial BatchNorm statistics and affine terms, so folding them is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(torch.rand(n, generator=g) * 3 + 0.05)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 75, 67)])
+def test_fused_snet_equals_the_float64_model(shape):
+    from lfm.train.model import FusedSNet, fuse_for_inference
+
+    torch.manual_seed(0)
+    model = _random_bn_stats(build_model())
+    fused = fuse_for_inference(model)
+    assert isinstance(fused.snet, FusedSNet) and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert model.snet.layer1[1].training is False  # the original is left as it was
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = model.double()(x.double())  # the unfused graph in float64: the reference
+        got = fused(x)
+    model.float()
+    assert ref.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    # and the BN really mattered: dropping it moves the logits by far more than the tolerance
+    plain = build_model()
+    plain.load_state_dict(model.state_dict())
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.reset_parameters()
+    with torch.no_grad():
+        assert np.max(np.abs(plain.eval()(x).numpy() - ref.numpy())) > 1e-2
+
+
+def test_fused_snet_keeps_upstream_parity(upstream_model, upstream_tensors):
+    from lfm.train.model import fuse_for_inference
+
+    fused = fuse_for_inference(upstream_model)
+    x = torch.from_numpy(upstream_tensors["rand_b1_256"].astype(np.float32))
+    with torch.no_grad():
+        maps = fused.salience_maps(x)
+        logit = fused(x)
+    np.testing.assert_allclose(maps.numpy(), upstream_tensors["rand_b1_256__salience"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logit.numpy(), upstream_tensors["rand_b1_256__logit"], rtol=1e-4, atol=1e-4)
