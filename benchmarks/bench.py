@@ -16,7 +16,8 @@ Backends (those whose libraries or hardware are missing are listed as unavailabl
   torch-cuda, torch-cuda-fp16, torch-cuda-graphs, torch-cuda-fused, torch-cuda-triton
                    PyTorch on a GPU, one step more each: fp32 eager; fp16 + channels-last; + a
                    CUDA graph per batch shape; + BatchNorm folded and max-pool before ReLU; + our
-                   Triton kernels for NPR (from the uint8 bytes) and Top-K pooling
+                   Triton kernels: the fused stem (NPR + conv1 + pool + ReLU from the uint8
+                   bytes) and Top-K pooling
 
 Modes: `engine` times one backend call on a batch already in the backend's own format (uint8
 NHWC bytes, or normalised float NCHW for torch); `e2e` times files in, scores out through the
@@ -233,8 +234,8 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
     torch-cuda-graphs  + one CUDA graph per batch shape (no per-layer launch cost)
     torch-cuda-fused   + BatchNorm folded into the convolutions, max-pool before ReLU
                        (lfm.train.model.fuse_for_inference: same function, less memory traffic)
-    torch-cuda-triton  + our Triton kernels: NPR straight from the uint8 NHWC bytes (fp16 NHWC out,
-                       which is channels-last for the first convolution) and Top-K pooling
+    torch-cuda-triton  + our Triton kernels (lfm.kernels.triton_lfm): the stem (NPR + conv1 + max-pool
+                       + ReLU, one pass from the uint8 NHWC bytes) and Top-K pooling
 
     cuDNN's autotuner (cudnn.benchmark) is on for all of them. A call copies the batch into a
     static device buffer (not timed) and is timed with CUDA events around the forward pass.
@@ -253,21 +254,16 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
     half, graphs, fused, triton_kernels = level >= 1, level >= 2, level >= 3, level >= 4
     if triton_kernels:
         _need("triton", "needs Triton (pip install -e '.[kernels]')")
-        from lfm.kernels.npr import npr
-        from lfm.kernels.top_k_pool import top_k_pool
-    net = (fuse_for_inference(model) if fused else copy.deepcopy(model)).cuda().eval()
-    if half:
-        net = net.half().to(memory_format=torch.channels_last)
-    scale = tuple(1.0 / (255.0 * s) for s in spec.std)
-    k = net.config.top_k
+        from lfm.kernels.triton_lfm import TritonLFM
+
+        net = TritonLFM(model, spec.std).cuda().eval()
+    else:
+        net = (fuse_for_inference(model) if fused else copy.deepcopy(model)).cuda().eval()
+        if half:
+            net = net.half().to(memory_format=torch.channels_last)
 
     def forward(x):
-        if not triton_kernels:
-            return net(x)
-        # NHWC fp16 out, permuted to NCHW: a channels-last tensor, no copy
-        r = npr(x, scale, out_dtype="float16", out_layout="NHWC").permute(0, 3, 1, 2)
-        maps = net.salience(net.snet(r))
-        return net.fc(top_k_pool(maps, k)).squeeze(-1)
+        return net(x)
 
     def setup(batch):
         size = models.size

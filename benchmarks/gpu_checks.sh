@@ -4,12 +4,13 @@
 #   1. looks for TensorRT after all, and records the GPU's state;
 #   2. tests/test_kernels.py natively on the GPU, including the AOT PTX artifacts compiled on the
 #      CPU machine, launched through cuda-python exactly as TensorRT's AOT path would;
-#   3. benchmarks/bench_kernels.py: NPR bandwidth vs a device-to-device copy, Top-K vs torch.topk;
+#   3. benchmarks/bench_kernels.py: NPR bandwidth vs a device-to-device copy, Top-K vs torch.topk,
+#      the fused stem vs cuDNN; benchmarks/profile_gpu.py: the forward pass stage by stage;
 #   4. benchmarks/bench.py: the GPU backends at 256 px, batches 1-1024, engine and end-to-end.
 #
 #   On the CPU machine first:  python -m lfm.kernels.aot --out aot_artifacts
 #   On the GPU machine:        bash benchmarks/gpu_checks.sh [RESULTS_DIR]
-# Results: RESULTS_DIR/kernels/bench_kernels.{json,md}, RESULTS_DIR/bench_gpu/bench.{json,md,*.png},
+# Results: RESULTS_DIR/kernels/{bench_kernels,profile_gpu}.{json,md}, RESULTS_DIR/bench_gpu/bench.{json,md,*.png},
 # RESULTS_DIR/gpu_checks.log (RESULTS_DIR: $OUT where set, else benchmarks/results/gpu).
 # Each step has its own time limit, so one that hangs cannot take the others' results with it.
 set -u
@@ -37,11 +38,15 @@ nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,cl
 
 step "kernel tests on the GPU (AOT artifacts from ${LFM_AOT_DIR:-aot_artifacts})"
 export LFM_AOT_DIR=${LFM_AOT_DIR:-$([ -d aot_artifacts ] && echo "$PWD/aot_artifacts")}
-timeout 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py
+timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py
+timeout 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 
 step "kernel benchmark"
-timeout 150 "$PY" benchmarks/bench_kernels.py --output-dir "$RES/kernels"
+timeout 120 "$PY" benchmarks/bench_kernels.py --output-dir "$RES/kernels"
+
+step "stage profile"
+timeout 60 "$PY" benchmarks/profile_gpu.py --output-dir "$RES/kernels"
 
 step "model benchmark (GPU backends)"
-timeout "${BENCH_TIMEOUT:-280}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
+timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
 step done

@@ -30,7 +30,7 @@ import triton.language as tl
 
 # Defaults shared by the wrapper and the AOT artifacts (lfm.kernels.aot).
 BLOCK_W = 128  # 2x2 blocks per program along a row pair: a [4, BLOCK_W, 2] tile per input row
-NUM_WARPS = 4
+NUM_WARPS = 2  # H200, batch 256, 256 px: 93 % of copy bandwidth (4 warps: 88 %); benchmarks/bench_kernels.py
 IN_LAYOUTS = {"uint8": "NHWC", "float32": "NCHW"}
 OUT_DTYPES = ("float32", "float16")
 OUT_LAYOUTS = ("NCHW", "NHWC")

@@ -32,7 +32,7 @@ import triton.language as tl
 
 K_DEFAULT = 16
 BLOCK = 1024  # values per chunk for the AOT kernel (the wrapper sizes it to the map)
-NUM_WARPS = 2
+NUM_WARPS = 1  # H200, [256, 64, 30, 30]: 6.2x torch.topk (2 warps: 3.6x); benchmarks/bench_kernels.py
 PAD_KEY = -2147483647  # below the key of -inf (-2139095041); no float maps to it (NaN -> INT32_MAX)
 
 
@@ -219,7 +219,7 @@ def top_k_pool(maps, k: int = K_DEFAULT, *, block: int | None = None, num_warps:
         block = max(1 << log2_ceil(k), min(BLOCK, triton.next_power_of_2(h * w)))
     constexprs = kernel_constexprs(k, block)
     if num_warps is None:
-        num_warps = 1 if block <= 256 else NUM_WARPS
+        num_warps = NUM_WARPS
     check_device(top_k_pool_kernel, maps)
     maps = maps.contiguous()
     out = torch.empty((b, c * k), dtype=maps.dtype, device=maps.device)

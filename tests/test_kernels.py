@@ -32,6 +32,7 @@ def _cuda_visible() -> bool:
 if "triton" not in sys.modules and not _cuda_visible():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -39,6 +40,7 @@ pytest.importorskip("triton", reason="the kernels need triton: pip install -e '.
 
 from lfm.kernels import aot, interpreted  # noqa: E402
 from lfm.kernels.npr import npr, npr_kernel, npr_reference  # noqa: E402
+from lfm.kernels.npr_stem import npr_stem, npr_stem_reference, stem_weights  # noqa: E402
 from lfm.kernels.top_k_pool import top_k_pool, top_k_pool_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +141,108 @@ def test_npr_rejects_bad_inputs():
         npr(torch.zeros(1, 3, 4, 4), out_layout="CHW")
     with pytest.raises(ValueError, match="one value per channel"):
         npr(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), (1.0, 2.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused stem: NPR -> conv1 (BN folded) -> max-pool -> ReLU
+
+
+def stem_layers(seed: int = 0):
+    """conv1 + BN of an LFM with BN statistics and affine terms far from identity."""
+    from lfm.train.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model().eval()
+    conv, bn = model.snet.layer1[0], model.snet.layer1[1]
+    g = gen(seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(64, generator=g))
+        bn.running_var.copy_(torch.rand(64, generator=g) * 2 + 0.1)
+        bn.weight.copy_(torch.randn(64, generator=g))
+        bn.bias.copy_(torch.randn(64, generator=g))
+    return model, conv, bn
+
+
+STEM_SHAPES = [(1, 4, 4), (2, 16, 16), (1, 21, 35), (1, 9, 70), (2, 12, 81)]  # B, H, W: odd, batch 1, > one block
+
+
+@needs_kernel_device
+@pytest.mark.parametrize("b,h,w", STEM_SHAPES)
+def test_npr_stem_matches_the_float64_layers(b, h, w):
+    _, conv, bn = stem_layers(b + h + w)
+    weight, bias = stem_weights(conv, bn, UINT8_SCALE)
+    x = torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, generator=gen(h * w))
+    ref = npr_stem_reference(x, conv, bn, UINT8_SCALE, out_dtype="float64")
+    assert ref.shape == (b, (h - h % 2 - 1) // 2, (w - w % 2 - 1) // 2, 64)
+    assert (ref > 0).any() and (ref == 0).any()  # ReLU both clips and passes: the test can see either going wrong
+    got = npr_stem(x.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE), out_dtype="float32").cpu().double()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    got16 = npr_stem(x.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE)).cpu()
+    assert got16.dtype == torch.float16
+    torch.testing.assert_close(got16.double(), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_npr_stem_rejects_bad_inputs():
+    _, conv, bn = stem_layers()
+    weight, bias = stem_weights(conv, bn, UINT8_SCALE)
+    with pytest.raises(ValueError, match=r"uint8 \[B, H, W, 3\]"):
+        npr_stem(torch.zeros(1, 3, 8, 8), weight, bias)
+    with pytest.raises(ValueError, match="no pooled output"):
+        npr_stem(torch.zeros(1, 3, 9, 3, dtype=torch.uint8), weight, bias)
+    with pytest.raises(ValueError, match="weight"):
+        npr_stem(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), weight[:, :60], bias[:60])
+
+
+def _normalised(x_uint8, spec):
+    mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
+    return (x_uint8.permute(0, 3, 1, 2).double() / 255.0 - mean) / std
+
+
+@needs_kernel_device
+def test_triton_lfm_equals_the_model_in_float64(upstream_ckpt):
+    """The whole kernel pipeline (stem kernel, FusedSNet layers 2-4, Top-K kernel), float32, with
+    upstream's weights on small uint8 images (odd sizes too), against the faithful model in float64."""
+    from lfm.kernels.triton_lfm import TritonLFM
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.checkpoint import load_checkpoint
+
+    model = load_checkpoint(upstream_ckpt).model.eval()
+    spec = ModelSpec()
+    net = TritonLFM(model, spec.std, dtype=torch.float32).to(DEVICE)
+    for b, h, w in ((2, 48, 64), (1, 51, 67)):
+        x = torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, generator=gen(h))
+        with torch.no_grad():
+            got = net(x.to(DEVICE)).cpu().double()
+            ref = model.double()(_normalised(x, spec))
+            model.float()
+        assert ref.abs().max() > 0.5  # real logits, not a collapsed model
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_triton_lfm_on_the_gpu_scores_upstream_images_like_upstream(upstream_ckpt, reference_images):
+    """At the real size: all reference images through the kernel pipeline, float32 and float16,
+    against upstream's logits."""
+    from lfm.kernels.triton_lfm import TritonLFM
+    from lfm.runtime.preprocess import load_array
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.checkpoint import load_checkpoint
+
+    from lfm.train.model import use_exact_fp32
+
+    use_exact_fp32()  # float32 means float32 here: no TF32 in cuDNN's convolutions
+    model = load_checkpoint(upstream_ckpt).model.eval()
+    spec = ModelSpec()
+    x = torch.from_numpy(np.stack([load_array(p, spec) for p, _, _ in reference_images])).cuda()
+    ref = np.array([v for _, v, _ in reference_images])
+    with torch.no_grad():
+        got32 = TritonLFM(model, spec.std, dtype=torch.float32).cuda()(x).double().cpu().numpy()
+        got16 = TritonLFM(model, spec.std).cuda()(x).double().cpu().numpy()
+    np.testing.assert_allclose(got32, ref, rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(got16, ref, rtol=0, atol=0.2)
+    sure = np.abs(ref) > 0.2
+    assert ((got16 > 0) == (ref > 0))[sure].all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +439,7 @@ def _eval(v, env):
 def test_launch_geometry_on_ints_and_symbols(artifacts):
     npr_art, top_art = artifacts[0], artifacts[1]
     grid, block, shared, extra = aot.npr_launch(npr_art, 256, 256, 256)
-    assert (grid, block, shared, extra) == ((1, 128, 256), (128, 1, 1), npr_art.shared_mem, (256, 256))
+    assert (grid, block, shared, extra) == ((1, 128, 256), (npr_art.num_warps * 32, 1, 1), npr_art.shared_mem, (256, 256))
     assert aot.npr_launch(npr_art, 3, 255, 513)[0] == (2, 127, 3)  # 256 2x2 blocks a row: 2 programs of 128
     grid, block, shared, extra = aot.top_k_pool_launch(top_art, 256, 64, 30, 30)
     assert (grid, block, extra) == ((16384, 1, 1), (top_art.num_warps * 32, 1, 1), (900,))

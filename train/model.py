@@ -285,9 +285,13 @@ class FusedSNet(nn.Module):
             convs.append(fused)
         return cls(convs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``start`` > 0: x is already the output of layer ``start`` (pooled and ReLU'd), as a fused
+        stem kernel gives it (``lfm.kernels.npr_stem``); the remaining layers run."""
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
+            if i < start:
+                continue
             x = conv(x)
             if i < last:
                 x = F.max_pool2d(x, 2, 2)
