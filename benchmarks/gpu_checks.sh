@@ -13,6 +13,7 @@
 # Results: RESULTS_DIR/kernels/{bench_kernels,profile_gpu}.{json,md}, RESULTS_DIR/bench_gpu/bench.{json,md,*.png},
 # RESULTS_DIR/gpu_checks.log (RESULTS_DIR: $OUT where set, else benchmarks/results/gpu).
 # Each step has its own time limit, so one that hangs cannot take the others' results with it.
+# GPU_STEPS="tests kernels profile bench" (the default: all) picks steps.
 set -u
 cd "$(dirname "$0")/.."
 RES=${1:-${OUT:-benchmarks/results/gpu}}
@@ -21,6 +22,7 @@ exec > >(tee "$RES/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
 step() { echo; echo "=== $* ($(date -u +%T))"; }
+want() { [[ " ${GPU_STEPS:-tests kernels profile bench} " == *" $1 "* ]]; }
 
 # import lfm without installing it (the GPU machine has no package index): a namespace package
 # on PYTHONPATH that maps the folders as pyproject.toml does
@@ -38,15 +40,15 @@ nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,cl
 
 step "kernel tests on the GPU (AOT artifacts from ${LFM_AOT_DIR:-aot_artifacts})"
 export LFM_AOT_DIR=${LFM_AOT_DIR:-$([ -d aot_artifacts ] && echo "$PWD/aot_artifacts")}
-timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py
-timeout 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+want tests && timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py
+want tests && timeout 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 
 step "kernel benchmark"
-timeout 120 "$PY" benchmarks/bench_kernels.py --output-dir "$RES/kernels"
+want kernels && timeout 120 "$PY" benchmarks/bench_kernels.py --output-dir "$RES/kernels"
 
 step "stage profile"
-timeout 60 "$PY" benchmarks/profile_gpu.py --output-dir "$RES/kernels"
+want profile && timeout 60 "$PY" benchmarks/profile_gpu.py --output-dir "$RES/kernels"
 
 step "model benchmark (GPU backends)"
-timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
+want bench && timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
 step done

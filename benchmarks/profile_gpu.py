@@ -4,7 +4,8 @@
 
 Two pipelines, both float16 and channels-last, BatchNorm folded, max-pool before ReLU:
   cudnn   the Triton NPR kernel (uint8 -> fp16 NHWC), then every convolution through cuDNN
-  triton  the fused Triton stem (NPR + conv1 + pool + ReLU), then cuDNN from layer 2 on
+  triton  the fused Triton stem (NPR + conv1 + pool + ReLU), then cuDNN convolutions from layer 2
+          on, each followed by the Triton max_pool_relu
 both ending with the salience conv, the Top-K kernel and the linear layer. Each stage runs on the
 previous stage's real output and is timed alone with CUDA events (median of rounds of
 back-to-back calls after a warm-up); beside each, its FLOPs and its fewest bytes (inputs read
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
         print("profile_gpu: no CUDA device visible to torch", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
+    from lfm.kernels.max_pool_relu import max_pool_relu
     from lfm.kernels.npr import npr
     from lfm.kernels.npr_stem import npr_stem
     from lfm.kernels.triton_lfm import TritonLFM
@@ -120,8 +122,11 @@ def main(argv=None) -> int:
             y = stage("shared", f"conv{i + 1} {conv.in_channels}->{conv.out_channels} (cuDNN)", lambda c=conv, t=h: c(t),
                       [h, conv.weight], conv_flop(conv, y))
             if i < 3:
-                y = stage("shared", f"max-pool {i + 1}", lambda t=y: F.max_pool2d(t, 2, 2), [y])
-            h = stage("shared", f"relu {i + 1}", lambda t=y: F.relu(t), [y])
+                stage("triton", f"max_pool_relu {i + 1} (Triton)", lambda t=y: max_pool_relu(t), [y])
+                y = stage("cudnn", f"max-pool {i + 1}", lambda t=y: F.max_pool2d(t, 2, 2), [y])
+                h = stage("cudnn", f"relu {i + 1}", lambda t=y: F.relu(t), [y])
+            else:
+                h = stage("shared", f"relu {i + 1}", lambda t=y: F.relu(t), [y])
         maps = net.salience(h)
         maps = stage("shared", "salience 512->64 (cuDNN)", lambda: net.salience(h), [h, net.salience.weight],
                      conv_flop(net.salience, maps))

@@ -2,7 +2,8 @@
 
     uint8 [B, H, W, 3]
       -> npr_stem     |NPR| * scale -> conv1 (BN folded) -> max-pool -> ReLU, one kernel   [B, 64, Hp, Wp]
-      -> layers 2-4   cuDNN convolutions, BN folded, max-pool before ReLU (FusedSNet)     [B, 512, h, w]
+      -> layers 2-4   cuDNN convolutions (BN folded, FusedSNet's weights), each followed
+                      by max_pool_relu (Triton: 2x2 max-pool + ReLU in one pass)          [B, 512, h, w]
       -> salience     1x1 conv 512 -> 64                                                  [B, 64, h, w]
       -> top_k_pool   Triton kernel                                                       [B, 64 * K]
       -> fc                                                                               [B]
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lfm.train.model import LFM, FusedSNet
 
+from .max_pool_relu import max_pool_relu
 from .npr_stem import npr_stem, stem_weights
 from .top_k_pool import top_k_pool
 
@@ -45,6 +48,10 @@ class TritonLFM(nn.Module):
             m.to(dtype=dtype, memory_format=torch.channels_last) if isinstance(m, FusedSNet) else m.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stem = npr_stem(x, self.stem_weight, self.stem_bias, out_dtype=self.act_dtype)  # [B, Hp, Wp, 64]
-        maps = self.salience(self.snet(stem.permute(0, 3, 1, 2), start=1))
+        h = npr_stem(x, self.stem_weight, self.stem_bias, out_dtype=self.act_dtype).permute(0, 3, 1, 2)
+        last = len(self.snet.convs) - 1
+        for i in range(1, last + 1):  # layer 1 is the stem
+            h = self.snet.convs[i](h)
+            h = max_pool_relu(h) if i < last else F.relu(h)
+        maps = self.salience(h)
         return self.fc(top_k_pool(maps, self.k)).squeeze(-1)

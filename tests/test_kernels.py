@@ -40,6 +40,7 @@ pytest.importorskip("triton", reason="the kernels need triton: pip install -e '.
 
 from lfm.kernels import aot, interpreted  # noqa: E402
 from lfm.kernels.npr import npr, npr_kernel, npr_reference  # noqa: E402
+from lfm.kernels.max_pool_relu import max_pool_relu, max_pool_relu_reference  # noqa: E402
 from lfm.kernels.npr_stem import npr_stem, npr_stem_reference, stem_weights  # noqa: E402
 from lfm.kernels.top_k_pool import top_k_pool, top_k_pool_reference  # noqa: E402
 
@@ -193,6 +194,26 @@ def test_npr_stem_rejects_bad_inputs():
         npr_stem(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), weight[:, :60], bias[:60])
 
 
+@needs_kernel_device
+@pytest.mark.parametrize("shape", [(2, 64, 9, 13), (1, 128, 8, 8), (1, 256, 7, 5), (2, 4, 3, 3), (1, 8, 2, 70)])
+def test_max_pool_relu_matches_pytorch(shape):
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(*shape, generator=gen(shape[1])).to(dtype)
+        x.view(-1)[::7] = float("nan")  # NaN propagates as in PyTorch
+        x.view(-1)[3::11] = float("-inf")
+        x = x.contiguous(memory_format=torch.channels_last)
+        got = max_pool_relu(x.to(DEVICE))
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        same(got, max_pool_relu_reference(x))
+
+
+def test_max_pool_relu_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="power-of-two channel count"):
+        max_pool_relu(torch.zeros(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="float16/float32"):
+        max_pool_relu(torch.zeros(1, 4, 4, 4, dtype=torch.uint8))
+
+
 def _normalised(x_uint8, spec):
     mean = torch.tensor(spec.mean, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float64).view(1, 3, 1, 1)
@@ -201,12 +222,15 @@ def _normalised(x_uint8, spec):
 
 @needs_kernel_device
 def test_triton_lfm_equals_the_model_in_float64(upstream_ckpt):
-    """The whole kernel pipeline (stem kernel, FusedSNet layers 2-4, Top-K kernel), float32, with
+    """The whole kernel pipeline (stem, cuDNN layers 2-4 with max_pool_relu, Top-K), float32, with
     upstream's weights on small uint8 images (odd sizes too), against the faithful model in float64."""
     from lfm.kernels.triton_lfm import TritonLFM
     from lfm.runtime.spec import ModelSpec
     from lfm.train.checkpoint import load_checkpoint
 
+    from lfm.train.model import use_exact_fp32
+
+    use_exact_fp32()  # on a GPU, float32 means float32: no TF32 in cuDNN's convolutions
     model = load_checkpoint(upstream_ckpt).model.eval()
     spec = ModelSpec()
     net = TritonLFM(model, spec.std, dtype=torch.float32).to(DEVICE)
