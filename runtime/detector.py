@@ -41,7 +41,7 @@ class Detector:
 
     def __init__(self, source: str | os.PathLike | None = None, *, checkpoint: str | None = None,
                  model: str | None = None, runner: Runner | None = None,
-                 engine: str | None = None, cuda_graphs: bool = False,
+                 engine: str | None = None, cuda_graphs: bool = False, kernels: bool = False,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
                  backend: str = "onnxruntime",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
@@ -60,7 +60,7 @@ class Detector:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
                                              threads=threads, backend=backend, engine=engine,
-                                             cuda_graphs=cuda_graphs)).activate()
+                                             cuda_graphs=cuda_graphs, kernels=kernels)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
         self.batch_size = batch_size

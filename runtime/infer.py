@@ -56,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                    help="--model: onnxruntime (default) or openvino (optional extra)")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="--engine: capture each batch shape as a CUDA graph once and replay it")
+                   help="--engine, --checkpoint on a GPU: capture each batch shape as a CUDA graph once and replay it")
+    p.add_argument("--kernels", action="store_true",
+                   help="--checkpoint: run through our Triton kernels (lfm.kernels.triton_lfm, float16; "
+                        "the fastest GPU path; needs a CUDA GPU and the [kernels] extra)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     args = p.parse_args(argv)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     try:
         providers = args.providers.split(",") if args.providers else None
         detector = Detector(checkpoint=args.checkpoint, model=args.model, engine=args.engine,
-                            cuda_graphs=args.cuda_graphs, device=args.device, providers=providers,
+                            cuda_graphs=args.cuda_graphs, kernels=args.kernels, device=args.device, providers=providers,
                             threads=args.threads, backend=args.backend, threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
                             tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,

@@ -73,14 +73,25 @@ class Runner:
 
 
 class TorchRunner(Runner):
-    """PyTorch eager on a checkpoint (ours or upstream's): the reference backend."""
+    """PyTorch on a checkpoint (ours or upstream's). By default the model as trained, eager, in
+    true fp32: the reference backend. ``kernels=True``: ``lfm.kernels.triton_lfm.TritonLFM``, our
+    fastest GPU path (uint8 pixels in, the fused Triton stem and Top-K kernels, float16 cuDNN
+    convolutions); it needs a CUDA GPU (on a CPU the kernels run only in Triton's interpreter,
+    TRITON_INTERPRET=1, slowly, in float32: for checks). ``cuda_graphs=True`` on a GPU captures each
+    batch shape once as a CUDA graph and replays it (fewer launches; most useful at small batches).
+    """
 
     name = "torch"
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto"):
+    def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", kernels: bool = False,
+                 cuda_graphs: bool = False):
         super().__init__()
         self.checkpoint = os.fspath(checkpoint)
         self.device_name = device
+        self.kernels = kernels
+        self.cuda_graphs = cuda_graphs
+        if kernels:
+            self.name = "torch-kernels"
 
     def activate_impl(self):
         try:
@@ -99,21 +110,78 @@ class TorchRunner(Runner):
         dev = self.device_name
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(dev)
-        if self.device.type == "cuda":
-            use_exact_fp32()  # the reference backend: true fp32, no TF32
-        self.model = loaded.model.to(self.device).eval()
+        try:
+            self.device = torch.device(dev)
+        except RuntimeError as e:
+            raise BackendError(f"--device {dev}: {e}") from None
+        on_gpu = self.device.type == "cuda"
+        if on_gpu and not torch.cuda.is_available():
+            raise BackendError(f"--device {dev}: no CUDA GPU visible to PyTorch")
         self.spec = loaded.spec
+        if self.kernels:
+            self.model = self._kernel_model(loaded, on_gpu)
+            # TritonLFM takes the decoded bytes as they are: the normalisation is folded into its stem
+            self.spec = loaded.spec.replace(input="uint8", layout="NHWC")
+        else:
+            if on_gpu:
+                use_exact_fp32()  # the reference backend: true fp32, no TF32
+            self.model = loaded.model.to(self.device).eval()
+        self._graphs = {}  # input shape -> (static input, graph, static output)
+
+    def _kernel_model(self, loaded, on_gpu: bool):
+        torch = self._torch
+        try:
+            from lfm.kernels.triton_lfm import TritonLFM
+        except ImportError as e:
+            raise BackendError(f"--kernels needs Triton ({e}); install with: pip install -e '.[train,kernels]'") from None
+        if not on_gpu and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise BackendError(f"--kernels runs Triton kernels on a CUDA GPU (device here: {self.device}); on a CPU "
+                               "they run only in Triton's interpreter (TRITON_INTERPRET=1: slow, for checks)")
+        try:
+            net = TritonLFM(loaded.model.eval(), loaded.spec.std, dtype=torch.float16 if on_gpu else torch.float32)
+        except ValueError as e:
+            raise BackendError(f"{self.checkpoint}: {e}") from None
+        return net.to(self.device).eval()
 
     def deactivate_impl(self):
         del self.model
+        self._graphs.clear()
 
     def infer_impl(self, feed):
         torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(feed["image"], dtype=np.float32)).to(self.device)
+        if self.kernels:
+            x = torch.from_numpy(np.ascontiguousarray(feed["pixels"], dtype=np.uint8))
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(feed["image"], dtype=np.float32))
+        x = x.to(self.device)
         with torch.inference_mode():
-            logit = self.model(x)
+            if self.cuda_graphs and self.device.type == "cuda":
+                logit = self._replay(x)
+            else:
+                logit = self.model(x)
         return {"logit": logit.float().cpu().numpy()}
+
+    def _replay(self, x):
+        """The model as a CUDA graph for x's shape, captured on first sight (after a warm-up on a
+        side stream, as PyTorch asks), then replayed with x copied into its static input."""
+        torch = self._torch
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            static = x.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.model(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.model(static)
+            self._graphs[key] = (static, graph, out)
+        static, graph, out = self._graphs[key]
+        static.copy_(x)
+        graph.replay()
+        return out.clone()
 
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -257,11 +325,15 @@ BACKENDS = ("onnxruntime", "openvino")
 
 def make_runner(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
                 providers: list[str] | None = None, threads: int | None = None,
-                backend: str = "onnxruntime", engine: str | None = None, cuda_graphs: bool = False) -> Runner:
-    """The runner for a model source: a PyTorch checkpoint, an exported ONNX model run by
-    ONNX Runtime (default) or OpenVINO, or a TensorRT engine (export/to_trt.py)."""
+                backend: str = "onnxruntime", engine: str | None = None, cuda_graphs: bool = False,
+                kernels: bool = False) -> Runner:
+    """The runner for a model source: a PyTorch checkpoint (``kernels=True``: through our Triton
+    kernels, on a GPU), an exported ONNX model run by ONNX Runtime (default) or OpenVINO, or a
+    TensorRT engine (export/to_trt.py)."""
     if sum(source is not None for source in (checkpoint, model, engine)) != 1:
         raise BackendError("give exactly one model: a checkpoint, an ONNX model or a TensorRT engine")
+    if kernels and checkpoint is None:
+        raise BackendError("--kernels runs a PyTorch checkpoint through the Triton kernels: give --checkpoint")
     if engine is not None:
         from .trt_runner import TrtRunner  # numpy only at import; tensorrt and cuda-python on activate()
 
@@ -272,4 +344,4 @@ def make_runner(checkpoint: str | None = None, model: str | None = None, device:
         if backend != "onnxruntime":
             raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         return OnnxRunner(model, providers=providers, threads=threads)
-    return TorchRunner(checkpoint, device=device)
+    return TorchRunner(checkpoint, device=device, kernels=kernels, cuda_graphs=cuda_graphs)

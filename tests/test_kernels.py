@@ -580,3 +580,57 @@ def _has(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ImportError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime's kernel path: infer.py --checkpoint CKPT --kernels
+
+
+def test_kernels_runtime_path_refuses_what_it_cannot_run(upstream_ckpt, monkeypatch, tmp_path):
+    from lfm.runtime.runners import BackendError, TorchRunner, make_runner
+
+    with pytest.raises(BackendError, match="give --checkpoint"):
+        make_runner(model=str(tmp_path / "x.onnx"), kernels=True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendError, match="on a CUDA GPU"):
+        TorchRunner(upstream_ckpt, device="cpu", kernels=True).activate()
+
+
+def test_infer_with_kernels_scores_like_the_reference_backend(upstream_ckpt, reference_images, tmp_path):
+    """infer.py --checkpoint CKPT --kernels (Triton's interpreter on the CPU, float32) against the
+    plain PyTorch backend on the same files: the same records, logits within 1e-3."""
+    import json
+
+    files = [str(p) for p, _, _ in reference_images[:3]]
+    runs = {}
+    for name, extra, env in (("plain", [], {}), ("kernels", ["--kernels"], {"TRITON_INTERPRET": "1"})):
+        r = subprocess.run([sys.executable, str(ROOT / "runtime" / "infer.py"), "--checkpoint", str(upstream_ckpt),
+                            "--device", "cpu", "--size", "64", *extra, *files],
+                           capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+        assert r.returncode == 0, r.stderr
+        runs[name] = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [r["path"] for r in runs["kernels"]] == [r["path"] for r in runs["plain"]] == files
+    assert all(r["error"] is None for r in runs["kernels"])
+    np.testing.assert_allclose([r["logit"] for r in runs["kernels"]], [r["logit"] for r in runs["plain"]],
+                               rtol=1e-4, atol=1e-3)
+    assert [r["label"] for r in runs["kernels"]] == [r["label"] for r in runs["plain"]]
+
+
+@needs_cuda
+def test_infer_with_kernels_on_the_gpu_scores_upstream_images_like_upstream(upstream_ckpt, reference_images):
+    """infer.py --checkpoint CKPT --kernels --cuda-graphs on a GPU (float16), all reference images
+    at upstream's preprocessing, against upstream's logits."""
+    import json
+
+    files = [str(p) for p, _, _ in reference_images]
+    r = subprocess.run([sys.executable, str(ROOT / "runtime" / "infer.py"), "--checkpoint", str(upstream_ckpt),
+                        "--kernels", "--cuda-graphs", "--batch-size", "32", *files],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["path"] for x in records] == files and all(x["error"] is None for x in records)
+    got = np.array([x["logit"] for x in records])
+    ref = np.array([v for _, v, _ in reference_images])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=0.2)
+    sure = np.abs(ref) > 0.2
+    assert ((got > 0) == (ref > 0))[sure].all()
