@@ -14,7 +14,11 @@ At batch 256 and 256 x 256 input (the issue's setting):
   ``torch.topk(maps.flatten(2), 16, dim=-1).values.flatten(1)`` on the same input. Target: >= 3x
   faster.
 
-Each kernel is first checked bit-for-bit against its PyTorch reference, then a few launch
+* The fused stem (lfm.kernels.npr_stem: NPR + conv1 + max-pool + ReLU) against the NPR kernel
+  followed by cuDNN for the same layers (float16, channels-last), on a GPU only; no target.
+
+Each kernel is first checked bit-for-bit against its PyTorch reference (the stem: within fp16
+rounding of the cuDNN path), then a few launch
 configurations (block size, warps) are timed; the table lists each, and the targets are
 judged on the best one and on the shipped default (what the AOT artifacts are built with).
 Where cuda-python is installed, the AOT artifact (PTX pinned to ISA 8.0, loaded by the driver

@@ -5,6 +5,9 @@ allocates the output and states the grid, and a plain PyTorch reference beside i
 
     lfm.kernels.npr          npr_kernel, npr(x, scale, out_dtype=, out_layout=), npr_reference, npr_grid
     lfm.kernels.top_k_pool   top_k_pool_kernel, top_k_pool(maps, k), top_k_pool_reference, top_k_pool_grid
+    lfm.kernels.npr_stem     npr_stem_kernel, npr_stem(x, w, b): NPR + conv1 + max-pool + ReLU in one pass
+    lfm.kernels.max_pool_relu  max_pool_relu(x): 2x2 max-pool + ReLU in one pass, channels-last
+    lfm.kernels.triton_lfm   TritonLFM: the whole model on a GPU from uint8 pixels, built on the above
     lfm.kernels.aot          ahead-of-time compilation to PTX for TensorRT's AOT plugins (below)
     lfm.kernels.cuda_launch  launches those PTX artifacts with cuda-python, as TensorRT would (GPU checks)
     lfm.kernels.trt_plugins  the TensorRT plugin registration built on ``aot`` (separate module)
