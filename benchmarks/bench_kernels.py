@@ -42,6 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import time_cuda  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda"  # "cpu" only for --smoke
 TARGET_NPR_COPY_RATIO = 0.80
@@ -83,8 +86,6 @@ def import_kernels():
 
 def time_gpu(fn, *, rounds: int, inner: int, warmup: int) -> dict:
     """Median over rounds of (CUDA-event time of `inner` back-to-back calls) / inner, in ms."""
-    import torch
-
     for _ in range(warmup):
         fn()
     if DEVICE == "cpu":  # --smoke: wall clock, the numbers mean nothing
@@ -97,15 +98,7 @@ def time_gpu(fn, *, rounds: int, inner: int, warmup: int) -> dict:
         per_call.sort()
         return {"median_ms": statistics.median(per_call), "min_ms": per_call[0], "max_ms": per_call[-1],
                 "rounds": rounds, "calls_per_round": inner}
-    torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
-    for start, end in events:
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-    torch.cuda.synchronize()
-    per_call = sorted(s.elapsed_time(e) / inner for s, e in events)
+    per_call = time_cuda(fn, rounds=rounds, inner=inner, warmup=0)
     return {"median_ms": statistics.median(per_call), "min_ms": per_call[0], "max_ms": per_call[-1],
             "rounds": rounds, "calls_per_round": inner}
 

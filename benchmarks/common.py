@@ -210,6 +210,25 @@ def int8_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
     return 2 * n ** 3 / best / 1e9
 
 
+def time_cuda(fn, *, rounds: int, inner: int, warmup: int) -> list[float]:
+    """Milliseconds per call of `fn` on the GPU: `warmup` calls, then `rounds` rounds of `inner`
+    back-to-back calls, each round timed with CUDA events (the queue never drains between calls,
+    so launch gaps hide as they do in a real pipeline). Returns one value per round, sorted."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
+    for start, end in events:
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+    torch.cuda.synchronize()
+    return sorted(start.elapsed_time(end) / inner for start, end in events)
+
+
 def gpu_gemm_rates(n: int = 8192, reps: int = 10) -> dict:
     """GFLOP/s of a square matrix product on the GPU through PyTorch (cuBLAS), median of `reps`
     timed with CUDA events after warm-up, on random data: fp16, and fp32 with TF32 (what cuDNN

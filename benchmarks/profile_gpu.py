@@ -21,25 +21,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log  # noqa: E402
+from common import log, time_cuda  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, rounds=15, inner=10, warmup=5) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rounds)]
-    for s, e in ev:
-        s.record()
-        for _ in range(inner):
-            fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) / inner for s, e in ev)  # ms
+def timed(fn) -> float:
+    """Median ms per call (CUDA events; benchmarks/common.py)."""
+    return statistics.median(time_cuda(fn, rounds=15, inner=10, warmup=5))
 
 
 def main(argv=None) -> int:
