@@ -613,6 +613,20 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def random_weight_checkpoint(path: Path) -> str:
+    """A seeded random-weight LFM checkpoint with the default spec: what the benchmark times where
+    upstream's checkpoint is absent (a user's clone without ../shared). Timing needs no trained weights."""
+    import torch
+
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.checkpoint import make_checkpoint, save_atomic
+    from lfm.train.model import build_model
+
+    torch.manual_seed(0)
+    save_atomic(make_checkpoint(build_model(), ModelSpec()), path)
+    return str(path)
+
+
 def int_list(s: str) -> list[int]:
     try:
         vals = [int(v) for v in s.split(",") if v.strip()]
@@ -669,14 +683,7 @@ def main(argv=None) -> int:
         if args.checkpoint != p.get_default("checkpoint"):
             print(f"error: {checkpoint}: no such checkpoint", file=sys.stderr)
             return 2
-        import torch
-
-        from lfm.train.checkpoint import make_checkpoint, save_atomic
-        from lfm.train.model import build_model
-
-        torch.manual_seed(0)
-        checkpoint = str(work / "random.pt")
-        save_atomic(make_checkpoint(build_model()), checkpoint)
+        checkpoint = random_weight_checkpoint(work / "random.pt")
         log(f"no reference checkpoint at {args.checkpoint}: timing a random-weight model ({checkpoint})")
 
     log(f"backends {', '.join(names)}; sizes {sizes}; batches {batches}; {rounds} rounds; work dir {work}")

@@ -295,7 +295,10 @@ def parse_args(argv=None):
     rt.add_argument("--providers", default=None, help="--model: comma-separated onnxruntime providers")
     rt.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="--model: onnxruntime or openvino")
     rt.add_argument("--device", default="auto", help="--checkpoint: torch device")
-    rt.add_argument("--cuda-graphs", action="store_true", help="--engine: replay each batch shape as a CUDA graph")
+    rt.add_argument("--cuda-graphs", action="store_true",
+                    help="--engine, --checkpoint on a GPU: replay each batch shape as a CUDA graph")
+    rt.add_argument("--kernels", action="store_true",
+                    help="--checkpoint: run through our Triton kernels (TritonLFM, float16; needs a CUDA GPU)")
     args = p.parse_args(argv)
     try:
         args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
@@ -313,8 +316,10 @@ def parse_args(argv=None):
         p.error("--max-request-bytes must be >= 1")
     if not 0 <= args.exit_timeout <= MAX_EXIT_TIMEOUT_S:
         p.error(f"--exit-timeout must lie in [0, {MAX_EXIT_TIMEOUT_S}]")
-    if args.cuda_graphs and not args.engine:
-        p.error("--cuda-graphs is for --engine")
+    if args.cuda_graphs and not (args.engine or args.checkpoint):
+        p.error("--cuda-graphs is for --engine or --checkpoint")
+    if args.kernels and not args.checkpoint:
+        p.error("--kernels runs a PyTorch checkpoint through the Triton kernels: give --checkpoint")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         p.error("--threshold must lie in [0, 1]")
     ports = [args.http_port, args.grpc_port, args.metrics_port]
@@ -339,7 +344,7 @@ def detector_kwargs(args, instances: int) -> dict:
         kw.update(model=args.model, backend=args.backend, threads=args.threads or max(1, cores // instances),
                   providers=args.providers.split(",") if args.providers else None)
     else:
-        kw.update(checkpoint=args.checkpoint, device=args.device)
+        kw.update(checkpoint=args.checkpoint, device=args.device, kernels=args.kernels, cuda_graphs=args.cuda_graphs)
     return kw
 
 

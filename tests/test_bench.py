@@ -44,3 +44,34 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path):
     if doc["plots"]:  # matplotlib present (the [viz] extra)
         for p in doc["plots"]:
             assert Path(p).stat().st_size > 10_000
+
+
+def test_bench_without_reference_data_times_a_random_weight_checkpoint(tmp_path):
+    """A user's clone has no ../shared: the harness falls back to a seeded random-weight checkpoint."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    from lfm.train.checkpoint import load_checkpoint
+
+    path = bench.random_weight_checkpoint(tmp_path / "random.pt")
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.top_k == 16 and loaded.spec.size == 256
+    again = load_checkpoint(bench.random_weight_checkpoint(tmp_path / "again.pt"))
+    for (k, a), b in zip(loaded.model.state_dict().items(), again.model.state_dict().values()):
+        assert (a == b).all(), k  # seeded: the same model every time
+
+
+def test_bench_baseline_and_gpu_backends_on_a_cpu_machine(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    assert bench.baseline_of(["torch", "ort"]) == "torch"
+    assert bench.baseline_of(["torch-cuda", "torch-cuda-triton"]) == "torch-cuda"  # a GPU-only run
+    assert bench.baseline_of(["ort"]) == "torch"
+    import torch
+
+    if not torch.cuda.is_available():
+        models = bench.Models(tmp_path, bench.random_weight_checkpoint(tmp_path / "r.pt"), None, 0, 64)
+        for name in ("torch-cuda", "torch-cuda-triton"):
+            with pytest.raises(bench.Unavailable, match="no CUDA GPU"):
+                bench.make_engine(name, models, 1)

@@ -210,7 +210,7 @@ def restore_env():
             os.environ[k] = v
 
 
-def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env):
+def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env, monkeypatch):
     need_pytriton()
     from lfm.runtime import serve
 
@@ -218,6 +218,26 @@ def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env):
         serve.parse_args(["--model", "m.onnx", "--preferred-batch-sizes", "64", "--max-batch-size", "32"])
     with pytest.raises(SystemExit):
         serve.parse_args(["--model", "m.onnx", "--http-port", "9000", "--grpc-port", "9000"])
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", "m.onnx", "--kernels"])  # --kernels is for checkpoints
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--model", "m.onnx", "--cuda-graphs"])
+    kw = serve.detector_kwargs(serve.parse_args(["--checkpoint", "c.pt", "--kernels", "--cuda-graphs"]), 2)
+    assert (kw["checkpoint"], kw["kernels"], kw["cuda_graphs"]) == ("c.pt", True, True)
+    # without a GPU a kernels checkpoint is refused in one line, before any server starts
+    torch = pytest.importorskip("torch", reason="checkpoints need the [train] extra")
+    if not torch.cuda.is_available():
+        from lfm.runtime.spec import ModelSpec
+        from lfm.train.checkpoint import make_checkpoint, save_atomic
+        from lfm.train.model import build_model
+
+        ckpt = tmp_path / "random.pt"
+        save_atomic(make_checkpoint(build_model(), ModelSpec()), ckpt)
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # test_kernels sets it for its interpreter runs
+        http, grpc, metrics = free_ports(3)
+        rc = serve.main(["--checkpoint", str(ckpt), "--kernels", "--device", "cpu", "--no-self-test",
+                         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)])
+        assert rc == 2 and "on a CUDA GPU" in capsys.readouterr().err
     # --engine: passed through to the runtime (not served here: no GPU); a missing plan is a one-line error
     import inspect
 
