@@ -262,9 +262,6 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
         if half:
             net = net.half().to(memory_format=torch.channels_last)
 
-    def forward(x):
-        return net(x)
-
     def setup(batch):
         size = models.size
         if triton_kernels:
@@ -279,11 +276,11 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s), torch.inference_mode():
                 for _ in range(3):  # warm-up on a side stream before capture, as PyTorch asks
-                    forward(static)
+                    net(static)
             torch.cuda.current_stream().wait_stream(s)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph), torch.inference_mode():
-                out = forward(static)
+                out = net(static)
 
             def call():
                 graph.replay()
@@ -291,7 +288,7 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
         else:
             def call():
                 with torch.inference_mode():
-                    return forward(static)
+                    return net(static)
 
         def run(x):
             static.copy_(torch.from_numpy(x))

@@ -364,6 +364,10 @@ def bench_aot(make_fn, compile_fn, timing, check) -> dict | None:
             "shared_mem": art.shared_mem}
 
 
+def label(row: dict) -> str:
+    return row["what"] + (" (default)" if row.get("default") else "")
+
+
 def write(results: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_kernels.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -388,9 +392,8 @@ def write(results: dict, out_dir: Path) -> None:
         "| --- | ---: | ---: | ---: |",
     ]
     for r in npr_r["rows"]:
-        mark = " (default)" if r.get("default") else ""
         of = f"{r['of_copy']:.0%}" if "of_copy" in r else "-"
-        lines.append(f"| {r['what']}{mark} | {r['median_ms']:.3f} | {r['gbps']:.0f} | {of} |")
+        lines.append(f"| {label(r)} | {r['median_ms']:.3f} | {r['gbps']:.0f} | {of} |")
     for which in ("best", "default"):
         v = npr_r[which]
         lines.append(f"\n{which}: {v['config']}: {v['of_copy']:.0%} of copy -> **{'PASS' if v['pass'] else 'FAIL'}**")
@@ -404,8 +407,7 @@ def write(results: dict, out_dir: Path) -> None:
         "| --- | ---: | ---: |",
     ]
     for r in top_r["rows"]:
-        mark = " (default)" if r.get("default") else ""
-        lines.append(f"| {r['what']}{mark} | {r['median_ms']:.3f} | {r['speedup']:.2f}x |")
+        lines.append(f"| {label(r)} | {r['median_ms']:.3f} | {r['speedup']:.2f}x |")
     for which in ("best", "default"):
         v = top_r[which]
         lines.append(f"\n{which}: {v['config']}: {v['speedup']:.2f}x -> **{'PASS' if v['pass'] else 'FAIL'}**")
@@ -416,8 +418,7 @@ def write(results: dict, out_dir: Path) -> None:
                   "followed by cuDNN (fp16, channels-last) for the same layers.", "",
                   "| what | ms (median) | speed-up vs the cuDNN path |", "| --- | ---: | ---: |"]
         for r in st["rows"]:
-            mark = " (default)" if r.get("default") else ""
-            lines.append(f"| {r['what']}{mark} | {r['median_ms']:.3f} | {r['speedup']:.2f}x |")
+                lines.append(f"| {label(r)} | {r['median_ms']:.3f} | {r['speedup']:.2f}x |")
     elif st:
         lines += ["", f"## Fused stem: not measured ({st['error']})"]
     (out_dir / "bench_kernels.md").write_text("\n".join(lines) + "\n")

@@ -23,6 +23,7 @@ inputs, so a long list is never cut short.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -34,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
-from lfm.runtime.records import FORMATS, Record, RecordWriter, sigmoid  # noqa: E402
+from lfm.runtime.records import FORMATS, Record, RecordWriter, in_input_order, sigmoid  # noqa: E402
 
 MODEL_NAME = "lfm"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
@@ -300,10 +301,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with client:
         writer = RecordWriter(out, args.format)
-        scorable = [p for p in expansion.inputs if p not in expansion.errors]
-        records = iter(client.score(scorable, batch_size=args.batch_size))
-        for path in expansion.inputs:
-            record = Record.failed(path, expansion.errors[path]) if path in expansion.errors else next(records)
+        score = functools.partial(client.score, batch_size=args.batch_size)
+        for record in in_input_order(expansion.inputs, expansion.errors, score):
             writer.write(record)
             n += 1
             failed += not record.ok

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
-from lfm.runtime.records import FORMATS, Record, RecordWriter  # noqa: E402
+from lfm.runtime.records import FORMATS, RecordWriter, in_input_order  # noqa: E402
 from lfm.runtime.runners import BACKENDS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES  # noqa: E402
 
@@ -98,12 +98,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     with detector:
         writer = RecordWriter(out, args.format)
-        # Arguments that named nothing keep their place in the stream as error records.
-        errors = expansion.errors
-        scorable = (p for p in expansion.inputs if p not in errors)
-        records = detector.predict_iter(scorable)
-        for path in expansion.inputs:
-            record = Record.failed(path, errors[path]) if path in errors else next(records)
+        for record in in_input_order(expansion.inputs, expansion.errors, detector.predict_iter):
             writer.write(record)
             n += 1
             failed += not record.ok

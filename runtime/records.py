@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import IO, Optional
+from typing import IO, Callable, Iterable, Iterator, Optional
 
 FIELDS = ("path", "logit", "score", "label", "error")
 FORMATS = ("jsonl", "csv", "table")
@@ -42,6 +42,16 @@ class Record:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def in_input_order(inputs: list[str], errors: dict[str, str],
+                   score: Callable[[list[str]], Iterable[Record]]) -> Iterator[Record]:
+    """One record per input, in the order given: an argument that named nothing (``errors[path]``)
+    keeps its place as an error record; the rest come from ``score(scorable)``, which yields one
+    record per path, in order (infer.py's Detector and client.py's server alike)."""
+    records = iter(score([p for p in inputs if p not in errors]))
+    for path in inputs:
+        yield Record.failed(path, errors[path]) if path in errors else next(records)
 
 
 def sigmoid(x: float) -> float:
