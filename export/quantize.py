@@ -17,8 +17,22 @@ What ``quantize_int8`` does to the fp32 graph, in order (steps 1-2 are exact in 
    MaxPool commute with a positive per-channel scale).
 3. Activation ranges: the 99.999th percentile of each activation over the calibration
    images (from a random sample of values per batch; "minmax" and ORT's "entropy" calibrator
-   are options), then ``quantize_static``: QDQ format, int8 symmetric per-channel weights,
-   Conv, MaxPool (and Relu, folded into Conv) quantised. The fc layer (Gemm) stays fp32.
+   are options), except the outputs of conv3 and conv4 (``MAX_RANGE_LAYERS``), ranged at
+   ``headroom`` (2) x their calibration maximum: Top-K pooling reads the maxima of the maps they
+   form, so clipping them changes the features directly, and other kinds of images go past
+   one folder's maximum (real photos reach twice the conv4 maximum of synthetic scenes).
+4. ``quantize_static``: QDQ format, int8 symmetric per-channel weights, the Convs of
+   ``int8_layers`` with their ReLUs and max-pools quantised; the other layers and the fc layer
+   (Gemm) stay fp32.
+
+Which layers are int8 by default, and why (``python export/sensitivity.py`` measures it on any
+model): conv3 and conv4 (62 % of LFM's multiply-adds). conv2's input, the pooled output of
+conv1, spans four orders of magnitude within each channel (median 0.3, maximum 135 on upstream's
+checkpoint), which 256 uniform levels cannot hold: quantised, it moved upstream's logits by a
+median of 0.45-0.9 on images of another kind than the calibration set, every other layer int8
+and conv2 fp32 by 0.08-0.12. The salience conv's output is what Top-K pools, so its int8 form
+flipped sure decisions outright. ``int8_layers="all"`` quantises every conv (faster; check it
+with the cross-domain report before deploying).
 
 Two profiles, because ONNX Runtime's CPU kernels and TensorRT want different Q/DQ forms:
 
@@ -58,6 +72,12 @@ DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_ALPHA = 0.5
 CONFIDENT_LOGIT = 1.0
+# Layers quantised by default (see the module docstring), and those whose outputs are ranged at
+# DEFAULT_HEADROOM x their calibration maximum rather than a percentile.
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "salience")
+DEFAULT_INT8_LAYERS = ("conv3", "conv4")
+MAX_RANGE_LAYERS = ("conv3", "conv4")
+DEFAULT_HEADROOM = 2.0
 
 
 class QuantizeError(ValueError):
@@ -148,7 +168,7 @@ def load_batches(files: Sequence[str], spec: ModelSpec, variant: str, batch_size
                  skipped: list | None = None) -> list[tuple[list[int], np.ndarray]]:
     """Decode and prepare files as the runtime does: [(indices, batch)], batch uint8 NHWC or
     normalised float32 NCHW. Consecutive images of one shape share a batch (policy 'none'
-    gives each image its own size). Unreadable files are skipped with a warning, listed in ``skipped``."""
+    gives each image its own size). Unreadable files are skipped and listed in ``skipped``."""
     batches, cur, cur_idx = [], [], []
 
     def flush():
@@ -162,8 +182,7 @@ def load_batches(files: Sequence[str], spec: ModelSpec, variant: str, batch_size
         try:
             a = load_array(f, spec)
         except ImageError as e:
-            warnings.warn(f"skipped {e}", stacklevel=2)
-            if skipped is not None:
+            if skipped is not None:  # the caller counts and reports them, one line each
                 skipped.append(str(e))
             continue
         if cur and (a.shape != cur[0].shape or len(cur) == batch_size):
@@ -364,6 +383,46 @@ def channel_stats(model, input_name: str, batches: Sequence[np.ndarray], tensors
 # Quantisation
 
 
+@dataclass(frozen=True)
+class QuantLayer:
+    """One quantisable layer: a Conv and the ReLU / MaxPool nodes that follow it to the next Conv."""
+
+    name: str  # conv1..conv4, salience
+    nodes: tuple[str, ...]  # ONNX node names, the Conv first
+
+    def relu_output(self, model) -> str | None:
+        for node in model.graph.node:
+            if node.name in self.nodes and node.op_type == "Relu":
+                return node.output[0]
+        return None
+
+
+def quant_layers(model) -> list[QuantLayer]:
+    """LFM's quantisable layers in graph order: conv1..conv4 of SNet and the salience conv, each
+    with its trailing Relu / MaxPool nodes."""
+    groups: list[list[str]] = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            groups.append([node.name])
+        elif node.op_type in ("Relu", "MaxPool") and groups:
+            groups[-1].append(node.name)
+    if len(groups) != len(LAYER_NAMES):
+        raise QuantizeError(f"expected LFM's {len(LAYER_NAMES)} convolutions, found {len(groups)}")
+    return [QuantLayer(n, tuple(g)) for n, g in zip(LAYER_NAMES, groups)]
+
+
+def parse_int8_layers(value) -> tuple[str, ...]:
+    """"all", "conv3,conv4" or a sequence of layer names -> a tuple of names, checked."""
+    if isinstance(value, str):
+        value = LAYER_NAMES if value.strip() == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    names = tuple(value)
+    unknown = [n for n in names if n not in LAYER_NAMES]
+    if unknown or not names:
+        raise QuantizeError(f"int8 layers {', '.join(unknown) or '(none)'}: expected 'all' or some of "
+                            f"{', '.join(LAYER_NAMES)}")
+    return tuple(n for n in LAYER_NAMES if n in names)
+
+
 def _quantized_activations(model, op_types: Sequence[str], excluded: set[str]) -> list[str]:
     """Float activation tensors the QDQ quantiser will want ranges for: inputs and outputs of
     the nodes of ``op_types`` (not initializers), as ORT's calibrators select them."""
@@ -499,6 +558,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                   method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE,
                   equalization: bool = True, alpha: float = DEFAULT_ALPHA, fold_scale: bool = True,
                   exact_first_layer: bool = True, op_types: Sequence[str] | None = None,
+                  int8_layers: Sequence[str] | str = DEFAULT_INT8_LAYERS, headroom: float = DEFAULT_HEADROOM,
                   nodes_to_exclude: Sequence[str] = (), quantize_fc: bool = False,
                   per_channel: bool = True, reduce_range: bool = False, activation_type: str | None = None,
                   extra_options: dict | None = None, progress=None) -> dict:
@@ -510,6 +570,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     method: "percentile" (default: the ``percentile``-th percentile of each activation, from a
     random sample of its values per batch) | "minmax" | "entropy" (ORT's histogram KL
     calibrator; minutes on LFM's large early activations).
+    int8_layers: the layers quantised ("all", or names from LAYER_NAMES); the others stay fp32.
+    headroom: the outputs of MAX_RANGE_LAYERS are ranged at headroom x their calibration maximum.
     """
     import onnx
     from onnxruntime.quantization import QuantType
@@ -545,6 +607,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     if quantize_fc:
         op_types = tuple(op_types) + tuple(t for t in ("Gemm", "MatMul") if t not in op_types)
 
+    layers = quant_layers(model)
+    int8_layers = parse_int8_layers(int8_layers)
     calib_files = list(calib_files)
     if not calib_files:
         raise QuantizeError("no calibration images given")
@@ -568,13 +632,14 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     if eq_summary:
         say(f"equalised {len(eq_summary)} layer pairs (alpha {alpha})")
 
-    excluded = set(nodes_to_exclude)
+    excluded = set(nodes_to_exclude) | {n for layer in layers if layer.name not in int8_layers for n in layer.nodes}
     if not quantize_fc:
         excluded |= {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
     tensors = _quantized_activations(model, op_types, excluded)
     targets = [t for t in _range_targets(model, op_types, excluded, profile) if t in tensors]
     exact = None
-    if (first_conv is not None and exact_first_layer and cstats["integer"].get(first_conv.input[0])
+    if (first_conv is not None and exact_first_layer and "conv1" in int8_layers
+            and cstats["integer"].get(first_conv.input[0])
             and cstats["max"][first_conv.input[0]].min() >= 0):
         exact = first_conv.input[0]  # |NPR| of bytes: integers 0..255 -> scale 1, zero point 0
 
@@ -587,6 +652,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
         ranges = _ranges(stats, tensors, method, percentile)
     if exact is not None:
         ranges[exact] = (0.0, 127.0 if act == "int8" else 255.0)
+    headroom_tensors = []
+    for layer in layers:
+        t = layer.relu_output(model)
+        if layer.name in MAX_RANGE_LAYERS and layer.name in int8_layers and t in ranges and headroom > 0:
+            lo, hi = ranges[t]
+            ranges[t] = (lo, headroom * (stats.hi[t] if stats is not None else hi))
+            headroom_tensors.append(t)
     t_cal = time.perf_counter() - t_cal
 
     build = dict(profile=profile, act_qtype=act_qtype, op_types=op_types, excluded=excluded,
@@ -607,6 +679,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                    "weights": "int8 symmetric per-channel" if per_channel else "int8 symmetric per-tensor",
                    "equalization": bool(eq_summary), "alpha": alpha if eq_summary else None,
                    "folded_input_scale": bool(folded), "exact_first_layer": exact is not None,
+                   "int8_layers": list(int8_layers), "fp32_layers": [n for n in LAYER_NAMES if n not in int8_layers],
+                   "headroom": headroom if headroom_tensors else None,
                    "excluded": sorted(excluded), "op_types": list(op_types)}
     new_props = dict(props)
     new_props["lfm.precision"] = "int8"
@@ -615,7 +689,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     qmodel = check(qmodel)
     set_metadata(qmodel, new_props)
     save_atomic(qmodel, out_path)
-    return {**calibration, "qdq": summary, "tensorrt_compatible": summary["tensorrt_compatible"],
+    return {**calibration, "skipped_files": skipped, "qdq": summary, "tensorrt_compatible": summary["tensorrt_compatible"],
             "equalized": {k: [round(a, 4), round(b, 4)] for k, (a, b) in eq_summary.items()},
             "ranges": {t: [round(lo, 5), round(hi, 5)] for t, (lo, hi) in ranges.items() if t in targets or t == exact},
             "seconds": {"load": round(t_load, 2), "calibrate": round(t_cal, 2),
@@ -657,6 +731,15 @@ def qdq_summary(path_or_proto) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # Accuracy against the fp32 model
+
+
+def model_spec(model_path) -> ModelSpec:
+    """The preprocessing spec an exported model carries in its metadata (``lfm.spec``)."""
+    import onnx
+
+    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return ModelSpec.from_dict(json.loads(props["lfm.spec"])) if "lfm.spec" in props else ModelSpec()
 
 
 def run_logits(model_path, files: Sequence[str], spec: ModelSpec | None = None, batch_size: int = 8,

@@ -9,9 +9,14 @@ model's preprocessing spec in its metadata. Every export is verified before it i
 ONNX Runtime against the PyTorch model (Polygraphy's Comparator) on fixed and random inputs;
 fp32 must agree to 1e-4 (rtol and atol on the max error), fp16 to 5e-3 relative, with no
 decision flipping; INT8 is scored on images disjoint from its calibration set for decision
-agreement and AP. The report is printed and saved as OUT.report.json. A model that fails
-verification is kept aside as OUT.rejected.onnx and the command exits 1; nothing partial is
-ever left at OUT. Exit 2: bad arguments, checkpoint or paths.
+agreement and AP. Every reduced-precision model (fp16, INT8) must also keep the fp32 model's
+decisions on a stress set of other kinds of images (export/fidelity.py: the held-out images
+up-sampled 2x, re-encoded as JPEG, shrunk, and synthetic images; for fp16, synthetic images
+and their variants): no sure decision flipped, at most 1 % flipped, median |dlogit| <= 0.3
+(0.6 in any one group). The report is printed and saved as OUT.report.json. A model that fails
+verification is kept aside as OUT.rejected.onnx and the command exits 1 (--force keeps it, and
+the report says so); nothing partial is ever left at OUT. Exit 2: bad arguments, checkpoint or
+paths, or fewer than 8 calibration images.
 
 --variant plugins: NPR and Top-K pooling as the custom nodes LfmNpr and LfmTopKPool (TensorRT
 plugins "lfm::..."; ONNX Runtime runs them with the [plugins] extra). Verified against PyTorch
@@ -31,6 +36,10 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 
 from lfm.export.paths import output_problem  # noqa: E402
 
+DEFAULT_INT8_LAYERS = ("conv3", "conv4")  # lfm.export.quantize.DEFAULT_INT8_LAYERS, without importing onnx here
+MIN_CALIBRATION_IMAGES = 8  # fewer: refused
+FEW_CALIBRATION_IMAGES = 32  # fewer: a loud warning
+
 
 class ExportError(RuntimeError):
     """A one-line, user-facing export failure."""
@@ -41,8 +50,9 @@ def parse_args(argv=None):
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", help="our ckpt.pt or upstream's .pth")
     p.add_argument("-o", "--output", default="lfm.onnx", help="where to write the model (default: lfm.onnx)")
-    p.add_argument("--input", choices=("float", "uint8"), default="float",
-                   help="float: normalised NCHW (upstream's); uint8: raw NHWC RGB bytes, normalisation folded in")
+    p.add_argument("--input", choices=("float", "uint8"), default="uint8",
+                   help="uint8 (default): raw NHWC RGB bytes, normalisation folded in, NPR exact on bytes; "
+                        "float: normalised NCHW, as upstream's pipelines feed it")
     p.add_argument("--variant", choices=("standard", "plugins"), default="standard",
                    help="standard: ONNX operators only (default); plugins: NPR and Top-K pooling as LFM's custom "
                         "nodes (TensorRT plugins; ONNX Runtime needs the [plugins] extra)")
@@ -57,13 +67,22 @@ def parse_args(argv=None):
     p.add_argument("--int8-profile", choices=("cpu", "tensorrt"), default="cpu",
                    help="cpu: uint8 activations, fast on ONNX Runtime/OpenVINO (default); tensorrt: symmetric int8 "
                         "activations with zero points 0, as TensorRT's explicit INT8 requires (slow on ORT CPU)")
+    p.add_argument("--int8-layers", default=",".join(DEFAULT_INT8_LAYERS), metavar="LAYERS",
+                   help="layers quantised: 'all' or some of conv1,conv2,conv3,conv4,salience (default: "
+                        f"{','.join(DEFAULT_INT8_LAYERS)}, the ones that keep the decisions; see export/sensitivity.py)")
     p.add_argument("--report-count", type=int, default=512, help="held-out images scored for the INT8 report (default 512)")
+    p.add_argument("--stress-count", type=int, default=32,
+                   help="images per group of the cross-domain stress set (default 32)")
+    p.add_argument("--force", action="store_true",
+                   help="keep a reduced-precision model that fails the cross-domain check (the report says it was forced)")
     p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None, help="override the checkpoint's policy")
     p.add_argument("--size", type=int, default=None, help="override the checkpoint's size")
     p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
+    if args.stress_count < 4:
+        p.error(f"--stress-count must be >= 4, got {args.stress_count}")
     if args.int8 and not (args.calib or args.calib_synthetic):
         p.error("--int8 needs --calib DIR or --calib-synthetic")
     if (args.calib or args.calib_synthetic) and not args.int8:
@@ -167,9 +186,14 @@ def export(args) -> int:
             report["verification"] = fp16 = verify(final, ckpt.model, args.input, "fp16", spec.mean, spec.std)
             print(format_report(fp16))
             passed = fp16["passed"]
+            if passed:  # no calibration folder here: the stress set grows from synthetic images
+                from lfm.export.quantize import calibration_images
+
+                base = calibration_images(synthetic=True, n=args.stress_count, seed=1, size=spec.size)
+                passed = cross_domain(report, fp32_path, final, base, os.path.join(tmp, "stress"), spec, args)
 
         if args.int8 and passed:
-            from lfm.export.quantize import calibration_images, int8_report, quantize_int8
+            from lfm.export.quantize import calibration_images, int8_report, parse_int8_layers, quantize_int8
 
             n = 0 if args.calib else args.calib_count + min(args.report_count, 256)  # 0: every file in DIR
             files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=n, seed=0)
@@ -183,19 +207,33 @@ def export(args) -> int:
                 raise ExportError(f"{args.calib}: {len(files)} image(s) leave none for the held-out report; "
                                   "give more images than --calib-count")
             final = os.path.join(tmp, "int8.onnx")
-            report["quantization"] = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile)
+            info = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile,
+                                 int8_layers=parse_int8_layers(args.int8_layers))
+            for problem in info.pop("skipped_files"):
+                print(f"skipped (calibration): {problem}", file=sys.stderr)
+            report["quantization"] = info
+            if info["count"] < MIN_CALIBRATION_IMAGES:
+                raise ExportError(f"{args.calib or 'synthetic set'}: only {info['count']} calibration image(s) could be "
+                                  f"read; INT8 needs at least {MIN_CALIBRATION_IMAGES} (32 or more recommended)")
             int8 = int8_report(fp32_path, final, held_out, labels=labels_from_paths(held_out), spec=spec)
             report["verification"] = int8
             agreement = int8["agreement"]
-            line = (f"INT8 on {len(held_out)} held-out images (disjoint from {len(calib_files)} calibration images): "
-                    f"decision agreement with fp32 {100 * agreement:.2f} %, max |dlogit| {int8['max_abs_logit_diff']:.3f}")
+            print(f"INT8 ({args.int8_profile} profile; int8 layers {', '.join(info['int8_layers'])}; fp32 layers "
+                  f"{', '.join(info['fp32_layers'] + ['fc'])}): calibrated on {info['count']} images "
+                  f"({info['skipped']} of the {len(calib_files)} chosen skipped), held out {int8['n']} "
+                  f"({int8['skipped']} skipped)")
+            line = (f"INT8 on the {int8['n']} held-out images: decision agreement with fp32 {100 * agreement:.2f} %, "
+                    f"max |dlogit| {int8['max_abs_logit_diff']:.3f}")
             if int8.get("ap_fp32") is not None:
                 line += f", AP fp32 {100 * int8['ap_fp32']:.2f} / int8 {100 * int8['ap_int8']:.2f}"
             print(line)
-            if agreement < 0.99:
-                print("\n" + "!" * 78 + f"\nWARNING: INT8 agrees with fp32 on only {100 * agreement:.2f} % of "
-                      "held-out decisions (< 99 %).\nCalibrate on more, and more representative, images "
-                      "before deploying this model.\n" + "!" * 78 + "\n", file=sys.stderr)
+            if info["count"] < FEW_CALIBRATION_IMAGES:
+                print("\n" + "!" * 78 + f"\nWARNING: only {info['count']} images calibrated this model (< "
+                      f"{FEW_CALIBRATION_IMAGES}); its activation ranges may not hold for other images.\n"
+                      "Calibrate on more, and more varied, images before deploying it.\n" + "!" * 78 + "\n",
+                      file=sys.stderr)
+            passed = cross_domain(report, fp32_path, final, held_out,
+                                  os.path.join(tmp, "stress"), spec, args)
 
         report["seconds"] = round(time.perf_counter() - t0, 2)
         report["passed"] = passed
@@ -210,9 +248,31 @@ def export(args) -> int:
         rejected = os.path.splitext(args.output)[0] + ".rejected.onnx"
         os.replace(final, rejected)
         save_report(report, report_path)
-        print(f"error: verification FAILED; nothing written to {args.output}; the model is kept as {rejected} "
+        why = f" ({report['fidelity']['verdict']})" if "fidelity" in report and not report["fidelity"]["passed"] else ""
+        print(f"error: verification FAILED{why}; nothing written to {args.output}; the model is kept as {rejected} "
               f"and the report in {report_path}", file=sys.stderr)
         return 1
+
+
+def cross_domain(report: dict, fp32_path: str, model_path: str, base_files, work_dir: str, spec, args) -> bool:
+    """The stress-set check of a reduced-precision model (export/fidelity.py); prints the table and
+    the verdict, records both in ``report["fidelity"]``, returns whether the model may be kept."""
+    from lfm.export.fidelity import ACCEPTANCE, cross_domain_report
+
+    fidelity, counts = cross_domain_report(fp32_path, model_path, base_files, work_dir, spec, per_group=args.stress_count)
+    ok, verdict = ACCEPTANCE.judge(fidelity)
+    report["fidelity"] = {**fidelity.to_dict(), "images": counts, "acceptance": ACCEPTANCE.to_dict(),
+                          "passed": ok, "verdict": verdict, "forced": bool(args.force and not ok)}
+    print(f"cross-domain check against fp32 (decision = score > {spec.threshold:g}; sure = |fp32 logit| >= 2):")
+    print(fidelity.table())
+    if ok:
+        print(f"  PASSED: {verdict}")
+        return True
+    if args.force:
+        print(f"  FAILED: {verdict}\n  kept anyway (--force); the report records that it was forced", file=sys.stderr)
+        return True
+    print(f"  FAILED: {verdict}", file=sys.stderr)
+    return False
 
 
 def main(argv=None) -> int:
