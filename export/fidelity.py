@@ -211,8 +211,9 @@ class AcceptanceLine:
         o = report.overall
         if o.n and o.flips / o.n > self.max_flip_rate:
             worst = max(report.groups.items(), key=lambda kv: kv[1].flips / max(kv[1].n, 1))[0]
-            found.append((worst, f"{o.flips} of {o.n} decisions flipped ({100 * o.flips / o.n:.1f} % > "
-                                 f"{100 * self.max_flip_rate:g} %)"))
+            found.append((worst, f"{o.flips} of {o.n} decisions flipped over all images ({100 * o.flips / o.n:.1f} % "
+                                 f"> {100 * self.max_flip_rate:g} %; this group: {report.groups[worst].flips} of "
+                                 f"{report.groups[worst].n})"))
         worst, r = max(report.groups.items(), key=lambda kv: kv[1].median_abs_dlogit if kv[1].n else -1.0)
         if o.n and o.median_abs_dlogit > self.max_median_dlogit:
             found.append((worst, f"median |dlogit| {o.median_abs_dlogit:.3f} over all images > "

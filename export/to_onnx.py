@@ -138,6 +138,13 @@ def export(args) -> int:
         raise ExportError(f"{args.checkpoint}: --variant plugins needs a Top-K pooling model; this one uses "
                           f"pooling={ckpt.model.config.pooling!r}")
     spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
+    if args.int8:  # a bad calibration folder fails here, before minutes of export
+        from lfm.export.quantize import QuantizeError
+
+        try:
+            calib_files, held_out = split_calibration(args)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from None
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     t0 = time.perf_counter()
 
@@ -193,19 +200,8 @@ def export(args) -> int:
                 passed = cross_domain(report, fp32_path, final, base, os.path.join(tmp, "stress"), spec, args)
 
         if args.int8 and passed:
-            from lfm.export.quantize import calibration_images, int8_report, parse_int8_layers, quantize_int8
+            from lfm.export.quantize import int8_report, parse_int8_layers, quantize_int8
 
-            n = 0 if args.calib else args.calib_count + min(args.report_count, 256)  # 0: every file in DIR
-            files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=n, seed=0)
-            # Shuffle (seeded) so neither set is one subset or one label; then split, disjoint.
-            import numpy as np
-
-            files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
-            n_calib = min(args.calib_count, max(1, (len(files) * 3) // 4))
-            calib_files, held_out = files[:n_calib], files[n_calib:n_calib + args.report_count]
-            if not held_out:
-                raise ExportError(f"{args.calib}: {len(files)} image(s) leave none for the held-out report; "
-                                  "give more images than --calib-count")
             final = os.path.join(tmp, "int8.onnx")
             info = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile,
                                  int8_layers=parse_int8_layers(args.int8_layers))
@@ -213,8 +209,8 @@ def export(args) -> int:
                 print(f"skipped (calibration): {problem}", file=sys.stderr)
             report["quantization"] = info
             if info["count"] < MIN_CALIBRATION_IMAGES:
-                raise ExportError(f"{args.calib or 'synthetic set'}: only {info['count']} calibration image(s) could be "
-                                  f"read; INT8 needs at least {MIN_CALIBRATION_IMAGES} (32 or more recommended)")
+                raise ExportError(f"{args.calib or 'synthetic set'}: only {info['count']} of {len(calib_files)} "
+                                  f"calibration images could be read; INT8 needs at least {MIN_CALIBRATION_IMAGES}")
             int8 = int8_report(fp32_path, final, held_out, labels=labels_from_paths(held_out), spec=spec)
             report["verification"] = int8
             agreement = int8["agreement"]
@@ -252,6 +248,29 @@ def export(args) -> int:
         print(f"error: verification FAILED{why}; nothing written to {args.output}; the model is kept as {rejected} "
               f"and the report in {report_path}", file=sys.stderr)
         return 1
+
+
+def split_calibration(args) -> tuple[list[str], list[str]]:
+    """(calibration files, held-out files): DIR's images shuffled with a fixed seed so neither set
+    is one subset or one label, then split, disjoint. Checked before anything is exported."""
+    import numpy as np
+
+    from lfm.export.quantize import calibration_images
+
+    n = 0 if args.calib else args.calib_count + min(args.report_count, 256)  # 0: every file in DIR
+    files = calibration_images(args.calib, synthetic=args.calib_synthetic, n=n, seed=0)
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+    n_calib = min(args.calib_count, max(1, (len(files) * 3) // 4))
+    calib_files, held_out = files[:n_calib], files[n_calib:n_calib + args.report_count]
+    source = args.calib or "the synthetic set"
+    if len(calib_files) < MIN_CALIBRATION_IMAGES:
+        raise ExportError(f"{source}: {len(files)} image(s) give {len(calib_files)} to calibrate and {len(held_out)} to "
+                          f"hold out; INT8 needs at least {MIN_CALIBRATION_IMAGES} calibration images (32 or more "
+                          "recommended)")
+    if not held_out:
+        raise ExportError(f"{source}: {len(files)} image(s) leave none for the held-out report; "
+                          "give more images than --calib-count")
+    return calib_files, held_out
 
 
 def cross_domain(report: dict, fp32_path: str, model_path: str, base_files, work_dir: str, spec, args) -> bool:

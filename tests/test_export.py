@@ -116,7 +116,7 @@ def test_infer_model_path_imports_no_torch(exported, reference_dir):
 
 def test_fp16_export_keeps_float32_io(random_ckpt, tmp_path):
     out = tmp_path / "half.onnx"
-    r = run(TO_ONNX + [str(random_ckpt), "-o", str(out), "--fp16"])
+    r = run(TO_ONNX + [str(random_ckpt), "-o", str(out), "--fp16", "--input", "float", "--stress-count", "8"])
     assert r.returncode == 0, r.stdout + r.stderr
     m = onnx.load(out)
     float32 = onnx.TensorProto.FLOAT
@@ -126,6 +126,11 @@ def test_fp16_export_keeps_float32_io(random_ckpt, tmp_path):
     assert meta["lfm.precision"] == "fp16" and json.loads(meta["lfm.spec"])["threshold"] == 0.4
     report = json.load(open(str(out) + ".report.json"))
     assert report["passed"] and report["verification"]["decision_flips"] == 0
+    # Every reduced-precision export carries the cross-domain check: 8 groups, 8 images each.
+    fidelity = report["fidelity"]
+    assert fidelity["passed"] and not fidelity["forced"] and len(fidelity["groups"]) == 8
+    assert all(g["n"] == 8 for g in fidelity["groups"].values()), fidelity["groups"]
+    assert "cross-domain check against fp32" in r.stdout and "PASSED" in r.stdout
 
 
 def test_failed_verification_leaves_nothing_at_the_output(random_ckpt, tmp_path, monkeypatch, capsys):
