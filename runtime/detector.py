@@ -43,7 +43,7 @@ class Detector:
                  model: str | None = None, runner: Runner | None = None,
                  engine: str | None = None, cuda_graphs: bool = False, kernels: bool = False,
                  device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
-                 backend: str = "onnxruntime",
+                 backend: str = "onnxruntime", precision: str = "auto",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
                  batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES):
@@ -59,7 +59,7 @@ class Detector:
         if max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
-                                             threads=threads, backend=backend, engine=engine,
+                                             threads=threads, backend=backend, precision=precision, engine=engine,
                                              cuda_graphs=cuda_graphs, kernels=kernels)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)

@@ -23,7 +23,7 @@ from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import FORMATS, RecordWriter, in_input_order  # noqa: E402
-from lfm.runtime.runners import BACKENDS, BackendError  # noqa: E402
+from lfm.runtime.runners import BACKENDS, OPENVINO_PRECISIONS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES  # noqa: E402
 
 
@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="--model: intra-op threads (default: all cores)")
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
                    help="--model: onnxruntime (default) or openvino (optional extra)")
+    p.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
+                   help="--backend openvino: inference precision; auto (default) keeps the fp32 model's decisions: "
+                        "f32 for float-input and INT8 graphs, bf16 for uint8-input graphs where the CPU has bf16")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="--engine, --checkpoint on a GPU: capture each batch shape as a CUDA graph once and replay it")
     p.add_argument("--kernels", action="store_true",
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
         providers = args.providers.split(",") if args.providers else None
         detector = Detector(checkpoint=args.checkpoint, model=args.model, engine=args.engine,
                             cuda_graphs=args.cuda_graphs, kernels=args.kernels, device=args.device, providers=providers,
-                            threads=args.threads, backend=args.backend, threshold=args.threshold,
+                            threads=args.threads, backend=args.backend, precision=args.precision,
+                            threshold=args.threshold,
                             policy=args.policy, size=args.size, batch_size=args.batch_size,
                             tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
                             workers=args.workers, max_pixels=args.max_pixels)
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
         out.close()
     dt = time.perf_counter() - t0
     where = f" -> {args.output}" if args.output else ""
-    print(f"scored {n - failed} of {n} inputs in {dt:.2f} s{where}; {failed} failed", file=sys.stderr)
+    print(f"scored {n - failed} of {n} inputs in {dt:.2f} s{where}; {failed} failed; {detector.runner.describe()}",
+          file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -58,6 +58,10 @@ class Runner:
     def result(self, handle) -> dict[str, np.ndarray]:
         return handle
 
+    def describe(self) -> str:
+        """One line for a run's summary: the backend and what it computes in (valid once active)."""
+        return self.name
+
     def __enter__(self):
         return self.activate()
 
@@ -243,18 +247,52 @@ class OnnxRunner(Runner):
     def deactivate_impl(self):
         del self.session
 
+    def describe(self) -> str:
+        return f"onnxruntime {', '.join(self.providers)}, model precision {self.metadata.get('lfm.precision', 'fp32')}"
+
     def infer_impl(self, feed):
         (x,) = feed.values()
         (logit,) = self.session.run(["logit"], {self.input_name: x})
         return {"logit": logit}
 
 
+OPENVINO_PRECISIONS = ("auto", "f32", "bf16", "f16")
+
+
+def openvino_precision(spec: ModelSpec, model_precision: str, requested: str | None = "auto") -> tuple[str, str]:
+    """(inference precision hint, why) for OpenVINO, which on CPUs with AVX512-BF16/AMX lowers
+    float work to bf16 unless told otherwise. ``auto`` keeps the fp32 model's decisions:
+
+    - float-input graphs: f32. bf16 keeps ~3 significant digits of the normalised pixels, whose
+      2x2 differences (NPR, ~0.02 per grey level) it erases: measured on a bf16 CPU, 5 of 80
+      cross-domain images flipped, median |dlogit| 4.8 (issue 13).
+    - INT8 graphs: f32 for their float layers, kept fp32 by the export because they could not
+      lose precision (conv1, conv2, salience, fc).
+    - uint8-input fp32/fp16 graphs: bf16. NPR of bytes is exact in bf16 (integers to 256), so
+      bf16 costs only its relative rounding in the convolutions: 0 of 80 flips, median |dlogit|
+      0.12 on a bf16 CPU (issue 13; not re-measured on CPUs without bf16, where OpenVINO runs
+      f32 whatever the hint).
+    """
+    requested = requested or "auto"
+    if requested not in OPENVINO_PRECISIONS:
+        raise BackendError(f"unknown OpenVINO precision {requested!r}; expected one of {OPENVINO_PRECISIONS}")
+    if requested != "auto":
+        return requested, "asked for"
+    if spec.input != "uint8":
+        return "f32", "auto: float-input graph"
+    if model_precision == "int8":
+        return "f32", "auto: INT8 graph, float layers kept fp32"
+    return "bf16", "auto: uint8-input graph"
+
+
 class OpenVinoRunner(Runner):
     """OpenVINO on the same exported ONNX graph (an optional extra: pip install -e '.[openvino]').
 
     OpenVINO keeps ONNX metadata_props under rt_info["framework"], so the spec travels as with
-    ONNX Runtime. ``precision`` is OpenVINO's inference precision hint: None keeps the device's
-    default (bf16 on CPUs with AMX/AVX512-BF16), "f32" forces float32.
+    ONNX Runtime. ``precision`` is OpenVINO's inference precision hint, "auto" (default: the
+    precision that keeps the fp32 model's decisions for this graph, see ``openvino_precision``),
+    "f32", "bf16" or "f16"; ``inference_precision`` says what the compiled model uses (a CPU
+    without bf16/f16 runs f32 whatever the hint).
 
     OpenVINO runs a model compiled for one static shape about 8-9 % faster than the dynamic one
     (2-core EPYC, 224 px, batch 8: INT8 256 -> 280 images/s, fp32 143 -> 153), so the first
@@ -264,7 +302,7 @@ class OpenVinoRunner(Runner):
 
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str | None = None,
+    def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str | None = "auto",
                  threads: int | None = None, static_shapes: int = 4):
         super().__init__()
         self.path, self.device, self.precision, self.threads = os.fspath(path), device, precision, threads
@@ -293,13 +331,20 @@ class OpenVinoRunner(Runner):
         if not self.model.has_rt_info(["framework", "lfm.spec"]):
             raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")
         self.spec = ModelSpec.from_dict(json.loads(self.model.get_rt_info(["framework", "lfm.spec"]).astype(str)))
-        self.config = {"PERFORMANCE_HINT": "LATENCY"}
-        if self.precision:
-            self.config["INFERENCE_PRECISION_HINT"] = self.precision
+        model_precision = (self.model.get_rt_info(["framework", "lfm.precision"]).astype(str)
+                           if self.model.has_rt_info(["framework", "lfm.precision"]) else "fp32")
+        self.precision_hint, self.precision_reason = openvino_precision(self.spec, model_precision, self.precision)
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision_hint}
         if self.threads:
             self.config["INFERENCE_NUM_THREADS"] = self.threads
         self.dynamic = self._compile(self.model)
         self.by_shape = {}  # input shape -> (compiled model, infer request)
+        # What the compiled model really computes in: a CPU without bf16 runs f32 whatever the hint.
+        self.inference_precision = self.dynamic[0].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def describe(self) -> str:
+        return (f"openvino {self.device}, inference precision {self.inference_precision} "
+                f"(hint {self.precision_hint}: {self.precision_reason})")
 
     def _compile(self, model):
         compiled = self.core.compile_model(model, self.device, self.config)
@@ -326,10 +371,16 @@ BACKENDS = ("onnxruntime", "openvino")
 def make_runner(checkpoint: str | None = None, model: str | None = None, device: str = "auto",
                 providers: list[str] | None = None, threads: int | None = None,
                 backend: str = "onnxruntime", engine: str | None = None, cuda_graphs: bool = False,
-                kernels: bool = False) -> Runner:
+                kernels: bool = False, precision: str = "auto") -> Runner:
     """The runner for a model source: a PyTorch checkpoint (``kernels=True``: through our Triton
     kernels, on a GPU), an exported ONNX model run by ONNX Runtime (default) or OpenVINO, or a
-    TensorRT engine (export/to_trt.py)."""
+    TensorRT engine (export/to_trt.py). ``precision``: OpenVINO's inference precision
+    (``OPENVINO_PRECISIONS``; the other backends compute in the model's own precision)."""
+    if precision not in OPENVINO_PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; expected one of {OPENVINO_PRECISIONS}")
+    if precision != "auto" and not (model is not None and backend == "openvino"):
+        raise BackendError(f"--precision {precision} applies to --backend openvino only; the other backends "
+                           "compute in the precision the model was exported or built in")
     if sum(source is not None for source in (checkpoint, model, engine)) != 1:
         raise BackendError("give exactly one model: a checkpoint, an ONNX model or a TensorRT engine")
     if kernels and checkpoint is None:
@@ -340,7 +391,7 @@ def make_runner(checkpoint: str | None = None, model: str | None = None, device:
         return TrtRunner(engine, cuda_graphs=cuda_graphs)
     if model is not None:
         if backend == "openvino":
-            return OpenVinoRunner(model, threads=threads)
+            return OpenVinoRunner(model, threads=threads, precision=precision)
         if backend != "onnxruntime":
             raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         return OnnxRunner(model, providers=providers, threads=threads)

@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
-from lfm.runtime.runners import BACKENDS, BackendError  # noqa: E402
+from lfm.runtime.runners import BACKENDS, OPENVINO_PRECISIONS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES, check_input_size  # noqa: E402
 
 LOG = logging.getLogger("lfm.serve")
@@ -294,6 +294,8 @@ def parse_args(argv=None):
     rt.add_argument("--threads", type=int, default=None, help="backend intra-op threads per instance (default: cores / instances)")
     rt.add_argument("--providers", default=None, help="--model: comma-separated onnxruntime providers")
     rt.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="--model: onnxruntime or openvino")
+    rt.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
+                    help="--backend openvino: inference precision (auto: the one that keeps the fp32 model's decisions)")
     rt.add_argument("--device", default="auto", help="--checkpoint: torch device")
     rt.add_argument("--cuda-graphs", action="store_true",
                     help="--engine, --checkpoint on a GPU: replay each batch shape as a CUDA graph")
@@ -341,7 +343,8 @@ def detector_kwargs(args, instances: int) -> dict:
                                "model with --model instead")
         kw.update(engine=args.engine, cuda_graphs=args.cuda_graphs)
     elif args.model:
-        kw.update(model=args.model, backend=args.backend, threads=args.threads or max(1, cores // instances),
+        kw.update(model=args.model, backend=args.backend, precision=args.precision,
+                  threads=args.threads or max(1, cores // instances),
                   providers=args.providers.split(",") if args.providers else None)
     else:
         kw.update(checkpoint=args.checkpoint, device=args.device, kernels=args.kernels, cuda_graphs=args.cuda_graphs)
@@ -450,7 +453,8 @@ def serve(args) -> int:
         if not args.no_self_test:
             LOG.info(self_test(url, detectors[0]))
         print(f"serving model '{MODEL_NAME}': HTTP {args.host}:{args.http_port}, gRPC {args.host}:{args.grpc_port}, "
-              f"metrics http://{args.host}:{args.metrics_port}/metrics (pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
+              f"metrics http://{args.host}:{args.metrics_port}/metrics; {detectors[0].runner.describe()} "
+              f"(pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
               file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             if not triton.is_alive():

@@ -214,6 +214,38 @@ def test_openvino_backend_on_the_same_graph(exported, reference_images):
         mixed = np.array([r.logit for r in det.predict(paths)])
         assert list(runner.by_shape) == [(5, 256, 256, 3)]
     np.testing.assert_allclose(mixed, ort_logits, rtol=1e-4, atol=1e-3)
-    with Detector(model=str(exported["uint8"]), backend="openvino") as det:  # device default (bf16 where supported)
+    with Detector(model=str(exported["uint8"]), backend="openvino") as det:  # auto: bf16 where the CPU has it
         default = det.predict(paths)
+        assert det.runner.precision_hint == "bf16" and det.runner.inference_precision in ("bf16", "f32")
     assert [r.label for r in default] == [("fake" if v > 0 else "real") for v in ort_logits]
+
+
+def test_openvino_never_lowers_a_float_input_graph_silently(exported, reference_images):
+    """At its defaults the OpenVINO runner computes a float-input graph in f32 (bf16 flipped
+    decisions there), so its logits are the fp32 graph's in ONNX Runtime, on any CPU."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
+    from lfm.runtime.detector import Detector
+
+    paths = [str(p) for p, _, _ in reference_images]
+    with Detector(model=str(exported["float"]), providers=["cpu"]) as det:
+        ort_logits = np.array([r.logit for r in det.predict(paths)])
+    with Detector(model=str(exported["float"]), backend="openvino") as det:
+        assert det.runner.precision_hint == "f32" and det.runner.inference_precision == "f32"
+        assert "inference precision f32 (hint f32: auto: float-input graph)" in det.runner.describe()
+        ov_logits = np.array([r.logit for r in det.predict(paths)])
+    np.testing.assert_allclose(ov_logits, ort_logits, rtol=1e-4, atol=1e-3)
+
+
+def test_openvino_precision_choice():
+    from lfm.runtime.runners import BackendError, make_runner, openvino_precision
+    from lfm.runtime.spec import ModelSpec
+
+    assert openvino_precision(ModelSpec(input="float"), "fp32")[0] == "f32"
+    assert openvino_precision(ModelSpec(input="float"), "fp16")[0] == "f32"
+    assert openvino_precision(ModelSpec(input="uint8"), "int8")[0] == "f32"
+    assert openvino_precision(ModelSpec(input="uint8"), "fp32")[0] == "bf16"
+    assert openvino_precision(ModelSpec(input="float"), "fp32", "bf16") == ("bf16", "asked for")
+    with pytest.raises(BackendError, match="fp8"):
+        openvino_precision(ModelSpec(), "fp32", "fp8")
+    with pytest.raises(BackendError, match="applies to --backend openvino only"):
+        make_runner(model="m.onnx", precision="bf16")
