@@ -9,8 +9,8 @@ Backends (those whose libraries or hardware are missing are listed as unavailabl
   ort, ort-int8    ONNX Runtime on the exported fp32 / INT8 QDQ graph (uint8 input)
   ort-plugins      ONNX Runtime on the custom-op graph (export --variant plugins)
   openvino, openvino-f32, openvino-int8
-                   OpenVINO on the fp32 graph (its default precision: bf16 where the CPU has it;
-                   f32 forced) and on the INT8 graph
+                   OpenVINO on the fp32 graph (precision auto: bf16 for this uint8 graph where the
+                   CPU has it; f32 forced) and on the INT8 graph
   trt-fp16, trt-int8
                    TensorRT engines (export/to_trt.py) where tensorrt and a GPU exist
   torch-cuda, torch-cuda-fp16, torch-cuda-graphs, torch-cuda-fused, torch-cuda-triton
@@ -66,7 +66,7 @@ PAPER_IMAGES_PER_S = 1789  # the LFM paper's throughput, one A6000
 TARGET_GPU_IMAGES_PER_S = 40_000  # ours, best backend on one H200 at 256 x 256
 E2E_CAPABLE = ("torch", "torch-cuda", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-int8", "trt-fp16", "trt-int8")
 PRECISION = {"torch": "fp32", "torch-compile": "fp32", "ort": "fp32", "ort-int8": "int8", "ort-plugins": "fp32",
-             "openvino": "default (bf16 where supported)", "openvino-f32": "fp32", "openvino-int8": "int8",
+             "openvino": "auto (bf16 on uint8 graphs where supported)", "openvino-f32": "fp32", "openvino-int8": "int8",
              "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-graphs": "fp16", "torch-cuda-fused": "fp16", "torch-cuda-triton": "fp16", "trt-fp16": "fp16",
              "trt-int8": "int8"}
 
@@ -642,7 +642,9 @@ def main(argv=None) -> int:
                    help="comma-separated (default: the CPU backends, or the GPU backends on a GPU machine; --quick: a few)")
     p.add_argument("--batch-sizes", type=int_list, default=None, help="default 1,8,32 (GPU: 1,32,256,1024)")
     p.add_argument("--sizes", type=int_list, default=None, help="image sides, default 224,256 (GPU: 256)")
-    p.add_argument("--mode", choices=("engine", "e2e", "both"), default="both")
+    p.add_argument("--mode", choices=("engine", "e2e", "both", "fidelity"), default="both",
+                   help="engine, e2e or both (default); fidelity: every CPU backend x precision x input on "
+                        "cross-domain images, flips beside images/s (benchmarks/fidelity_table.py; ~15 min)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration (each 3 calls)")
     p.add_argument("--threads", type=int, default=usable_cpus())
     p.add_argument("--checkpoint", default=str(REFERENCE / "lfm_upstream.pth"),
@@ -659,6 +661,12 @@ def main(argv=None) -> int:
         (out / "bench.md").write_text(markdown(doc))
         log(f"redrew {len(doc['plots'])} plot(s) in {out}")
         return 0
+
+    if args.mode == "fidelity":
+        from fidelity_table import run as run_fidelity
+
+        args.reference = str(REFERENCE)
+        return run_fidelity(args)
 
     gpu = bool(machine(args.threads, modules=())["gpus"])
     # On a GPU machine the default is the GPU backends: the CPU ones at batch 1024 would take hours.

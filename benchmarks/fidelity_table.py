@@ -1,0 +1,204 @@
+"""The speed/fidelity table: every CPU backend x precision x input variant, on images unlike
+those it was calibrated on, beside its images/s in the same run.
+
+    python benchmarks/bench.py --mode fidelity [--output-dir DIR] [--work-dir DIR]
+
+Two cross-domain splits, upstream's checkpoint (../shared/reference):
+
+    A  calibrate on the 102 cnndetection JPEGs; test on PNGs: the reference photos and their
+       up-samples, their stress variants (export/fidelity.py) and 96 synthetic PNGs
+    B  calibrate on 96 synthetic PNGs (train/make_synthetic.py); test on the cnndetection JPEGs
+       and their stress variants (up-sampled 2x, re-encoded, shrunk)
+
+Every model is exported with the project's own CLI (INT8 with --force, so that a model the
+export would refuse is still measured; the table says whether the export's own check passed).
+Logits come from the runtime's Detector, exactly as users get them, and are compared with the
+fp32 graph of the same input variant in ONNX Runtime: flips, sure flips (|fp32 logit| >= 2),
+median and max |dlogit|. Speed: images/s of one backend call on a batch of 8 at 224 px,
+interleaved rounds (benchmarks/common.py). Writes fidelity.json and fidelity.md.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common import log, machine, summarize, time_interleaved, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TO_ONNX = [sys.executable, str(ROOT / "export" / "to_onnx.py")]
+
+
+def export(ckpt: str, out: Path, *extra: str) -> dict:
+    """Export with the CLI; returns its report (passed, fidelity)."""
+    if not out.exists():
+        r = subprocess.run(TO_ONNX + [ckpt, "-o", str(out), *extra], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"export {' '.join(extra)} failed: {r.stderr.strip().splitlines()[-1:]}")
+    report = json.loads(Path(str(out) + ".report.json").read_text())
+    fid = report.get("fidelity")
+    return {"export_check": None if fid is None else ("passed" if fid["passed"] else "failed (forced)")}
+
+
+def test_sets(reference: Path, work: Path) -> dict:
+    from lfm.export.fidelity import STRESS_GROUPS, make_stress_set
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.make_synthetic import make_synthetic
+
+    def pngs(d: Path) -> list[str]:
+        return sorted(str(p) for p in d.rglob("*.png"))
+
+    spec = ModelSpec()
+    derived = [g for g in STRESS_GROUPS if g != "synthetic"]
+    if not (work / "syn_calib").exists():
+        make_synthetic(work / "syn_calib", n=96, size=256, seed=1, val_fraction=0.0, jobs=1)
+    if not (work / "syn_test").exists():
+        make_synthetic(work / "syn_test", n=96, size=256, seed=11, val_fraction=0.0, jobs=1)
+    cnn = sorted(str(p) for p in (reference / "cnndetection").iterdir() if p.suffix in (".jpg", ".png"))
+    a = make_stress_set(pngs(reference / "images"), work / "stressA", spec, groups=derived)
+    a["synthetic"] = pngs(work / "syn_test")
+    b = make_stress_set(cnn, work / "stressB", spec, groups=derived)
+    return {"A": {"calib": str(reference / "cnndetection"), "test": a,
+                  "what": "calibrated on the cnndetection JPEGs, tested on PNG photos, their variants, synthetic PNGs"},
+            "B": {"calib": str(work / "syn_calib"), "test": b,
+                  "what": "calibrated on synthetic PNGs, tested on the cnndetection JPEGs and their variants"}}
+
+
+def logits_of(detector_factory, files: list[str]) -> np.ndarray:
+    with detector_factory() as det:
+        recs = det.predict(files)
+    bad = [r for r in recs if not r.ok]
+    if bad:
+        raise RuntimeError(f"{len(bad)} image(s) failed, first: {bad[0].path}: {bad[0].error}")
+    return np.array([r.logit for r in recs], np.float64)
+
+
+def run(args) -> int:
+    from lfm.export.fidelity import ACCEPTANCE, FidelityReport
+    from lfm.runtime.detector import Detector
+    from lfm.runtime.runners import OnnxRunner, OpenVinoRunner
+
+    reference = Path(args.reference)
+    ckpt = reference / "lfm_upstream.pth"
+    if not ckpt.is_file() or not (reference / "cnndetection").is_dir():
+        print(f"error: --mode fidelity needs upstream's checkpoint and images in {reference} (../shared/reference)",
+              file=sys.stderr)
+        return 2
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-fidelity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    threads = args.threads
+    log(f"fidelity: work dir {work}")
+    sets = test_sets(reference, work)
+
+    # (name, backend, input, precision label, model file, split or None, runner factory)
+    models, exports = [], {}
+    for inp in ("uint8", "float"):
+        fp32 = work / f"fp32_{inp}.onnx"
+        exports[fp32] = export(str(ckpt), fp32, "--input", inp)
+        fp16 = work / f"fp16_{inp}.onnx"
+        exports[fp16] = export(str(ckpt), fp16, "--input", inp, "--fp16")
+        models += [("ort", inp, "fp32", fp32, None), ("ort", inp, "fp16", fp16, None),
+                   ("openvino auto", inp, "fp32 graph", fp32, None), ("openvino f32", inp, "fp32 graph", fp32, None),
+                   ("openvino bf16", inp, "fp32 graph", fp32, None)]
+        for split, s in sets.items():
+            for profile, layers in (("cpu", None), ("tensorrt", None), ("cpu", "all")):
+                if inp == "float" and layers == "all":
+                    continue
+                out = work / f"int8_{profile}_{layers or 'default'}_{inp}_{split}.onnx"
+                extra = ["--input", inp, "--int8", "--calib", s["calib"], "--int8-profile", profile, "--force"]
+                exports[out] = export(str(ckpt), out, *extra, *(["--int8-layers", layers] if layers else []))
+                label = f"int8 {profile}" + (" all layers" if layers else "")
+                models.append(("ort", inp, label, out, split))
+                if profile == "cpu" and not layers:
+                    models.append(("openvino auto", inp, label, out, split))
+    log(f"{len(models)} backend x model x split combinations; scoring")
+
+    def factory(backend: str, path: Path):
+        if backend == "ort":
+            return lambda: Detector(runner=OnnxRunner(path, providers=["cpu"], threads=threads), batch_size=8)
+        return lambda: Detector(runner=OpenVinoRunner(path, precision=backend.split()[1], threads=threads), batch_size=8)
+
+    refs, rows = {}, []
+    for split, s in sets.items():
+        files, group_of = [], []
+        for g, fs in s["test"].items():
+            files += fs
+            group_of += [g] * len(fs)
+        for inp in ("uint8", "float"):
+            refs[split, inp] = logits_of(factory("ort", work / f"fp32_{inp}.onnx"), files)
+        for backend, inp, label, path, only in models:
+            if only not in (None, split):
+                continue
+            runner = factory(backend, path)
+            with runner() as det:
+                used = det.runner.describe()
+            test = refs[split, inp] if (backend, label) == ("ort", "fp32") else logits_of(runner, files)
+            rep = FidelityReport.compare(refs[split, inp], test, group_of)
+            ok, verdict = ACCEPTANCE.judge(rep)
+            rows.append({"split": split, "backend": backend, "input": inp, "precision": label, "model": path.name,
+                         "runs_as": used, "export_check": exports[path]["export_check"],
+                         "acceptance": "pass" if ok else "fail", "verdict": verdict, **rep.to_dict()})
+            o = rep.overall
+            log(f"  {split} {backend:<14} {inp:<5} {label:<22} flips {o.flips:>3}/{o.n} sure {o.sure_flips} "
+                f"median {o.median_abs_dlogit:.3f} max {o.max_abs_dlogit:.2f}")
+
+    log("timing: batch 8, 224 px, interleaved")
+    speed_models = {}
+    for backend, inp, label, path, only in models:
+        if only not in (None, "A"):
+            continue  # one split's INT8 models stand for both: same graph, other ranges
+        det = factory(backend, path)()
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+        if inp == "float":
+            from lfm.runtime.preprocess import normalize
+
+            feed = {"image": normalize(pixels, det.spec.mean, det.spec.std)}
+        else:
+            feed = {"pixels": pixels}
+        runner = det.runner
+        runner.infer(feed)
+        speed_models[(backend, inp, label)] = (det, lambda r=runner, f=feed: r.infer(f))
+    times = time_interleaved({k: fn for k, (_, fn) in speed_models.items()}, rounds=args.rounds or 6)
+    speed = {k: summarize(t, 8)["images_per_s"] for k, t in times.items()}
+    for det, _ in speed_models.values():
+        det.close()
+    base = speed[("ort", "uint8", "fp32")]
+    for row in rows:
+        key = (row["backend"], row["input"], row["precision"])
+        row["images_per_s_b8_224"] = round(speed[key], 1)
+        row["x_ort_fp32_uint8"] = round(speed[key] / base, 2)
+
+    doc = {"benchmark": "fidelity", "command": "python benchmarks/bench.py --mode fidelity", "machine": machine(threads),
+           "splits": {k: {"what": v["what"], "groups": {g: len(f) for g, f in v["test"].items()}} for k, v in sets.items()},
+           "acceptance": ACCEPTANCE.to_dict(),
+           "speed": [{"backend": b, "input": i, "precision": p, "images_per_s": round(v, 1)} for (b, i, p), v in speed.items()],
+           "results": rows}
+    write_report(args.output_dir, "fidelity", doc, markdown(doc))
+    return 0
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = ["# Fidelity and speed of every CPU path", "",
+             f"`{doc['command']}` on {m.get('cpu', '?')} ({m.get('threads', '?')} threads). Logits against the fp32 "
+             "graph of the same input variant in ONNX Runtime; sure = |fp32 logit| >= 2. Acceptance: "
+             f"{doc['acceptance']}.", ""]
+    for split, s in doc["splits"].items():
+        n = sum(s["groups"].values())
+        lines += [f"## Split {split}: {s['what']} ({n} test images)", "",
+                  "| backend | input | precision | runs as | flips | sure flips | median abs dlogit | max abs dlogit "
+                  "| img/s b8 224 | x ort fp32 uint8 | export's check | acceptance |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in [r for r in doc["results"] if r["split"] == split]:
+            o = r["overall"]
+            lines.append(f"| {r['backend']} | {r['input']} | {r['precision']} | {r['runs_as']} | {o['flips']}/{o['n']} | "
+                         f"{o['sure_flips']}/{o['sure']} | {o['median_abs_dlogit']:.3f} | {o['max_abs_dlogit']:.2f} | "
+                         f"{r['images_per_s_b8_224']} | {r['x_ort_fp32_uint8']} | {r['export_check'] or '-'} | "
+                         f"{r['acceptance']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
