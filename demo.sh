@@ -17,11 +17,11 @@ python train/train.py --data "$OUT/data" --out "$OUT/run" --max-minutes 2.5 \
 echo "== 3/6 evaluation of the best checkpoint on the held-out split"
 python train/evaluate.py "$OUT/run/best.pt" --data "$OUT/data/val" -o "$OUT/eval.json"
 
-echo "== 4/6 export to ONNX (uint8 input: the runtime hands over decoded bytes), verified against PyTorch"
-python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.onnx" --input uint8
+echo "== 4/6 export to ONNX (uint8 input, the default: the runtime hands over decoded bytes), verified against PyTorch"
+python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.onnx"
 
-echo "== 5/6 INT8 (QDQ) export, calibrated on training images, checked on held-out ones"
-python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.int8.onnx" --input uint8 --int8 --calib "$OUT/data/train"
+echo "== 5/6 INT8 (QDQ) export, calibrated on training images, checked on held-out ones and a cross-domain stress set"
+python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.int8.onnx" --int8 --calib "$OUT/data/train"
 
 echo "== 6/6 inference through ONNX Runtime (INT8): one record per file"
 python runtime/infer.py --model "$OUT/lfm.int8.onnx" "$OUT/data/val" --format csv -o "$OUT/scores.csv"

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         work = Path(tempfile.mkdtemp(prefix="lfm-e2e-"))
         model = str(work / "upstream_int8_224.onnx")
         cmd = [sys.executable, str(ROOT / "export" / "to_onnx.py"), str(REFERENCE / "lfm_upstream.pth"), "-o", model,
-               "--input", "uint8", "--size", "224", "--int8", "--calib", str(REFERENCE / "images")]
+               "--input", "uint8", "--size", "224", "--int8", "--calib", str(REFERENCE / "cnndetection")]
         print("exporting:", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     import onnx

@@ -188,3 +188,26 @@ def test_export_refuses_too_few_calibration_images_before_exporting(small_ckpt_a
     rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(tmp_path / "nope")])
     err = capsys.readouterr()
     assert rc == 2 and "does not exist" in err.err and "verification" not in err.out
+
+
+def test_sensitivity_command_quantises_each_layer_alone_and_all_but_each(small_ckpt_and_images, tmp_path, capsys):
+    """export/sensitivity.py on a small model: 11 configurations, each really quantising the layers
+    it names (counted from the written rows), and a summary naming the layers."""
+    from lfm.export import sensitivity, to_onnx
+
+    ckpt, images = small_ckpt_and_images
+    model = tmp_path / "m.onnx"
+    assert to_onnx.main([str(ckpt), "-o", str(model)]) == 0
+    out = tmp_path / "s.json"
+    rc = sensitivity.main([str(model), "--calib", str(images), "--calib-count", "12", "--stress-count", "4",
+                           "-o", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    layers = ["conv1", "conv2", "conv3", "conv4", "salience"]
+    assert [r["config"] for r in rows] == (["all"] + [f"only {n}" for n in layers]
+                                           + [f"all but {n}" for n in layers])
+    assert rows[0]["int8_layers"] == layers
+    assert rows[1]["int8_layers"] == ["conv1"] and rows[6]["int8_layers"] == layers[1:]
+    assert all(r["report"]["overall"]["n"] == 8 * 4 for r in rows)  # 12 images left: 4 per group
+    printed = capsys.readouterr().out
+    assert "layers whose fp32 fallback helps most:" in printed and printed.count("all but") >= 10
