@@ -182,12 +182,32 @@ def run(args) -> int:
     return 0
 
 
+def summary_table(doc: dict) -> list[str]:
+    """Both splits side by side, one row per path: the README's table."""
+    cell = {}
+    for r in doc["results"]:
+        o = r["overall"]
+        cell[(r["backend"], r["input"], r["precision"]), r["split"]] = (
+            f"{o['flips']} ({o['sure_flips']}) / {o['median_abs_dlogit']:.3f} / {o['max_abs_dlogit']:.2f}")
+        cell[(r["backend"], r["input"], r["precision"]), "speed"] = (r["images_per_s_b8_224"], r["x_ort_fp32_uint8"])
+    keys = list(dict.fromkeys(k for k, _ in cell))
+    splits = list(doc["splits"])
+    lines = ["| backend | input | precision | " + " | ".join(f"split {s}: flips (sure) / median / max abs dlogit"
+                                                          for s in splits) + " | img/s b8 224 | x ort fp32 uint8 |",
+             "|---|---|---|" + "---|" * len(splits) + "---:|---:|"]
+    for k in keys:
+        ips, ratio = cell[k, "speed"]
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cell.get((k, s), "-") for s in splits)
+                     + f" | {ips} | {ratio} |")
+    return lines
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# Fidelity and speed of every CPU path", "",
              f"`{doc['command']}` on {m.get('cpu', '?')} ({m.get('threads', '?')} threads). Logits against the fp32 "
              "graph of the same input variant in ONNX Runtime; sure = |fp32 logit| >= 2. Acceptance: "
-             f"{doc['acceptance']}.", ""]
+             f"{doc['acceptance']}.", "", *summary_table(doc), ""]
     for split, s in doc["splits"].items():
         n = sum(s["groups"].values())
         lines += [f"## Split {split}: {s['what']} ({n} test images)", "",

@@ -13,7 +13,7 @@ agreement and AP. Every reduced-precision model (fp16, INT8) must also keep the 
 decisions on a stress set of other kinds of images (export/fidelity.py: the held-out images
 up-sampled 2x, re-encoded as JPEG, shrunk, and synthetic images; for fp16, synthetic images
 and their variants): no sure decision flipped, at most 1 % flipped, median |dlogit| <= 0.3
-(0.6 in any one group). The report is printed and saved as OUT.report.json. A model that fails
+over all images. The report is printed and saved as OUT.report.json. A model that fails
 verification is kept aside as OUT.rejected.onnx and the command exits 1 (--force keeps it, and
 the report says so); nothing partial is ever left at OUT. Exit 2: bad arguments, checkpoint or
 paths, or fewer than 8 calibration images.
