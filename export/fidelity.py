@@ -184,6 +184,9 @@ class FidelityReport:
         for name, r in [*self.groups.items(), ("all", self.overall)]:
             rows.append(f"  {name:<12} {r.n:>4} {100 * r.agreement:>8.2f} {r.flips:>5} "
                         f"{f'{r.sure_flips}/{r.sure}':>10} {r.median_abs_dlogit:>15.3f} {r.max_abs_dlogit:>12.3f}")
+        if self.skipped:  # e.g. images smaller than a centre crop: the model cannot score them at all
+            rows.append("  not scorable by this model (skipped): "
+                        + ", ".join(f"{g} {n}" for g, n in self.skipped.items()))
         return "\n".join(rows)
 
 
