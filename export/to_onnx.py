@@ -138,10 +138,11 @@ def export(args) -> int:
         raise ExportError(f"{args.checkpoint}: --variant plugins needs a Top-K pooling model; this one uses "
                           f"pooling={ckpt.model.config.pooling!r}")
     spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
-    if args.int8:  # a bad calibration folder fails here, before minutes of export
-        from lfm.export.quantize import QuantizeError
+    if args.int8:  # a bad calibration folder or layer list fails here, before minutes of export
+        from lfm.export.quantize import QuantizeError, parse_int8_layers
 
         try:
+            int8_layers = parse_int8_layers(args.int8_layers)
             calib_files, held_out = split_calibration(args)
         except QuantizeError as e:
             raise ExportError(str(e)) from None
@@ -200,11 +201,10 @@ def export(args) -> int:
                 passed = cross_domain(report, fp32_path, final, base, os.path.join(tmp, "stress"), spec, args)
 
         if args.int8 and passed:
-            from lfm.export.quantize import int8_report, parse_int8_layers, quantize_int8
+            from lfm.export.quantize import int8_report, quantize_int8
 
             final = os.path.join(tmp, "int8.onnx")
-            info = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile,
-                                 int8_layers=parse_int8_layers(args.int8_layers))
+            info = quantize_int8(fp32_path, final, calib_files, spec, profile=args.int8_profile, int8_layers=int8_layers)
             for problem in info.pop("skipped_files"):
                 print(f"skipped (calibration): {problem}", file=sys.stderr)
             report["quantization"] = info

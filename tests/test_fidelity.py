@@ -191,6 +191,10 @@ def test_export_refuses_too_few_calibration_images_before_exporting(small_ckpt_a
     rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(tmp_path / "nope")])
     err = capsys.readouterr()
     assert rc == 2 and "does not exist" in err.err and "verification" not in err.out
+    rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(images),
+                       "--int8-layers", "conv5"])
+    err = capsys.readouterr()
+    assert rc == 2 and "int8 layers conv5" in err.err and "verification" not in err.out
 
 
 def test_sensitivity_command_quantises_each_layer_alone_and_all_but_each(small_ckpt_and_images, tmp_path, capsys):
