@@ -46,23 +46,33 @@ def reference_images(reference_dir) -> list[tuple[Path, float, int | None]]:
     return rows
 
 
-@pytest.fixture(scope="session")
-def random_onnx(tmp_path_factory) -> Path:
-    """A random-weight LFM (BN statistics moved off identity, so logits vary) exported as the
-    uint8 fp32 ONNX graph: a real model for runtime tests that need no reference data."""
-    torch = pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
-    pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
-    from lfm.runtime.spec import ModelSpec
+def random_lfm(var_high: float = 1.5):
+    """A randomly initialised LFM (seed 0) with BatchNorm statistics moved off identity, so its
+    logits vary from image to image: a real model for tests that need no reference data."""
+    import torch
+
     from lfm.train.model import build_model
 
     torch.manual_seed(0)
-    model = build_model().eval()
+    model = build_model()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
+                m.running_var.uniform_(0.5, var_high)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_onnx(tmp_path_factory) -> Path:
+    """A random-weight LFM (BN statistics moved off identity, so logits vary) exported as the
+    uint8 fp32 ONNX graph: a real model for runtime tests that need no reference data."""
+    pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
+    pytest.importorskip("onnx", reason="exporting needs the [export] extra")
+    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.runtime.spec import ModelSpec
+
+    model = random_lfm(var_high=2.0)
     spec = ModelSpec(input="uint8", layout="NHWC", size=64)
     proto = check(simplify(torch_to_onnx(model, spec, "uint8")))
     set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))

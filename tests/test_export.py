@@ -10,12 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import infer_without_torch
+from conftest import infer_without_torch, random_lfm
 import torch
 
 from lfm.runtime.spec import ModelSpec
 from lfm.train.checkpoint import make_checkpoint, save_atomic
-from lfm.train.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TO_ONNX = [sys.executable, str(ROOT / "export" / "to_onnx.py")]
@@ -28,14 +27,8 @@ def run(cmd):
 
 @pytest.fixture(scope="module")
 def random_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
     path = tmp_path_factory.mktemp("ckpt") / "random.pt"
-    save_atomic(make_checkpoint(model, ModelSpec(size=64, threshold=0.4)), path)
+    save_atomic(make_checkpoint(random_lfm(), ModelSpec(size=64, threshold=0.4)), path)
     return path
 
 

@@ -117,20 +117,14 @@ def test_acceptance_line_on_either_side():
 
 @pytest.fixture(scope="module")
 def small_ckpt_and_images(tmp_path_factory):
-    torch = pytest.importorskip("torch", reason="exporting needs the [train] extra")
+    pytest.importorskip("torch", reason="exporting needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
+    from conftest import random_lfm
     from lfm.train.checkpoint import make_checkpoint, save_atomic
     from lfm.train.make_synthetic import make_synthetic
-    from lfm.train.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
     d = tmp_path_factory.mktemp("fidelity")
-    save_atomic(make_checkpoint(model, ModelSpec(size=64)), d / "random.pt")
+    save_atomic(make_checkpoint(random_lfm(), ModelSpec(size=64)), d / "random.pt")
     make_synthetic(d / "images", n=24, size=64, seed=2, val_fraction=0.0, jobs=1)
     return d / "random.pt", d / "images"
 

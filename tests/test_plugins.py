@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import infer_without_torch
+from conftest import infer_without_torch, random_lfm
 import torch
 
 from lfm.runtime import custom_ops as ops
@@ -102,13 +102,7 @@ def test_scale_attribute_round_trips_the_float32_values():
 
 @pytest.fixture(scope="module")
 def random_model():
-    torch.manual_seed(0)
-    model = build_model()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_lfm()
 
 
 @pytest.fixture(scope="module")
