@@ -27,10 +27,10 @@ What ``quantize_int8`` does to the fp32 graph, in order (steps 1-2 are exact in 
 
 Which layers are int8 by default, and why (``python export/sensitivity.py`` measures it on any
 model): conv3 and conv4 (62 % of LFM's multiply-adds). conv2's input, the pooled output of
-conv1, spans four orders of magnitude within each channel (median 0.3, maximum 135 on upstream's
-checkpoint), which 256 uniform levels cannot hold: quantised, it moved upstream's logits by a
-median of 0.45-0.9 on images of another kind than the calibration set, every other layer int8
-and conv2 fp32 by 0.08-0.12. The salience conv's output is what Top-K pools, so its int8 form
+conv1, spans nearly three orders of magnitude (nonzero values: median 0.3, maximum 135 on
+upstream's checkpoint), which 256 uniform levels cannot hold: with conv2-conv4 int8, upstream's
+logits moved by a median 0.45 on images of another kind than the calibration set, with conv3
+and conv4 alone by 0.08-0.12. The salience conv's output is what Top-K pools, so its int8 form
 flipped sure decisions outright. ``int8_layers="all"`` quantises every conv (faster; check it
 with the cross-domain report before deploying).
 
