@@ -5,11 +5,13 @@
 
 LFM is a chain of five quantisable layers (conv1..conv4 of SNet, each with its ReLU and
 max-pool, then the 1x1 salience conv). The fp32 model is quantised with the export's settings
-several ways: every layer (what the export ships), one layer only (the others kept fp32), and
-every layer but one; each is scored against the fp32 model on a stress set (export/fidelity.py:
+several ways: every layer, one layer only (the others kept fp32), and every layer but one (the
+export's default, conv3 and conv4 only, came from this); each is scored against the fp32 model
+on a stress set (export/fidelity.py:
 images of other kinds derived from the --test images, or from images of DIR left out of
-calibration, plus synthetic ones). A layer whose "only" row flips decisions, or whose "all but"
-row is much better than "every layer", is where the INT8 model loses them. Rerun it on your own
+calibration, plus synthetic ones). A layer whose "only" row moves the logits or flips decisions,
+or whose "all but" row is much better than "all", is where the INT8 model loses them: keep it fp32
+with ``export/to_onnx.py --int8 --int8-layers ...``. Rerun it on your own
 model and images before you deploy an INT8 model in a domain the export's check did not cover.
 """
 from __future__ import annotations
@@ -76,17 +78,24 @@ def _ratio(a: float, b: float) -> float:
 
 
 def summarize(rows: list[dict]) -> list[str]:
-    """Lines naming the layers that matter most: the ones whose exclusion helps most."""
+    """Lines naming the layers that matter: those that alone move the logits most (the "only"
+    rows), and those whose fp32 fallback helps most (the "all but" rows)."""
     base = rows[0]["report"].overall
-    lines = []
-    for row in rows:
-        if not row["config"].startswith("all but"):
-            continue
-        o = row["report"].overall
-        gain = _ratio(base.median_abs_dlogit, o.median_abs_dlogit)
-        lines.append((gain, f"{row['config']:<18} median |dlogit| {base.median_abs_dlogit:.3f} -> "
-                            f"{o.median_abs_dlogit:.3f} ({gain:.1f}x), flips {base.flips} -> {o.flips}"))
-    return [line for _, line in sorted(lines, key=lambda t: -t[0])]
+    alone = sorted((r for r in rows if r["config"].startswith("only")),
+                   key=lambda r: (-r["report"].overall.sure_flips, -r["report"].overall.median_abs_dlogit))
+    lines = ["layers that alone move the logits most (int8 alone, the rest fp32):"]
+    for r in alone:
+        o = r["report"].overall
+        lines.append(f"  {r['config']:<18} median |dlogit| {o.median_abs_dlogit:.3f}, sure flips {o.sure_flips}")
+    lines.append("layers whose fp32 fallback helps most (every other layer int8):")
+    helped = []
+    for r in rows:
+        if r["config"].startswith("all but"):
+            o = r["report"].overall
+            gain = _ratio(base.median_abs_dlogit, o.median_abs_dlogit)
+            helped.append((gain, f"  {r['config']:<18} median |dlogit| {base.median_abs_dlogit:.3f} -> "
+                                 f"{o.median_abs_dlogit:.3f} ({gain:.1f}x), flips {base.flips} -> {o.flips}"))
+    return lines + [line for _, line in sorted(helped, key=lambda t: -t[0])]
 
 
 def _parse(argv=None):
@@ -131,9 +140,8 @@ def main(argv=None) -> int:
     except (QuantizeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("layers whose fp32 fallback helps most:")
     for line in summarize(rows):
-        print("  " + line)
+        print(line)
     if args.output:
         with open(args.output, "w") as f:
             json.dump([{**r, "report": r["report"].to_dict()} for r in rows], f, indent=1)

@@ -211,4 +211,5 @@ def test_sensitivity_command_quantises_each_layer_alone_and_all_but_each(small_c
     assert rows[1]["int8_layers"] == ["conv1"] and rows[6]["int8_layers"] == layers[1:]
     assert all(r["report"]["overall"]["n"] == 8 * 4 for r in rows)  # 12 images left: 4 per group
     printed = capsys.readouterr().out
-    assert "layers whose fp32 fallback helps most:" in printed and printed.count("all but") >= 10
+    assert "layers whose fp32 fallback helps most" in printed and printed.count("all but") >= 10
+    assert "layers that alone move the logits most" in printed and printed.count("only") >= 10
