@@ -229,6 +229,18 @@ def test_openvino_never_lowers_a_float_input_graph_silently(exported, reference_
     np.testing.assert_allclose(ov_logits, ort_logits, rtol=1e-4, atol=1e-3)
 
 
+def test_infer_says_what_precision_the_backend_ran(exported, reference_dir, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
+    from lfm.runtime.infer import main
+
+    assert main(["--model", str(exported["float"]), "--backend", "openvino", str(reference_dir / "images")]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("scored 8 of 8 inputs") and last.endswith(
+        "openvino CPU, inference precision f32 (hint f32: auto: float-input graph)"), last
+    assert main(["--model", str(exported["uint8"]), "--precision", "bf16", str(reference_dir / "images")]) == 2
+    assert "applies to --backend openvino only" in capsys.readouterr().err
+
+
 def test_openvino_precision_choice():
     from lfm.runtime.runners import BackendError, make_runner, openvino_precision
     from lfm.runtime.spec import ModelSpec
