@@ -122,7 +122,19 @@ def main(argv=None) -> int:
     from lfm.export.fidelity import make_stress_set
     from lfm.export.quantize import QuantizeError, calibration_images, model_spec
 
+    from lfm.export.paths import output_problem
+
     args = _parse(argv)
+    if not os.path.isfile(args.model):
+        print(f"error: {args.model}: no such model file", file=sys.stderr)
+        return 2
+    if args.output:
+        problem = output_problem(args.output, "sensitivity.json")
+        if problem is None and os.path.exists(args.output) and os.path.samefile(args.output, args.model):
+            problem = f"{args.output}: is the model itself; give another file for the rows"
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         spec = model_spec(args.model)
         files = calibration_images(args.calib, n=0)

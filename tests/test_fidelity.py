@@ -213,3 +213,15 @@ def test_sensitivity_command_quantises_each_layer_alone_and_all_but_each(small_c
     printed = capsys.readouterr().out
     assert "layers whose fp32 fallback helps most" in printed and printed.count("all but") >= 10
     assert "layers that alone move the logits most" in printed and printed.count("only") >= 10
+
+
+def test_sensitivity_bad_arguments_are_one_line_and_never_overwrite_the_model(small_ckpt_and_images, tmp_path, capsys):
+    from lfm.export import sensitivity
+
+    _, images = small_ckpt_and_images
+    assert sensitivity.main([str(tmp_path / "none.onnx"), "--calib", str(images)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'none.onnx'}: no such model file"
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"precious")
+    assert sensitivity.main([str(model), "--calib", str(images), "-o", str(model)]) == 2
+    assert "is the model itself" in capsys.readouterr().err and model.read_bytes() == b"precious"
