@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from lfm.runtime import custom_ops
+from lfm.runtime.files import give_default_mode
 from lfm.runtime.spec import ModelSpec
 from lfm.train.model import LFM, NPR
 
@@ -241,6 +242,7 @@ def save_atomic(model_proto, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    give_default_mode(fd)  # mkstemp's 600 would keep other users' services (Triton) from reading it
     os.close(fd)
     try:
         onnx.save(model_proto, tmp)

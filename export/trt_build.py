@@ -312,10 +312,12 @@ def save_build(plan: str, plan_bytes: bytes, sidecar: dict, report: dict) -> str
     Returns the rejected plan's path, or None."""
     import tempfile
 
+    from lfm.runtime.files import give_default_mode
     from lfm.runtime.trt_runner import sidecar_path, write_json_atomic
 
     directory = os.path.dirname(os.path.abspath(plan))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(plan) + ".", suffix=".tmp", dir=directory)
+    give_default_mode(fd)  # readable as a plain open() would make it, not mkstemp's 600
     report_path = plan + ".report.json"
     try:
         with os.fdopen(fd, "wb") as f:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lfm.runtime.files import give_default_mode
 from lfm.runtime.spec import ModelSpec
 
 from .model import LFM, LFMConfig, build_model
@@ -163,6 +164,7 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    give_default_mode(fd)  # readable as a plain open() would make it, not mkstemp's 600
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

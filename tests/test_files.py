@@ -1,0 +1,55 @@
+"""What the project writes is readable as a plain open() would make it (issue 14, item 4): models
+and checkpoints go through mkstemp + rename, and mkstemp alone gives mode 600, which a Triton
+container or service running as another user cannot read. Reference: the mode of a file that
+plain open() creates under the same umask."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_default_mode_is_what_open_gives(tmp_path, umask_022):
+    from lfm.runtime.files import current_umask, default_mode
+
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert current_umask() == 0o022 and default_mode() == _mode(plain) == 0o644
+
+
+def test_onnx_model_and_checkpoint_are_world_readable(tmp_path, umask_022):
+    pytest.importorskip("torch", reason="building a model needs the [train] extra")
+    pytest.importorskip("onnx", reason="exporting needs the [export] extra")
+    from conftest import random_lfm
+    from lfm.export.onnx_export import save_atomic as save_onnx, torch_to_onnx
+    from lfm.runtime.spec import ModelSpec
+    from lfm.train.checkpoint import make_checkpoint, save_atomic as save_ckpt
+
+    model = random_lfm()
+    save_ckpt(make_checkpoint(model, ModelSpec()), tmp_path / "ckpt.pt")
+    save_onnx(torch_to_onnx(model, ModelSpec(input="uint8"), "uint8"), tmp_path / "lfm.onnx")
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert _mode(tmp_path / "ckpt.pt") == _mode(tmp_path / "lfm.onnx") == _mode(plain) == 0o644
+
+
+def test_engine_plan_is_world_readable(tmp_path, umask_022):
+    """save_build writes the plan the same way (no TensorRT needed: the bytes are given)."""
+    from lfm.export.trt_build import save_build
+
+    plan = str(tmp_path / "lfm.plan")
+    assert save_build(plan, b"engine bytes", {"lfm.spec": "{}"}, {"passed": True}) is None
+    rejected = save_build(str(tmp_path / "other.plan"), b"bad", {}, {"passed": False})
+    assert _mode(plan) == _mode(rejected) == 0o644
