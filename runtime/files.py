@@ -1,4 +1,4 @@
-"""File permissions of what the project writes (no heavy imports).
+"""Output files: where they may be written, and with which permissions (no heavy imports).
 
 ``tempfile.mkstemp`` creates files with mode 600 whatever the umask, so a model, engine or
 checkpoint written to a temp file and renamed would be readable by its owner alone: a Triton
@@ -35,3 +35,16 @@ def give_default_mode(fd_or_path) -> None:
         os.fchmod(fd_or_path, default_mode())
     else:
         os.chmod(fd_or_path, default_mode())
+
+
+def output_problem(path: str, example_name: str) -> str | None:
+    """Why ``path`` cannot be written as an output file, in one line; None if it can. Checked
+    before the work, and no folder is ever created for it."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        return f"{path}: is a directory; give a file name such as {os.path.join(path, example_name)}"
+    if not os.path.isdir(directory):
+        return f"{path}: folder {directory} does not exist"
+    if not os.access(directory, os.W_OK):
+        return f"{path}: folder {directory} is not writable"
+    return None

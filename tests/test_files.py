@@ -53,3 +53,18 @@ def test_engine_plan_is_world_readable(tmp_path, umask_022):
     assert save_build(plan, b"engine bytes", {"lfm.spec": "{}"}, {"passed": True}) is None
     rejected = save_build(str(tmp_path / "other.plan"), b"bad", {}, {"passed": False})
     assert _mode(plan) == _mode(rejected) == 0o644
+
+
+def test_evaluate_checks_its_output_first_and_creates_no_folder(tmp_path):
+    """evaluate.py -o /nonexistent/e.json used to create /nonexistent (issue 14, item 5)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch", reason="evaluate.py needs the [train] extra")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "no" / "such" / "e.json"
+    r = subprocess.run([sys.executable, str(root / "train" / "evaluate.py"), str(tmp_path / "missing.pt"),
+                        "--data", str(tmp_path), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {out}: folder {out.parent} does not exist", r.stderr
+    assert not (tmp_path / "no").exists()

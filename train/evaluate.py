@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lfm.runtime.files import output_problem
 from lfm.train.checkpoint import CheckpointError, load_checkpoint
 from lfm.train.data import BadFileLog, DatasetError, EvalTransform, ImageDataset, collate_skip_bad, find_samples
 from lfm.train.metrics import binary_metrics
@@ -109,6 +110,10 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    problem = output_problem(args.output, "eval.json") if args.output else None
+    if problem:  # before the work, and no folder is created for it
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         ckpt = load_checkpoint(args.checkpoint)
         classes = args.classes.split(",") if args.classes else None
@@ -139,7 +144,6 @@ def main(argv=None) -> int:
         report = {"checkpoint": os.path.abspath(args.checkpoint), "data": os.path.abspath(args.data),
                   "spec": spec.to_dict(), "results": results, "skipped": bad.reasons}
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             with open(args.output, "w") as f:
                 json.dump(report, f, indent=2)
         except OSError as e:
