@@ -68,11 +68,6 @@ def sensitivity(fp32_path: str, calib_files: Sequence[str], test_groups: dict[st
     return rows
 
 
-def worst_median(report: FidelityReport) -> tuple[str, float]:
-    name, r = max(report.groups.items(), key=lambda kv: kv[1].median_abs_dlogit)
-    return name, r.median_abs_dlogit
-
-
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("inf") if a else 1.0
 

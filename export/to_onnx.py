@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.export.paths import output_problem  # noqa: E402
+from lfm.export.quantize import DEFAULT_INT8_LAYERS  # noqa: E402  (numpy and Pillow; onnx only when it quantises)
 
-DEFAULT_INT8_LAYERS = ("conv3", "conv4")  # lfm.export.quantize.DEFAULT_INT8_LAYERS, without importing onnx here
 MIN_CALIBRATION_IMAGES = 8  # fewer: refused
 FEW_CALIBRATION_IMAGES = 32  # fewer: a loud warning
 
