@@ -3,13 +3,15 @@
     python runtime/serve.py --model lfm.onnx [--host 127.0.0.1] [--http-port 8000]
                             [--grpc-port 8001] [--metrics-port 8002] [--instances 2]
                             [--max-batch-size 32] [--preferred-batch-sizes 8,16]
-                            [--max-queue-delay-us 2000] [--max-request-bytes 67108864] ...
+                            [--max-queue-delay-us 2000] [--max-request-bytes 67108864]
+                            [--model-name lfm] ...
     python runtime/serve.py --checkpoint ckpt.pt ...     (PyTorch, the reference backend)
     python runtime/serve.py --engine lfm.plan ...        (TensorRT, where the runtime has it)
 
 A real Triton Inference Server (the binary bundled in the `nvidia-pytriton` wheel; it runs on
-the CPU too) serves one model, ``lfm``, backed by the runtime's Detector: the same decoding,
-preprocessing and backends as runtime/infer.py, so a file scores the same through either.
+the CPU too) serves one model, ``lfm`` (--model-name), backed by the runtime's Detector: the
+same decoding, preprocessing and backends as runtime/infer.py, so a file scores the same
+through either.
 
 Model ``lfm`` (max_batch_size > 0: every tensor below has a leading batch dimension)
 
@@ -52,6 +54,7 @@ import inspect
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -68,7 +71,7 @@ from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
 from lfm.runtime.runners import BACKENDS, OPENVINO_PRECISIONS, BackendError  # noqa: E402
-from lfm.runtime.spec import POLICIES, check_input_size  # noqa: E402
+from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
 
 LOG = logging.getLogger("lfm.serve")
 
@@ -252,47 +255,114 @@ class LfmModel:
 # --------------------------------------------------------------------------------------------
 # Command line
 
+# PyTriton's own rule for model names (Triton.bind refuses others, after Triton has started).
+MODEL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring's layout kept, and every option's default in its help: appended as
+    "(default: X)" unless the help already says what the default is (options whose default
+    None stands for something, e.g. "the model's")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "(default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0 and action.default is False:  # a store_true flag
+            return f"{text} (default: off)".strip()
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def int_in(low: int, high: int | None = None, problem: str = "out of range"):
+    """An argparse type: an integer in [low, high] (no upper bound for None), refused in one
+    line naming the accepted range."""
+    expected = f"{low}..{high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is {problem} (expected {expected})")
+        return value
+
+    return parse
+
+
+port = int_in(1, 65535, "not a TCP port")
+at_least_1 = int_in(1)
+at_least_0 = int_in(0)
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range (expected a number in [0, 1])")
+    return value
+
+
+def model_name(text: str) -> str:
+    if not MODEL_NAME_PATTERN.match(text) or set(text) == {"."}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid Triton model name: use letters, digits, "
+                                         "'.', '_' and '-' only")
+    return text
+
 
 def parse_args(argv=None):
     doc = __doc__.split("\n\n")
     p = argparse.ArgumentParser(prog="serve.py", description=doc[0],
-                                epilog="\n\n".join(doc[1:3]), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="\n\n".join(doc[1:3]), formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime, or --backend openvino)")
     src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs the runtime's TensorRT runner)")
     src.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint (needs the [train] extra)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
-                     help="address for HTTP, gRPC and metrics (default 127.0.0.1; 0.0.0.0 for every interface)")
-    net.add_argument("--http-port", type=int, default=8000)
-    net.add_argument("--grpc-port", type=int, default=8001)
-    net.add_argument("--metrics-port", type=int, default=8002)
+                     help="address for HTTP, gRPC and metrics; 0.0.0.0 for every interface")
+    net.add_argument("--http-port", type=port, metavar="PORT", default=8000, help="Triton's HTTP/REST endpoint")
+    net.add_argument("--grpc-port", type=port, metavar="PORT", default=8001, help="Triton's gRPC endpoint")
+    net.add_argument("--metrics-port", type=port, metavar="PORT", default=8002, help="Prometheus metrics, at /metrics")
     tr = p.add_argument_group("Triton")
-    tr.add_argument("--instances", type=int, default=2,
-                    help="model instances, each with its own Detector and backend session (default 2)")
-    tr.add_argument("--max-batch-size", type=int, default=32,
-                    help="largest batch the dynamic batcher forms, counted in images (default 32)")
-    tr.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
-                    help="dynamic batcher's preferred batch sizes, comma-separated (default 8,16; '' for none)")
-    tr.add_argument("--max-queue-delay-us", type=int, default=2000,
-                    help="how long a request may wait for others to batch with, microseconds (default 2000)")
-    tr.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-                    help="larger requests get an error per item, not decoded (default 64 MiB)")
-    tr.add_argument("--exit-timeout", type=int, default=20,
-                    help=f"on SIGTERM, wait this long for in-flight requests (s, at most {MAX_EXIT_TIMEOUT_S}; default 20)")
-    tr.add_argument("--log-verbose", type=int, default=0, help="Triton's verbose log level (default 0)")
+    tr.add_argument("--model-name", type=model_name, default=MODEL_NAME, metavar="NAME",
+                    help="Triton model name to serve under; clients name it too: runtime/client.py --model NAME")
+    tr.add_argument("--instances", metavar="N", type=at_least_1, default=2,
+                    help="model instances, each with its own Detector and backend session")
+    tr.add_argument("--max-batch-size", metavar="N", type=at_least_1, default=32,
+                    help="largest batch the dynamic batcher forms, counted in images")
+    tr.add_argument("--preferred-batch-sizes", metavar="N,N", default=",".join(map(str, DEFAULT_PREFERRED)),
+                    help="dynamic batcher's preferred batch sizes, comma-separated ('' for none)")
+    tr.add_argument("--max-queue-delay-us", metavar="US", type=at_least_0, default=2000,
+                    help="how long a request may wait for others to batch with, microseconds")
+    tr.add_argument("--max-request-bytes", metavar="BYTES", type=at_least_1, default=DEFAULT_MAX_REQUEST_BYTES,
+                    help="larger requests get an error per item, not decoded (default: %(default)s = 64 MiB)")
+    tr.add_argument("--exit-timeout", type=int_in(0, MAX_EXIT_TIMEOUT_S), default=20,
+                    metavar="S", help=f"on SIGTERM, wait this long for in-flight requests, seconds, at most {MAX_EXIT_TIMEOUT_S}")
+    tr.add_argument("--log-verbose", metavar="N", type=at_least_0, default=0, help="Triton's verbose log level")
     tr.add_argument("--no-self-test", action="store_true",
                     help="skip the start-up request that checks the server answers as the local Detector does")
     rt = p.add_argument_group("runtime (as runtime/infer.py)")
-    rt.add_argument("--threshold", type=float, default=None)
-    rt.add_argument("--policy", choices=POLICIES, default=None)
-    rt.add_argument("--size", type=int, default=None)
-    rt.add_argument("--tile-reduce", choices=("max", "mean"), default="max")
-    rt.add_argument("--max-tiles", type=int, default=64)
-    rt.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
-    rt.add_argument("--workers", type=int, default=None, help="decoding threads per instance (default: cores, at most 8)")
-    rt.add_argument("--threads", type=int, default=None, help="backend intra-op threads per instance (default: cores / instances)")
-    rt.add_argument("--providers", default=None, help="--model: comma-separated onnxruntime providers")
+    rt.add_argument("--threshold", metavar="T", type=fraction, default=None,
+                    help="score at or above which an image is 'fake', in [0, 1] (default: the model's)")
+    rt.add_argument("--policy", choices=POLICIES, default=None,
+                    help="preprocessing: resize, center-crop, none (native size) or tiles (default: the model's)")
+    rt.add_argument("--size", metavar="PX", type=int, default=None, help="side for resize / center-crop / tiles (default: the model's)")
+    rt.add_argument("--tile-reduce", choices=("max", "mean"), default="max",
+                    help="--policy tiles: image logit = max or mean of its tiles' logits")
+    rt.add_argument("--max-tiles", metavar="N", type=at_least_1, default=64, help="--policy tiles: at most this many tiles per image")
+    rt.add_argument("--max-pixels", metavar="N", type=at_least_1, default=DEFAULT_MAX_PIXELS,
+                    help="refuse larger images (decompression bombs)")
+    rt.add_argument("--workers", metavar="N", type=at_least_1, default=None,
+                    help="decoding threads per instance (default: cores / instances, at most 8)")
+    rt.add_argument("--threads", metavar="N", type=at_least_1, default=None,
+                    help="backend intra-op threads per instance (default: cores / instances)")
+    rt.add_argument("--providers", default=None,
+                    help="--model: comma-separated onnxruntime providers (default: TensorRT, CUDA, CPU as available)")
     rt.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="--model: onnxruntime or openvino")
     rt.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
                     help="--backend openvino: inference precision (auto: the one that keeps the fp32 model's decisions)")
@@ -306,27 +376,16 @@ def parse_args(argv=None):
         args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
     except ValueError:
         p.error(f"--preferred-batch-sizes: expected comma-separated integers, got {args.preferred_batch_sizes!r}")
-    if args.max_batch_size < 1:
-        p.error("--max-batch-size must be >= 1")
     if any(b < 1 or b > args.max_batch_size for b in args.preferred):
         p.error(f"--preferred-batch-sizes must lie in [1, --max-batch-size={args.max_batch_size}]")
-    if args.instances < 1:
-        p.error("--instances must be >= 1")
-    if args.max_queue_delay_us < 0:
-        p.error("--max-queue-delay-us must be >= 0")
-    if args.max_request_bytes < 1:
-        p.error("--max-request-bytes must be >= 1")
-    if not 0 <= args.exit_timeout <= MAX_EXIT_TIMEOUT_S:
-        p.error(f"--exit-timeout must lie in [0, {MAX_EXIT_TIMEOUT_S}]")
     if args.cuda_graphs and not (args.engine or args.checkpoint):
         p.error("--cuda-graphs is for --engine or --checkpoint")
     if args.kernels and not args.checkpoint:
         p.error("--kernels runs a PyTorch checkpoint through the Triton kernels: give --checkpoint")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        p.error("--threshold must lie in [0, 1]")
-    ports = [args.http_port, args.grpc_port, args.metrics_port]
-    if len(set(ports)) != 3 or not all(0 < x < 65536 for x in ports):
-        p.error(f"--http-port, --grpc-port and --metrics-port must be three different ports, got {ports}")
+    ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
+    for a, b in [("--http-port", "--grpc-port"), ("--http-port", "--metrics-port"), ("--grpc-port", "--metrics-port")]:
+        if ports[a] == ports[b]:
+            p.error(f"{a} and {b} are both {ports[a]}: each endpoint needs a port of its own")
     return args
 
 
@@ -361,34 +420,53 @@ def check_ports_free(host: str, ports: list[int]) -> None:
                 raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def self_test_image() -> bytes:
-    """A small deterministic PNG (noise, 96 x 80) for the start-up check."""
+SELF_TEST_SIZE = (96, 80)  # width, height of the start-up image where the model's spec allows
+
+
+def self_test_image(spec) -> bytes:
+    """A deterministic noise PNG for the start-up check that the model's spec accepts: 96 x 80,
+    grown to the spec's minimum input (top-k) on each side, and to its size for center-crop and
+    tiles (which refuse smaller images / need one whole tile)."""
     from PIL import Image
 
-    a = np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    side = min_input_size(spec.top_k)
+    if spec.policy in ("center-crop", "tiles"):
+        side = max(side, spec.size)
+    w, h = (max(n, side) for n in SELF_TEST_SIZE)
+    a = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
 
 
-def self_test(url: str, detector: Detector) -> str:
+def records_agree(served: Record, local: Record) -> bool:
+    """The server answers as the local Detector does: the same logit and score, or the same
+    error (e.g. an image over --max-pixels: both refuse it, which is agreement, not a fault)."""
+    if served.ok and local.ok:
+        return served.logit == local.logit and served.score == local.score
+    return not served.ok and not local.ok and served.error == local.error
+
+
+def self_test(url: str, detector: Detector, model: str = MODEL_NAME) -> str:
     """Score one image through the running server and locally; raise unless they agree exactly.
     Catches a server that answers but returns nothing (e.g. PyTriton <= 0.5.7 under numpy 2:
     every output arrives empty)."""
     from lfm.runtime.client import LfmClient, ServerError
 
-    blob = self_test_image()
+    blob = self_test_image(detector.spec)
     (local,) = detector.predict([blob])
-    with LfmClient(url, timeout=60.0) as client:
+    with LfmClient(url, model=model, timeout=60.0) as client:
         try:
             (served,) = client.score_bytes([blob])
         except ServerError as e:
             hint = ("; PyTriton's Python backend returns empty outputs under numpy 2: install nvidia-pytriton>=0.5.8, "
                     "which pins numpy<2 (pip install -e '.[serve]')") if int(np.__version__.split(".")[0]) >= 2 else ""
             raise RuntimeError(f"start-up self-test failed: {e}{hint}") from None
-    if not (served.ok and local.ok and served.logit == local.logit and served.score == local.score):
+    if not records_agree(served, local):
         raise RuntimeError(f"start-up self-test failed: server answered {served.to_dict()}, "
                            f"the local Detector {local.to_dict()}")
+    if not served.ok:
+        return f"self-test: server and local Detector agree (both refuse the test image: {served.error})"
     return f"self-test: server and local Detector agree (logit {served.logit:.6f})"
 
 
@@ -434,7 +512,7 @@ def serve(args) -> int:
         for s in (signal.SIGTERM, signal.SIGINT):
             signals[s] = signal.signal(s, on_signal)
         triton.bind(
-            model_name=MODEL_NAME,
+            model_name=args.model_name,
             infer_func=[LfmModel(d, args.max_request_bytes) for d in detectors],
             inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
                     Tensor(name=PIXELS_INPUT, dtype=np.uint8, shape=(-1, -1, 3), optional=True)],
@@ -451,8 +529,8 @@ def serve(args) -> int:
             triton.run()
         url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.http_port}"
         if not args.no_self_test:
-            LOG.info(self_test(url, detectors[0]))
-        print(f"serving model '{MODEL_NAME}': HTTP {args.host}:{args.http_port}, gRPC {args.host}:{args.grpc_port}, "
+            LOG.info(self_test(url, detectors[0], args.model_name))
+        print(f"serving model '{args.model_name}': HTTP {args.host}:{args.http_port}, gRPC {args.host}:{args.grpc_port}, "
               f"metrics http://{args.host}:{args.metrics_port}/metrics; {detectors[0].runner.describe()} "
               f"(pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
               file=sys.stderr, flush=True)

@@ -87,9 +87,9 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self):
+    def wait_ready(self, model: str = "lfm"):
         deadline = time.monotonic() + START_TIMEOUT_S
-        with LfmClient(self.http_url, timeout=5) as c:
+        with LfmClient(self.http_url, model=model, timeout=5) as c:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     pytest.fail(f"serve.py exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
@@ -251,6 +251,177 @@ def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env, m
         assert f"error: {plan}: no such file" in err
     else:
         assert "--engine needs the runtime's TensorRT runner" in err
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--http-port", "99999"], "argument --http-port: 99999 is not a TCP port (expected 1..65535)"),
+    (["--grpc-port", "0"], "argument --grpc-port: 0 is not a TCP port (expected 1..65535)"),
+    (["--metrics-port", "65536"], "argument --metrics-port: 65536 is not a TCP port (expected 1..65535)"),
+    (["--http-port", "9000", "--metrics-port", "9000"], "--http-port and --metrics-port are both 9000"),
+    (["--grpc-port", "8000"], "--http-port and --grpc-port are both 8000"),
+    (["--instances", "0"], "argument --instances: 0 is out of range (expected >= 1)"),
+    (["--max-batch-size", "0"], "argument --max-batch-size: 0 is out of range (expected >= 1)"),
+    (["--threshold", "1.5"], "argument --threshold: 1.5 is out of range (expected a number in [0, 1])"),
+    (["--threshold", "nan"], "argument --threshold: nan is out of range"),
+    (["--max-tiles", "0"], "argument --max-tiles: 0 is out of range (expected >= 1)"),
+    (["--max-pixels", "0"], "argument --max-pixels: 0 is out of range (expected >= 1)"),
+    (["--workers", "-1"], "argument --workers: -1 is out of range (expected >= 1)"),
+    (["--threads", "0"], "argument --threads: 0 is out of range (expected >= 1)"),
+    (["--log-verbose", "-1"], "argument --log-verbose: -1 is out of range (expected >= 0)"),
+    (["--exit-timeout", "26"], "argument --exit-timeout: 26 is out of range (expected 0..25)"),
+    (["--model-name", "a/b"], "argument --model-name: 'a/b' is not a valid Triton model name"),
+])
+def test_serve_refuses_out_of_range_options_at_parsing(args, problem, capsys):
+    need_pytriton()
+    from lfm.runtime import serve
+
+    with pytest.raises(SystemExit) as e:
+        serve.parse_args(["--model", "m.onnx", *args])
+    assert e.value.code == 2
+    assert problem in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_serve_accepts_options_at_the_edges_of_their_ranges():
+    need_pytriton()
+    from lfm.runtime import serve
+
+    args = serve.parse_args(["--model", "m.onnx", "--http-port", "65535", "--grpc-port", "1", "--metrics-port", "8002",
+                             "--threshold", "0", "--exit-timeout", "0", "--max-queue-delay-us", "0",
+                             "--log-verbose", "0", "--model-name", "lfm-v2.int8_b"])
+    assert (args.http_port, args.grpc_port, args.threshold, args.exit_timeout) == (65535, 1, 0.0, 0)
+    assert args.model_name == "lfm-v2.int8_b"
+    assert serve.parse_args(["--model", "m.onnx", "--threshold", "1"]).threshold == 1.0
+    assert serve.parse_args(["--model", "m.onnx"]).model_name == "lfm"  # the name clients ask for by default
+
+
+def test_serve_port_out_of_range_is_one_line_exit_2():
+    """The command itself: exit 2 before anything starts, the last line names the option and
+    the range (it used to say 'must be three different ports')."""
+    need_pytriton()
+    r = subprocess.run([sys.executable, str(SERVE), "--model", "m.onnx", "--http-port", "99999"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "serve.py: error: argument --http-port: 99999 is not a TCP port (expected 1..65535)")
+
+
+def _help_blocks(text: str) -> dict[str, str]:
+    """`--option` -> its help text (wrapped lines joined) from argparse's --help output."""
+    blocks, current = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line.startswith("  -") and not line.startswith("   "):
+            current = stripped.split()[0].rstrip(",")
+            if current == "-h":
+                current = "--help"
+            blocks[current] = stripped
+        elif current and line.startswith("    ") and stripped:
+            blocks[current] += " " + stripped
+        else:
+            current = None
+    return blocks
+
+
+def test_serve_help_states_every_default():
+    """`serve.py --help`: every option that has a default says it, "(default: X)" with the
+    value parse_args really uses, or what an unset value means (e.g. the model's)."""
+    need_pytriton()
+    from lfm.runtime import serve
+
+    r = subprocess.run([sys.executable, str(SERVE), "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, "COLUMNS": "100"})
+    assert r.returncode == 0, r.stderr
+    blocks = _help_blocks(r.stdout)
+    defaults = vars(serve.parse_args(["--model", "m.onnx"]))
+    no_default = {"--help", "--model", "--engine", "--checkpoint"}  # one of the three is required
+    options = set(blocks) - no_default
+    assert {"--http-port", "--grpc-port", "--metrics-port", "--threshold", "--policy", "--size", "--tile-reduce",
+            "--max-tiles", "--model-name", "--no-self-test", "--kernels"} <= options
+    for option in sorted(options):
+        value = defaults[option[2:].replace("-", "_")]
+        help_text = " ".join(blocks[option].split())
+        if value is None:
+            assert "(default: " in help_text, help_text
+        elif value is False:
+            assert "(default: off)" in help_text, help_text
+        else:
+            assert f"(default: {value}" in help_text, help_text
+    assert "(default: 8000)" in blocks["--http-port"] and "(default: lfm)" in blocks["--model-name"]
+    assert "(default: the model's)" in blocks["--policy"] and "(default: max)" in blocks["--tile-reduce"]
+
+
+@pytest.mark.parametrize("policy, size", [("center-crop", 128), ("tiles", 160), ("center-crop", 64),
+                                          ("resize", None), ("none", None)])
+def test_self_test_image_fits_the_model_spec(random_onnx, policy, size):
+    """The start-up image is one the model's spec accepts: the fixed 96 x 80 was refused by a
+    center-crop to 128 (serve.py then exited 1 at start-up)."""
+    need_pytriton()
+    from lfm.runtime.preprocess import open_image, tile_boxes
+    from lfm.runtime.serve import self_test_image
+
+    with Detector(model=str(random_onnx), policy=policy, size=size, workers=1, threads=1) as det:
+        blob = self_test_image(det.spec)
+        (record,) = det.predict([blob])
+        assert record.ok, record.error
+    img = open_image(blob)
+    if policy in ("center-crop", "tiles"):
+        assert min(img.size) >= det.spec.size
+    else:  # resize / none take any image above the minimum: the small one is kept
+        assert img.size == (96, 80)
+    if policy == "tiles":
+        assert len(tile_boxes(img.width, img.height, det.spec.size)) == 1
+
+
+def test_self_test_image_holds_top_k():
+    """A spec with a larger top-k needs a larger minimum input than 96 x 80 gives."""
+    need_pytriton()
+    from lfm.runtime.preprocess import open_image
+    from lfm.runtime.serve import self_test_image
+    from lfm.runtime.spec import ModelSpec, check_input_size, min_input_size
+
+    spec = ModelSpec(policy="none", top_k=128)
+    assert min_input_size(128) > 80
+    img = open_image(self_test_image(spec))
+    check_input_size(img.height, img.width, 128)
+    assert min(img.size) >= min_input_size(128)
+
+
+def _in_process_server(monkeypatch, server_detector):
+    """LfmClient requests answered by serve.py's real model callable (LfmModel, its own
+    Detector) in this process: serve.self_test runs end to end except for Triton's transport."""
+    from lfm.runtime import client, serve
+
+    model = serve.LfmModel(server_detector)
+    monkeypatch.setattr(client.LfmClient, "infer",
+                        lambda self, name, data, datatype: model([{name: data}])[0])
+
+
+def test_self_test_agreement_rule(random_onnx, monkeypatch):
+    """The same error record from server and local Detector is agreement (the server starts);
+    different answers are not."""
+    need_pytriton()
+    from lfm.runtime.records import Record
+    from lfm.runtime.serve import records_agree, self_test
+
+    ok = Record.from_logit("a", 0.25, 0.5)
+    assert records_agree(ok, Record.from_logit("b", 0.25, 0.5))
+    assert not records_agree(ok, Record.from_logit("b", 0.5, 0.5))
+    assert records_agree(Record.failed("a", "too big"), Record.failed("b", "too big"))
+    assert not records_agree(Record.failed("a", "too big"), Record.failed("b", "too small"))
+    assert not records_agree(ok, Record.failed("b", "too big")) and not records_agree(Record.failed("a", "x"), ok)
+
+    kw = dict(model=str(random_onnx), workers=1, threads=1)
+    # --max-pixels below the self-test image: both sides refuse it with the same error
+    with Detector(**kw, max_pixels=1000) as served, Detector(**kw, max_pixels=1000) as local:
+        _in_process_server(monkeypatch, served)
+        message = self_test("http://127.0.0.1:1", local)
+    assert message.startswith("self-test: server and local Detector agree (both refuse the test image: ")
+    assert "exceeds the limit of 1000" in message
+    # the server refuses what the local Detector scores: a failure
+    with Detector(**kw, max_pixels=1000) as served, Detector(**kw) as local:
+        _in_process_server(monkeypatch, served)
+        with pytest.raises(RuntimeError, match="start-up self-test failed"):
+            self_test("http://127.0.0.1:1", local)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,6 +629,56 @@ def test_zz_sigterm_finishes_in_flight_requests(server):
     assert "SIGTERM received" in log and "stopped in" in log
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.http), timeout=1)
+
+
+@pytest.fixture(scope="module")
+def center_crop_onnx(random_onnx, tmp_path_factory) -> Path:
+    """conftest's model with the spec of `to_onnx.py --policy center-crop --size 128` in its
+    metadata (the graph takes any size; only the spec differs)."""
+    onnx = pytest.importorskip("onnx", reason="rewriting ONNX metadata needs the [export] extra")
+    from lfm.export.onnx_export import read_metadata, save_atomic, set_metadata
+    from lfm.runtime.spec import ModelSpec
+
+    proto = onnx.load(str(random_onnx))
+    props = read_metadata(proto)
+    spec = ModelSpec.from_dict(json.loads(props["lfm.spec"])).replace(policy="center-crop", size=128)
+    props.update({"lfm.spec": spec.to_json(), "lfm.policy": spec.policy, "lfm.size": str(spec.size)})
+    set_metadata(proto, props)
+    path = tmp_path_factory.mktemp("center_crop_onnx") / "center_crop_128.onnx"
+    save_atomic(proto, path)
+    return path
+
+
+@pytest.mark.slow
+def test_center_crop_model_starts_under_a_chosen_model_name(center_crop_onnx, tmp_path):
+    """A model whose spec refuses the old 96 x 80 self-test image (center-crop to 128) starts
+    (serve.py exited 1 before), under --model-name, and scores as the local Detector does."""
+    need_pytriton()
+    with Detector(model=str(center_crop_onnx)) as det:
+        assert (det.spec.policy, det.spec.size) == ("center-crop", 128)
+        photo = encode(np.random.default_rng(5).integers(0, 256, (150, 200, 3), dtype=np.uint8), "PNG")
+        small = _png(100, 100)
+        ref = det.predict([photo, small])
+    assert ref[0].ok and "centre crop" in ref[1].error
+    s = Server(center_crop_onnx, tmp_path / "serve.log", "--model-name", "lfm_cc128", "--instances", "1")
+    try:
+        s.wait_ready(model="lfm_cc128")
+        log = s.log()
+        assert "self-test: server and local Detector agree (logit" in log
+        assert "serving model 'lfm_cc128'" in log
+        with LfmClient(s.grpc_url, model="lfm_cc128") as c:
+            got = c.score_bytes([photo, small])
+        assert same(got[0], ref[0]) and got[1].error == ref[1].error
+        with LfmClient(s.http_url) as c:
+            assert c.live() and not c.ready()  # nothing is served as 'lfm'
+        (tmp_path / "photo.png").write_bytes(photo)  # client.py's --model NAME reaches it too
+        res = subprocess.run([sys.executable, str(ROOT / "runtime" / "client.py"), str(tmp_path / "photo.png"),
+                              "--url", s.http_url, "--model", "lfm_cc128"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        row = json.loads(res.stdout)
+        assert (row["logit"], row["score"], row["label"]) == (ref[0].logit, ref[0].score, ref[0].label)
+    finally:
+        assert s.stop() == 0
 
 
 # --------------------------------------------------------------------------------------------
