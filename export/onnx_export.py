@@ -39,6 +39,13 @@ EXPORTER_VERSION = "lfm-deploy-export/1"
 INPUT_NAMES = {"float": "image", "uint8": "pixels"}
 OUTPUT_NAMES = ("logit", "score")
 MIN_OPSET = 17
+
+
+def max_opset() -> int:
+    """The newest opset this PyTorch's TorchScript exporter (dynamo=False, used here) writes."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
 VARIANTS = ("standard", "plugins")
 
 

@@ -24,7 +24,6 @@ as fp32 and against the standard graph of the same model. fp32 only.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -35,8 +34,11 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.export.paths import output_problem  # noqa: E402
+from lfm.runtime.cli import ArgumentParser, positive_int, run, unit_interval  # noqa: E402
+from lfm.runtime.spec import min_input_size  # noqa: E402
 from lfm.export.quantize import DEFAULT_INT8_LAYERS  # noqa: E402  (numpy and Pillow; onnx only when it quantises)
 
+MIN_OPSET = 17  # = lfm.export.onnx_export.MIN_OPSET (not imported here: that module needs torch)
 MIN_CALIBRATION_IMAGES = 8  # fewer: refused
 FEW_CALIBRATION_IMAGES = 32  # fewer: a loud warning
 
@@ -46,8 +48,7 @@ class ExportError(RuntimeError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="to_onnx.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("checkpoint", metavar="CKPT", help="our ckpt.pt or upstream's .pth")
     p.add_argument("-o", "--output", default="lfm.onnx", help="where to write the model (default: lfm.onnx)")
     p.add_argument("--input", choices=("float", "uint8"), default="uint8",
@@ -56,28 +57,30 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=("standard", "plugins"), default="standard",
                    help="standard: ONNX operators only (default); plugins: NPR and Top-K pooling as LFM's custom "
                         "nodes (TensorRT plugins; ONNX Runtime needs the [plugins] extra)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer")
+    p.add_argument("--opset", type=positive_int(MIN_OPSET, "--opset"), default=MIN_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET} up to the newest this PyTorch's exporter writes (20 for 2.x)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 inputs/outputs kept (GPU runtimes)")
     precision.add_argument("--int8", action="store_true", help="static INT8 QDQ model (ONNX Runtime CPU, TensorRT explicit INT8)")
     calib = p.add_mutually_exclusive_group()
     calib.add_argument("--calib", metavar="DIR", help="calibration images for --int8 (a share is held out for the report)")
     calib.add_argument("--calib-synthetic", action="store_true", help="calibrate on generated synthetic images (demos)")
-    p.add_argument("--calib-count", type=int, default=64, help="images used for calibration (default 64)")
+    p.add_argument("--calib-count", type=positive_int(MIN_CALIBRATION_IMAGES, "--calib-count"), default=64, help="images used for calibration (default 64)")
     p.add_argument("--int8-profile", choices=("cpu", "tensorrt"), default="cpu",
                    help="cpu: uint8 activations, fast on ONNX Runtime/OpenVINO (default); tensorrt: symmetric int8 "
                         "activations with zero points 0, as TensorRT's explicit INT8 requires (slow on ORT CPU)")
     p.add_argument("--int8-layers", default=",".join(DEFAULT_INT8_LAYERS), metavar="LAYERS",
                    help="layers quantised: 'all' or some of conv1,conv2,conv3,conv4,salience (default: "
                         f"{','.join(DEFAULT_INT8_LAYERS)}, the ones that keep the decisions; see export/sensitivity.py)")
-    p.add_argument("--report-count", type=int, default=512, help="held-out images scored for the INT8 report (default 512)")
+    p.add_argument("--report-count", type=positive_int(1, "--report-count"), default=512, help="held-out images scored for the INT8 report (default 512)")
     p.add_argument("--stress-count", type=int, default=32,
                    help="images per group of the cross-domain stress set (default 32)")
     p.add_argument("--force", action="store_true",
                    help="keep a reduced-precision model that fails the cross-domain check (the report says it was forced)")
     p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None, help="override the checkpoint's policy")
-    p.add_argument("--size", type=int, default=None, help="override the checkpoint's size")
-    p.add_argument("--threshold", type=float, default=None, help="override the checkpoint's threshold")
+    p.add_argument("--size", type=positive_int(min_input_size(), "--size"), default=None,
+                   help=f"override the checkpoint's size (at least {min_input_size()}, the smallest input K=16 can pool)")
+    p.add_argument("--threshold", type=unit_interval, default=None, help="override the checkpoint's threshold, in [0, 1]")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -128,8 +131,9 @@ def export(args) -> int:
             register_ops()
         except BackendError as e:
             raise ExportError(str(e)) from None
-    if args.opset < ox.MIN_OPSET:
-        raise ExportError(f"opset {args.opset} is not supported: LFM's export needs opset {ox.MIN_OPSET} or newer")
+    if not ox.MIN_OPSET <= args.opset <= ox.max_opset():
+        raise ExportError(f"opset {args.opset} is not supported: this PyTorch exports LFM with opsets "
+                          f"{ox.MIN_OPSET} to {ox.max_opset()}")
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as e:
@@ -302,6 +306,8 @@ def main(argv=None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError:
+        raise  # cli.run names the extra to install
     except Exception as e:  # one line, not a traceback wall, unless asked
         if args.debug:
             raise
@@ -315,4 +321,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -1,9 +1,17 @@
-"""The Detector: files (or bytes, or arrays) in, one record per input out, in input order.
+"""The Detector: files (or bytes, arrays, PIL images) in, one record per input out, in input order.
 
     from lfm.runtime.detector import Detector
     with Detector("lfm.onnx") as det:      # or "lfm.plan" (TensorRT), "ckpt.pt" (PyTorch)
         for record in det.predict(["a.png", "b.jpg"]):
             print(record.path, record.score, record.label, record.error)
+        det.predict_one("c.png")           # one item -> one Record
+
+``predict`` takes a list (any iterable) of items: paths (str or PathLike), encoded bytes,
+uint8 HxWx3 RGB arrays, or PIL images; an NxHxWx3 uint8 array counts as N images. A single
+path, bytes object, image or HxWx3 array passed to ``predict`` is refused with a TypeError
+(iterating it would score its characters or rows): use ``predict([item])`` or ``predict_one``.
+Every item mentioned gets its own record, duplicates included; an item of an unknown type
+gets an error record in its place, never an exception that loses the others' records.
 
 Decoding and preprocessing run in worker threads (Pillow releases the GIL) a bounded window
 ahead of the backend, so the backend does not wait on image decoding. Images that cannot be
@@ -20,12 +28,19 @@ import numpy as np
 
 from PIL import Image
 
-from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_tiles
+from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
+                         to_tiles)
 from .records import Record
 from .runners import Runner, make_runner
-from .spec import check_input_size
+from .spec import check_input_size, min_input_size
 
-Item = Union[str, os.PathLike, bytes, np.ndarray]
+Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+
+# Pixels the model sees in one call (images x height x width). Activations take about 0.5 kB per
+# input pixel in fp32 (conv1's 64 maps and their neighbours): 4.2 MP is about 2 GB. Under policy
+# "none" an image is scored at its native size, so a larger image is refused (its own record)
+# rather than taking the machine's memory; batches are split to stay under the bound too.
+DEFAULT_MAX_MODEL_PIXELS = 2048 * 2048
 
 
 def default_workers() -> int:
@@ -36,7 +51,16 @@ TILE_REDUCTIONS = ("max", "mean")
 
 
 class Detector:
-    """tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
+    """LFM deepfake detector: scores images through one backend (ONNX Runtime, OpenVINO,
+    PyTorch or TensorRT), one ``Record`` per input (path, logit, score, label, error).
+
+    source: a model file, its kind by extension: .onnx (ONNX Runtime, or backend="openvino"),
+    .plan/.engine (TensorRT), .pt/.pth (PyTorch checkpoint); or checkpoint=/model=/engine=.
+    threshold, policy, size: override the model's own spec (defaults: the model's).
+    max_pixels: larger files are refused before decoding (decompression bombs).
+    max_model_pixels: pixels the model sees in one call; under policy "none" a larger image
+    gets an error record instead of taking gigabytes of memory (default 2048 x 2048).
+    tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
     (default: an image is generated if any part of it looks generated) or "mean"."""
 
     def __init__(self, source: str | os.PathLike | None = None, *, checkpoint: str | None = None,
@@ -46,7 +70,8 @@ class Detector:
                  backend: str = "onnxruntime", precision: str = "auto",
                  threshold: float | None = None, policy: str | None = None, size: int | None = None,
                  batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES):
+                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES,
+                 max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS):
         if source is not None:  # Detector("lfm.onnx"), Detector("lfm.plan"), Detector("ckpt.pt")
             if checkpoint or model or engine or runner:
                 raise ValueError("give the model once: positionally, or as checkpoint=/model=/engine=")
@@ -58,13 +83,19 @@ class Detector:
             raise ValueError(f"tile_reduce must be one of {TILE_REDUCTIONS}, got {tile_reduce!r}")
         if max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+        if max_pixels < 1 or max_model_pixels < 1:
+            raise ValueError(f"max_pixels and max_model_pixels must be >= 1, got {max_pixels}, {max_model_pixels}")
         self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
                                              threads=threads, backend=backend, precision=precision, engine=engine,
                                              cuda_graphs=cuda_graphs, kernels=kernels)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
+        if self.spec.policy != "none" and self.spec.size < min_input_size(self.spec.top_k):
+            self.runner.deactivate()
+            raise ValueError(f"size {self.spec.size} is too small: the model (top-k K={self.spec.top_k}) needs inputs "
+                             f"of at least {min_input_size(self.spec.top_k)} x {min_input_size(self.spec.top_k)} pixels")
         self.batch_size = batch_size
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_model_pixels = max_pixels, max_model_pixels
         self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
         self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="lfm-decode")
 
@@ -81,7 +112,13 @@ class Detector:
 
     # -- prediction -------------------------------------------------------------------------------
     def predict(self, items: Iterable[Item]) -> list[Record]:
+        """Score a list of items (paths, bytes, HxWx3 uint8 arrays, PIL images; an NxHxWx3
+        array is N images): one Record per item, in order, failures included as records."""
         return list(self.predict_iter(items))
+
+    def predict_one(self, item: Item) -> Record:
+        """Score one item: its Record (check ``record.error``)."""
+        return self.predict([item])[0]
 
     def predict_iter(self, items: Iterable[Item]) -> Iterator[Record]:
         """Yield one record per item, in order, as soon as its batch is scored.
@@ -90,13 +127,14 @@ class Detector:
         items of one array shape are batched together up to ``batch_size`` arrays. A runner with
         ``max_in_flight`` > 1 (TensorRT) gets that many batches submitted before the oldest one's
         records are yielded, so the GPU works while the next batch is decoded and staged."""
+        _refuse_single_item(items)
         pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
         shape, n_ready = None, 0
         in_flight: deque = deque()
         depth = max(1, int(getattr(self.runner, "max_in_flight", 1)))
         for name, arrays, error in self._decoded(items):
             if arrays is not None:
-                if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self.batch_size):
+                if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self._chunk(shape)):
                     in_flight.append(self._submit(pending))
                     while len(in_flight) >= depth:
                         yield from self._collect(*in_flight.popleft())
@@ -115,27 +153,34 @@ class Detector:
         def job(item):
             name = _name(item)
             try:
-                if isinstance(item, np.ndarray):  # decoded RGB: only the policy applies
-                    img = Image.fromarray(_check_array(item))
+                if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
+                    img = Image.fromarray(_check_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
                     if self.spec.policy == "tiles":
                         arrays = to_tiles(img, self.spec.size, self.max_tiles)
                     else:
                         arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None]
-                else:
+                elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
                     arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
+                else:
+                    return name, None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
+                                        "a uint8 HxWx3 array or a PIL image")
                 try:  # name the problem here rather than let the backend fail on it
                     check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
                 except ValueError as e:
                     return name, None, str(e)
+                h, w = arrays.shape[1:3]
+                if h * w > self.max_model_pixels:
+                    return name, None, (f"{w}x{h} = {w * h} pixels at the model's input exceeds the limit of "
+                                        f"{self.max_model_pixels} per image (policy {self.spec.policy}: about "
+                                        f"{h * w * 500 / 1e9:.1f} GB of activations); score it with policy tiles "
+                                        "or resize, or raise max_model_pixels (--max-model-pixels)")
                 return name, arrays, None
             except ImageError as e:
                 return name, None, e.problem
             except Exception as e:  # a decoder bug must cost one record, not the run
                 return name, None, f"{type(e).__name__}: {e}"
 
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray) and item.ndim == 4:
-                raise ValueError("pass a list of HWC images, not one NHWC array")
+        for item in items:
             window.append(self._pool.submit(job, item))
             if len(window) >= ahead:
                 yield window.popleft().result()
@@ -148,9 +193,10 @@ class Detector:
         handles = []
         if ready:
             pixels = np.concatenate([pending[i][1] for i in ready])
+            step = self._chunk(pixels.shape[1:])
             try:
-                for j in range(0, len(pixels), self.batch_size):
-                    chunk = pixels[j:j + self.batch_size]
+                for j in range(0, len(pixels), step):
+                    chunk = pixels[j:j + step]
                     handles.append((self.runner.submit(self._feed(chunk)), len(chunk)))
             except Exception:
                 self._drain(handles)
@@ -197,8 +243,14 @@ class Detector:
             else:
                 yield Record.from_logit(name, float(reduce(logits[i])), self.spec.threshold)
 
+    def _chunk(self, shape) -> int:
+        """Images per model call for arrays of this shape: batch_size, fewer where that many
+        would exceed max_model_pixels (large native-size images), at least one."""
+        return max(1, min(self.batch_size, self.max_model_pixels // max(1, shape[0] * shape[1])))
+
     def _infer_chunked(self, pixels: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._infer(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)])
+        step = self._chunk(pixels.shape[1:])
+        return np.concatenate([self._infer(pixels[i:i + step]) for i in range(0, len(pixels), step)])
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
         return self._logits(self.runner.infer(self._feed(pixels)), len(pixels))
@@ -233,7 +285,20 @@ def _name(item) -> str:
         return f"<array {'x'.join(map(str, item.shape))}>"
     if isinstance(item, (bytes, bytearray, memoryview)):
         return f"<{len(item)} bytes>"
-    return os.fspath(item)
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {item.width}x{item.height} {item.mode}>"
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    return f"<{type(item).__name__}>"
+
+
+def _refuse_single_item(items) -> None:
+    """predict("a.png") would score the characters "a", ".", ...: refuse one item passed alone."""
+    single = (isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
+              or isinstance(items, np.ndarray) and items.ndim != 4)
+    if single:
+        raise TypeError(f"predict() takes a list of items, got a single {type(items).__name__}; "
+                        "use predict([item]) or predict_one(item)")
 
 
 def _check_array(a: np.ndarray) -> np.ndarray:

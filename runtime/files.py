@@ -48,3 +48,49 @@ def output_problem(path: str, example_name: str) -> str | None:
     if not os.access(directory, os.W_OK):
         return f"{path}: folder {directory} is not writable"
     return None
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (hard links and symlinks included); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class ReplacedAtEnd:
+    """A text output written beside its destination and renamed onto it when the run ends.
+
+    Until ``commit`` the previous file at ``path`` is untouched, so a run that crashes or is
+    killed never destroys an earlier result (its ``.partial`` file is removed where Python still
+    runs). A Ctrl-C'd run commits: the file then holds the complete records written so far.
+    A destination that exists and is not a regular file (/dev/stdout, a FIFO) is written in place.
+    The file gets the mode a plain ``open()`` gives (not mkstemp's 0600)."""
+
+    def __init__(self, path: str):
+        import tempfile
+
+        self.path = path
+        self._temp = None
+        if os.path.exists(path) and not os.path.isfile(path):
+            self.stream = open(path, "w", encoding="utf-8", newline="")
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self._temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+        give_default_mode(fd)
+        self.stream = os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        self.stream.close()
+        if self._temp:
+            os.replace(self._temp, self.path)
+            self._temp = None
+
+    def discard(self) -> None:
+        self.stream.close()
+        if self._temp:
+            try:
+                os.unlink(self._temp)
+            except OSError:
+                pass
+            self._temp = None

@@ -1,7 +1,10 @@
 """Expanding the command line's paths (files, directories, globs) into inputs, losing none.
 
 Every file named directly is an input, whatever its extension (a non-image then gets an error
-record). A directory contributes its image files (by extension, recursively, sorted); the
+record). Every mention counts: a file named twice, or named and also inside a directory named,
+gets a record per mention (as the Python API does for a list with repeats); within one
+directory or glob each file is listed once.
+A directory contributes its image files (by extension, recursively, sorted); the
 other files it holds are counted in ``Expansion.notes``, never silently ignored. A glob
 contributes its matches, expanded the same way. A path or pattern that names nothing becomes
 an error record of its own, so the output accounts for every argument.
@@ -17,7 +20,7 @@ from .preprocess import is_image_path
 
 @dataclass
 class Expansion:
-    inputs: list[str] = field(default_factory=list)  # files to score, in order, each once
+    inputs: list[str] = field(default_factory=list)  # files to score, in order, once per mention
     errors: dict[str, str] = field(default_factory=dict)  # argument -> problem (also kept in order in inputs)
     notes: list[str] = field(default_factory=list)  # what was left out, for stderr
 
@@ -55,23 +58,21 @@ def _walk_images(directory: str, exp: Expansion, add_error) -> list[str]:
     return found
 
 
-def expand_paths(args: list[str]) -> Expansion:
+def expand_paths(args: list[str], errors: dict[str, str] | None = None) -> Expansion:
+    """``errors``: arguments already known to be bad (e.g. an unreadable @list), kept in place."""
     exp = Expansion()
-    seen: set[str] = set()
 
     def add(path: str):
-        key = os.path.normpath(os.path.abspath(path))
-        if key not in seen:
-            seen.add(key)
-            exp.inputs.append(path)
+        exp.inputs.append(path)
 
     def add_error(arg: str, problem: str):
-        if arg not in exp.errors:
-            exp.errors[arg] = problem
-            exp.inputs.append(arg)
+        exp.errors.setdefault(arg, problem)
+        exp.inputs.append(arg)
 
     for arg in args:
-        if os.path.isdir(arg):
+        if errors and arg in errors:
+            add_error(arg, errors[arg])
+        elif os.path.isdir(arg):
             images = _walk_images(arg, exp, add_error)
             if not images:
                 add_error(arg, "directory holds no image files")

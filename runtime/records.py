@@ -5,6 +5,11 @@
 
 ``score`` is sigmoid(logit); ``label`` is "fake" when the score is above the threshold.
 A failed input keeps its path and carries its error, with the other fields null.
+
+File names need not be valid UTF-8 (a Latin-1 ``caf\xe9.png``); Python holds their odd bytes as
+lone surrogates. JSONL writes them as JSON escapes (``"caf\udce9.png"``; ``os.fsencode`` of the
+decoded string gives the name's bytes back); CSV and table write them as ``caf\xe9.png``, so the
+output stays valid UTF-8 for the programs that read it and every record is written.
 """
 from __future__ import annotations
 
@@ -16,6 +21,31 @@ from typing import IO, Callable, Iterable, Iterator, Optional
 
 FIELDS = ("path", "logit", "score", "label", "error")
 FORMATS = ("jsonl", "csv", "table")
+# Output file extensions that choose a format when --format is not given.
+FORMAT_BY_EXTENSION = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "table"}
+
+
+def format_for(path: str | None, given: str | None) -> str:
+    """The output format: the one given, else the output file's extension's, else jsonl."""
+    if given:
+        return given
+    import os
+    return FORMAT_BY_EXTENSION.get(os.path.splitext(path or "")[1].lower(), "jsonl")
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a name's undecodable bytes (lone surrogates) become \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "backslashreplace").decode(
+            "utf-8", "backslashreplace")
+
+
+def _only_escapes(text: str) -> bool:
+    """Every surrogate in text is one of surrogateescape's (U+DC80..U+DCFF, an undecodable byte)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 @dataclass
@@ -77,12 +107,13 @@ class RecordWriter:
             stream.write(f"{'label':<6} {'score':>8} {'logit':>10}  path\n")
 
     def write(self, r: Record) -> None:
-        if self.fmt == "jsonl":
+        if self.fmt == "jsonl":  # json escapes every non-ASCII character, surrogates included
             self.stream.write(json.dumps(r.to_dict()) + "\n")
         elif self._csv:
-            self._csv.writerow({k: ("" if v is None else v) for k, v in r.to_dict().items()})
+            self._csv.writerow({k: ("" if v is None else printable(v) if isinstance(v, str) else v)
+                                for k, v in r.to_dict().items()})
         elif r.ok:
-            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {r.path}\n")
+            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {printable(r.path)}\n")
         else:
-            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {r.path}  ({r.error})\n")
+            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {printable(r.path)}  ({printable(r.error)})\n")
         self.stream.flush()

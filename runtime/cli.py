@@ -1,0 +1,384 @@
+"""What every LFM command shares: ``--version``, help that shows defaults, path lists, a clean
+stop on Ctrl-C or a closed pipe, one line naming the extra to install, progress on a terminal,
+and the one ``lfm`` command with subcommands. Standard library only: importing this costs nothing.
+
+    lfm infer --model lfm.onnx photos/          # = python runtime/infer.py ...
+    lfm export ckpt.pt -o lfm.onnx              # = python export/to_onnx.py ...
+    lfm --help                                  # the subcommands
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import os
+import signal
+import sys
+import time
+from typing import Callable, Sequence
+
+DIST_NAME = "lfm-deploy"
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a process killed by SIGPIPE
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+        try:
+            return dist_version(DIST_NAME)
+        except PackageNotFoundError:
+            return "unknown (not installed)"
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+# -- argument parsing -------------------------------------------------------------------------------
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout (epilog) and appends "(default: X)" to every option
+    whose help does not already name its default."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if ("default" in help_text or action.default in (None, False, argparse.SUPPRESS)
+                or action.option_strings == [] and action.nargs in ("+", "*")):
+            return help_text
+        return f"{help_text} (default: {action.default})" if help_text else f"(default: {action.default})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with ``--version``, defaults in ``--help`` and the program's name as typed
+    (``lfm-infer``, ``lfm infer`` or ``infer.py``)."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("fromfile_prefix_chars", None)
+        super().__init__(*args, prog=prog or program_name(), **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s ({DIST_NAME} {version()})",
+                          help="print the version and exit")
+
+
+def program_name() -> str:
+    return os.path.basename(sys.argv[0] or "lfm")
+
+
+def positive_int(minimum: int = 1, what: str = "value") -> Callable[[str], int]:
+    """argparse type: an int >= minimum, refused in one line naming the minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a float in [0, 1] (thresholds on the sigmoid score)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (a score threshold), got {value}")
+    return value
+
+
+def read_path_arguments(args: Sequence[str], stdin=None) -> tuple[list[str], dict[str, str]]:
+    """Expand ``-`` (paths from standard input, one per line) and ``@LIST`` (paths from the
+    file LIST, one per line; blank lines and lines starting with # are skipped) into paths,
+    in place. A list that cannot be read comes back in the errors dict under its own argument,
+    so it keeps its place as one error record. An existing file whose name starts with @ is a
+    path, not a list."""
+    paths: list[str] = []
+    errors: dict[str, str] = {}
+    for arg in args:
+        if arg == "-":
+            paths += _lines((stdin or sys.stdin).read())
+        elif arg.startswith("@") and len(arg) > 1 and not os.path.exists(arg):
+            try:
+                with open(arg[1:], encoding="utf-8", errors="surrogateescape") as f:
+                    paths += _lines(f.read())
+            except OSError as e:
+                errors[arg] = f"cannot read the path list {arg[1:]}: {describe_os_error(e)}"
+                paths.append(arg)
+        else:
+            paths.append(arg)
+    return paths, errors
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as words a user acts on, without Python's [Errno N] prefix."""
+    hints = {errno.ENOENT: "no such file or folder", errno.EACCES: "permission denied (check the file's owner and mode)",
+             errno.EISDIR: "is a folder, not a file", errno.ENOTDIR: "a part of the path is not a folder",
+             errno.ENOSPC: "no space left on the device", errno.EEXIST: "already exists",
+             errno.EROFS: "the file system is read-only"}
+    return hints.get(e.errno, e.strerror or str(e))
+
+
+# -- running a command ------------------------------------------------------------------------------
+
+# The extra that provides each optional top-level module, for "pip install 'lfm-deploy[EXTRA]'".
+EXTRA_FOR_MODULE = {"torch": "train", "tqdm": "train", "onnx": "export", "onnxslim": "export", "polygraphy": "export",
+                    "onnxruntime_extensions": "plugins", "openvino": "openvino", "matplotlib": "viz",
+                    "sklearn": "viz", "pytriton": "serve", "tritonclient": "serve", "tensorrt": "tensorrt",
+                    "cuda": "tensorrt", "triton": "kernels", "pytest": "dev", "hypothesis": "dev"}
+
+
+def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
+    """One line naming the extra that provides the missing module; None if it is not one of ours."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_FOR_MODULE.get(top)
+    if extra is None:
+        return None
+    hint = f"pip install '{DIST_NAME}[{extra}]'"
+    if extra == "train":
+        hint = f"pip install torch==2.13.0 '{DIST_NAME}[train]' (the CPU wheel; see the README for GPUs)"
+    return f"error: {prog} needs the Python package {top!r} (the [{extra}] extra), which is not installed: {hint}"
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run a command's main() the way users expect of a command-line tool: Ctrl-C stops it
+    with one line and exit 130 (the command's own handler, if any, has already said what was
+    done); a closed pipe (``| head``) ends it quietly with 141; a missing optional dependency
+    is one line naming the extra. The output a command wrote before is left complete."""
+    prog = prog or program_name()
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        return quiet_broken_pipe()
+    except ModuleNotFoundError as e:
+        message = missing_extra_message(e, prog)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def quiet_broken_pipe() -> int:
+    """The reader went away: point stdout at /dev/null so the interpreter's final flush does not
+    raise again (Python's documented recipe), and exit as a SIGPIPE'd process would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return BROKEN_PIPE
+
+
+class Progress:
+    """One self-overwriting line on stderr while a long run works ("scored 120/600, 3 failed,
+    21 img/s, about 22 s left"), only when stderr is a terminal: quiet when piped or logged.
+    Redrawn at most a few times a second; ``close`` clears it before the summary line."""
+
+    def __init__(self, total: int | None, what: str = "scored", stream=None, enabled: bool | None = None,
+                 interval_s: float = 0.25):
+        self.stream = stream or sys.stderr
+        self.total, self.what, self.interval_s = total, what, interval_s
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
+        self.done = self.failed = 0
+        self._t0 = self._last = time.perf_counter()
+        self._width = 0
+
+    def update(self, ok: bool = True) -> None:
+        self.done += 1
+        self.failed += not ok
+        now = time.perf_counter()
+        if self.enabled and (now - self._last >= self.interval_s or self.done == self.total):
+            self._last = now
+            self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        elapsed = max((now or time.perf_counter()) - self._t0, 1e-9)
+        rate = self.done / elapsed
+        of = f"/{self.total}" if self.total else ""
+        text = f"{self.what} {self.done}{of}, {self.failed} failed, {rate:.1f}/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", about {(self.total - self.done) / rate:.0f} s left"
+        return text
+
+    def _draw(self, now: float) -> None:
+        text = self.line(now)
+        pad = max(0, self._width - len(text))
+        self._width = len(text)
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- writing records --------------------------------------------------------------------------------
+
+class RecordRun:
+    """What ``write_records`` did: records written, how many failed, how it ended."""
+
+    def __init__(self):
+        self.written = self.failed = 0
+        self.interrupted = self.broken_pipe = False
+        self.seconds = 0.0
+
+
+def write_records(records, total: int, output: str | None, fmt: str, progress: str = "auto") -> RecordRun:
+    """Stream records to ``output`` (a file replaced when the run ends, see ``ReplacedAtEnd``) or
+    standard output, with a progress line on a terminal. Ctrl-C ends the run early: the output
+    keeps the complete records written so far (``interrupted``). A closed standard output
+    (``| head``) ends it quietly (``broken_pipe``). Any other error leaves an earlier output file
+    as it was and propagates."""
+    from .files import ReplacedAtEnd
+    from .records import RecordWriter
+
+    run_ = RecordRun()
+    sink = ReplacedAtEnd(output) if output else None
+    bar = Progress(total, enabled={"auto": None, "on": True, "off": False}[progress])
+    t0 = time.perf_counter()
+    try:
+        writer = RecordWriter(sink.stream if sink else sys.stdout, fmt)
+        for record in records:
+            writer.write(record)
+            run_.written += 1
+            run_.failed += not record.ok
+            bar.update(record.ok)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+        run_.interrupted = True
+    except BrokenPipeError:
+        run_.broken_pipe = True
+    except BaseException:
+        if sink:
+            sink.discard()  # an earlier output file stays as it was
+        raise
+    finally:
+        bar.close()
+        run_.seconds = time.perf_counter() - t0
+    if sink:
+        sink.commit()
+    return run_
+
+
+def summary_exit(run_: RecordRun, total: int, output: str | None, describe: str) -> int:
+    """The last line on stderr and the exit status of a scoring run (infer.py, client.py)."""
+    if run_.broken_pipe:
+        return quiet_broken_pipe()
+    where = f" -> {output}" if output else ""
+    if run_.interrupted:
+        print(f"interrupted: {run_.written} of {total} inputs done ({run_.failed} failed) in {run_.seconds:.2f} s"
+              f"{where}; the output holds their complete records", file=sys.stderr)
+        return INTERRUPTED
+    print(f"scored {run_.written - run_.failed} of {run_.written} inputs in {run_.seconds:.2f} s{where}; "
+          f"{run_.failed} failed; {describe}", file=sys.stderr)
+    return 1 if run_.failed else 0
+
+
+def output_conflict(output: str, protected: Sequence[tuple[str, str | None]], inputs: Sequence[str]) -> str | None:
+    """Why writing records to ``output`` would destroy a file the run reads ((what, path)
+    pairs such as ("the model", "lfm.onnx"), or one of the inputs), or None."""
+    from .files import same_file
+
+    if not os.path.exists(output):
+        return None
+    for what, path in protected:
+        if path and same_file(output, path):
+            return f"{output}: is {what}; writing records there would destroy it. Choose another --output"
+    for path in inputs:
+        if same_file(output, path):
+            return f"{output}: is one of the inputs; writing records there would destroy it. Choose another --output"
+    return None
+
+
+# -- the `lfm` command ------------------------------------------------------------------------------
+
+# subcommand -> (module, what it does). Modules are imported only when their subcommand runs.
+SUBCOMMANDS = {
+    "train": ("lfm.train.train", "train LFM from images (needs [train])"),
+    "evaluate": ("lfm.train.evaluate", "AP / accuracy of a checkpoint on labelled folders (needs [train])"),
+    "export": ("lfm.export.to_onnx", "checkpoint -> verified ONNX, fp32 / fp16 / INT8 (needs [train,export])"),
+    "build": ("lfm.export.to_trt", "ONNX -> TensorRT engine (needs an NVIDIA GPU and [tensorrt])"),
+    "triton-repo": ("lfm.export.to_triton", "ONNX -> a Triton Inference Server model repository"),
+    "sensitivity": ("lfm.export.sensitivity", "per-layer INT8 sensitivity of a checkpoint (needs [train,export])"),
+    "infer": ("lfm.runtime.infer", "score image files: one record per input"),
+    "serve": ("lfm.runtime.serve", "serve LFM with Triton Inference Server (needs [serve])"),
+    "client": ("lfm.runtime.client", "score files through a Triton server (needs [serve])"),
+    "inspect": ("lfm.runtime.inspect_model", "what a model, engine or checkpoint is: spec, precision, provenance"),
+    "visualize": ("lfm.train.visualize", "Top-K maps, Grad-CAM and t-SNE figures (needs [train,viz])"),
+    "synthetic": ("lfm.train.make_synthetic", "write a small labelled synthetic image set (needs [train])"),
+    "bench": ("lfm.benchmarks.bench", "latency, throughput and fidelity of every backend (from a source checkout)"),
+}
+
+
+def run_module(module_name: str, argv: list[str] | None, prog: str) -> int:
+    """Import a command's module and run its main() under ``run``; a missing extra at import
+    time is one line too."""
+    sys.argv[0] = prog  # the usage line names the command as typed ("lfm infer", "lfm-infer")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        message = missing_extra_message(e, prog)
+        if message is None and e.name in (module_name, "lfm.benchmarks"):
+            message = f"error: {prog} is not available in this installation ({module_name} is missing)"
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+    return run(module.main, argv, prog)
+
+
+def _entry(subcommand: str) -> Callable[[], int]:
+    def entry() -> int:
+        name = os.path.basename(sys.argv[0] or f"lfm-{subcommand}")
+        return run_module(SUBCOMMANDS[subcommand][0], sys.argv[1:], name)
+    entry.__name__ = f"lfm_{subcommand.replace('-', '_')}"
+    return entry
+
+
+# Console scripts (pyproject.toml): lfm-infer, lfm-train, ... each through run_module, so the lean
+# install says which extra a command needs instead of dying on an import.
+infer, train, evaluate, export, build, serve, client, inspect, visualize, synthetic, bench, triton_repo, sensitivity = (
+    _entry(name) for name in ("infer", "train", "evaluate", "export", "build", "serve", "client", "inspect",
+                              "visualize", "synthetic", "bench", "triton-repo", "sensitivity"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``lfm SUBCOMMAND [ARGS...]``."""
+    return run(_dispatch, sys.argv[1:] if argv is None else list(argv), "lfm")
+
+
+def _dispatch(argv: list[str]) -> int:
+    usage = "lfm SUBCOMMAND [ARGS...]   (lfm SUBCOMMAND --help for its options)"
+    listing = "\n".join(f"  {name:<12} {what}" for name, (_, what) in SUBCOMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {usage}\n\nLFM deepfake detector: train, export, build, serve and score.\n\n"
+              f"subcommands:\n{listing}\n\n  --version    print the version and exit")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"lfm ({DIST_NAME} {version()})")
+        return 0
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        print(f"error: lfm: unknown subcommand {name!r}; one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    return run_module(SUBCOMMANDS[name][0], argv[1:], f"lfm {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
