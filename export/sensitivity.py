@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lfm.runtime.cli import ArgumentParser, run
 from lfm.export.fidelity import FidelityReport
 
 
@@ -94,10 +95,8 @@ def summarize(rows: list[dict]) -> list[str]:
 
 
 def _parse(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(prog="sensitivity.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("model", metavar="ONNX", help="the fp32 model (export/to_onnx.py)")
     p.add_argument("--calib", metavar="DIR", required=True, help="calibration images, as for --int8")
     p.add_argument("--calib-count", type=int, default=64, help="images that calibrate (default 64)")
@@ -156,4 +155,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -31,7 +31,6 @@ exit 1. Exit 2: bad arguments or model, no TensorRT, no GPU.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -41,12 +40,14 @@ import warnings
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
 
+from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
+
 
 def parse_args(argv=None):
     from lfm.export.trt_build import DEFAULT_OPT_LEVEL, DEFAULT_WORKSPACE_MIB, OPT_LEVELS, PRECISIONS
 
-    p = argparse.ArgumentParser(prog="to_trt.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("onnx", metavar="ONNX", help="an LFM model from export/to_onnx.py (fp32, fp16, INT8 QDQ or plugin graph)")
     p.add_argument("-o", "--output", metavar="PLAN", default=None,
                    help="where to write the engine (default: the ONNX path with .plan, e.g. lfm.plan)")
@@ -246,4 +247,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -31,7 +31,6 @@ a given seed and an image does not change when N changes.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -47,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: don't let train/'s modules sha
 import numpy as np
 from PIL import Image
 
+from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.preprocess import ImageError, is_image_path, open_image
 
 SPLITS = ("train", "val")
@@ -345,9 +345,7 @@ def format_counts(counts: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="make_synthetic",
-        description="Write a synthetic real-vs-2x-up-sampled dataset in the ForenSynths layout.")
+    parser = ArgumentParser(description="Write a synthetic real-vs-2x-up-sampled dataset in the ForenSynths layout.")
     parser.add_argument("out", metavar="OUT", help="output directory (must be empty or absent unless --force)")
     parser.add_argument("--n", type=int, required=True, help="total number of images, both splits together")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (even; default 256)")
@@ -373,4 +371,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -13,7 +13,6 @@ Writes OUT/best.pt, OUT/last.pt (atomically) and OUT/metrics.jsonl (one line per
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.spec import ModelSpec
 from lfm.train.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from lfm.train.data import (
@@ -49,8 +49,7 @@ from lfm.train.model import LFMConfig, build_model, check_input_size
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     a = p.add_argument
     a("--data", required=True, help="dataset root (see above)")
     a("--out", default="runs/lfm", help="output folder for checkpoints and the metrics log")
@@ -148,7 +147,7 @@ def evaluate(model, loader, val_samples, device, amp, bad_log, world):
     return subset_metrics(val_samples, indices, logits)
 
 
-def main(argv=None) -> int:
+def train(argv=None) -> int:
     args = parse_args(argv)
     plain_warnings()
 
@@ -349,5 +348,14 @@ def main(argv=None) -> int:
     return status
 
 
+def main(argv=None) -> int:
+    try:
+        return train(argv)
+    except KeyboardInterrupt:  # checkpoints are written atomically: whatever is on disk is whole
+        print("interrupted: the checkpoints already written (last.pt, best.pt in --out) are complete; "
+              "continue with --resume", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
