@@ -743,8 +743,9 @@ def model_spec(model_path) -> ModelSpec:
 
 
 def run_logits(model_path, files: Sequence[str], spec: ModelSpec | None = None, batch_size: int = 8,
-               threads: int | None = None) -> tuple[np.ndarray, list[int]]:
-    """Logits of an ONNX model on files (prepared per its own metadata); returns (logits, indices read)."""
+               threads: int | None = None, skipped: list | None = None) -> tuple[np.ndarray, list[int]]:
+    """Logits of an ONNX model on files (prepared per its own metadata); returns (logits, indices
+    read). Unreadable files are left out and, with ``skipped``, listed there ("path: problem")."""
     import onnx
 
     model = onnx.load(os.fspath(model_path), load_external_data=False)
@@ -755,7 +756,7 @@ def run_logits(model_path, files: Sequence[str], spec: ModelSpec | None = None, 
     sess = _session(model_path, threads)
     name = sess.get_inputs()[0].name
     logits, idx = [], []
-    for i, x in load_batches(files, spec.replace(input=variant), variant, batch_size):
+    for i, x in load_batches(files, spec.replace(input=variant), variant, batch_size, skipped):
         logits.append(sess.run(["logit"], {name: x})[0].astype(np.float64))
         idx += i
     return (np.concatenate(logits) if logits else np.zeros(0)), idx
@@ -798,7 +799,8 @@ def int8_report(fp32_path, int8_path, files: Sequence[str], labels: Sequence[int
     the calibration set): decision agreement at the model threshold, max/mean |logit diff|,
     and with ``labels`` (1 = generated) the AP of both and its change."""
     files = list(files)
-    ref, idx_r = run_logits(fp32_path, files, spec, batch_size)
+    skipped: list[str] = []
+    ref, idx_r = run_logits(fp32_path, files, spec, batch_size, skipped=skipped)
     test, idx_t = run_logits(int8_path, files, spec, batch_size)
     if idx_r != idx_t:
         raise QuantizeError("the fp32 and int8 models read different images")
@@ -810,4 +812,5 @@ def int8_report(fp32_path, int8_path, files: Sequence[str], labels: Sequence[int
     out = {names.get(k, k): v for k, v in c.items()}
     out["threshold"] = threshold
     out["skipped"] = len(files) - len(idx_r)
+    out["skipped_files"] = skipped  # "path: problem", one per file left out
     return out

@@ -216,6 +216,8 @@ def export(args) -> int:
                 raise ExportError(f"{args.calib or 'synthetic set'}: only {info['count']} of {len(calib_files)} "
                                   f"calibration images could be read; INT8 needs at least {MIN_CALIBRATION_IMAGES}")
             int8 = int8_report(fp32_path, final, held_out, labels=labels_from_paths(held_out), spec=spec)
+            for problem in int8["skipped_files"]:
+                print(f"skipped (held out): {problem}", file=sys.stderr)
             report["verification"] = int8
             agreement = int8["agreement"]
             print(f"INT8 ({args.int8_profile} profile; int8 layers {', '.join(info['int8_layers'])}; fp32 layers "

@@ -244,3 +244,21 @@ def test_bad_inputs_raise_quantize_error(random_models, tmp_path, synthetic):
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(QuantizeError, match="profile"):
         quantize_int8(random_models["fp32"], tmp_path / "x.onnx", synthetic[0][:4], profile="gpu")
+
+
+def test_int8_report_names_each_held_out_file_it_skipped_once(random_onnx, tmp_path):
+    """Issue 14, item 13: one truthful count and one line per skipped file (not a bare number)."""
+    from PIL import Image
+
+    from lfm.export.quantize import int8_report
+
+    good = []
+    for i in range(3):
+        p = tmp_path / f"g{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (70, 70, 3), dtype=np.uint8)).save(p)
+        good.append(str(p))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    report = int8_report(random_onnx, random_onnx, good[:2] + [str(bad)] + good[2:])  # the model against itself
+    assert report["n"] == 3 and report["skipped"] == 1
+    assert len(report["skipped_files"]) == 1 and report["skipped_files"][0].startswith(str(bad))
