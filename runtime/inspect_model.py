@@ -24,7 +24,6 @@ it could not be (missing, unreadable, not a model, truncated): one line, ``error
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -481,8 +480,9 @@ def format_text(r: dict) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="inspect_model.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lfm.runtime.cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("model", metavar="MODEL", help="an ONNX model, a TensorRT plan (with PLAN.json) or a checkpoint")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p.parse_args(argv)
@@ -503,4 +503,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lfm.runtime.cli import run
+
+    sys.exit(run(main))

@@ -67,6 +67,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
+from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
@@ -316,8 +317,7 @@ def model_name(text: str) -> str:
 
 def parse_args(argv=None):
     doc = __doc__.split("\n\n")
-    p = argparse.ArgumentParser(prog="serve.py", description=doc[0],
-                                epilog="\n\n".join(doc[1:3]), formatter_class=HelpFormatter)
+    p = ArgumentParser(description=doc[0], epilog="\n\n".join(doc[1:3]), formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime, or --backend openvino)")
     src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs the runtime's TensorRT runner)")
@@ -559,7 +559,7 @@ def main(argv=None) -> int:
         import pytriton  # noqa: F401  (the [serve] extra)
         import tritonclient  # noqa: F401
     except ImportError as e:
-        print(f"error: serving needs PyTriton and tritonclient ({e}); install with: pip install -e '.[serve]'",
+        print(f"error: serving needs PyTriton and tritonclient ({e}); install with: pip install 'lfm-deploy[serve]'",
               file=sys.stderr)
         return 2
     try:
@@ -573,4 +573,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -333,7 +333,7 @@ def test_serve_help_states_every_default():
     assert r.returncode == 0, r.stderr
     blocks = _help_blocks(r.stdout)
     defaults = vars(serve.parse_args(["--model", "m.onnx"]))
-    no_default = {"--help", "--model", "--engine", "--checkpoint"}  # one of the three is required
+    no_default = {"--help", "--version", "--model", "--engine", "--checkpoint"}  # one of the three is required
     options = set(blocks) - no_default
     assert {"--http-port", "--grpc-port", "--metrics-port", "--threshold", "--policy", "--size", "--tile-reduce",
             "--max-tiles", "--model-name", "--no-self-test", "--kernels"} <= options
