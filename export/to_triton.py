@@ -46,6 +46,8 @@ import tempfile
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
 
+from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
+
 DEFAULT_PREFERRED = (8, 16)
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
@@ -57,6 +59,11 @@ OUTPUTS = ("logit", "score")
 
 class RepositoryError(ValueError):
     """A one-line, user-facing failure."""
+
+
+def _cannot_read(path: str, e: OSError) -> RepositoryError:
+    """An input file's OSError as one line: the system's reason, never Python's "[Errno N] ..."."""
+    return RepositoryError(f"{path}: cannot read it ({describe_os_error(e)}); check the file and its permissions")
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,6 +81,8 @@ def describe_onnx(path: str) -> dict:
 
     try:
         proto = onnx.load(path, load_external_data=False)
+    except OSError as e:  # the file itself (permissions, I/O), before onnx sees a byte
+        raise _cannot_read(path, e) from None
     except Exception as e:
         raise RepositoryError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else e})") from None
     for t in proto.graph.initializer:
@@ -126,6 +135,8 @@ def describe_plan(path: str) -> dict:
         profile = meta["profiles"][0]
     except FileNotFoundError:
         raise RepositoryError(f"{path}: no sidecar {sidecar}; build the engine with export/to_trt.py") from None
+    except OSError as e:
+        raise _cannot_read(sidecar, e) from None
     except (KeyError, IndexError, ValueError, TypeError) as e:
         raise RepositoryError(f"{sidecar}: not an export/to_trt.py sidecar ({type(e).__name__}: {e})") from None
     dims = [-1, -1, 3] if layout == "NHWC" else [3, -1, -1]
@@ -318,6 +329,9 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
 
     if not os.path.isfile(source):
         raise RepositoryError(f"{source}: no such file")
+    problem = name_problem(name) or repository_problem(repository)
+    if problem:  # before the work
+        raise RepositoryError(problem)
     is_plan = source.endswith((".plan", ".engine", ".trt"))
     desc = describe_plan(source) if is_plan else describe_onnx(source)
     spec, notes = desc["spec"], []
@@ -350,45 +364,106 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
     }
     parsed = {m: validate_config(t, os.path.join(repository, m, "config.pbtxt")) for m, t in texts.items()}
 
-    os.makedirs(repository, exist_ok=True)
-    existing = [m for m in texts if os.path.exists(os.path.join(repository, m))]
+    try:
+        os.makedirs(repository, exist_ok=True)
+    except OSError as e:  # e.g. under /proc, or a race with the check above
+        raise RepositoryError(f"{repository}: cannot create the folder ({describe_os_error(e)}); "
+                              "choose another --repository") from None
+    existing = [m for m in texts if os.path.lexists(os.path.join(repository, m))]
     if existing and not force:
-        raise RepositoryError(f"{repository}: {', '.join(existing)} already there; --force replaces them")
+        them = "them" if len(existing) > 1 else "it"
+        raise RepositoryError(f"{repository}: {', '.join(existing)} already exist{'s' * (len(existing) == 1)}; "
+                              f"pass --force to replace {them} or choose another --repository")
+    model_file = os.path.join(model_name, "1", "model.plan" if is_plan else "model.onnx")
+    try:
+        _install(repository, texts, copies={model_file: source},
+                 sources={os.path.join(pre_name, "1", "model.py"): PREPROCESS_MODEL_PY})
+    except OSError as e:  # disk full, permissions changed under us: one line, never Python's "[Errno N]"
+        raise RepositoryError(f"{repository}: writing the models failed ({describe_os_error(e)}); check "
+                              "its free space and permissions, then run again with --force") from None
+    return {"models": {m: os.path.join(repository, m) for m in texts}, "validated": all(parsed.values()),
+            "notes": notes, "platform": platform, "max_batch_size": max_batch_size}
+
+
+def _install(repository: str, texts: dict, copies: dict, sources: dict) -> None:
+    """Write every model (texts: {model: config.pbtxt}, copies: {path in the repository: file to
+    copy}, sources: {path: text}) into a hidden staging folder beside them, then move each model
+    into place: a failure while writing leaves the repository as it was."""
     staging = tempfile.mkdtemp(prefix=".lfm-triton-", dir=repository)
     try:
         for m, text in texts.items():
             os.makedirs(os.path.join(staging, m, "1"))
             with open(os.path.join(staging, m, "config.pbtxt"), "w") as f:
                 f.write(text)
-        shutil.copyfile(source, os.path.join(staging, model_name, "1", "model.plan" if is_plan else "model.onnx"))
-        with open(os.path.join(staging, pre_name, "1", "model.py"), "w") as f:
-            f.write(PREPROCESS_MODEL_PY)
+        for path, source in copies.items():
+            shutil.copyfile(source, os.path.join(staging, path))
+        for path, text in sources.items():
+            with open(os.path.join(staging, path), "w") as f:
+                f.write(text)
         for m in texts:
             target = os.path.join(repository, m)
-            if os.path.exists(target):
+            if os.path.isdir(target) and not os.path.islink(target):
                 shutil.rmtree(target)
+            elif os.path.lexists(target):  # a file or a link in the model's place
+                os.remove(target)
             os.replace(os.path.join(staging, m), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"models": {m: os.path.join(repository, m) for m in texts}, "validated": all(parsed.values()),
-            "notes": notes, "platform": platform, "max_batch_size": max_batch_size}
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the models (each is a folder of the repository); None if it can."""
+    if not name or not all(c.isalnum() or c in "_-." for c in name):
+        return f"--name {name!r}: letters, digits, '_', '-' and '.' only"
+    if name.startswith("."):  # '..' would be the repository's parent, '.x' a hidden folder
+        return f"--name {name!r}: must not start with '.'"
+    return None
+
+
+def repository_problem(repository: str) -> str | None:
+    """Why ``repository`` cannot be created (parents included) and written into, in one line;
+    None if it can. Checked before the work; creates nothing."""
+    target = os.path.abspath(repository)
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == target else f" {existing}"  # the repository itself, or a folder above it
+        return f"{repository}:{where} is a file, not a folder; choose another --repository"
+    if not os.access(existing, os.W_OK):
+        return f"{repository}: folder {existing} is not writable; choose another --repository"
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lfm.runtime.cli import ArgumentParser  # --version, the name as typed (lfm triton-repo), defaults in --help
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("source", metavar="MODEL", help="lfm.onnx (export/to_onnx.py) or lfm.plan (export/to_trt.py)")
+    p.add_argument("--repository", "-r", required=True, metavar="DIR",
+                   help="model repository to write into; created if missing (required)")
+    p.add_argument("--name", default="lfm", help="ensemble name; the others get _model and _preprocess (default: lfm)")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="largest batch Triton forms, capped at a plan's profile (default: 32)")
+    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
+                   help=f"comma-separated, '' for none (default: {','.join(map(str, DEFAULT_PREFERRED))})")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="how long dynamic batching waits to fill a batch, microseconds (default: 2000)")
+    p.add_argument("--instances", type=int, default=2,
+                   help="instances of the model and of the preprocessing (default: 2)")
+    p.add_argument("--kind", choices=sorted(KINDS), default="auto",
+                   help="where the model's instances run: auto (GPU if there is one), cpu, gpu; plans always gpu "
+                        "(default: auto)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="preprocessing's decompression-bomb limit, pixels per image "
+                        "(default: 100000000, the runtime's)")
+    p.add_argument("--force", action="store_true",
+                   help="replace these models if the repository has them (default: stop and change nothing)")
+    return p
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="to_triton.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="MODEL", help="lfm.onnx (export/to_onnx.py) or lfm.plan (export/to_trt.py)")
-    p.add_argument("--repository", "-r", required=True, metavar="DIR", help="model repository to write into")
-    p.add_argument("--name", default="lfm", help="ensemble name; the others get _model and _preprocess (default lfm)")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
-                   help="comma-separated (default 8,16; '' for none)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--instances", type=int, default=2, help="instances of the model and of the preprocessing (default 2)")
-    p.add_argument("--kind", choices=sorted(KINDS), default="auto",
-                   help="where the model's instances run: auto (GPU if there is one; default), cpu, gpu (plans: gpu)")
-    p.add_argument("--max-pixels", type=int, default=None, help="preprocessing's decompression-bomb limit (default 100 MP)")
-    p.add_argument("--force", action="store_true", help="replace these models if the repository has them")
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
@@ -398,8 +473,9 @@ def parse_args(argv=None):
         p.error("--max-batch-size and --instances must be >= 1, --max-queue-delay-us >= 0")
     if any(b < 1 or b > args.max_batch_size for b in args.preferred):
         p.error("--preferred-batch-sizes must lie in [1, --max-batch-size]")
-    if not all(c.isalnum() or c in "_-." for c in args.name):
-        p.error("--name: letters, digits, '_', '-' and '.' only")
+    problem = name_problem(args.name)
+    if problem:
+        p.error(problem)
     return args
 
 
@@ -409,8 +485,12 @@ def main(argv=None) -> int:
         out = write_repository(args.source, args.repository, name=args.name, max_batch_size=args.max_batch_size,
                                preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
                                instances=args.instances, kind=args.kind, max_pixels=args.max_pixels, force=args.force)
-    except (RepositoryError, OSError) as e:
+    except RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # one the steps above did not foresee: still one line, without "[Errno N]"
+        print(f"error: {e.filename or args.repository}: {describe_os_error(e)}; "
+              f"check it and run again", file=sys.stderr)
         return 2
     for note in out["notes"]:
         print(f"note: {note}", file=sys.stderr)
@@ -425,4 +505,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

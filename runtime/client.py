@@ -22,7 +22,6 @@ inputs, so a long list is never cut short.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -35,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
-from lfm.runtime.records import FORMATS, Record, RecordWriter, in_input_order, sigmoid  # noqa: E402
+from lfm.runtime.records import FORMATS, Record, in_input_order, sigmoid  # noqa: E402
 
 MODEL_NAME = "lfm"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
@@ -126,8 +125,9 @@ class LfmClient:
                 meta = self._client.get_model_metadata(self.model)
             except self._exc as e:
                 raise ServerError(f"model {self.model!r} at {self.address}: {_message(e)}") from None
-            except Exception as e:
-                raise ServerError(f"cannot reach {self.protocol}://{self.address}: {e}") from None
+            except Exception as e:  # connection refused, unknown host, timeout
+                raise ServerError(f"cannot reach {self.protocol}://{self.address} ({_reason(e)}); is the server "
+                                  "running there?") from None
             names = [o.name for o in meta.outputs] if self.protocol == "grpc" else [o["name"] for o in meta["outputs"]]
             self._outputs = [n for n in ("logit", "score", "label", "error") if n in names]
             if "logit" not in self._outputs:
@@ -159,7 +159,7 @@ class LfmClient:
         except self._exc as e:
             raise ServerError(_message(e)) from None
         except Exception as e:  # connection refused / reset, timeouts
-            raise ServerError(f"{type(e).__name__}: {e}") from None
+            raise ServerError(f"connection to {self.protocol}://{self.address} failed ({_reason(e)})") from None
         out = {n: result.as_numpy(n) for n in self.output_names()}
         n = len(data)
         for k, v in out.items():
@@ -251,6 +251,13 @@ def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
+def _reason(e: Exception) -> str:
+    """Why a connection failed, in words: an OSError's reason without Python's "[Errno N]"."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
 def _message(e) -> str:
     msg = e.message() if callable(getattr(e, "message", None)) else str(e)
     status = e.status() if callable(getattr(e, "status", None)) else None
@@ -258,32 +265,45 @@ def _message(e) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="client.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories or glob patterns")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"server, http://HOST:PORT or grpc://HOST:PORT (default {DEFAULT_URL})")
-    p.add_argument("--protocol", choices=("http", "grpc"), default=None, help="for a URL without a scheme")
-    p.add_argument("--model", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
-    p.add_argument("--batch-size", type=int, default=8, help="images per request (default 8)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    p.add_argument("--threshold", type=float, default=None,
+    from lfm.runtime.cli import ArgumentParser, positive_int, unit_interval
+    from lfm.runtime.records import format_for
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories, glob patterns, @LIST or -")
+    p.add_argument("--url", default=DEFAULT_URL, help="server, http://HOST:PORT or grpc://HOST:PORT")
+    p.add_argument("--protocol", choices=("http", "grpc"), default=None, help="for a URL without a scheme (default: http)")
+    p.add_argument("--model", default=MODEL_NAME, help="Triton model name (serve.py --model-name)")
+    p.add_argument("--batch-size", type=positive_int(1, "--batch-size"), default=8, help="images per request")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--threshold", type=unit_interval, default=None,
                    help="for a model without a 'label' output only (the to_triton.py ensemble): score above which "
                         "an image is 'fake' (default: its config's lfm.threshold, else 0.5)")
-    p.add_argument("--format", choices=FORMATS, default="jsonl")
-    p.add_argument("--output", "-o", metavar="FILE")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (default: from the --output extension, else jsonl)")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="write records here instead of standard output (replaced when the run ends; never an input)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="a progress line on stderr: auto = when stderr is a terminal")
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch-size must be >= 1")
+    args.format = format_for(args.output, args.format)
     return args
 
 
 def main(argv=None) -> int:
+    from lfm.runtime.cli import output_conflict, read_path_arguments, summary_exit, write_records
+    from lfm.runtime.files import output_problem
     from lfm.runtime.inputs import expand_paths
 
     args = parse_args(argv)
-    expansion = expand_paths(args.paths)
+    paths, list_errors = read_path_arguments(args.paths)
+    expansion = expand_paths(paths, list_errors)
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.output:
+        problem = output_problem(args.output, "records.jsonl") or output_conflict(args.output, [], expansion.inputs)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         client = LfmClient(args.url, protocol=args.protocol, model=args.model, timeout=args.timeout,
                            threshold=args.threshold)
@@ -291,27 +311,18 @@ def main(argv=None) -> int:
     except (ValueError, ServerError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    try:
-        out = open(args.output, "w", newline="") if args.output else sys.stdout
-    except OSError as e:
-        print(f"error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
-        client.close()
-        return 2
-    n = failed = 0
-    t0 = time.perf_counter()
     with client:
-        writer = RecordWriter(out, args.format)
         score = functools.partial(client.score, batch_size=args.batch_size)
-        for record in in_input_order(expansion.inputs, expansion.errors, score):
-            writer.write(record)
-            n += 1
-            failed += not record.ok
-    if args.output:
-        out.close()
-    print(f"scored {n - failed} of {n} inputs in {time.perf_counter() - t0:.2f} s via {client.protocol}://"
-          f"{client.address}; {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+        records = in_input_order(expansion.inputs, expansion.errors, score)
+        try:
+            result = write_records(records, len(expansion.inputs), args.output, args.format, args.progress)
+        except OSError as e:
+            print(f"error: cannot write {args.output or 'the output'}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    return summary_exit(result, len(expansion.inputs), args.output, f"via {client.protocol}://{client.address}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lfm.runtime.cli import run
+
+    sys.exit(run(main))

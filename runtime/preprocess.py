@@ -141,7 +141,8 @@ def apply_policy(img: Image.Image, policy: str, size: int) -> Image.Image:
         if w < size or h < size:
             raise ImageError(
                 getattr(img, "filename", "") or "<image>",
-                f"{w}x{h} is smaller than the {size}x{size} centre crop (use --policy resize)",
+                # read by CLI, Python API and Triton users alike: name the policy, not a flag
+                f"{w}x{h} is smaller than the {size}x{size} centre crop; score images this small with policy 'resize'",
             )
         left, top = (w - size) // 2, (h - size) // 2
         return img.crop((left, top, left + size, top + size))

@@ -151,6 +151,196 @@ def test_unreadable_subdirectory_becomes_an_error_record(monkeypatch, tmp_path):
     assert exp.errors[str(tmp_path / "locked")] == "cannot read directory (Permission denied)"
 
 
+# -- messages: one line, for the reader who gets them, never Python's "[Errno N] ..." --------------
+
+
+def assert_one_line(text: str, *must: str):
+    """An error as the house rules want it: one line, no traceback, no raw errno text."""
+    assert text.startswith("error: ") and text.strip().count("\n") == 0, text
+    assert "Errno" not in text and "Traceback" not in text, text
+    for word in must:
+        assert word in text, (word, text)
+
+
+def test_centre_crop_message_names_the_policy_not_a_cli_flag():
+    """The same message reaches infer.py, Detector and Triton-client users: no flag only one has."""
+    spec = ModelSpec(policy="center-crop", size=64)
+    with pytest.raises(ImageError) as e:
+        load_tiles(encoded(Image.fromarray(noise(40, 50)), "PNG"), spec)
+    assert "50x40 is smaller than the 64x64 centre crop" in e.value.problem
+    assert "policy 'resize'" in e.value.problem and "--" not in e.value.problem and "\n" not in str(e.value)
+
+
+def tiff_with_bad_tag_offset() -> bytes:
+    """A readable TIFF whose XResolution tag points past the end of the file: Pillow warns
+    "Truncated File Read" (a UserWarning naming no file) while reading the header."""
+    buf = io.BytesIO()
+    Image.fromarray(noise(64, 64)).save(buf, "TIFF", dpi=(72, 72))
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 282:  # XResolution
+            data[entry + 8:entry + 12] = struct.pack("<I", len(data) + 1000)
+    return bytes(data)
+
+
+def test_header_check_names_the_reason_and_warns_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="lfm.train needs the [train] extra")
+    import warnings
+
+    from lfm.train.data import check_image_header
+
+    odd = tmp_path / "odd.tif"
+    odd.write_bytes(tiff_with_bad_tag_offset())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert check_image_header(odd) is None  # usable: the decode decides
+    assert [str(w.message) for w in caught] == []
+
+    def refuse(path):  # as a non-root user sees a chmod 000 file (root reads anything)
+        raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os.path, "getsize", refuse)
+    assert check_image_header(tmp_path / "locked.png") == "cannot read file (Permission denied)"
+
+
+@pytest.mark.slow
+def test_evaluate_counts_every_skipped_file_once(tmp_path):
+    """Files skipped at discovery (empty, not an image) and at decode (truncated) are one count,
+    one line each; a header Pillow grumbles about is no stray UserWarning."""
+    pytest.importorskip("torch", reason="evaluate.py needs the [train] extra")
+    from lfm.train.checkpoint import make_checkpoint, save_atomic
+    from lfm.train.model import build_model
+
+    ckpt = tmp_path / "ckpt.pt"
+    save_atomic(make_checkpoint(build_model(), ModelSpec(policy="resize", size=64)), ckpt)
+    data = tmp_path / "data"
+    for label in ("0_real", "1_fake"):
+        (data / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(noise(64, 64)).save(data / label / f"ok{i}.png")
+    png = encoded(Image.fromarray(noise(64, 64)), "PNG")
+    bad = {data / "0_real" / "empty.png": b"", data / "0_real" / "notes.jpg": b"my notes\n" * 20,
+           data / "1_fake" / "trunc.png": png[: len(png) // 2], data / "1_fake" / "trunc2.png": png[: len(png) // 3]}
+    for path, content in bad.items():
+        path.write_bytes(content)
+    (data / "1_fake" / "odd.tif").write_bytes(tiff_with_bad_tag_offset())
+    report = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, str(ROOT / "train" / "evaluate.py"), str(ckpt), "--data", str(data),
+                        "--workers", "0", "-o", str(report)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "4 files skipped" in r.stdout and "7 images" in r.stdout, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("warning: ") for line in lines), r.stderr
+    for path in bad:
+        assert sum(str(path) in line for line in lines) == 1, (path, r.stderr)
+    assert sorted(json.loads(report.read_text())["skipped"]) == sorted(map(str, bad))
+
+
+def fake_plan(tmp_path) -> Path:
+    """An engine file with its export/to_trt.py sidecar: enough for to_triton.py to write a repository."""
+    plan = tmp_path / "lfm.plan"
+    plan.write_bytes(b"not really an engine")
+    (tmp_path / "lfm.plan.json").write_text(json.dumps({
+        "spec": ModelSpec(input="float", layout="NCHW", size=224).to_dict(),
+        "input": {"name": "image", "dtype": "float32", "layout": "NCHW"},
+        "profiles": [{"min": [1, 3, 48, 48], "opt": [8, 3, 224, 224], "max": [16, 3, 448, 448]}], "plugins": []}))
+    return plan
+
+
+def test_to_triton_repository_problems_are_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import shutil
+
+    from lfm.export.to_triton import main
+
+    plan = fake_plan(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for repo in (a_file, a_file / "repo", Path("/proc/lfm-repository")):
+        if repo.parent == Path("/proc") and not Path("/proc/self").exists():
+            continue  # no Linux /proc here: nothing refuses a folder there
+        assert main([str(plan), "--repository", str(repo)]) == 2
+        assert_one_line(capsys.readouterr().err, str(repo), "--repository")
+
+    def disk_full(src, dst, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    repo = tmp_path / "repo"
+    assert main([str(plan), "--repository", str(repo)]) == 2
+    assert_one_line(capsys.readouterr().err, str(repo), "no space left", "--force")
+    assert list(repo.iterdir()) == []  # nothing half-written, no staging folder left
+
+
+def test_to_triton_existing_models_and_names(tmp_path, capsys):
+    from lfm.export.to_triton import main
+
+    plan = fake_plan(tmp_path)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "lfm").write_text("a file where the ensemble's folder goes")
+    assert main([str(plan), "--repository", str(repo)]) == 2
+    assert_one_line(capsys.readouterr().err, "lfm already exists", "--force")
+    assert main([str(plan), "--repository", str(repo), "--force"]) == 0
+    assert (repo / "lfm" / "config.pbtxt").is_file()
+    # '..' would name the repository's parent: --force once deleted it
+    (tmp_path / "keep.txt").write_text("still here")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(plan), "--repository", str(repo), "--name", "..", "--force"])
+    assert exit_.value.code == 2 and "--name '..'" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "still here"
+
+
+def test_to_triton_help_gives_every_default(capsys):
+    from lfm.export.to_triton import build_parser
+
+    parser = build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest not in ("help", "version") and not a.required]
+    without = [a.dest for a in options if "(default: " not in a.help]
+    assert options and not without, without
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 32)" in text and "(default: 8,16)" in text and "(default: 2000)" in text
+
+
+def test_visualize_output_problems_are_one_line(tmp_path, capsys):
+    pytest.importorskip("torch", reason="visualize.py needs the [train] extra")
+    pytest.importorskip("matplotlib", reason="visualize.py needs the [viz] extra")
+    from lfm.train import visualize
+    from lfm.train.checkpoint import make_checkpoint, save_atomic
+    from lfm.train.model import build_model
+
+    ckpt = tmp_path / "ckpt.pt"
+    save_atomic(make_checkpoint(build_model(), ModelSpec(policy="resize", size=64)), ckpt)
+    image = tmp_path / "x.png"
+    Image.fromarray(noise(64, 64)).save(image)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    runs = [["gradcam", ckpt, image, "-o", a_file], ["tsne", ckpt, "--data", tmp_path / "none", "-o", a_file / "t.png"]]
+    if Path("/proc/self").exists():  # Linux: no folder can be made there, whoever asks
+        runs.append(["topk", ckpt, image, "-o", "/proc/lfm-visualize"])
+    for argv in runs:
+        assert visualize.main([str(a) for a in argv]) == 2
+        assert_one_line(capsys.readouterr().err, str(argv[-1]), "-o")
+
+
+def test_client_says_the_server_cannot_be_reached_in_words():
+    pytest.importorskip("tritonclient.http", reason="the client needs the [serve] extra")
+    import socket
+
+    from lfm.runtime.client import LfmClient, ServerError
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with LfmClient(f"http://127.0.0.1:{port}", timeout=5) as client, pytest.raises(ServerError) as e:
+        client.output_names()
+    assert_one_line(f"error: {e.value}", f"127.0.0.1:{port}", "Connection refused", "is the server running")
+
+
 # -- fuzzing ------------------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis", reason="fuzzing needs hypothesis (the [dev] extra)")

@@ -120,8 +120,10 @@ def test_expand_paths_keeps_every_argument(tmp_path):
     direct = noise_png(tmp_path / "direct.png")
     exp = expand_paths([str(d), str(direct), str(d / "b.png"), str(tmp_path / "missing.png"),
                         str(tmp_path / "*.nothing"), str(tmp_path / "emptydir"), str(tmp_path / "dir" / "**" / "*.png")])
-    assert exp.inputs == [str(d / "b.png"), str(d / "sub" / "a.jpg.png"), str(direct), str(tmp_path / "missing.png"),
-                          str(tmp_path / "*.nothing"), str(tmp_path / "emptydir")]
+    # One record per mention (issue 14, item 10): b.png is in the folder, named, and matched by the glob.
+    assert exp.inputs == [str(d / "b.png"), str(d / "sub" / "a.jpg.png"), str(direct), str(d / "b.png"),
+                          str(tmp_path / "missing.png"), str(tmp_path / "*.nothing"), str(tmp_path / "emptydir"),
+                          str(d / "b.png"), str(d / "sub" / "a.jpg.png")]
     assert exp.errors == {str(tmp_path / "*.nothing"): "no file matches this pattern",
                           str(tmp_path / "emptydir"): "directory holds no image files"}
     assert any("left out 1 file" in n for n in exp.notes)

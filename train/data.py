@@ -197,7 +197,9 @@ def check_image_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
+            # the size check below decides; Pillow's notes on odd headers ("Truncated File Read")
+            # name no file, and the decode decides about those
+            warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 w, h = img.size
     except UnidentifiedImageError:
@@ -205,6 +207,8 @@ def check_image_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     except Image.DecompressionBombError:
         return "rejected as a decompression bomb"
     except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # the file itself: the system's reason, not "[Errno N] ..."
+            return f"cannot read file ({e.strerror})"
         return f"unreadable header ({e})"
     if w * h > max_pixels:
         return f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"

@@ -7,7 +7,6 @@ means) and writes the same figures as JSON.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,9 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lfm.runtime.cli import ArgumentParser, describe_os_error, run
 from lfm.runtime.files import output_problem
 from lfm.train.checkpoint import CheckpointError, load_checkpoint
-from lfm.train.data import BadFileLog, DatasetError, EvalTransform, ImageDataset, collate_skip_bad, find_samples
+from lfm.train.data import (BadFileLog, DatasetError, EvalTransform, ImageDataset, check_image_header, collate_skip_bad,
+                            find_samples)
 from lfm.train.metrics import binary_metrics
 from lfm.train.model import use_exact_fp32
 
@@ -86,13 +87,26 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def readable_samples(samples, bad: BadFileLog) -> list:
+    """The samples whose header reads as an image; each other one goes to ``bad`` (one warning
+    naming it), so the files skipped here and those failing at decode are counted together."""
+    kept = []
+    for s in samples:
+        reason = check_image_header(s.path)
+        if reason is None:
+            kept.append(s)
+        else:
+            bad.add(s.path, reason)
+    return kept
+
+
 def plain_warnings():
     """Command-line warnings as one 'warning: ...' line, without the source location."""
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="our ckpt.pt or upstream's .pth")
     p.add_argument("--data", required=True, help="root/<subset>/{0_real,1_fake}/* or root/{0_real,1_fake}/*")
     p.add_argument("--classes", default=None, help="comma-separated subsets to evaluate (default: all)")
@@ -114,12 +128,22 @@ def main(argv=None) -> int:
     if problem:  # before the work, and no folder is created for it
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    bad = BadFileLog()  # one warning per skipped file, naming it; its count is the one printed
     try:
         ckpt = load_checkpoint(args.checkpoint)
         classes = args.classes.split(",") if args.classes else None
-        samples = find_samples(args.data, classes)
+        found = find_samples(args.data, classes, check=False)  # checked here, so each skip is counted
+        samples = readable_samples(found, bad)
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder of --data that cannot be listed
+        print(f"error: {e.filename or args.data}: cannot read it ({describe_os_error(e)}); check its "
+              "permissions", file=sys.stderr)
+        return 2
+    if not samples:
+        print(f"error: {args.data}: none of its {len(found)} files is a usable image (each named above)",
+              file=sys.stderr)
         return 2
     spec = ckpt.spec.replace(policy=args.policy, size=args.size, threshold=args.threshold)
     dataset = ImageDataset(samples, EvalTransform(spec.policy, spec.size, spec.mean, spec.std))
@@ -128,7 +152,6 @@ def main(argv=None) -> int:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate_skip_bad)
     model = ckpt.model.to(device)
-    bad = BadFileLog()  # warns once per unreadable file, naming it
     t0 = time.perf_counter()
     amp = args.amp and device.type == "cuda"
     if device.type == "cuda" and not amp:
@@ -139,7 +162,8 @@ def main(argv=None) -> int:
     results = subset_metrics(samples, indices, logits, spec.threshold)
     print(format_table(results))
     print(f"{len(indices)} images in {elapsed:.1f} s ({len(indices) / max(elapsed, 1e-9):.1f} images/s); "
-          f"policy {spec.policy} {spec.size}, threshold {spec.threshold}; {bad.count} unreadable skipped")
+          f"policy {spec.policy} {spec.size}, threshold {spec.threshold}; "
+          f"{bad.count} file{'s' * (bad.count != 1)} skipped{' (each named above)' if bad.count else ''}")
     if args.output:
         report = {"checkpoint": os.path.abspath(args.checkpoint), "data": os.path.abspath(args.data),
                   "spec": spec.to_dict(), "results": results, "skipped": bad.reasons}
@@ -147,11 +171,11 @@ def main(argv=None) -> int:
             with open(args.output, "w") as f:
                 json.dump(report, f, indent=2)
         except OSError as e:
-            print(f"error: {args.output}: cannot write the report ({e.strerror})", file=sys.stderr)
+            print(f"error: {args.output}: cannot write the report ({describe_os_error(e)})", file=sys.stderr)
             return 2
         print(f"wrote {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -34,7 +34,6 @@ too-small images are skipped with a warning naming each; exit status 0 when some
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -47,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lfm.runtime.cli import ArgumentParser, describe_os_error, run
+from lfm.runtime.files import output_problem
 from lfm.runtime.inputs import expand_paths
 from lfm.runtime.preprocess import ImageError, load_array, normalize
 from lfm.runtime.records import Record, RecordWriter
@@ -221,8 +222,17 @@ def _mpl():
     return matplotlib, Figure
 
 
+def make_folder(folder: str) -> None:
+    """os.makedirs, failing with one line (a ValueError) instead of Python's "[Errno N] ..."."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:  # e.g. under /proc, where the checks before the work cannot tell
+        raise ValueError(f"{folder}: cannot create the folder ({describe_os_error(e)}); "
+                         "choose another -o") from None
+
+
 def _save(fig, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(path)))
     fig.savefig(path, dpi=DPI, metadata={"Software": None})  # no version stamp: same bytes across matplotlib patches
 
 
@@ -355,7 +365,7 @@ def cmd_gradcam(args, ckpt: LoadedCheckpoint, device) -> int:
     if layer not in layers:
         raise ValueError(f"--layer {layer!r} unknown; choose one of {', '.join(layers)}")
     jump, size = layer_geometry(layer, model.snet.num_layers)
-    os.makedirs(args.out, exist_ok=True)
+    make_folder(args.out)
     arrays, sheet, names = {}, [], []
     with open(os.path.join(args.out, "scores.jsonl"), "w") as f:
         writer = RecordWriter(f, "jsonl")
@@ -410,7 +420,7 @@ def cmd_topk(args, ckpt: LoadedCheckpoint, device) -> int:
         _parse_channels(args.channels, np.zeros(model.config.salience_channels))  # fail before any work
     jump, size = layer_geometry("salience", model.snet.num_layers)
     n_sel = model.config.salience_channels * model.pool.k
-    os.makedirs(args.out, exist_ok=True)
+    make_folder(args.out)
     arrays, sheet, names = {}, [], []
     import matplotlib
 
@@ -636,8 +646,8 @@ def cmd_tsne(args, ckpt: LoadedCheckpoint, device) -> int:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="visualize.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(q):
@@ -672,9 +682,45 @@ def parse_args(argv=None):
     return args
 
 
+def folder_problem(folder: str, given: str) -> str | None:
+    """Why the output folder ``folder`` cannot be created (parents included) and written into, in
+    one line naming ``given`` (the -o the user gave); None if it can. Creates nothing."""
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == os.path.abspath(given) else f" {existing}"
+        return f"{given}:{where} is a file, not a folder; choose another -o"
+    if not os.access(existing, os.W_OK):
+        return f"{given}: folder {existing} is not writable; choose another -o"
+    return None
+
+
+def out_problem(args) -> str | None:
+    """Why -o cannot be written, checked before the work: a folder for gradcam and topk, a PNG
+    for tsne (its folder is created like theirs)."""
+    if args.command != "tsne":
+        return folder_problem(args.out, args.out)
+    parent = os.path.dirname(os.path.abspath(args.out))
+    problem = folder_problem(parent, args.out)
+    if problem is None and os.path.isdir(parent):  # e.g. -o names a folder
+        problem = output_problem(args.out, "tsne.png")
+    return problem
+
+
+def file_problem(e: OSError) -> str:
+    """An OSError as one line: the path and the system's reason (not Python's "[Errno N] ..."), and what to do."""
+    path = e.filename if e.filename is not None else "a file"
+    return f"{path}: {describe_os_error(e)}; check the path, its permissions and free space, then run again"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    problem = out_problem(args)
+    if problem:  # before loading anything
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         ckpt = load_checkpoint(args.checkpoint)
         if ckpt.spec.policy == "tiles":
@@ -684,10 +730,13 @@ def main(argv=None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *a, **k: _warn(str(message))
             return {"gradcam": cmd_gradcam, "topk": cmd_topk, "tsne": cmd_tsne}[args.command](args, ckpt, device)
-    except (CheckpointError, ValueError, OSError) as e:
+    except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # reading the data folder, writing under -o
+        print(f"error: {file_problem(e)}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
