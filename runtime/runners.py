@@ -387,13 +387,13 @@ def make_runner(checkpoint: str | None = None, model: str | None = None, device:
         raise BackendError("--kernels runs a PyTorch checkpoint through the Triton kernels: give --checkpoint")
     # Options that another kind of model would silently ignore are refused instead.
     if device != "auto" and checkpoint is None:
-        raise BackendError(f"--device {device} applies to --checkpoint only; an ONNX model picks its device with "
-                           "--providers (e.g. cuda,cpu), a TensorRT engine runs on the GPU it was built for")
+        raise BackendError(f"device {device!r} (--device) applies to a PyTorch checkpoint only; an ONNX model picks "
+                           "its device with providers (--providers cuda,cpu), a TensorRT engine runs on its GPU")
     if cuda_graphs and model is not None:
-        raise BackendError("--cuda-graphs applies to --engine and --checkpoint; ONNX Runtime's CUDA graphs are "
-                           "not wired here")
+        raise BackendError("cuda_graphs (--cuda-graphs) applies to a TensorRT engine or a checkpoint, not to an "
+                           "ONNX model")
     if model is None and (providers is not None or backend != "onnxruntime"):
-        raise BackendError("--providers and --backend apply to an ONNX model (--model) only")
+        raise BackendError("providers and backend (--providers, --backend) apply to an ONNX model only")
     if engine is not None:
         from .trt_runner import TrtRunner  # numpy only at import; tensorrt and cuda-python on activate()
 

@@ -243,8 +243,8 @@ def test_duplicate_paths_get_a_record_per_mention(random_onnx, images):
                                         (["--max-pixels", "0"], "at least 2304"),
                                         (["--max-model-pixels", "100"], "at least 2304"),
                                         (["--threshold", "5"], "[0, 1]"), (["--batch-size", "0"], "at least 1"),
-                                        (["--device", "cuda"], "applies to --checkpoint only"),
-                                        (["--cuda-graphs"], "--cuda-graphs applies to --engine")])
+                                        (["--device", "cuda"], "applies to a PyTorch checkpoint only"),
+                                        (["--cuda-graphs"], "applies to a TensorRT engine or a checkpoint")])
 def test_useless_options_are_refused_in_one_line(random_onnx, images, args, says):
     r = infer(random_onnx, images[0], *args)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
