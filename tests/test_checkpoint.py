@@ -102,3 +102,23 @@ def test_missing_file_and_directory(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="is a directory"):
         load_checkpoint(tmp_path)
+
+
+def test_unreadable_checkpoint_is_named_in_words(tmp_path, monkeypatch):
+    """Issue 14, item 14: the reason in words, not "[Errno 13] Permission denied: '...'"."""
+    import errno
+
+    import torch
+
+    from lfm.train.checkpoint import CheckpointError, read_checkpoint
+
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"x" * 16)
+
+    def denied(*args, **kwargs):  # as a non-root user meets a chmod 000 file (root reads anything)
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value) == f"{path}: cannot read the file (permission denied (check the file's owner and mode))"

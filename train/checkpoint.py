@@ -66,6 +66,10 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:  # permission denied, I/O error: the file, not its contents
+        from lfm.runtime.cli import describe_os_error
+
+        raise CheckpointError(f"{path}: cannot read the file ({describe_os_error(e)})") from None
     except pickle.UnpicklingError as e:
         # torch wraps the real reason in advice about weights_only=False, which we never take.
         text = str(e)
