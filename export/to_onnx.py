@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=("standard", "plugins"), default="standard",
                    help="standard: ONNX operators only (default); plugins: NPR and Top-K pooling as LFM's custom "
                         "nodes (TensorRT plugins; ONNX Runtime needs the [plugins] extra)")
-    p.add_argument("--opset", type=positive_int(MIN_OPSET, "--opset"), default=MIN_OPSET,
+    p.add_argument("--opset", type=int, default=MIN_OPSET,
                    help=f"ONNX opset, {MIN_OPSET} up to the newest this PyTorch's exporter writes (20 for 2.x)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 graph, float32 inputs/outputs kept (GPU runtimes)")
