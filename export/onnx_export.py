@@ -71,7 +71,8 @@ class Uint8InputLFM(nn.Module):
         self.register_buffer("scale", scale.view(1, 3, 1, 1))
 
     def forward(self, pixels):
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+        # Cast, then Transpose: TensorRT takes a uint8 network input only into a Cast (bytes are exact in float32)
+        x = pixels.to(torch.float32).permute(0, 3, 1, 2)
         return self._head(self.model.npr(x).abs() * self.scale)
 
     def _head(self, residual_abs):
@@ -115,8 +116,11 @@ class _TopKPoolOp(torch.autograd.Function):
 class PluginLFM(nn.Module):
     """Either input variant -> (logit [B], score [B]) with NPR and Top-K pooling as custom nodes.
 
-    uint8: LfmNpr scales by 1 / (255 std) (the same float32 constants as Uint8InputLFM); float:
-    by 1, 1, 1. What lies between the two nodes (SNet, salience) and after (fc) is unchanged."""
+    uint8: the bytes are cast to float32 and put in NCHW order first (Cast, then Transpose: TensorRT's
+    plugins take no uint8 tensors, and a uint8 network input may only meet a Cast), then LfmNpr scales
+    by 1 / (255 std) (the same float32 constants as Uint8InputLFM); bytes are exact in float32, so the
+    values are those of the uint8 path. float: LfmNpr scales by 1, 1, 1. What lies between the two
+    nodes (SNet, salience) and after (fc) is unchanged."""
 
     def __init__(self, model: LFM, input_variant: str, std):
         super().__init__()
@@ -132,7 +136,9 @@ class PluginLFM(nn.Module):
 
     def forward(self, x):
         m = self.model
-        maps = m.salience(m.snet(_NprOp.apply(x, self.scale, self.nhwc)))
+        if self.nhwc:  # Cast first: TensorRT takes a uint8 network input only into a Cast
+            x = x.to(torch.float32).permute(0, 3, 1, 2)
+        maps = m.salience(m.snet(_NprOp.apply(x, self.scale, False)))
         logit = m.fc(_TopKPoolOp.apply(maps, self.k, self.channels)).squeeze(-1)
         return logit, torch.sigmoid(logit)
 

@@ -28,9 +28,10 @@ Triton's ModelConfig protobuf when tritonclient is installed (the [serve] extra)
 
 --engine plans: the input, precision and optimisation profile come from the sidecar that
 export/to_trt.py writes (PLAN.json); --max-batch-size is capped at the profile's largest batch.
-An engine built with LFM's plugins needs the plugin library loaded by tritonserver
-(LD_PRELOAD, see the TensorRT section of the README). A plan only runs on the GPU architecture
-and TensorRT release it was built with: build it in (or for) the container you deploy.
+An engine built with LFM's plugins needs no plugin library: export/to_trt.py builds them ahead of
+time (AOT), so their kernels are inside the plan (nothing to LD_PRELOAD). A plan only runs on the
+GPU architecture and TensorRT release it was built with: build it in (or for) the container you
+deploy.
 Policy "tiles" (several arrays per image) is not expressible as one preprocessing step: serve it
 with runtime/serve.py. Exit status: 0 written, 2 bad model or arguments.
 """
@@ -340,8 +341,8 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
                               "step cannot express; serve it with runtime/serve.py or re-export with --policy resize")
     if desc["plugins"]:
         if is_plan:
-            notes.append(f"engine uses LFM's TensorRT plugins ({', '.join(desc['plugins'])}): load the plugin "
-                         "library into tritonserver (LD_PRELOAD)")
+            notes.append(f"engine uses LFM's TensorRT plugins ({', '.join(desc['plugins'])}), built ahead of time: "
+                         "their kernels are inside the plan, so tritonserver needs no plugin library (no LD_PRELOAD)")
         else:
             raise RepositoryError(f"{source}: a plugin graph (custom ops {', '.join(desc['plugins'])}) that Triton's "
                                   "onnxruntime backend cannot run; export --variant standard")

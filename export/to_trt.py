@@ -11,10 +11,13 @@ an engine built by another TensorRT release or for another GPU architecture with
 command in its message.
 
 Precision follows the ONNX model: fp32, fp16 (export/to_onnx.py --fp16) or INT8 from the QDQ
-model (export/to_onnx.py --int8 --int8-profile tensorrt), each built as a strongly typed network;
---precision fp16 on an fp32 model is TensorRT 10's weakly typed FP16 build. No calibrator is ever
-used. The plugin graph (export/to_onnx.py --variant plugins) is built with LFM's TensorRT plugins
-(lfm.kernels.trt_plugins), registered only for such a graph.
+model (export/to_onnx.py --int8 --int8-profile tensorrt), each built as a strongly typed network
+(TensorRT 10 and 11 alike; 11 has no other kind). --precision fp16 on an fp32 model converts it to
+fp16 first (export/to_onnx.py --fp16's conversion) and builds and compares that graph. No
+calibrator is ever used. The plugin graph (export/to_onnx.py --variant plugins) is built with
+LFM's TensorRT plugins (lfm.kernels.trt_plugins; TensorRT 10.9+), registered only for such a graph.
+An unsupported TensorRT, NumPy or Polygraphy (lfm.runtime.trt_runner.TENSORRT_SUPPORT) is one line
+and exit 2, before the build.
 
 --batch and --size give the optimisation profile, MIN,OPT,MAX (or one N for a static one);
 --size bounds height and width alike (default: LFM's minimum 48, the model's size, twice it). The
@@ -31,9 +34,12 @@ exit 1. Exit 2: bad arguments or model, no TensorRT, no GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -52,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", metavar="PLAN", default=None,
                    help="where to write the engine (default: the ONNX path with .plan, e.g. lfm.plan)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="default: the ONNX model's; int8 needs the QDQ model, fp16 on an fp32 model is a weakly typed build")
+                   help="default: the ONNX model's; int8 needs the QDQ model, fp16 on an fp32 model builds its fp16 conversion")
     p.add_argument("--batch", metavar="MIN,OPT,MAX", default=None, help="batch range of the profile (default 1,16,32)")
     p.add_argument("--size", metavar="MIN,OPT,MAX", default=None,
                    help="height/width range of the profile (default: 48, the model's size, twice the model's size)")
@@ -83,17 +89,16 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def build_engine(trt, onnx_path: str, profile: dict, mode: dict, plugins: list, workspace_mib: int,
-                 opt_level: int, timing_cache: str | None) -> bytes:
-    """TensorRT's ONNX parser and builder, through Polygraphy's config and build loaders."""
+def build_engine(trt, onnx_path: str, profile: dict, plugins: list, workspace_mib: int, opt_level: int,
+                 timing_cache: str | None) -> bytes:
+    """TensorRT's ONNX parser and builder, through Polygraphy's config and build loaders; the
+    network strongly typed (precision from the graph's types, as TensorRT 11 requires)."""
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, Profile
 
     from lfm.export.trt_build import BuildError, import_plugins
 
     logger = trt.Logger(trt.Logger.WARNING)
-    flags = 0
-    if mode["strongly_typed"]:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # 10.x; 11.x keeps it, ignored (always strong)
     if plugins:  # the plugin graph: LFM's plugins registered before parsing, AOT implementations preferred
         trt_plugins = import_plugins()
         trt_plugins.register_plugins()
@@ -110,7 +115,7 @@ def build_engine(trt, onnx_path: str, profile: dict, mode: dict, plugins: list, 
         return builder, net, parser
 
     config = CreateConfig(
-        fp16=mode["fp16_flag"], tf32=False,
+        tf32=False,
         profiles=[Profile().add(profile["input"], min=profile["min"], opt=profile["opt"], max=profile["max"])],
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mib << 20},
         builder_optimization_level=opt_level,
@@ -125,7 +130,7 @@ def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str,
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
-    from lfm.export.trt_build import TOLERANCES, judge
+    from lfm.export.trt_build import TOLERANCES, iteration_verdicts, judge
     from lfm.runtime.custom_ops import session_options_for, uses_custom_ops
 
     if uses_custom_ops(onnx_path):
@@ -142,8 +147,7 @@ def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str,
     if tol.rtol is not None:
         accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(
             rtol=tol.rtol, atol=tol.atol, check_error_stat="max"))
-        (_, iterations), = accuracy[0].items()
-        passed = [bool(it["logit"]) for it in iterations]
+        passed = iteration_verdicts(accuracy, "logit")
     (_, ref), (_, eng) = results[0], results[1]
     return judge(precision, [r["logit"] for r in ref], [e["logit"] for e in eng], threshold, passed)
 
@@ -160,12 +164,18 @@ def build(args) -> int:
     profile = tb.make_profile(inp, args.batch, args.size, spec)
     plan = args.output or tb.default_output(args.onnx)
     tb.check_output(plan)
+    problem = tb.uint8_input_problem(proto)
+    if problem:
+        raise tb.BuildError(f"{args.onnx}: {problem}")
+    mode = tb.choose_mode(args.onnx, model_precision, args.precision, tb.int8_profile(props))
+    trt = tb.import_tensorrt()  # with its version checked
+    untested = tb.tensorrt_untested(trt.__version__)
+    if untested:
+        print(f"warning: {untested}", file=sys.stderr)
+    tb.check_polygraphy()  # before the build, not after it
+    if plugins:
+        tb.check_plugin_graph(trt.__version__)
     del proto
-
-    tb.choose_mode(args.onnx, model_precision, args.precision, tb.int8_profile(props), weak_typing=True)  # early
-    trt = tb.import_tensorrt()
-    mode = tb.choose_mode(args.onnx, model_precision, args.precision, tb.int8_profile(props),
-                          weak_typing=hasattr(trt.BuilderFlag, "FP16"))
     try:
         cudart = import_cudart()
         device_name, cc = device_info(cudart)
@@ -175,51 +185,77 @@ def build(args) -> int:
     precision = mode["precision"]
     command = tb.build_command(args.onnx, plan, precision, profile, args.workspace, args.opt_level)
     print(f"building a {precision} engine from {args.onnx} ({model_precision} model"
+          f"{', converted to fp16' if mode['convert_fp16'] else ''}"
           f"{', plugin graph: ' + ', '.join(plugins) if plugins else ''}) with TensorRT {trt.__version__} on "
           f"{device_name} (compute capability {cc}); profile {inp['name']}: min {profile['min']} opt {profile['opt']} "
           f"max {profile['max']}")
 
-    t0 = time.perf_counter()
-    plan_bytes = bytes(build_engine(trt, args.onnx, profile, mode, plugins, args.workspace, args.opt_level, timing_cache))
-    build_s = time.perf_counter() - t0
+    with graph_to_build(args.onnx, mode, plan) as graph:
+        t0 = time.perf_counter()
+        plan_bytes = bytes(build_engine(trt, graph, profile, plugins, args.workspace, args.opt_level, timing_cache))
+        build_s = time.perf_counter() - t0
 
-    feeds = tb.synthetic_feeds(inp, spec, profile)
-    shapes = [list(next(iter(f.values())).shape) for f in feeds]
-    notes = []
-    if args.compare_images:
-        from lfm.runtime.inputs import expand_paths
+        feeds = tb.synthetic_feeds(inp, spec, profile)
+        shapes = [list(next(iter(f.values())).shape) for f in feeds]
+        notes = []
+        if args.compare_images:
+            from lfm.runtime.inputs import expand_paths
 
-        files = list(expand_paths([args.compare_images]).inputs)[:args.compare_count]
-        image_feeds, notes = tb.image_feeds(files, inp, spec, profile)
-        feeds += image_feeds
-        shapes += [list(next(iter(f.values())).shape) for f in image_feeds]
-        print(f"--compare-images: {sum(len(next(iter(f.values()))) for f in image_feeds)} images from {len(files)} "
-              f"files{f'; {len(notes)} left out (listed in the report)' if notes else ''}")
-    t1 = time.perf_counter()
-    verdict = compare(trt, args.onnx, plan_bytes, feeds, precision, spec.threshold)
-    compare_s = time.perf_counter() - t1
-    print(tb.format_report(verdict, shapes))
+            files = list(expand_paths([args.compare_images]).inputs)[:args.compare_count]
+            image_feeds, notes = tb.image_feeds(files, inp, spec, profile)
+            feeds += image_feeds
+            shapes += [list(next(iter(f.values())).shape) for f in image_feeds]
+            print(f"--compare-images: {sum(len(next(iter(f.values()))) for f in image_feeds)} images from {len(files)} "
+                  f"files{f'; {len(notes)} left out (listed in the report)' if notes else ''}")
+        t1 = time.perf_counter()
+        verdict = compare(trt, graph, plan_bytes, feeds, precision, spec.threshold)
+        compare_s = time.perf_counter() - t1
+        print(tb.format_report(verdict, shapes))
 
-    build_record = {"seconds": round(build_s, 2), "workspace_mib": args.workspace, "opt_level": args.opt_level,
-                    "timing_cache": timing_cache, "strongly_typed": mode["strongly_typed"], "fp16_flag": mode["fp16_flag"]}
-    sidecar = tb.make_sidecar(spec=spec, inp=inp, profile=profile, precision=precision, mode=mode,
-                              trt_version=trt.__version__, device_name=device_name, compute_capability=cc,
-                              onnx_path=args.onnx, onnx_sha256=_sha256_file(args.onnx), onnx_props=props,
-                              plan_sha256=sha256_bytes(plan_bytes), plugins=plugins, command=command, build=build_record)
-    report = {"onnx": os.path.abspath(args.onnx), "plan": os.path.abspath(plan), "engine": sidecar,
-              "reference": "ONNX Runtime (CPUExecutionProvider) on the same ONNX model, through Polygraphy's Comparator",
-              "inputs": shapes, "image_notes": notes, "comparison": verdict,
-              "seconds": {"build": round(build_s, 2), "compare": round(compare_s, 2)}, "passed": verdict["passed"]}
-    report_path = plan + ".report.json"
+        build_record = {"seconds": round(build_s, 2), "workspace_mib": args.workspace, "opt_level": args.opt_level,
+                        "timing_cache": timing_cache, "strongly_typed": mode["strongly_typed"],
+                        "converted_to_fp16": mode["convert_fp16"], "plugin_implementation": "aot" if plugins else None}
+        sidecar = tb.make_sidecar(spec=spec, inp=inp, profile=profile, precision=precision, mode=mode,
+                                  trt_version=trt.__version__, device_name=device_name, compute_capability=cc,
+                                  onnx_path=args.onnx, onnx_sha256=_sha256_file(args.onnx), onnx_props=props,
+                                  plan_sha256=sha256_bytes(plan_bytes), plugins=plugins, command=command, build=build_record)
+        report = {"onnx": os.path.abspath(args.onnx), "plan": os.path.abspath(plan), "engine": sidecar,
+                  "reference": ("ONNX Runtime (CPUExecutionProvider) on the same ONNX graph"
+                                f"{' (the fp16 conversion of the fp32 model)' if mode['convert_fp16'] else ''}, through "
+                                "Polygraphy's Comparator"),
+                  "inputs": shapes, "image_notes": notes, "comparison": verdict,
+                  "seconds": {"build": round(build_s, 2), "compare": round(compare_s, 2)}, "passed": verdict["passed"]}
+        report_path = plan + ".report.json"
 
-    rejected = tb.save_build(plan, plan_bytes, sidecar, report)
-    if rejected is None:
-        print(f"wrote {plan} ({precision}, {len(plan_bytes) / 1e6:.1f} MB), {sidecar_path(plan)} and {report_path} "
-              f"(build {build_s:.1f} s, comparison {compare_s:.1f} s)")
-        return 0
-    print(f"error: the engine FAILED its comparison with ONNX Runtime; nothing written to {plan}; the engine is kept "
-          f"as {rejected} and the report in {report_path}", file=sys.stderr)
-    return 1
+        rejected = tb.save_build(plan, plan_bytes, sidecar, report)
+        if rejected is None:
+            print(f"wrote {plan} ({precision}, {len(plan_bytes) / 1e6:.1f} MB), {sidecar_path(plan)} and {report_path} "
+                  f"(build {build_s:.1f} s, comparison {compare_s:.1f} s)")
+            return 0
+        print(f"error: the engine FAILED its comparison with ONNX Runtime; nothing written to {plan}; the engine is kept "
+              f"as {rejected} and the report in {report_path}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def graph_to_build(onnx_path: str, mode: dict, plan: str):
+    """The graph TensorRT parses and ONNX Runtime runs in the comparison: the model itself or, for
+    --precision fp16 on an fp32 model, its fp16 conversion (trt_build.fp16_model), written to a
+    temporary folder beside PLAN and removed afterwards."""
+    if not mode["convert_fp16"]:
+        yield onnx_path
+        return
+    import onnx
+
+    from lfm.export.trt_build import fp16_model
+
+    workdir = tempfile.mkdtemp(prefix=".lfm-trt-", dir=os.path.dirname(os.path.abspath(plan)))
+    try:
+        path = os.path.join(workdir, os.path.splitext(os.path.basename(onnx_path))[0] + ".fp16.onnx")
+        onnx.save(fp16_model(onnx.load(onnx_path)), path)
+        yield path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv=None) -> int:

@@ -4,21 +4,27 @@ TensorRT call, tested without TensorRT or a GPU.
     proto, props = read_onnx("lfm.onnx")          # the model and its metadata_props
     inp = input_info(proto, props)                # {"name": "pixels", "dtype": "uint8", "layout": "NHWC"}
     profile = make_profile(inp, "1,16,32", None, model_spec(props))     # min/opt/max shapes
-    mode = choose_mode("lfm.onnx", onnx_precision(proto, props), "fp16", int8_profile(props), True)
+    mode = choose_mode("lfm.onnx", onnx_precision(proto, props), "fp16", int8_profile(props))
+    half = fp16_model(onnx.load("lfm.onnx"))      # when mode["convert_fp16"]: the graph TensorRT builds
     sidecar = make_sidecar(...)                   # -> PLAN.json, read back by runtime/trt_runner.py
 
-Precision comes from the ONNX model, as TensorRT's strongly typed networks want it:
+Precision comes from the ONNX graph TensorRT parses; every network is strongly typed (the only
+kind TensorRT 11 builds: it removed weak typing and BuilderFlag.FP16 / INT8), the same on 10.x:
 
-    ONNX model (export/to_onnx.py)          --precision   network          TensorRT builder flags
-    fp32                                     fp32          strongly typed   none (TF32 off)
-    fp16 (--fp16)                            fp16          strongly typed   none
-    INT8 QDQ (--int8 --int8-profile tensorrt) int8         strongly typed   none: explicit quantisation
-    fp32                                     fp16          weakly typed     FP16 (TensorRT 10 only)
+    ONNX model (export/to_onnx.py)          --precision   TensorRT builds
+    fp32                                     fp32          the fp32 graph (TF32 off)
+    fp16 (--fp16)                            fp16          the fp16 graph
+    fp32                                     fp16          the fp16 graph converted from it here (fp16_model)
+    INT8 QDQ (--int8 --int8-profile tensorrt) int8         the QDQ graph: explicit quantisation
 
 INT8 always comes from the QDQ model of the export stage: no calibrator (TensorRT's implicit
-calibrators are deprecated in 10.x and removed in 11). ``--precision fp16`` on an fp32 model is
-the one weakly typed build (TensorRT 10's FP16 flag; 11.x removed weak typing): it is how the
-fp32-only plugin graph gets an fp16 engine.
+calibrators are deprecated in 10.x and removed in 11). ``fp16_model`` is export/to_onnx.py
+--fp16's conversion (inputs and outputs keep their types) with LFM's custom ops kept in float32:
+it is how the fp32-only plugin graph gets an fp16 engine.
+
+Which TensorRT, NumPy and Polygraphy releases work is declared in
+``lfm.runtime.trt_runner.TENSORRT_SUPPORT``; ``tensorrt_problem``, ``plugin_graph_problem`` and
+``polygraphy_problem`` turn an unsupported combination into one line before anything is built.
 
 Tolerances of the build's comparison with ONNX Runtime on the same ONNX model (``TOLERANCES``):
 fp32 and fp16 are judged on the logit's max error, relative or absolute (Polygraphy's
@@ -39,7 +45,8 @@ import numpy as np
 from lfm.export.paths import output_problem
 from lfm.runtime import custom_ops
 from lfm.runtime.spec import ModelSpec, min_input_size
-from lfm.runtime.trt_runner import SIDECAR_FORMAT, describe_profile, profile_axes, trt_release
+from lfm.runtime.trt_runner import (SIDECAR_FORMAT, TENSORRT_SUPPORT, at_least, describe_profile, profile_axes,
+                                    tensorrt_problem, tensorrt_untested, trt_release)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = "1,16,32"
@@ -48,6 +55,7 @@ OPT_LEVELS = (0, 1, 2, 3, 4, 5)
 DEFAULT_OPT_LEVEL = 3  # TensorRT's default
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 SCRIPT = "export/to_trt.py"
+INSTALL = "pip install -e '.[tensorrt]' (CUDA 13 driver) or '.[tensorrt-cu12]' (CUDA 12 driver)"
 
 
 class BuildError(RuntimeError):
@@ -73,8 +81,9 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(1e-3, 1e-3, 1e-3, "TensorRT's fp32 kernels (TF32 off) against ONNX Runtime's: other convolution "
                       "algorithms and summation orders, so 1e-3 rather than the export's 1e-4"),
-    "fp16": Tolerance(1e-2, 1e-1, 0.1, "fp16 kernels against ONNX Runtime on the same model (fp16, or fp32 for a "
-                      "weakly typed fp16 build): logits reach ~80, fp16 keeps ~3 significant digits"),
+    "fp16": Tolerance(1e-2, 1e-1, 0.1, "fp16 kernels against ONNX Runtime on the same fp16 model (the export's, or "
+                      "the one converted from the fp32 model for --precision fp16): logits reach ~80, fp16 keeps ~3 "
+                      "significant digits"),
     "int8": Tolerance(None, None, 1.0, "ONNX Runtime runs the QDQ model with its own int8 kernels or simulated "
                       "int8 while TensorRT fuses each Q/DQ pair into int8 kernels that requantise differently, so "
                       "logits move by more than float error; judged by decisions: none may flip unless the ONNX "
@@ -89,7 +98,10 @@ TOLERANCES = {
 
 def read_onnx(path: str):
     """(ModelProto without external data, metadata dict). BuildError when unusable."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise BuildError(f"reading {path} needs the onnx package: {INSTALL}") from None
 
     if not os.path.exists(path):
         raise BuildError(f"{path}: no such file")
@@ -113,6 +125,7 @@ def model_spec(props: dict) -> ModelSpec:
 
 
 _DTYPES = {1: "float32", 2: "uint8", 10: "float16"}
+_ONNX_UINT8 = 2
 
 
 def input_info(proto, props: dict) -> dict:
@@ -160,15 +173,14 @@ def int8_profile(props: dict) -> str | None:
         return None
 
 
-def choose_mode(onnx_path: str, model_precision: str, requested: str | None, qdq_profile: str | None,
-                weak_typing: bool) -> dict:
-    """{"precision", "strongly_typed", "fp16_flag"} for a model and a requested precision, or
-    BuildError saying which model to export instead. ``weak_typing``: this TensorRT still has
-    BuilderFlag.FP16 (10.x)."""
+def choose_mode(onnx_path: str, model_precision: str, requested: str | None, qdq_profile: str | None) -> dict:
+    """{"precision", "strongly_typed", "convert_fp16"} for a model and a requested precision, or
+    BuildError saying which model to export instead. Every build is strongly typed; an fp16 engine
+    from an fp32 model is built from the fp16 graph ``fp16_model`` makes (``convert_fp16``)."""
     requested = requested or model_precision
     if requested not in PRECISIONS:
         raise BuildError(f"unknown precision {requested!r}; expected one of {', '.join(PRECISIONS)}")
-    strong = {"precision": requested, "strongly_typed": True, "fp16_flag": False}
+    strong = {"precision": requested, "strongly_typed": True, "convert_fp16": False}
     if model_precision == "int8":
         if requested != "int8":
             raise BuildError(f"{onnx_path} is an INT8 QDQ model: TensorRT runs its Q/DQ nodes in int8 whatever the "
@@ -187,12 +199,113 @@ def choose_mode(onnx_path: str, model_precision: str, requested: str | None, qdq
         return strong
     if model_precision == "fp16":  # requested fp32
         raise BuildError(f"{onnx_path} is an fp16 model; an fp32 engine needs the fp32 one (export/to_onnx.py without --fp16)")
-    # fp32 model, fp16 engine: weak typing
-    if not weak_typing:
-        raise BuildError(f"{onnx_path} is fp32 and this TensorRT has no weakly typed builds (BuilderFlag.FP16 is gone "
-                         "in TensorRT 11); for an fp16 engine export the fp16 model (python export/to_onnx.py CKPT "
-                         "--fp16) and build that")
-    return {"precision": "fp16", "strongly_typed": False, "fp16_flag": True}
+    return {**strong, "convert_fp16": True}  # fp32 model, fp16 engine
+
+
+def uint8_input_problem(proto) -> str | None:
+    """One line when a uint8 graph input feeds anything but a Cast, else None. TensorRT takes a
+    uint8 network input only into a Cast / Identity (its DataType.UINT8 rule; plugins take no uint8
+    tensors at all): graphs exported before export/to_onnx.py cast first fed it to a Transpose
+    (standard graph) or to LfmNpr (plugin graph)."""
+    uint8_inputs = {i.name for i in proto.graph.input if i.type.tensor_type.elem_type == _ONNX_UINT8}
+    for node in proto.graph.node:
+        fed = uint8_inputs.intersection(node.input)
+        if fed and node.op_type != "Cast":
+            return (f"its uint8 input {sorted(fed)[0]!r} feeds {node.op_type} directly, and TensorRT takes a uint8 "
+                    "input only into a Cast (the graph was exported before export/to_onnx.py cast first); export "
+                    "it again with this version's export/to_onnx.py, same options")
+    return None
+
+
+def fp16_model(proto):
+    """The fp16 graph TensorRT builds, strongly typed, for ``--precision fp16`` on an fp32 model.
+
+    export/to_onnx.py --fp16's conversion (onnxruntime.transformers.float16, inputs and outputs
+    keep their types), with LFM's custom ops kept in float32 (their plugins take float32; the
+    converter puts Casts around them), the nodes put back in topological order (the converter
+    appends its Casts at the end; ONNX and TensorRT's parser want producers first) and
+    ``lfm.precision`` set to fp16. Needs only onnx and onnxruntime, no torch."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    half = convert_float_to_float16(proto, keep_io_types=True,
+                                    op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(custom_ops.OP_TYPES))
+    sort_nodes(half.graph)
+    props = {p.key: p.value for p in half.metadata_props}
+    props.update({"lfm.precision": "fp16", "lfm.fp16_converted_by": SCRIPT})
+    del half.metadata_props[:]
+    for key, value in props.items():
+        entry = half.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(half)
+    return half
+
+
+def sort_nodes(graph) -> None:
+    """Put a graph's nodes in topological order, in place; nodes keep their order where they can.
+    BuildError when some node's input is produced nowhere (a cycle or a dangling name)."""
+    available = {""} | {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            missing = sorted({n for node in waiting for n in node.input if n not in available})
+            raise BuildError(f"the graph cannot be ordered: no node produces {', '.join(missing[:3])}")
+        pending = waiting
+    ordered = [type(node).FromString(node.SerializeToString()) for node in ordered]  # copies outlive the clear
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# ----------------------------------------------------------------------------------------------
+# Versions: TensorRT, NumPy and Polygraphy against lfm.runtime.trt_runner.TENSORRT_SUPPORT
+
+
+def plugin_graph_problem(trt_version: str, numpy_version: str, has_plugin_module: bool) -> str | None:
+    """One line when the plugin graph cannot be built with this TensorRT (and NumPy), else None.
+    ``has_plugin_module``: ``import tensorrt.plugin`` would work."""
+    floor = TENSORRT_SUPPORT["plugin_graph"]
+    pip_floor = TENSORRT_SUPPORT["pip_plugin_module"]
+    standard = "or build the standard graph (export/to_onnx.py --variant standard)"
+    if not at_least(trt_version, floor):
+        return (f"the plugin graph needs TensorRT {floor} or newer (tensorrt.plugin.aot_impl, for the plugins' "
+                f"ahead-of-time kernels); this is TensorRT {trt_version}: upgrade it, {INSTALL}, {standard}")
+    if not has_plugin_module:
+        return (f"TensorRT {trt_version} has no tensorrt.plugin module, which the plugin graph needs (pip's TensorRT "
+                f"wheels ship it from {pip_floor} on; the wheels in NGC containers and TensorRT tarballs have it): "
+                f"{INSTALL}, which ask for TensorRT {pip_floor}+, {standard}")
+    numpy_below, fixed_in = TENSORRT_SUPPORT["plugin_graph_numpy_below"], TENSORRT_SUPPORT["plugin_graph_numpy_fixed_in"]
+    if not at_least(trt_version, fixed_in) and at_least(numpy_version, numpy_below):
+        return (f"the plugin graph on TensorRT {trt_version} needs numpy < {numpy_below}: its plugin creator reads "
+                f"LfmTopKPool's k with int() on an array, which NumPy {numpy_version} refuses (fixed in TensorRT "
+                f"{fixed_in}); pip install 'numpy<{numpy_below}', or TensorRT {fixed_in}+, {standard}")
+    return None
+
+
+def polygraphy_problem(version: str | None) -> str | None:
+    """One line when Polygraphy is missing (None) or older than the comparison needs, else None."""
+    floor = TENSORRT_SUPPORT["polygraphy"]
+    if version is None:
+        return f"building an engine needs Polygraphy {floor}+ (its loaders and Comparator): {INSTALL}"
+    if not at_least(version, floor):
+        return (f"Polygraphy {version} is too old: the comparison after the build needs {floor}+ (SimpleCompareFunc); "
+                f"pip install 'polygraphy>={floor}'")
+    return None
+
+
+def iteration_verdicts(accuracy, output: str = "logit") -> list[bool]:
+    """Per-iteration pass/fail of one output from Polygraphy's ``Comparator.compare_accuracy``
+    (0.53+: a list with one result per comparison function, each {(runner, runner): [per-iteration
+    {output: verdict}]}; one function and one runner pair here)."""
+    (result,) = accuracy
+    (iterations,) = result.values()
+    return [bool(it[output]) for it in iterations]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,8 +618,38 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError as e:
         raise BuildError(f"building an engine needs TensorRT ({e}); on a machine with an NVIDIA GPU: "
-                         "pip install -e '.[tensorrt]' (TensorRT 10.8+ and cuda-python)") from None
+                         "pip install -e '.[tensorrt]' (TensorRT and cuda-python for a CUDA 13 driver; "
+                         "'.[tensorrt-cu12]' for a CUDA 12 driver)") from None
+    problem = tensorrt_problem(trt.__version__)
+    if problem:
+        raise BuildError(problem)
     return trt
+
+
+def check_polygraphy() -> None:
+    """BuildError before the build (not after it) when Polygraphy cannot do the comparison."""
+    try:
+        import polygraphy
+    except ImportError:
+        version = None
+    else:
+        version = getattr(polygraphy, "__version__", "0")
+    problem = polygraphy_problem(version)
+    if problem:
+        raise BuildError(problem)
+
+
+def check_plugin_graph(trt_version: str) -> None:
+    """BuildError before registering plugins when this TensorRT / NumPy cannot build the plugin graph."""
+    import importlib.util
+
+    try:
+        has_module = importlib.util.find_spec("tensorrt.plugin") is not None
+    except ImportError:
+        has_module = False
+    problem = plugin_graph_problem(trt_version, np.__version__, has_module)
+    if problem:
+        raise BuildError(problem)
 
 
 def import_plugins():
@@ -521,8 +664,10 @@ def import_plugins():
 
 __all__ = [
     "BuildError", "Tolerance", "TOLERANCES", "PRECISIONS", "read_onnx", "model_spec", "input_info", "plugin_ops",
-    "onnx_precision", "int8_profile", "choose_mode", "parse_triple", "default_size", "make_profile",
+    "onnx_precision", "int8_profile", "choose_mode", "uint8_input_problem", "fp16_model", "sort_nodes",
+    "plugin_graph_problem", "polygraphy_problem", "iteration_verdicts", "tensorrt_untested", "parse_triple",
+    "default_size", "make_profile",
     "default_output", "rejected_path", "check_output", "default_timing_cache", "build_command", "make_sidecar",
     "format_command", "save_build", "comparison_shapes", "synthetic_feeds", "image_feeds", "to_input", "logit_threshold", "judge",
-    "format_report", "import_tensorrt", "import_plugins",
+    "format_report", "import_tensorrt", "check_polygraphy", "check_plugin_graph", "import_plugins",
 ]

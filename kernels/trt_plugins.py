@@ -3,8 +3,10 @@
     from lfm.kernels.trt_plugins import register_plugins
     register_plugins()   # before parsing the plugin graph (export/to_onnx.py --variant plugins)
 
-Registered with TensorRT's Python plugin API (``tensorrt.plugin``; the AOT path needs a TensorRT
-with ``tensorrt.plugin.aot_impl``):
+Registered with TensorRT's Python plugin API (``tensorrt.plugin``; ``aot_impl``, ``KernelLaunchParams``
+and ``SymInt32`` need TensorRT 10.9+, and pip's wheels ship ``tensorrt.plugin`` from 10.14 on;
+export/to_trt.py checks both, and NumPy < 2.4 before TensorRT 11.2, against
+``lfm.runtime.trt_runner.TENSORRT_SUPPORT`` before it calls ``register_plugins``):
 
 * ``@trtp.register``: output shape as shape expressions and dtype (float32) from the input's.
 * ``@trtp.aot_impl``: the Triton kernel compiled ahead of time (``lfm.kernels.aot``) for this
@@ -15,9 +17,13 @@ with ``tensorrt.plugin.aot_impl``):
 * ``@trtp.impl``: the JIT fallback, the Triton launchers (``lfm.kernels.npr.npr``,
   ``lfm.kernels.top_k_pool.top_k_pool``) on TensorRT's stream; the engine then needs Python,
   torch and triton at inference.
-* No ``@trtp.autotune``: without one TensorRT takes the input types the network gives (uint8
-  or float32 for LfmNpr, float32 for LfmTopKPool), the float32 outputs declared here and linear
-  formats, which is all these kernels support.
+* No ``@trtp.autotune``: without one TensorRT takes the input types the network gives (float32
+  for both), the float32 outputs declared here and linear formats, which is all these kernels
+  support.
+* LfmNpr takes float32 NCHW only here. TensorRT's plugins take no uint8 tensors (a uint8 network
+  input may only meet a Cast), so the exporter casts the uint8 graph's bytes to float32 and
+  transposes them to NCHW before LfmNpr, with the scale 1 / (255 std) unchanged: the same values
+  as the fused uint8 path of the kernels and of ONNX Runtime's op, which stays for those.
 
 Both implementations are defined, so TensorRT must be told which to use: build the network
 with ``NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS`` (``network_flags()``), or
@@ -220,9 +226,10 @@ def _register() -> None:
 
     @trtp.register(NPR_ID)
     def npr_desc(x: trtp.TensorDesc, scale: str) -> trtp.TensorDesc:
-        if x.dtype not in (trt.uint8, trt.float32):
-            raise ValueError(f"{ops.NPR_OP} takes uint8 NHWC or float32 NCHW input, got {x.dtype}")
-        dims = npr_output_dims(tuple(x.shape_expr), nhwc=x.dtype == trt.uint8)
+        if x.dtype != trt.float32:
+            raise ValueError(f"{ops.NPR_OP} takes float32 NCHW input in TensorRT, got {x.dtype}; export the plugin "
+                             "graph again (export/to_onnx.py casts a uint8 input to float32 before it)")
+        dims = npr_output_dims(tuple(x.shape_expr), nhwc=False)
         return trtp.from_shape_expr(tuple(_unwrap(d) for d in dims), dtype=trt.float32)
 
     @trtp.aot_impl(NPR_ID)
@@ -230,10 +237,10 @@ def _register() -> None:
                 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
         from . import aot
 
-        nhwc = x.dtype == trt.uint8  # compiled once per (arch, input, scale): lfm.kernels.aot caches
-        kernel = aot.compile_npr(_device_arch(), input_dtype="uint8" if nhwc else "float32",
-                                 scale=ops.parse_scale(scale), out_dtype="float32", out_layout="NCHW")
-        return _aot_result(trtp, kernel, aot.npr_launch, npr_geometry(tuple(x.shape_expr), nhwc))
+        # compiled once per (arch, scale): lfm.kernels.aot caches
+        kernel = aot.compile_npr(_device_arch(), input_dtype="float32", scale=ops.parse_scale(scale),
+                                 out_dtype="float32", out_layout="NCHW")
+        return _aot_result(trtp, kernel, aot.npr_launch, npr_geometry(tuple(x.shape_expr), nhwc=False))
 
     @trtp.impl(NPR_ID)
     def npr_impl(x: trtp.Tensor, scale: str, outputs: Tuple[trtp.Tensor], stream: int) -> None:

@@ -9,7 +9,9 @@ registered through onnxruntime-extensions' Python custom ops) and in TensorRT (t
                  -> float32 [B, 3, H - H%2, W - W%2] = |NPR(x)| * scale[c]
                  NPR(x) = x - nearest_up(x[..., ::2, ::2]) after dropping an odd last row/column;
                  scale: 1 / (255 std) for the uint8 input (the normalisation folded in), 1, 1, 1
-                 for the float input.
+                 for the float input. The exporter's uint8 graph feeds LfmNpr float32 NCHW (a Cast,
+                 then a Transpose, of the bytes: TensorRT's plugins take no uint8 tensors) with the
+                 1 / (255 std) scale, the same values exactly; the uint8 form stays for older graphs.
     LfmTopKPool  float32 [B, C, H, W] -> float32 [B, C * k]: per channel the k largest values,
                  sorted descending, channel-major (torch.topk: NaN counts as the largest);
                  H * W < k is an error.

@@ -16,8 +16,11 @@ Three layers, so that most of it is plain Python tested without a GPU:
 2. CUDA plumbing with cuda-python, as TensorRT's samples do it (``samples/python/common_runtime.py``):
    ``PinnedBuffer`` (page-locked host memory seen as a numpy array), ``DeviceBuffer``, one
    non-blocking stream, asynchronous copies, an event per slot, optional CUDA graphs.
-3. ``TrtRunner``: the TensorRT 10 calls (``Runtime.deserialize_cuda_engine``, tensor names,
+3. ``TrtRunner``: the TensorRT 10 / 11 calls (``Runtime.deserialize_cuda_engine``, tensor names,
    ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``) over layers 1 and 2.
+
+The supported versions are declared once, in ``TENSORRT_SUPPORT`` below (the README's TensorRT
+support table says the same in words).
 
 Pipelining: the runner owns ``in_flight`` slots (default 2), each with its own pinned input,
 device input/outputs, pinned output and completion event. ``submit`` stages a batch into a free
@@ -54,10 +57,34 @@ from .spec import ModelSpec
 SIDECAR_FORMAT = "lfm-trt-engine/1"
 SIDECAR_SUFFIX = ".json"  # lfm.plan -> lfm.plan.json
 REQUIRED_KEYS = ("format", "spec", "input", "profiles", "precision", "tensorrt", "device", "plan_sha256", "command")
-INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver: pip install -e '.[tensorrt]' (TensorRT 10.8+ and "
-                "cuda-python); or run the ONNX model with --model lfm.onnx instead")
-NO_GPU_ERRORS = {"cudaErrorNoDevice", "cudaErrorInsufficientDriver", "cudaErrorInitializationError",
-                 "cudaErrorDevicesUnavailable", "CUDA_ERROR_NO_DEVICE", "CUDA_ERROR_NOT_INITIALIZED"}
+INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver: pip install -e '.[tensorrt]' (TensorRT and cuda-python "
+                "for a CUDA 13 driver; '.[tensorrt-cu12]' for a CUDA 12 driver); or run the ONNX model with --model "
+                "lfm.onnx instead")
+NO_GPU_ERRORS = {"cudaErrorNoDevice", "cudaErrorInitializationError", "cudaErrorDevicesUnavailable",
+                 "CUDA_ERROR_NO_DEVICE", "CUDA_ERROR_NOT_INITIALIZED"}
+DRIVER_TOO_OLD_ERRORS = {"cudaErrorInsufficientDriver", "CUDA_ERROR_INSUFFICIENT_DRIVER"}
+
+# The supported-version matrix, declared here only: "MAJOR.MINOR" floors (>=) and ceilings (<).
+# What each one guards:
+TENSORRT_SUPPORT = {
+    # every TensorRT name the engine code uses exists from 10.8 on (tests/test_trt_conformance.py
+    # reads the real bindings); 12 is not out yet: a newer major gets a warning, not a refusal
+    "tensorrt": ("10.8", "12"),
+    # the plugin graph: tensorrt.plugin.aot_impl, KernelLaunchParams, SymInt32 and
+    # NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS appear in 10.9
+    "plugin_graph": "10.9",
+    # pip's tensorrt-cu12 / -cu13 wheels ship the tensorrt.plugin package from 10.14 on (the wheels
+    # in NGC containers and TensorRT tarballs have it): the [tensorrt-cu12] / [tensorrt-cu13] floor
+    "pip_plugin_module": "10.14",
+    # TensorRT < 11.2's plugin creator reads an int attribute (LfmTopKPool's k) as int(1-element
+    # array), which NumPy 2.4 refuses (TypeError): there the plugin graph needs numpy < 2.4
+    "plugin_graph_numpy_below": "2.4",
+    "plugin_graph_numpy_fixed_in": "11.2",
+    # cuda-python's major follows the CUDA major of TensorRT's wheel and of the driver
+    "cuda_python": {"cu12": ("12.6", "13"), "cu13": ("13.0", "14")},
+    # SimpleCompareFunc, and compare_accuracy returning a list of results, arrive in Polygraphy 0.53
+    "polygraphy": "0.53",
+}
 
 
 class EngineError(BackendError):
@@ -75,6 +102,66 @@ class CudaError(BackendError):
 # ==============================================================================================
 # 1. Plain functions
 # ==============================================================================================
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.14.1.48.post1' -> (10, 14, 1, 48); '2.4.0rc1' -> (2, 4, 0): the leading digits of each
+    dotted part, stopping at the first part that is not all digits."""
+    out = []
+    for part in str(version).split("."):
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if not digits:
+            break
+        out.append(int(part[:digits]))
+        if digits < len(part):  # '0rc1': a pre-release tag ends the number
+            break
+    return tuple(out)
+
+
+def at_least(version: str, floor: str) -> bool:
+    return version_tuple(version) >= version_tuple(floor)
+
+
+def tensorrt_problem(trt_version: str) -> str | None:
+    """One line when this TensorRT is older than LFM's engine code supports, else None."""
+    floor, _ = TENSORRT_SUPPORT["tensorrt"]
+    if at_least(trt_version, floor):
+        return None
+    return (f"TensorRT {trt_version} is older than {floor}, the oldest release LFM's engine code supports; "
+            "install a newer one: pip install -e '.[tensorrt]' (CUDA 13 driver) or '.[tensorrt-cu12]' (CUDA 12 driver)")
+
+
+def tensorrt_untested(trt_version: str) -> str | None:
+    """A warning (one line) for a TensorRT major newer than any this code was checked against."""
+    floor, ceiling = TENSORRT_SUPPORT["tensorrt"]
+    if not at_least(trt_version, ceiling):
+        return None
+    return (f"TensorRT {trt_version} is newer than the releases LFM's engine code is checked against "
+            f"({floor} up to, not including, {ceiling}); if a TensorRT call fails, that is why")
+
+
+def driver_too_old_message(call: str, error: str, cuda_python: str) -> str:
+    """cudaErrorInsufficientDriver: the driver is older than the CUDA this cuda-python targets. Its
+    major follows TensorRT's wheel (the cu12 / cu13 extras): the fix is the cu12 extra or a newer driver."""
+    if version_tuple(cuda_python)[:1] >= (13,):
+        fix = ("with a CUDA 12 driver install the cu12 extra, which pins TensorRT and cuda-python for CUDA 12: "
+               "pip install -e '.[tensorrt-cu12]' (nvidia-smi shows the driver's CUDA version), or update the driver")
+    else:
+        fix = "update the NVIDIA driver (nvidia-smi shows the CUDA version it supports)"
+    return (f"the CUDA driver is older than cuda-python {cuda_python} needs ({call}: {error}): {fix}; or run the "
+            "ONNX model with --model lfm.onnx instead")
+
+
+def cuda_python_version() -> str:
+    """The installed cuda-python's version (the runtime API lives in 'cuda-bindings' from 12.8 on)."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "(version unknown)"
+
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -245,6 +332,8 @@ def cuda_check(result, call: str = "CUDA call"):
         err, values = result, ()
     if int(err) != 0:
         name = getattr(err, "name", None) or str(err)
+        if name in DRIVER_TOO_OLD_ERRORS:
+            raise CudaError(driver_too_old_message(call, name, cuda_python_version()))
         if name in NO_GPU_ERRORS:
             raise CudaError(f"no usable NVIDIA GPU ({call}: {name}): --engine needs a GPU and its driver; "
                             "run the ONNX model with --model lfm.onnx instead")
@@ -592,13 +681,13 @@ class TrtRunner(Runner):
     def _graph_context(self):
         """A fresh execution context for one CUDA graph (a graph fixes its context's shapes and
         addresses, so each graph gets its own). All of them share one scratch block of
-        ``device_memory_size`` bytes: their work runs one at a time, in order, on the one stream.
+        ``device_memory_size_v2`` bytes: their work runs one at a time, in order, on the one stream.
         None (graphs off, with a warning) where this TensorRT cannot make such a context."""
         trt, engine = self._trt, self.engine
         try:
             if self._scratch is None:
-                size = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
-                self._scratch = DeviceBuffer(self._cudart, max(int(size), 1))
+                # _v2 exists in 10.x and 11.x (11 removed device_memory_size); 0 is a valid size
+                self._scratch = DeviceBuffer(self._cudart, max(int(engine.device_memory_size_v2), 1))
             strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
             try:
                 context = engine.create_execution_context(strategy)

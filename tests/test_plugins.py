@@ -174,6 +174,32 @@ def test_plugin_graph_matches_the_standard_graph_in_onnx_runtime(random_graphs, 
         np.testing.assert_allclose(_run(random_graphs["uint8", "plugins"], pixels), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_uint8_graphs_cast_first_and_the_plugin_graph_stays_exact(random_graphs):
+    """TensorRT takes a uint8 network input only into a Cast, and its plugins take no uint8: both
+    uint8 graphs begin Cast -> Transpose (NCHW), the plugin graph's LfmNpr then takes float32 NCHW
+    with the same 1 / (255 std) scale, and the logits in ONNX Runtime equal the standard graph's
+    exactly (bytes are exact in float32)."""
+    for variant in ("standard", "plugins"):
+        nodes = onnx.load(random_graphs["uint8", variant]).graph.node
+        cast, transpose = nodes[0], nodes[1]
+        assert (cast.op_type, list(cast.input)) == ("Cast", ["pixels"])
+        assert onnx.helper.get_attribute_value(cast.attribute[0]) == onnx.TensorProto.FLOAT
+        assert (transpose.op_type, list(transpose.input)) == ("Transpose", list(cast.output))
+        assert list(onnx.helper.get_attribute_value(transpose.attribute[0])) == [0, 3, 1, 2]
+        assert not any("pixels" in n.input for n in nodes[1:])  # the Cast is the input's only consumer
+    npr_node = onnx.load(random_graphs["uint8", "plugins"]).graph.node[2]
+    assert npr_node.op_type == "LfmNpr" and list(npr_node.input) == list(transpose.output)
+
+    needs_extensions()
+    rng = np.random.default_rng(11)
+    for b, h, w in [(2, 64, 64), (3, 63, 65), (1, 48, 48), (2, 97, 130)]:
+        pixels = rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8)
+        as_float = np.ascontiguousarray(pixels.astype(np.float32).transpose(0, 3, 1, 2))
+        np.testing.assert_array_equal(ops.npr(as_float, uint8_scale()), ops.npr(pixels, uint8_scale()))
+        np.testing.assert_array_equal(_run(random_graphs["uint8", "plugins"], pixels),
+                                      _run(random_graphs["uint8", "standard"], pixels), err_msg=f"{h}x{w}")
+
+
 def test_a_refused_input_is_a_catchable_error_not_an_abort(random_graphs):
     """A Python exception inside an onnxruntime-extensions op would abort the process; the op
     warns with the reason instead and the next node fails as an ordinary ONNX Runtime error."""
@@ -345,9 +371,14 @@ def test_aot_launch_functions_work_on_symbolic_shapes(trt_plugins):
     aot = pytest.importorskip("lfm.kernels.aot", reason="the AOT kernels (lfm.kernels.aot) need triton")
     assert trt_plugins.AOT_ARCHS == aot.ARCHS
     kernel_npr = aot.compile_npr(90, input_dtype="uint8", scale=uint8_scale())
+    # what the TensorRT plugin compiles now: float32 NCHW input (the graph casts the bytes) with the uint8 scale
+    kernel_npr_f32 = aot.compile_npr(90, input_dtype="float32", scale=uint8_scale(), out_dtype="float32",
+                                     out_layout="NCHW")
+    assert kernel_npr_f32.signature["x_ptr"] == "*fp32" and kernel_npr_f32.name
     kernel_top = aot.compile_top_k_pool(90, k=16)
     lift = lambda v: LeftOnlyExpr(str(v))
     for launch, kernel, names, values in [(aot.npr_launch, kernel_npr, "bhw", (3, 255, 257)),
+                                          (aot.npr_launch, kernel_npr_f32, "bhw", (3, 255, 257)),
                                           (aot.top_k_pool_launch, kernel_top, "bchw", (3, 64, 5, 7))]:
         ints = trt_plugins.launch_config(launch, kernel, *values)
         sym = trt_plugins.launch_config(launch, kernel, *(LeftOnlyExpr(n) for n in names), lift=lift)

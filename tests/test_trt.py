@@ -68,7 +68,7 @@ def make_sidecar(plan_bytes=b"engine bytes", **overrides):
     profile = tb.make_profile(INPUT, "1,16,32", None, SPEC)
     command = tb.build_command("lfm.onnx", "lfm.plan", "fp16", profile, 2048, 3)
     args = dict(spec=SPEC, inp=INPUT, profile=profile, precision="fp16",
-                mode={"strongly_typed": True, "fp16_flag": False}, trt_version="10.8.0.43",
+                mode={"strongly_typed": True, "convert_fp16": False}, trt_version="10.8.0.43",
                 device_name="NVIDIA H100 80GB HBM3", compute_capability="9.0", onnx_path="lfm.onnx",
                 onnx_sha256="ab" * 32, onnx_props={"lfm.precision": "fp16", "lfm.variant": "standard"},
                 plan_sha256=tr.sha256_bytes(plan_bytes), plugins=[], command=command, build={"seconds": 1.0})
@@ -89,7 +89,8 @@ def tiny_onnx(input_type="uint8", nodes=(), props=None, domains=()):
 
     elem = {"uint8": TensorProto.UINT8, "float": TensorProto.FLOAT}[input_type]
     name, shape = ("pixels", ["batch", "height", "width", 3]) if input_type == "uint8" else ("image", ["batch", 3, "height", "width"])
-    graph_nodes = list(nodes) or [helper.make_node("Identity", [name], ["logit"])]
+    # a Cast first, as TensorRT wants for a uint8 input (export/to_onnx.py's graphs do the same)
+    graph_nodes = list(nodes) or [helper.make_node("Cast", [name], ["logit"], to=TensorProto.FLOAT)]
     graph = helper.make_graph(graph_nodes, "g", [helper.make_tensor_value_info(name, elem, shape)],
                               [helper.make_tensor_value_info("logit", TensorProto.FLOAT, None)])
     opsets = [helper.make_opsetid("", 17)] + [helper.make_opsetid(d, 1) for d in domains]
@@ -239,23 +240,23 @@ def test_batch_parts_split_and_pad():
 
 
 def test_precision_follows_the_onnx_model():
+    """Every build is strongly typed (TensorRT 11 has no other kind, and 10.x builds the same way):
+    fp16 from an fp32 model means building its fp16 conversion, never a weakly typed FP16 flag."""
     from lfm.export.trt_build import BuildError, choose_mode
 
-    strong = {"strongly_typed": True, "fp16_flag": False}
-    assert choose_mode("m.onnx", "fp32", None, None, True) == {"precision": "fp32", **strong}
-    assert choose_mode("m.onnx", "fp16", "fp16", None, False) == {"precision": "fp16", **strong}
-    assert choose_mode("m.onnx", "int8", None, "tensorrt", False) == {"precision": "int8", **strong}
-    assert choose_mode("m.onnx", "fp32", "fp16", None, True) == {"precision": "fp16", "strongly_typed": False, "fp16_flag": True}
-    with pytest.raises(BuildError, match="no weakly typed builds.*--fp16"):
-        choose_mode("m.onnx", "fp32", "fp16", None, False)
+    strong = {"strongly_typed": True, "convert_fp16": False}
+    assert choose_mode("m.onnx", "fp32", None, None) == {"precision": "fp32", **strong}
+    assert choose_mode("m.onnx", "fp16", "fp16", None) == {"precision": "fp16", **strong}
+    assert choose_mode("m.onnx", "int8", None, "tensorrt") == {"precision": "int8", **strong}
+    assert choose_mode("m.onnx", "fp32", "fp16", None) == {"precision": "fp16", "strongly_typed": True, "convert_fp16": True}
     with pytest.raises(BuildError, match=r"--precision int8 needs the INT8 QDQ model.*--int8 --int8-profile tensorrt.*m\.onnx is fp32"):
-        choose_mode("m.onnx", "fp32", "int8", None, True)
+        choose_mode("m.onnx", "fp32", "int8", None)
     with pytest.raises(BuildError, match="is an INT8 QDQ model.*--precision int8"):
-        choose_mode("m.onnx", "int8", "fp16", "tensorrt", True)
+        choose_mode("m.onnx", "int8", "fp16", "tensorrt")
     with pytest.raises(BuildError, match="cpu-profile INT8 model.*--int8-profile tensorrt"):
-        choose_mode("m.onnx", "int8", "int8", "cpu", True)
+        choose_mode("m.onnx", "int8", "int8", "cpu")
     with pytest.raises(BuildError, match="is an fp16 model"):
-        choose_mode("m.onnx", "fp16", "fp32", None, True)
+        choose_mode("m.onnx", "fp16", "fp32", None)
 
 
 def test_onnx_helpers(tmp_path):
@@ -603,6 +604,258 @@ def test_detector_keeps_batches_in_flight_in_order():
     assert "refused" in records[2].error  # isolated to its image; its batch-mate still scored
     assert [round(r.logit) for i, r in enumerate(records) if i != 2] == [-90, -80, -60, -50, -40, -30, -20, -10]
     assert runner.peak >= 2  # more than one batch was submitted before the first result was taken
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: the supported versions, extras, uint8 inputs, fp16 from fp32, TensorRT 11's removals
+
+
+def test_version_strings_parse_as_release_numbers():
+    assert tr.version_tuple("10.14.1.48.post1") == (10, 14, 1, 48)
+    assert tr.version_tuple("2.4.0rc1") == (2, 4, 0) and tr.version_tuple("1.26.4") == (1, 26, 4)
+    assert tr.at_least("11.2.1.2", "11.2") and not tr.at_least("11.1.0.106", "11.2")
+    assert tr.at_least("2.4.0rc1", "2.4") and not tr.at_least("2.3.5", "2.4")
+
+
+def test_tensorrt_releases_outside_the_matrix_are_named():
+    assert tr.tensorrt_problem("10.8.0.43") is None and tr.tensorrt_problem("11.4.0.106") is None
+    msg = tr.tensorrt_problem("10.7.0.23")
+    assert "TensorRT 10.7.0.23 is older than 10.8" in msg and "'.[tensorrt-cu12]'" in msg and "\n" not in msg
+    assert tr.tensorrt_untested("11.4.0.106") is None
+    assert "TensorRT 12.0.0 is newer than" in tr.tensorrt_untested("12.0.0")
+
+
+@pytest.mark.parametrize("trt_version,numpy_version,has_module,expect", [
+    ("10.8.0.43", "1.26.4", True, "needs TensorRT 10.9 or newer"),        # no aot_impl, KernelLaunchParams, SymInt32
+    ("10.13.3.9", "1.26.4", False, "has no tensorrt.plugin module"),      # pip wheels before 10.14
+    ("10.16.1.11", "2.4.0", True, "needs numpy < 2.4"),                   # int(f.data) in the plugin creator
+    ("11.0.0.114", "2.4.6", True, "needs numpy < 2.4"),
+    ("11.1.0.106", "2.4.0rc1", True, "needs numpy < 2.4"),
+    ("10.9.0.34", "2.3.5", True, None),
+    ("10.16.1.11", "1.26.4", True, None),
+    ("11.2.1.2", "2.4.0", True, None),                                    # f.data[0] from 11.2 on
+    ("11.4.0.106", "2.4.6", True, None),
+])
+def test_plugin_graph_version_matrix(trt_version, numpy_version, has_module, expect):
+    from lfm.export.trt_build import plugin_graph_problem
+
+    problem = plugin_graph_problem(trt_version, numpy_version, has_module)
+    if expect is None:
+        assert problem is None
+    else:
+        assert expect in problem and trt_version in problem and "\n" not in problem
+        assert "--variant standard" in problem  # the way out that needs no other TensorRT
+
+
+def test_polygraphy_older_than_the_comparison_needs_is_refused_before_the_build(monkeypatch):
+    from lfm.export.trt_build import BuildError, check_polygraphy, polygraphy_problem
+
+    assert polygraphy_problem("0.53.4") is None and polygraphy_problem("0.53.6") is None
+    for old in ("0.49.26", "0.50.3"):  # no SimpleCompareFunc; compare_accuracy returns a dict there
+        assert f"Polygraphy {old} is too old" in polygraphy_problem(old) and "polygraphy>=0.53" in polygraphy_problem(old)
+    assert "needs Polygraphy 0.53+" in polygraphy_problem(None)
+    if _has("polygraphy"):
+        check_polygraphy()  # the installed one is new enough (the [tensorrt] extras ask for 0.53+)
+    monkeypatch.setitem(sys.modules, "polygraphy", None)  # as if not installed
+    with pytest.raises(BuildError, match=r"needs Polygraphy 0\.53\+.*'\.\[tensorrt-cu12\]'"):
+        check_polygraphy()
+
+
+def test_polygraphy_verdicts_from_a_real_comparison(tmp_path):
+    """iteration_verdicts against what the installed Polygraphy's compare_accuracy returns, with
+    two ONNX Runtime runners (the shape to_trt.py reads after a build, minus TensorRT)."""
+    pytest.importorskip("polygraphy", reason="the builder compares through Polygraphy: the [tensorrt] extra")
+    from onnx import TensorProto, helper
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from lfm.export.trt_build import iteration_verdicts
+
+    def graph(path, bias):
+        nodes = [helper.make_node("Add", ["x", "b"], ["logit"])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["n"])],
+                              [helper.make_tensor("b", TensorProto.FLOAT, [], [bias])])
+        return str(save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path))
+
+    same, off = graph(tmp_path / "a.onnx", 0.0), graph(tmp_path / "b.onnx", 0.5)
+    feeds = [{"x": np.array([1.0, -2.0], np.float32)}, {"x": np.array([200.0, 300.0], np.float32)}]
+    for other, expect in ((same, [True, True]), (off, [False, True])):  # 0.5 on 200 is within rtol 1e-2
+        runners = [OnnxrtRunner(SessionFromOnnx(same), name="onnxruntime"), OnnxrtRunner(SessionFromOnnx(other), name="other")]
+        results = Comparator.run(runners, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(rtol=1e-2, atol=1e-1,
+                                                                                       check_error_stat="max"))
+        assert iteration_verdicts(accuracy, "logit") == expect
+
+
+def _extras():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    return {name: {Requirement(r).name: Requirement(r) for r in reqs} for name, reqs in extras.items()}
+
+
+def test_tensorrt_extras_pin_cuda_python_to_the_wheels_cuda_major():
+    pytest.importorskip("packaging", reason="reading requirement strings needs packaging")
+    extras = _extras()
+    support = tr.TENSORRT_SUPPORT
+    for cuda, other in (("cu12", "cu13"), ("cu13", "cu12")):
+        reqs = extras[f"tensorrt-{cuda}"]
+        trt = reqs[f"tensorrt-{cuda}"].specifier
+        assert trt.contains(support["pip_plugin_module"] + ".0") and trt.contains("11.4.0.106")
+        assert not trt.contains("10.13.3.9") and not trt.contains("12.0.0")  # no tensorrt.plugin / untested major
+        lo, hi = support["cuda_python"][cuda]
+        cuda_python = reqs["cuda-python"].specifier
+        assert cuda_python.contains(lo) and not cuda_python.contains(hi + ".0")
+        assert not cuda_python.contains({"cu12": "13.0.3", "cu13": "12.9.10"}[cuda])  # the other CUDA major
+        assert {"onnx", "polygraphy"} <= set(reqs)  # what the build imports
+        assert reqs["polygraphy"].specifier.contains("0.53.6") and not reqs["polygraphy"].specifier.contains("0.50.3")
+        assert f"tensorrt-{other}" not in reqs
+    (alias,) = extras["tensorrt"].values()  # [tensorrt] is one of the two, not a third mix
+    assert alias.name == "lfm-deploy" and alias.extras == {"tensorrt-cu13"}
+
+
+def test_a_driver_older_than_cuda_python_names_the_cu12_extra(monkeypatch):
+    class DriverError(enum.IntEnum):
+        cudaSuccess = 0
+        cudaErrorInsufficientDriver = 35
+
+    monkeypatch.setattr(tr, "cuda_python_version", lambda: "13.0.3")
+    with pytest.raises(tr.CudaError) as e:
+        tr.cuda_check((DriverError.cudaErrorInsufficientDriver, 0), "cudaGetDeviceCount")
+    msg = str(e.value)
+    assert "the CUDA driver is older than cuda-python 13.0.3 needs" in msg and "pip install -e '.[tensorrt-cu12]'" in msg
+    assert "no usable NVIDIA GPU" not in msg and "\n" not in msg
+    assert "update the NVIDIA driver" in tr.driver_too_old_message("cudaGetDeviceCount", "cudaErrorInsufficientDriver",
+                                                                   "12.9.4")
+
+
+def test_a_uint8_input_must_meet_a_cast_first(tmp_path):
+    """TensorRT takes a uint8 network input only into a Cast; graphs exported before the Cast (a
+    Transpose or LfmNpr on the bytes) are refused in one line, before TensorRT is needed."""
+    pytest.importorskip("onnx", reason="the builder reads ONNX models: the [export] extra")
+    from onnx import helper
+
+    from lfm.export.trt_build import uint8_input_problem
+    from lfm.runtime import custom_ops
+
+    assert uint8_input_problem(tiny_onnx("uint8")) is None and uint8_input_problem(tiny_onnx("float")) is None
+    old_standard = tiny_onnx("uint8", nodes=[helper.make_node("Transpose", ["pixels"], ["logit"], perm=[0, 3, 1, 2])])
+    assert "'pixels' feeds Transpose directly" in uint8_input_problem(old_standard)
+    old_plugins = tiny_onnx("uint8", domains=[custom_ops.DOMAIN], nodes=[
+        helper.make_node("LfmNpr", ["pixels"], ["logit"], domain=custom_ops.DOMAIN)])
+    assert "feeds LfmNpr directly" in uint8_input_problem(old_plugins)
+    proc = subprocess.run(TO_TRT + [str(save(old_standard, tmp_path / "old.onnx"))], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "TensorRT takes a uint8 input only into a Cast" in one_line_error(proc)
+
+
+def test_sort_nodes_puts_producers_first_and_refuses_dangling_inputs():
+    pytest.importorskip("onnx", reason="the builder reads ONNX models: the [export] extra")
+    from onnx import TensorProto, helper
+
+    from lfm.export.trt_build import BuildError, sort_nodes
+
+    nodes = [helper.make_node("Relu", ["b"], ["c"], name="late"), helper.make_node("Neg", ["x"], ["a"], name="first"),
+             helper.make_node("Abs", ["a"], ["b"], name="middle"), helper.make_node("Exp", ["x"], ["e"], name="free")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])])
+    sort_nodes(graph)
+    assert [n.name for n in graph.node] == ["first", "middle", "free", "late"]  # one sweep, then the rest
+    helper.make_model(graph)  # still a graph
+    dangling = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["c"])], "g", [x], [])
+    with pytest.raises(BuildError, match="no node produces nowhere"):
+        sort_nodes(dangling)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("input_variant,variant", [("uint8", "standard"), ("float", "standard"), ("uint8", "plugins")])
+def test_fp16_conversion_for_tensorrt_runs_in_onnx_runtime_within_the_fp16_tolerance(input_variant, variant, tmp_path):
+    """--precision fp16 on an fp32 model builds the graph fp16_model makes. On the ONNX side: a
+    valid, ordered fp16 graph, inputs and outputs unchanged, LFM's custom ops still fed float32,
+    and ONNX Runtime on it agrees with the fp32 model as an fp16 engine must (TOLERANCES['fp16'])."""
+    import onnx
+
+    from conftest import random_lfm
+    from lfm.export import onnx_export as ox
+    from lfm.export import trt_build as tb
+    from lfm.runtime import custom_ops
+    from lfm.runtime.runners import OnnxRunner
+
+    if variant == "plugins":
+        pytest.importorskip("onnxruntime_extensions", reason="ONNX Runtime runs the plugin graph through it")
+    spec = ModelSpec(input=input_variant, size=64)
+    proto = ox.check(ox.simplify(ox.torch_to_onnx(random_lfm(), spec, input_variant, variant=variant)))
+    ox.set_metadata(proto, ox.metadata(spec, precision="fp32", source=None, source_sha256=None, variant=variant))
+    fp32_path = save(proto, tmp_path / "fp32.onnx")
+    half = tb.fp16_model(onnx.load(fp32_path))
+    fp16_path = save(half, tmp_path / "fp16.onnx")
+
+    onnx.checker.check_model(half, full_check=True)
+    half = onnx.shape_inference.infer_shapes(half)
+    known = {i.name for i in half.graph.input} | {i.name for i in half.graph.initializer} | {""}
+    for node in half.graph.node:  # topological order: every input made before it is used
+        assert set(node.input) <= known, node.name
+        known.update(node.output)
+    assert [(i.name, i.type.tensor_type.elem_type) for i in half.graph.input] == \
+           [(i.name, i.type.tensor_type.elem_type) for i in proto.graph.input]
+    assert {o.name: o.type.tensor_type.elem_type for o in half.graph.output} == \
+           {o.name: onnx.TensorProto.FLOAT for o in proto.graph.output}
+    weights = {i.name: i.data_type for i in half.graph.initializer}
+    convs = [n for n in half.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(half.graph.value_info) + list(half.graph.input)}
+    for node in half.graph.node:
+        if node.op_type in custom_ops.OP_TYPES:
+            assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.op_type
+    props = {p.key: p.value for p in half.metadata_props}
+    assert props["lfm.precision"] == "fp16" and props["lfm.spec"] == spec.replace(
+        layout="NHWC" if input_variant == "uint8" else "NCHW").to_json()
+    assert tb.onnx_precision(half, props) == "fp16" and tb.uint8_input_problem(half) is None
+
+    inp = tb.input_info(proto, props)
+    profile = tb.make_profile(inp, "1,2,3", "48,64,80", spec)
+    feeds = tb.synthetic_feeds(inp, spec, profile)
+    with OnnxRunner(fp32_path, providers=["cpu"]) as r32, OnnxRunner(fp16_path, providers=["cpu"]) as r16:
+        ref = [r32.infer(dict(f))["logit"] for f in feeds]
+        out = [r16.infer(dict(f))["logit"] for f in feeds]
+    verdict = tb.judge("fp16", ref, out, spec.threshold)
+    assert verdict["passed"], verdict
+    assert 0 < verdict["max_abs_logit_diff"] and verdict["max_rel_logit_diff"] < 1e-2  # it really ran in fp16
+
+
+def test_the_glue_uses_no_name_tensorrt_11_removed():
+    """TensorRT 11 removed ICudaEngine.device_memory_size and weak typing (BuilderFlag.FP16 / INT8,
+    Polygraphy's CreateConfig(fp16=...)); the 11.4 bindings have only device_memory_size_v2."""
+    import ast
+
+    for rel in ("runtime/trt_runner.py", "export/to_trt.py", "kernels/trt_plugins.py"):
+        tree = ast.parse((ROOT / rel).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "device_memory_size", f"{rel}:{node.lineno}"
+                if isinstance(node.value, ast.Attribute) and node.value.attr == "BuilderFlag":
+                    assert node.attr not in ("FP16", "INT8"), f"{rel}:{node.lineno}"
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CreateConfig":
+                assert not {k.arg for k in node.keywords} & {"fp16", "int8"}, f"{rel}:{node.lineno}"
+
+
+def test_triton_repository_for_a_plugin_engine_needs_no_plugin_library(tmp_path):
+    from lfm.export.to_triton import write_repository
+
+    plan = tmp_path / "lfm.plan"
+    plan.write_bytes(b"not really an engine")
+    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
+    (tmp_path / "lfm.plan.json").write_text(json.dumps({
+        "spec": spec.to_dict(), "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC"},
+        "profiles": [{"min": [1, 48, 48, 3], "opt": [8, 64, 64, 3], "max": [16, 128, 128, 3]}],
+        "plugins": ["LfmNpr", "LfmTopKPool"]}))
+    notes = write_repository(str(plan), str(tmp_path / "repo"))["notes"]
+    (note,) = [n for n in notes if "LfmNpr" in n]
+    assert "needs no plugin library" in note and "load the plugin" not in note
 
 
 # ----------------------------------------------------------------------------------------------
