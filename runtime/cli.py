@@ -251,13 +251,31 @@ def write_records(records, total: int, output: str | None, fmt: str, progress: s
     run_ = RecordRun()
     sink = ReplacedAtEnd(output) if output else None
     bar = Progress(total, enabled={"auto": None, "on": True, "off": False}[progress])
+    # Ctrl-C while a record is being written and counted is held until both are done, so the
+    # count on the last stderr line is exactly the number of records in the output.
+    state = {"writing": False, "pending": False}
+
+    def on_sigint(signum, frame):
+        if state["writing"]:
+            state["pending"] = True
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: Python's default handler stays
+        previous = None
     t0 = time.perf_counter()
     try:
         writer = RecordWriter(sink.stream if sink else sys.stdout, fmt)
         for record in records:
+            state["writing"] = True
             writer.write(record)
             run_.written += 1
             run_.failed += not record.ok
+            state["writing"] = False
+            if state["pending"]:
+                raise KeyboardInterrupt
             bar.update(record.ok)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
@@ -271,6 +289,8 @@ def write_records(records, total: int, output: str | None, fmt: str, progress: s
     finally:
         bar.close()
         run_.seconds = time.perf_counter() - t0
+        if previous is not None and not run_.interrupted:
+            signal.signal(signal.SIGINT, previous)
     if sink:
         sink.commit()
     return run_
