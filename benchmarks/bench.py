@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py [--quick] [--backends torch,ort,ort-int8,...] [--batch-sizes 1,8,32]
                                [--sizes 224,256] [--mode engine|e2e|both] [--output-dir DIR]
+                               [--model lfm.onnx|lfm.plan|ckpt.pt]
 
 Backends (those whose libraries or hardware are missing are listed as unavailable, with why):
   torch            PyTorch eager on the CPU, our faithful model (upstream's setting): the baseline
@@ -33,8 +34,14 @@ measurable, and achieved GFLOP/s against the machine's measured GEMM rate (fp32 
 with ONNX Runtime's MatMulInteger; on GPUs cuBLAS fp16, and TF32 for fp32), so a reader
 sees how close each backend gets. On a GPU the report also states the best images/s against
 the paper's 1789/s (one A6000) and our target of 40,000/s at 256 x 256.
-Writes bench.json, bench.md and bench_throughput.png / bench_latency.png to --output-dir.
+Writes bench.json, bench.md and bench_throughput.png / bench_latency.png to --output-dir:
+./bench-results/ unless told; the committed figures (the README's tables) are replaced only by
+an explicit --output-dir benchmarks/results. Exported models go to a temp folder that is removed
+at the end (also on an error, Ctrl-C or SIGTERM), unless --work-dir names one to keep.
 --quick (< 2 min on 2 cores): torch, ort, ort-int8, openvino at 224, batches 1 and 8, few rounds.
+--model FILE times an existing model instead of exporting one: an ONNX graph (ort, openvino,
+openvino-f32 run it), a TensorRT plan with its sidecar (trt) or a checkpoint (as --checkpoint),
+at the model's own size unless --sizes says otherwise.
 """
 from __future__ import annotations
 
@@ -43,7 +50,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +58,9 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (PeakRSS, bf16_gemm_rate, fp32_gemm_rate, gpu_gemm_rates, int8_gemm_rate, lfm_gflop_per_image, log, machine,  # noqa: E402
-                    max_rss_bytes, run_main, summarize, time_interleaved, usable_cpus, write_report)
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, bf16_gemm_rate, fp32_gemm_rate, gpu_gemm_rates,  # noqa: E402
+                    int8_gemm_rate, lfm_gflop_per_image, log, machine, max_rss_bytes, run_main, summarize,
+                    time_interleaved, usable_cpus, work_folder, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -64,7 +71,13 @@ ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 QUICK_BACKENDS = ("torch", "ort", "ort-int8", "openvino")
 PAPER_IMAGES_PER_S = 1789  # the LFM paper's throughput, one A6000
 TARGET_GPU_IMAGES_PER_S = 40_000  # ours, best backend on one H200 at 256 x 256
-E2E_CAPABLE = ("torch", "torch-cuda", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-int8", "trt-fp16", "trt-int8")
+E2E_CAPABLE = ("torch", "torch-cuda", "ort", "ort-int8", "ort-plugins", "openvino", "openvino-int8", "trt-fp16", "trt-int8",
+               "trt")
+# --model FILE: the backends that run a file of that kind as it is (a checkpoint: every backend,
+# the graphs exported from it as without --model); "trt" is the given plan in its own precision.
+MODEL_KINDS = {"model": "onnx", "engine": "plan", "checkpoint": "checkpoint"}  # lfm.runtime.detector.source_kind's names
+MODEL_BACKENDS = {"onnx": ("ort", "openvino", "openvino-f32"), "plan": ("trt",)}
+MODEL_DEFAULT_BACKENDS = {"onnx": ("ort", "openvino"), "plan": ("trt",)}
 PRECISION = {"torch": "fp32", "torch-compile": "fp32", "ort": "fp32", "ort-int8": "int8", "ort-plugins": "fp32",
              "openvino": "auto (bf16 on uint8 graphs where supported)", "openvino-f32": "fp32", "openvino-int8": "int8",
              "torch-cuda": "fp32", "torch-cuda-fp16": "fp16", "torch-cuda-graphs": "fp16", "torch-cuda-fused": "fp16", "torch-cuda-triton": "fp16", "trt-fp16": "fp16",
@@ -75,6 +88,10 @@ class Unavailable(Exception):
     """A backend that cannot run here; the message says why (one line)."""
 
 
+class UsageError(Exception):
+    """Bad options or input files: printed as one line, exit status 2."""
+
+
 # --------------------------------------------------------------------------------------------
 # Models: exported once per run through the project's own CLIs (the contract users run)
 
@@ -82,10 +99,12 @@ class Unavailable(Exception):
 @dataclass
 class Models:
     work: Path
-    checkpoint: str
+    checkpoint: str | None
     calib_dir: str | None
     calib_count: int
     size: int
+    given: str | None = None  # --model: an ONNX graph or TensorRT plan that every fitting backend runs as it is
+    given_precision: str | None = None  # its own precision (metadata or sidecar)
     _paths: dict = field(default_factory=dict)
     _torch: object = None
 
@@ -108,7 +127,10 @@ class Models:
         return self._paths[key]
 
     def onnx(self, kind: str) -> str:
-        """The uint8-input graph of a kind: fp32, int8 (QDQ) or plugins (custom ops)."""
+        """The uint8-input graph of a kind: fp32, int8 (QDQ) or plugins (custom ops); with --model the
+        given graph (only the backends that run it as it is get here)."""
+        if self.given:
+            return self.given
         common = ["--input", "uint8", "--size", str(self.size)]
         if kind == "fp32":
             return self._export("fp32", common)
@@ -124,6 +146,8 @@ class Models:
         raise ValueError(kind)
 
     def plan(self, precision: str) -> str:
+        if self.given:  # --model lfm.plan
+            return self.given
         key = f"plan_{precision}"
         if key not in self._paths:
             onnx_path = self.onnx("int8" if precision == "int8" else "fp32")
@@ -138,6 +162,13 @@ class Models:
         if isinstance(self._paths[key], Unavailable):
             raise self._paths[key]
         return self._paths[key]
+
+    def precision(self, backend: str) -> str:
+        """The precision column of a backend's rows; with --model, the given model's own."""
+        if self.given_precision is None:
+            return PRECISION.get(backend, "?")
+        return {"openvino": f"{self.given_precision} graph, OpenVINO auto",
+                "openvino-f32": f"{self.given_precision} graph, f32 forced"}.get(backend, self.given_precision)
 
     def torch_model(self):
         if self._torch is None:
@@ -213,19 +244,20 @@ def make_engine(name: str, models: Models, threads: int) -> Engine:
 
         def setup(batch):
             return lambda x: runner.infer({"pixels": x})["logit"]
-        return Engine(name, "uint8", setup)
+        # Our exports take uint8 bytes; a --model graph may take normalised floats.
+        return Engine(name, "float" if runner.spec.input == "float" else "uint8", setup)
 
-    if name in ("trt-fp16", "trt-int8"):
+    if name in ("trt-fp16", "trt-int8", "trt"):
         _need("tensorrt", "needs TensorRT (pip install tensorrt, on an NVIDIA GPU machine)")
         _cuda()
-        plan = models.plan(name.split("-")[1])
+        plan = models.plan(name.removeprefix("trt-"))
         from lfm.runtime.runners import make_runner
 
         runner = make_runner(engine=plan).activate()
 
         def setup(batch):
             return lambda x: runner.infer({"pixels": x})["logit"]
-        return Engine(name, "uint8", setup)
+        return Engine(name, "float" if runner.spec.input == "float" else "uint8", setup)
     raise Unavailable(f"unknown backend {name!r}; known: {', '.join(ALL_BACKENDS)}")
 
 
@@ -404,7 +436,7 @@ def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, file
                 if ref is not None and len(ref) == len(logits):
                     agree = {"max_abs_dlogit_vs_torch": round(float(np.max(np.abs(logits - ref))), 5),
                              "decisions_equal_to_torch": round(float(np.mean((logits > 0) == (ref > 0))), 4)}
-                row = {"mode": "engine", "backend": eng.name, "precision": PRECISION.get(eng.name, "?"), "size": size,
+                row = {"mode": "engine", "backend": eng.name, "precision": models.precision(eng.name), "size": size,
                        "batch": batch, **summarize(t, batch), "device_peak_mb": None, **meta[eng.name], **agree,
                        "host_peak_mb": round(max_rss_bytes() / 2**20, 1)}
                 latencies[f"engine/{eng.name}/{size}/{batch}"] = [round(v * 1000, 3) for v in t]
@@ -436,7 +468,7 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
                     kw = {"checkpoint": models.checkpoint, "device": "cpu" if name == "torch" else "cuda"}
                 elif name.startswith("trt"):
                     _need("tensorrt", "needs TensorRT")
-                    kw = {"engine": models.plan(name.split("-")[1])}
+                    kw = {"engine": models.plan(name.removeprefix("trt-"))}
                 else:
                     path = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins",
                                         "openvino": "fp32", "openvino-int8": "int8"}[name])
@@ -467,7 +499,7 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
         base = None
         for name in fns:
             s = summarize(times[name], len(listed))
-            row = {"mode": "e2e", "backend": name, "precision": PRECISION.get(name, "?"), "size": size, "batch": batch,
+            row = {"mode": "e2e", "backend": name, "precision": models.precision(name), "size": size, "batch": batch,
                    "images_per_s": s["images_per_s"], "p50_ms_per_image": round(s["p50_ms"] / len(listed), 3),
                    "files_per_round": len(listed), "runs": s["runs"], "host_peak_mb": round(max_rss_bytes() / 2**20, 1)}
             rows.append(row)
@@ -637,67 +669,193 @@ def int_list(s: str) -> list[int]:
     return vals
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="backends: " + ", ".join(ALL_BACKENDS))
-    p.add_argument("--quick", action="store_true", help="< 2 min: torch, ort, ort-int8, openvino; 224 px; batches 1, 8")
+UPSTREAM_CHECKPOINT = REFERENCE / "lfm_upstream.pth"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lfm.runtime.cli import ArgumentParser  # --version, the name as typed (lfm bench)
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="backends: " + ", ".join(ALL_BACKENDS) + "; trt (with --model lfm.plan)")
+    p.add_argument("--quick", action="store_true",
+                   help="< 2 min: torch, ort, ort-int8, openvino; 224 px; batches 1, 8; 3 rounds (default: off, the full run)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated (default: the CPU backends, or the GPU backends on a GPU machine; --quick: a few)")
-    p.add_argument("--batch-sizes", type=int_list, default=None, help="default 1,8,32 (GPU: 1,32,256,1024)")
-    p.add_argument("--sizes", type=int_list, default=None, help="image sides, default 224,256 (GPU: 256)")
+                   help="comma-separated (default: the CPU backends, or the GPU backends on a GPU machine; --quick: "
+                        f"{', '.join(QUICK_BACKENDS)}; --model lfm.onnx: {', '.join(MODEL_DEFAULT_BACKENDS['onnx'])}; "
+                        "--model lfm.plan: trt)")
+    p.add_argument("--batch-sizes", type=int_list, default=None,
+                   help="comma-separated (default: 1,8,32; on a GPU machine 1,32,256,1024; --quick: 1,8)")
+    p.add_argument("--sizes", type=int_list, default=None,
+                   help="image sides (default: 224,256; on a GPU machine 256; --quick: 224; --model lfm.onnx or "
+                        "lfm.plan: the model's own size)")
     p.add_argument("--mode", choices=("engine", "e2e", "both", "fidelity"), default="both",
-                   help="engine, e2e or both (default); fidelity: every CPU backend x precision x input on "
+                   help="engine, e2e or both (default: both); fidelity: every CPU backend x precision x input on "
                         "cross-domain images, flips beside images/s (benchmarks/fidelity_table.py; ~15 min)")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration (each 3 calls)")
-    p.add_argument("--threads", type=int, default=usable_cpus())
-    p.add_argument("--checkpoint", default=str(REFERENCE / "lfm_upstream.pth"),
-                   help="default: upstream's checkpoint from ../shared/reference (else a random-weight model)")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--work-dir", default=None, help="where exported models go (default: a temp folder)")
-    p.add_argument("--replot", metavar="BENCH_JSON", help="only redraw the plots (and bench.md) of a results file")
-    args = p.parse_args(argv)
-    if args.replot:
-        doc = json.loads(Path(args.replot).read_text())
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        doc["plots"] = plots(doc, doc.get("latencies_ms", {}), out)
-        (out / "bench.md").write_text(markdown(doc))
-        log(f"redrew {len(doc['plots'])} plot(s) in {out}")
-        return 0
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration, each 3 calls (default: 8; --quick: 3)")
+    p.add_argument("--threads", type=int, default=usable_cpus(), help="CPU threads (default: the usable CPUs, here %(default)s)")
+    p.add_argument("--checkpoint", default=None,
+                   help=f"the checkpoint to export and time (default: upstream's, {UPSTREAM_CHECKPOINT}; where it is "
+                        "absent, a seeded random-weight model)")
+    p.add_argument("--model", metavar="FILE", default=None,
+                   help="time this model instead of exporting one: an ONNX graph .onnx (run by ort, openvino, "
+                        "openvino-f32), a TensorRT plan .plan with its .plan.json sidecar (trt) or a checkpoint "
+                        ".pt/.pth (as --checkpoint) (default: none, export from --checkpoint)")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
+    p.add_argument("--work-dir", default=None,
+                   help="where exported models go, kept after the run (default: a temp folder, removed at the end)")
+    p.add_argument("--replot", metavar="BENCH_JSON", default=None,
+                   help="only redraw the plots (and bench.md) of a results file into --output-dir (default: none)")
+    return p
 
-    if args.mode == "fidelity":
-        from fidelity_table import run as run_fidelity
 
-        args.reference = str(REFERENCE)
+@dataclass
+class GivenModel:
+    """--model FILE: its kind ("onnx", "plan" or "checkpoint") and, for a graph or plan, its own
+    preprocessing spec and precision."""
+    path: str
+    kind: str
+    spec: object = None
+    precision: str | None = None
+
+
+def given_model(args) -> GivenModel | None:
+    if not args.model:
+        return None
+    path = args.model
+    if not Path(path).is_file():
+        raise UsageError(f"--model {path}: no such file" if not Path(path).exists() else f"--model {path}: not a file")
+    from lfm.runtime.detector import source_kind
+
+    try:
+        kind = MODEL_KINDS[source_kind(path)]
+    except ValueError:
+        raise UsageError(f"--model {path}: unknown model kind {Path(path).suffix or '(no extension)'!r}; expected an "
+                         "ONNX model (.onnx), a TensorRT plan (.plan, with its .plan.json sidecar) or a checkpoint "
+                         "(.pt, .pth)") from None
+    if kind == "checkpoint":
+        if args.checkpoint:
+            raise UsageError("give the checkpoint once: --model or --checkpoint, not both")
+        return GivenModel(path, kind)
+    spec, precision = model_metadata(path, kind)
+    return GivenModel(path, kind, spec, precision)
+
+
+def model_metadata(path: str, kind: str):
+    """(spec, precision) of an ONNX graph (its lfm.* metadata) or a TensorRT plan (its sidecar,
+    readable without TensorRT); an unusable file is a UsageError naming it."""
+    if kind == "onnx":
+        from lfm.runtime.runners import BackendError, OnnxRunner
+
+        try:
+            with OnnxRunner(path, providers=["cpu"], threads=1) as runner:
+                return runner.spec, runner.metadata.get("lfm.precision", "fp32")
+        except BackendError as e:
+            raise UsageError(str(e)) from None
+    from lfm.runtime.spec import ModelSpec
+    from lfm.runtime.trt_runner import EngineError, read_sidecar
+
+    try:
+        sidecar = read_sidecar(path)
+    except EngineError as e:
+        raise UsageError(str(e)) from None
+    return ModelSpec.from_dict(sidecar["spec"]), str(sidecar["precision"])
+
+
+def backend_names(args, p, gpu: bool, given: GivenModel | None) -> list[str]:
+    """--backends checked against what runs the model (a given graph or plan only as it is)."""
+    kind = given.kind if given else "checkpoint"
+    # On a GPU machine the default is the GPU backends: the CPU ones at batch 1024 would take hours.
+    default = MODEL_DEFAULT_BACKENDS.get(kind) or (QUICK_BACKENDS if args.quick else (GPU_BACKENDS if gpu else CPU_BACKENDS))
+    names = args.backends.split(",") if args.backends else list(default)
+    unknown = [n for n in names if n not in (*ALL_BACKENDS, "trt")]
+    if unknown:
+        p.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(ALL_BACKENDS)}, trt")
+    fitting = MODEL_BACKENDS.get(kind, ALL_BACKENDS)
+    misfits = [n for n in names if n not in fitting]
+    if misfits and given:
+        raise UsageError(f"--model {given.path}: {', '.join(misfits)} cannot run this {kind} as it is; "
+                         f"for a {kind}: --backends {','.join(fitting)}")
+    if misfits:
+        raise UsageError("backend trt times a given plan: --model lfm.plan; to build plans here: trt-fp16, trt-int8")
+    return names
+
+
+def replot(results: Path, out: Path) -> int:
+    if not results.is_file():
+        raise UsageError(f"--replot {results}: no such results file")
+    doc = json.loads(results.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    doc["plots"] = plots(doc, doc.get("latencies_ms", {}), out)
+    (out / "bench.md").write_text(markdown(doc))
+    log(f"redrew {len(doc['plots'])} plot(s) in {out}")
+    return 0
+
+
+def fidelity(args) -> int:
+    if args.model:
+        raise UsageError("--model does not apply to --mode fidelity (it exports every variant from upstream's checkpoint)")
+    from fidelity_table import run as run_fidelity
+
+    args.reference = str(REFERENCE)
+    with work_folder(args.work_dir, "lfm-fidelity-") as work:
+        args.work_dir = str(work)
         return run_fidelity(args)
 
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        if args.replot:
+            return replot(Path(args.replot), Path(args.output_dir))
+        if args.mode == "fidelity":
+            return fidelity(args)
+        return bench(args, p, argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def bench(args, p, argv) -> int:
+    given = given_model(args)
+    checkpoint = None  # a given ONNX graph or plan needs none
+    if given is None or given.kind == "checkpoint":
+        checkpoint = given.path if given else (args.checkpoint or str(UPSTREAM_CHECKPOINT))
+        if args.checkpoint and not Path(checkpoint).is_file():
+            raise UsageError(f"--checkpoint {checkpoint}: no such checkpoint")
     gpu = bool(machine(args.threads, modules=())["gpus"])
-    # On a GPU machine the default is the GPU backends: the CPU ones at batch 1024 would take hours.
-    names = args.backends.split(",") if args.backends else list(QUICK_BACKENDS if args.quick else
-                                                                  (GPU_BACKENDS if gpu else CPU_BACKENDS))
-    unknown = [n for n in names if n not in ALL_BACKENDS]
-    if unknown:
-        p.error(f"unknown backend(s) {', '.join(unknown)}; known: {', '.join(ALL_BACKENDS)}")
+    names = backend_names(args, p, gpu, given)
     batches = args.batch_sizes or ([1, 8] if args.quick else ([1, 32, 256, 1024] if gpu else [1, 8, 32]))
-    sizes = args.sizes or ([224] if args.quick else ([256] if gpu else [224, 256]))
+    own_size = [given.spec.size] if given and given.spec else None
+    sizes = args.sizes or own_size or ([224] if args.quick else ([256] if gpu else [224, 256]))
     rounds = args.rounds or (3 if args.quick else 8)
     out_dir = Path(args.output_dir)
+    log(f"results go to {out_dir.resolve()} (--output-dir)")
+    with work_folder(args.work_dir, "lfm-bench-") as work:
+        doc, latencies = measure(args, names, sizes, batches, rounds, gpu, given, checkpoint, work)
+    doc["command"] = ("python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    doc["plots"] = plots(doc, latencies, out_dir)
+    doc["latencies_ms"] = latencies
+    doc["seconds"] = round(time.perf_counter() - __import__("common").T0, 1)
+    write_report(out_dir, "bench", doc, markdown(doc))
+    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'} and {len(doc['plots'])} plot(s) in {doc['seconds']:.0f}s")
+    return 0
 
-    checkpoint = args.checkpoint
-    if not Path(checkpoint).is_file():
-        if args.checkpoint != p.get_default("checkpoint"):
-            print(f"error: {checkpoint}: no such checkpoint", file=sys.stderr)
-            return 2
+
+def measure(args, names, sizes, batches, rounds, gpu, given, checkpoint, work: Path) -> tuple[dict, dict]:
+    """Every mode asked for, timed; (the report without its command and plots, latencies)."""
+    if checkpoint and not Path(checkpoint).is_file():
         checkpoint = random_weight_checkpoint(work / "random.pt")
-        log(f"no reference checkpoint at {args.checkpoint}: timing a random-weight model ({checkpoint})")
+        log(f"no reference checkpoint at {UPSTREAM_CHECKPOINT}: timing a random-weight model ({checkpoint})")
 
-    log(f"backends {', '.join(names)}; sizes {sizes}; batches {batches}; {rounds} rounds; work dir {work}")
+    log(f"backends {', '.join(names)}; sizes {sizes}; batches {batches}; {rounds} rounds; work dir {work}"
+        + (f"; model {given.path}" if given else ""))
     files, files_from = image_files(work, args.quick)
     calib = files_from  # the cnndetection JPEGs (or generated images): enough to calibrate (>= 8)
-    models = Models(work, checkpoint, calib, 16 if args.quick else 64, sizes[0])
+    as_is = given if given and given.kind != "checkpoint" else None
+    models = Models(work, checkpoint, calib, 16 if args.quick else 64, sizes[0],
+                    given=as_is.path if as_is else None, given_precision=as_is.precision if as_is else None)
     log("measuring the machine's GEMM rates")
     rates = {"fp32_gflop_per_s": round(fp32_gemm_rate(args.threads), 1)}
     for key, fn in (("int8_gop_per_s", int8_gemm_rate), ("bf16_gflop_per_s", bf16_gemm_rate)):
@@ -718,19 +876,14 @@ def main(argv=None) -> int:
         results += rows
         unavailable.update({k: v for k, v in un.items() if k not in unavailable})
     add_limits(results, rates)
-    cmd = "python benchmarks/bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    doc = {"benchmark": "bench", "command": cmd.strip(), "quick": args.quick, "machine": machine(args.threads),
+    doc = {"benchmark": "bench", "command": None, "quick": args.quick, "machine": machine(args.threads),
            "settings": {"backends": names, "baseline": baseline_of(names), "sizes": sizes, "batches": batches, "rounds": rounds, "mode": args.mode,
-                        "checkpoint": "upstream (reference)" if checkpoint == str(REFERENCE / "lfm_upstream.pth") else checkpoint,
+                        "checkpoint": "upstream (reference)" if checkpoint == str(UPSTREAM_CHECKPOINT) else checkpoint,
+                        "model": given.path if given else None, "model_kind": given.kind if given else None,
                         "files_from": files_from, "timing": "interleaved rounds of 1 + 3 calls, the first not counted; "
                                                             "CUDA events on GPUs"},
            "rates": rates, "results": results, "unavailable": unavailable, "seconds": None}
-    doc["plots"] = plots(doc, latencies, out_dir)
-    doc["latencies_ms"] = latencies
-    doc["seconds"] = round(time.perf_counter() - __import__("common").T0, 1)
-    write_report(out_dir, "bench", doc, markdown(doc))
-    log(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'} and {len(doc['plots'])} plot(s) in {doc['seconds']:.0f}s")
-    return 0
+    return doc, latencies
 
 
 if __name__ == "__main__":

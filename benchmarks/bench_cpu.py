@@ -1,6 +1,6 @@
 """CPU inference speed and agreement of every backend, side by side in one process.
 
-    python benchmarks/bench_cpu.py [--quick] [--output-dir benchmarks/results]
+    python benchmarks/bench_cpu.py [--quick] [--output-dir DIR (default: ./bench-results)]
                                    [--threads N] [--extra NAME=MODEL.onnx ...] [--no-compile]
 
 At 224 x 224 (resize policy), batch 1 and batch 8: torch eager (the upstream checkpoint in our
@@ -19,7 +19,9 @@ not --quick, synthetic held-out images) and its decisions (score > threshold) ar
 torch eager's. Targets checked (PASS/FAIL in the output): ONNX Runtime fp32 >= 2x torch eager at
 batch 1; INT8 >= 300 images/s at batch 8 with >= 99 % decision agreement.
 
-Writes bench_cpu.json (machine, settings, results, agreement, targets) and bench_cpu.md.
+Writes bench_cpu.json (machine, settings, results, agreement, targets) and bench_cpu.md to
+--output-dir (the committed ones in benchmarks/results/ only when it names that folder); the
+models go to a temp folder, removed at the end (also on an error or Ctrl-C), unless --work-dir.
 --quick (< 2 min): fewer calibration images and timed runs, no torch.compile, no synthetic set.
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ TARGET_AGREEMENT = 0.99
 GAP_S = 0.03
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import T0, log, machine, run_main, summarize, time_interleaved, write_report  # noqa: E402
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, T0, log, machine, run_main, summarize,  # noqa: E402
+                    time_interleaved, work_folder, write_report)
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ def int8_roofline(model_path, macs: dict[str, int], threads: int, batch: int = 8
     name = sess.get_inputs()[0].name
     for _ in range(3):
         sess.run(None, {name: x})
-    sess.end_profiling()  # drop the warm-up events
+    Path(sess.end_profiling()).unlink(missing_ok=True)  # drop the warm-up events (and their file)
     so.enable_profiling = True
     sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     for _ in range(3):
@@ -241,7 +244,9 @@ def int8_roofline(model_path, macs: dict[str, int], threads: int, batch: int = 8
     for _ in range(runs):
         sess.run(None, {name: x})
     wall_ms = (time.perf_counter() - t) / runs * 1000
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    profile = Path(sess.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()  # read: nothing left in the temp folder
     per_op = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
@@ -329,7 +334,7 @@ def markdown(doc) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer runs, no torch.compile")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     p.add_argument("--checkpoint", default=str(REFERENCE / "lfm_upstream.pth"))
     p.add_argument("--extra", action="append", default=[], metavar="NAME=MODEL.onnx",
@@ -337,7 +342,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--work-dir", default=None, help="where the models are written (default: a temp folder)")
     args = p.parse_args(argv)
+    with work_folder(args.work_dir, "lfm-bench-cpu-") as work:
+        return measure(args, work)
 
+
+def measure(args, work: Path) -> int:
     import torch
 
     from lfm.runtime.preprocess import normalize
@@ -351,8 +360,6 @@ def main(argv=None) -> int:
     rounds = {1: 8, 8: 3} if quick else {1: 25, 8: 8}
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-bench-cpu-"))
-    work.mkdir(parents=True, exist_ok=True)
     notes = []
 
     log(f"machine: {args.threads} threads; loading {args.checkpoint}")

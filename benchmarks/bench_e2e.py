@@ -11,7 +11,9 @@ drift of the shared machine hits both; the figure is the median over rounds.
 Target (issue 5): >= 150 images/s on this 2-core machine.
 
 Default model: upstream's checkpoint exported to the uint8 INT8 graph at 224 px, calibrated on
-the reference images (a temp folder). Writes benchmarks/results/bench_e2e.{json,md}.
+the reference images (in a temp folder, removed at the end, also on an error or Ctrl-C).
+Writes bench_e2e.{json,md} to --output-dir (default ./bench-results/; the committed ones in
+benchmarks/results/ only with --output-dir benchmarks/results).
 """
 from __future__ import annotations
 
@@ -21,13 +23,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, work_folder  # noqa: E402
+
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 TARGET_IPS = 150.0
 
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     p.add_argument("--quick", action="store_true", help="2 rounds, files listed once")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.repeat = 2, 1
@@ -88,9 +92,13 @@ def main(argv=None) -> int:
     if not files:
         print(f"error: no images in {data}", file=sys.stderr)
         return 2
+    with work_folder(None, "lfm-e2e-") as work:
+        return measure(args, files, work)
+
+
+def measure(args, files: list[str], work: Path) -> int:
     model = args.model
     if model is None:
-        work = Path(tempfile.mkdtemp(prefix="lfm-e2e-"))
         model = str(work / "upstream_int8_224.onnx")
         cmd = [sys.executable, str(ROOT / "export" / "to_onnx.py"), str(REFERENCE / "lfm_upstream.pth"), "-o", model,
                "--input", "uint8", "--size", "224", "--int8", "--calib", str(REFERENCE / "cnndetection")]

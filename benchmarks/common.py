@@ -6,17 +6,25 @@ sys.path by running a script from it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 T0 = time.perf_counter()
+# Ad-hoc runs write here (relative to the current folder); the committed figures in
+# benchmarks/results/ (the README's tables) change only when a run is pointed at them.
+DEFAULT_OUTPUT_DIR = "bench-results"
+OUTPUT_DIR_HELP = ("where the reports go (default: ./bench-results/ in the current folder; the committed "
+                   "results in benchmarks/results/ are replaced only with --output-dir benchmarks/results)")
 
 
 def log(msg: str) -> None:
@@ -170,9 +178,29 @@ def fp32_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); empty if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def bf16_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
     """GFLOP/s of a square bfloat16 matrix product with PyTorch (oneDNN; fast where the CPU has
-    AVX512-BF16 or AMX, OpenVINO's default precision there); None without torch."""
+    AVX512-BF16 or AMX, OpenVINO's default precision there); None without torch, or on a CPU
+    known to lack bf16 instructions: there the product is emulated (minutes for a meaningless
+    figure) and OpenVINO computes in f32 anyway."""
+    flags = cpu_flags()
+    if flags and not flags & BF16_FLAGS:
+        return None
     try:
         import torch
     except ImportError:
@@ -302,10 +330,26 @@ def write_report(out_dir, stem: str, doc: dict, markdown_text: str) -> None:
     print(markdown_text)
 
 
+@contextlib.contextmanager
+def work_folder(path, prefix: str):
+    """PATH as given (created, kept), or a new temp folder PREFIX* that is removed at the end,
+    also on an error or Ctrl-C: exported models and generated images are not left behind."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)
+
+
 def run_main(main) -> None:
-    """sys.exit(main()), with Ctrl-C as 130 and an unexpected error as its traceback and 1."""
+    """sys.exit(main()), with Ctrl-C as 130, a termination (SIGTERM, e.g. from `timeout`) as 143
+    and an unexpected error as its traceback and 1. SIGTERM becomes an exit in the main thread,
+    so that temp folders (work_folder) are removed as on Ctrl-C."""
+    import signal
     import traceback
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sys.exit(main())
     except KeyboardInterrupt:

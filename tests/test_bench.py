@@ -1,12 +1,16 @@
 """Smoke test of the benchmark harness: `benchmarks/bench.py --quick` runs and writes the
-documented fields. It checks the report, never the speed (speed targets live in benchmarks/)."""
+documented fields; ad-hoc runs write ./bench-results (never the committed benchmarks/results)
+and leave no temp folder; --model times a given file. It checks the report, never the speed
+(speed targets live in benchmarks/)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +79,276 @@ def test_bench_baseline_and_gpu_backends_on_a_cpu_machine(tmp_path):
         for name in ("torch-cuda", "torch-cuda-triton"):
             with pytest.raises(bench.Unavailable, match="no CUDA GPU"):
                 bench.make_engine(name, models, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Ad-hoc runs leave the committed results and the temp folder alone; --model; help defaults
+
+BENCH = ROOT / "benchmarks" / "bench.py"
+COMMITTED = ROOT / "benchmarks" / "results"
+
+
+def _committed_snapshot() -> dict:
+    return {p.name: p.read_bytes() for p in COMMITTED.glob("bench*") if p.is_file()}
+
+
+def _run_bench(args, cwd: Path, tmpdir: Path, timeout=900):
+    """bench.py ARGS from CWD with its temp folder (TMPDIR) at TMPDIR."""
+    import os
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.run([sys.executable, str(BENCH), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _left_in(tmpdir: Path) -> list[str]:
+    """What a run left in its temp folder, but for onnxruntime's own session-id file (.ses, which
+    it writes on import and keeps on purpose)."""
+    return sorted(p.name for p in tmpdir.iterdir() if p.name != ".ses")
+
+
+def _bench_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    return bench
+
+
+def test_bench_help_states_the_default_of_every_option():
+    parser = _bench_module().build_parser()
+    for action in parser._actions:
+        if action.dest in ("help", "version"):
+            continue
+        assert action.help and "(default: " in action.help, action.option_strings
+    out_help = next(a.help for a in parser._actions if a.dest == "output_dir")
+    assert "./bench-results/" in out_help and "--output-dir benchmarks/results" in out_help
+
+
+@pytest.mark.slow
+def test_bench_default_output_is_not_the_committed_results_and_its_temp_folder_goes(tmp_path):
+    """The smallest run that makes a work folder (torch only, no export), with no --output-dir:
+    it writes ./bench-results, leaves benchmarks/results as committed and nothing in TMPDIR."""
+    before = _committed_snapshot()
+    r = _run_bench(["--backends", "torch", "--mode", "engine", "--sizes", "64", "--batch-sizes", "1", "--rounds", "1"],
+                   tmp_path / "cwd", tmp_path / "tmp")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "cwd" / "bench-results" / "bench.json").read_text())
+    assert [x["backend"] for x in doc["results"]] == ["torch"]
+    assert _committed_snapshot() == before
+    assert _left_in(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_bench_removes_its_temp_folder_on_ctrl_c_and_errors(tmp_path, monkeypatch, stop):
+    import tempfile
+
+    bench = _bench_module()
+    seen = []
+
+    def interrupted(work, quick):  # called once the work folder exists
+        seen.append(work)
+        assert work.is_dir()
+        raise stop("stopped")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(bench, "image_files", interrupted)
+    with pytest.raises(stop):
+        bench.main(["--backends", "torch", "--mode", "engine", "--output-dir", str(tmp_path / "out")])
+    assert seen and seen[0].parent == tmp_path / "tmp"
+    assert _left_in(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize("name", ["absent.onnx", "model.txt", "weights"])
+def test_bench_model_missing_or_of_unknown_kind_is_one_line_and_exit_2(tmp_path, name):
+    if name != "absent.onnx":
+        (tmp_path / name).write_bytes(b"not a model")
+    r = _run_bench(["--model", str(tmp_path / name)], tmp_path / "cwd", tmp_path / "tmp", timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0], r.stderr
+    assert ("no such file" if name == "absent.onnx" else "unknown model kind") in lines[0]
+    assert not (tmp_path / "cwd" / "bench-results").exists()
+
+
+def test_bench_model_backends_must_fit_the_file(tmp_path, random_onnx):
+    r = _run_bench(["--model", str(random_onnx), "--backends", "ort,torch"], tmp_path / "cwd", tmp_path / "tmp",
+                   timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch" in lines[0] and "ort,openvino,openvino-f32" in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_bench_model_times_the_given_onnx_graph(tmp_path, random_onnx):
+    """--model lfm.onnx: ort and openvino run that very graph (64 px, its own size), nothing is
+    exported, results go to ./bench-results, the committed ones and TMPDIR stay as they were."""
+    before = _committed_snapshot()
+    r = _run_bench(["--model", str(random_onnx), "--quick"], tmp_path / "cwd", tmp_path / "tmp")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exported" not in r.stderr
+    doc = json.loads((tmp_path / "cwd" / "bench-results" / "bench.json").read_text())
+    assert doc["settings"]["model"] == str(random_onnx) and doc["settings"]["model_kind"] == "onnx"
+    assert doc["settings"]["checkpoint"] is None and doc["settings"]["sizes"] == [64]
+    ran = {x["backend"] for x in doc["results"]}
+    if importlib.util.find_spec("openvino"):
+        assert ran == {"ort", "openvino"}
+    else:
+        assert ran == {"ort"} and "openvino" in doc["unavailable"]
+    assert {x["mode"] for x in doc["results"]} == {"engine", "e2e"}
+    assert all(x["size"] == 64 and x["precision"].startswith("fp32") for x in doc["results"])
+    assert _committed_snapshot() == before
+    assert _left_in(tmp_path / "tmp") == []
+
+
+def test_bf16_gemm_rate_is_not_measured_on_a_cpu_without_bf16(monkeypatch):
+    """Emulated bf16 products take minutes on such a CPU and mean nothing (OpenVINO runs f32 there)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+
+    monkeypatch.setattr(common, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert common.bf16_gemm_rate(1, n=64) is None
+    monkeypatch.setattr(common, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert common.bf16_gemm_rate(1, n=64, reps=1) > 0
+
+
+@pytest.mark.parametrize("script", ["bench_cpu", "bench_e2e"])
+def test_other_benchmarks_write_bench_results_and_remove_their_temp_folder_on_ctrl_c(tmp_path, monkeypatch, capsys,
+                                                                                     script):
+    """bench_cpu.py / bench_e2e.py: ./bench-results by default, and their temp folder goes on Ctrl-C."""
+    import importlib
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    mod = importlib.import_module(script)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*a, **k):
+        assert _left_in(tmp_path / "tmp")  # the work folder exists by now
+        raise KeyboardInterrupt
+
+    if script == "bench_cpu":
+        import lfm.train.checkpoint
+
+        monkeypatch.setattr(lfm.train.checkpoint, "load_checkpoint", interrupted)
+        argv = []
+    else:
+        from PIL import Image
+
+        (tmp_path / "images").mkdir()
+        Image.new("RGB", (64, 64)).save(tmp_path / "images" / "a.png")
+        monkeypatch.setattr(mod.subprocess, "run", interrupted)  # the default model's export
+        argv = ["--data", str(tmp_path / "images")]
+    with pytest.raises(KeyboardInterrupt):
+        mod.main(argv)
+    assert _left_in(tmp_path / "tmp") == []
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    assert "(default: ./bench-results/" in " ".join(capsys.readouterr().out.split())
+
+
+def _fake_plan(folder: Path, sidecar: bool = True) -> Path:
+    """A plan file and (optionally) its sidecar as export/to_trt.py writes them; the bytes are no
+    engine, which is enough where TensorRT is absent (the sidecar is read without it)."""
+    import hashlib
+
+    from lfm.runtime.spec import ModelSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = folder / "lfm.plan"
+    plan.write_bytes(b"serialized engine bytes")
+    if sidecar:
+        (folder / "lfm.plan.json").write_text(json.dumps({
+            "format": "lfm-trt-engine/1", "spec": ModelSpec(input="uint8", layout="NHWC", size=96).to_dict(),
+            "input": {"name": "pixels", "dtype": "uint8", "layout": "NHWC"},
+            "profiles": [{"input": "pixels", "layout": "NHWC", "min": [1, 48, 48, 3], "opt": [16, 96, 96, 3],
+                          "max": [32, 128, 128, 3]}],
+            "precision": "fp16", "tensorrt": "10.8.0.43", "device": {"name": "NVIDIA H200", "compute_capability": "9.0"},
+            "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+            "command": ["python", "export/to_trt.py", "lfm.onnx", "-o", "lfm.plan", "--precision", "fp16"]}))
+    return plan
+
+
+def test_bench_model_plan_without_its_sidecar_is_one_line_and_exit_2(tmp_path):
+    plan = _fake_plan(tmp_path / "m", sidecar=False)
+    r = _run_bench(["--model", str(plan)], tmp_path / "cwd", tmp_path / "tmp", timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lfm.plan" in lines[0] and "sidecar" in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_bench_model_plan_is_timed_by_trt_or_listed_unavailable(tmp_path):
+    """--model lfm.plan: backend trt on that plan at its own size (96 here, from the sidecar);
+    where TensorRT or a GPU is missing it is listed as unavailable, and the run still reports."""
+    import torch
+
+    if importlib.util.find_spec("tensorrt") and torch.cuda.is_available():
+        pytest.skip("a real TensorRT machine would try to deserialise the fake plan")
+    plan = _fake_plan(tmp_path / "m")
+    r = _run_bench(["--model", str(plan), "--mode", "engine", "--rounds", "1", "--batch-sizes", "1"],
+                   tmp_path / "cwd", tmp_path / "tmp")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "cwd" / "bench-results" / "bench.json").read_text())
+    assert doc["settings"]["backends"] == ["trt"] and doc["settings"]["sizes"] == [96]
+    assert doc["results"] == [] and ("TensorRT" in doc["unavailable"]["trt"] or "GPU" in doc["unavailable"]["trt"])
+    assert _left_in(tmp_path / "tmp") == []
+
+
+def test_bench_model_float_input_graph_gets_normalised_floats(tmp_path):
+    """A --model graph with float input (export --input float) is fed normalised NCHW floats, the
+    uint8 one the bytes: each answers as ONNX Runtime does on its own input."""
+    import onnxruntime as ort
+
+    from conftest import random_lfm
+    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.runtime.preprocess import normalize
+    from lfm.runtime.spec import ModelSpec
+
+    bench = _bench_module()
+    spec = ModelSpec(input="float", layout="NCHW", size=64)
+    proto = check(simplify(torch_to_onnx(random_lfm(), spec, "float")))
+    set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))
+    path = tmp_path / "float.onnx"
+    save_atomic(proto, path)
+    models = bench.Models(tmp_path, None, None, 0, 64, given=str(path), given_precision="fp32")
+    x_u8 = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x = normalize(x_u8, spec.mean, spec.std)
+    for name in ("ort", "openvino-f32"):
+        if name.startswith("openvino") and not importlib.util.find_spec("openvino"):
+            continue
+        engine = bench.make_engine(name, models, 1)
+        assert engine.input_kind == "float"
+        got = np.asarray(engine.setup(2)(x)).reshape(-1)
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logit"], {"image": x})[0]
+        assert np.allclose(got, want.reshape(-1), atol=1e-3), (name, got, want)
+
+
+@pytest.mark.slow
+def test_bench_removes_its_temp_folder_when_terminated(tmp_path):
+    """`timeout` (gpu_checks.sh) stops a run with SIGTERM: its temp folder goes as on Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen([sys.executable, str(BENCH), "--backends", "torch", "--mode", "engine", "--sizes", "64",
+                             "--output-dir", str(tmp_path / "out")], cwd=tmp_path, env={**os.environ, "TMPDIR": str(tmpdir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmpdir.glob("lfm-bench-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmpdir.glob("lfm-bench-*")), "the run made no work folder"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert _left_in(tmpdir) == []
