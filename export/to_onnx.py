@@ -124,8 +124,7 @@ def export(args) -> int:
                           "TensorRT lowers its precision when it builds the engine; export --variant standard for an "
                           "fp16 or INT8 ONNX model")
     if args.variant == "plugins":  # its verification runs LFM's custom ops in ONNX Runtime
-        from lfm.runtime.custom_ops import register_ops
-        from lfm.runtime.runners import BackendError
+        from lfm.runtime.backends.onnxrt import BackendError, register_ops
 
         try:
             register_ops()

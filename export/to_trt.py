@@ -16,7 +16,7 @@ model (export/to_onnx.py --int8 --int8-profile tensorrt), each built as a strong
 fp16 first (export/to_onnx.py --fp16's conversion) and builds and compares that graph. No
 calibrator is ever used. The plugin graph (export/to_onnx.py --variant plugins) is built with
 LFM's TensorRT plugins (lfm.kernels.trt_plugins; TensorRT 10.9+), registered only for such a graph.
-An unsupported TensorRT, NumPy or Polygraphy (lfm.runtime.trt_runner.TENSORRT_SUPPORT) is one line
+An unsupported TensorRT, NumPy or Polygraphy (lfm.runtime.backends.trt_plan.TENSORRT_SUPPORT) is one line
 and exit 2, before the build.
 
 --batch and --size give the optimisation profile, MIN,OPT,MAX (or one N for a static one);
@@ -131,7 +131,8 @@ def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str,
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from lfm.export.trt_build import TOLERANCES, iteration_verdicts, judge
-    from lfm.runtime.custom_ops import session_options_for, uses_custom_ops
+    from lfm.runtime.backends.onnxrt import session_options_for
+    from lfm.runtime.custom_ops import uses_custom_ops
 
     if uses_custom_ops(onnx_path):
         def session():
@@ -154,7 +155,8 @@ def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str,
 
 def build(args) -> int:
     from lfm.export import trt_build as tb
-    from lfm.runtime.trt_runner import device_info, import_cudart, sha256_bytes, sidecar_path
+    from lfm.runtime.backends.cuda_support import device_info, import_cudart
+    from lfm.runtime.backends.trt_plan import sha256_bytes, sidecar_path
 
     proto, props = tb.read_onnx(args.onnx)
     spec = tb.model_spec(props)

@@ -6,7 +6,7 @@ TensorRT call, tested without TensorRT or a GPU.
     profile = make_profile(inp, "1,16,32", None, model_spec(props))     # min/opt/max shapes
     mode = choose_mode("lfm.onnx", onnx_precision(proto, props), "fp16", int8_profile(props))
     half = fp16_model(onnx.load("lfm.onnx"))      # when mode["convert_fp16"]: the graph TensorRT builds
-    sidecar = make_sidecar(...)                   # -> PLAN.json, read back by runtime/trt_runner.py
+    sidecar = make_sidecar(...)                   # -> PLAN.json, read back by runtime/backends/trt_plan.py
 
 Precision comes from the ONNX graph TensorRT parses; every network is strongly typed (the only
 kind TensorRT 11 builds: it removed weak typing and BuilderFlag.FP16 / INT8), the same on 10.x:
@@ -23,7 +23,7 @@ calibrators are deprecated in 10.x and removed in 11). ``fp16_model`` is export/
 it is how the fp32-only plugin graph gets an fp16 engine.
 
 Which TensorRT, NumPy and Polygraphy releases work is declared in
-``lfm.runtime.trt_runner.TENSORRT_SUPPORT``; ``tensorrt_problem``, ``plugin_graph_problem`` and
+``lfm.runtime.backends.trt_plan.TENSORRT_SUPPORT``; ``tensorrt_problem``, ``plugin_graph_problem`` and
 ``polygraphy_problem`` turn an unsupported combination into one line before anything is built.
 
 Tolerances of the build's comparison with ONNX Runtime on the same ONNX model (``TOLERANCES``):
@@ -45,8 +45,8 @@ import numpy as np
 from lfm.export.paths import output_problem
 from lfm.runtime import custom_ops
 from lfm.runtime.spec import ModelSpec, min_input_size
-from lfm.runtime.trt_runner import (SIDECAR_FORMAT, TENSORRT_SUPPORT, at_least, describe_profile, profile_axes,
-                                    tensorrt_problem, tensorrt_untested, trt_release)
+from lfm.runtime.backends.trt_plan import (SIDECAR_FORMAT, TENSORRT_SUPPORT, at_least, describe_profile, profile_axes,
+                                           tensorrt_problem, tensorrt_untested, trt_release)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = "1,16,32"
@@ -264,7 +264,7 @@ def sort_nodes(graph) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Versions: TensorRT, NumPy and Polygraphy against lfm.runtime.trt_runner.TENSORRT_SUPPORT
+# Versions: TensorRT, NumPy and Polygraphy against lfm.runtime.backends.trt_plan.TENSORRT_SUPPORT
 
 
 def plugin_graph_problem(trt_version: str, numpy_version: str, has_plugin_module: bool) -> str | None:
@@ -426,7 +426,7 @@ def save_build(plan: str, plan_bytes: bytes, sidecar: dict, report: dict) -> str
     import tempfile
 
     from lfm.runtime.files import give_default_mode
-    from lfm.runtime.trt_runner import sidecar_path, write_json_atomic
+    from lfm.runtime.backends.trt_plan import sidecar_path, write_json_atomic
 
     directory = os.path.dirname(os.path.abspath(plan))
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(plan) + ".", suffix=".tmp", dir=directory)
@@ -515,7 +515,7 @@ def image_feeds(files: list[str], inp: dict, spec: ModelSpec, profile: dict) -> 
     """Images prepared by the model's own spec (lfm.runtime's decoder), grouped by shape into
     batches of the profile's opt batch; (feeds, notes on images left out)."""
     from lfm.runtime.preprocess import ImageError, load_tiles
-    from lfm.runtime.trt_runner import ShapeError, check_shape
+    from lfm.runtime.backends.trt_plan import ShapeError, check_shape
 
     groups: dict[tuple, list[np.ndarray]] = {}
     notes = []

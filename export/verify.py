@@ -95,7 +95,8 @@ def feeds(input_variant: str, mean, std, seed: int = 0) -> list[OrderedDict]:
 
 def ort_session(onnx_path: str, providers=("CPUExecutionProvider",)):
     """Polygraphy's ONNX Runtime loader; for a plugin graph, a session with LFM's custom ops."""
-    from lfm.runtime.custom_ops import session_options_for, uses_custom_ops
+    from lfm.runtime.backends.onnxrt import session_options_for
+    from lfm.runtime.custom_ops import uses_custom_ops
 
     if not uses_custom_ops(onnx_path):
         return SessionFromOnnx(onnx_path, providers=list(providers))

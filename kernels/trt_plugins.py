@@ -6,7 +6,7 @@
 Registered with TensorRT's Python plugin API (``tensorrt.plugin``; ``aot_impl``, ``KernelLaunchParams``
 and ``SymInt32`` need TensorRT 10.9+, and pip's wheels ship ``tensorrt.plugin`` from 10.14 on;
 export/to_trt.py checks both, and NumPy < 2.4 before TensorRT 11.2, against
-``lfm.runtime.trt_runner.TENSORRT_SUPPORT`` before it calls ``register_plugins``):
+``lfm.runtime.backends.trt_plan.TENSORRT_SUPPORT`` before it calls ``register_plugins``):
 
 * ``@trtp.register``: output shape as shape expressions and dtype (float32) from the input's.
 * ``@trtp.aot_impl``: the Triton kernel compiled ahead of time (``lfm.kernels.aot``) for this

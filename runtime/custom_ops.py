@@ -1,9 +1,10 @@
-"""LFM's two custom ONNX operators: the one place their contract lives.
+"""LFM's two custom ONNX operators: their contract (names, attributes, numpy references), in one place.
 
 The plugin graph (``export/to_onnx.py --variant plugins``) computes NPR and Top-K pooling as
 one node each. The same graph runs in ONNX Runtime on the CPU (numpy implementations below,
-registered through onnxruntime-extensions' Python custom ops) and in TensorRT (the
-``tensorrt.plugin`` definitions in ``kernels/trt_plugins.py``):
+registered through onnxruntime-extensions' Python custom ops by the ONNX Runtime backend,
+``lfm.runtime.backends.onnxrt``) and in TensorRT (the ``tensorrt.plugin`` definitions in
+``kernels/trt_plugins.py``):
 
     LfmNpr       uint8 [B, H, W, 3] (raw RGB, NHWC) | float32 [B, 3, H, W] (normalised, NCHW)
                  -> float32 [B, 3, H - H%2, W - W%2] = |NPR(x)| * scale[c]
@@ -33,17 +34,14 @@ the very float32 values the standard graph multiplies by. ``k`` is an INT attrib
 The domain is ``ai.onnx.contrib``: onnxruntime-extensions' Python ops default to it, and the
 TensorRT parser does not look at domains, so one graph serves both.
 
-numpy only: the lean runtime imports this module; onnxruntime-extensions is imported only when
-a graph that uses these ops is loaded (optional extra: ``pip install -e '.[plugins]'``).
+numpy and the standard library only, and nothing of the runtime: the backends, the exporter and
+the TensorRT plugins all import this module, never the other way round.
 """
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
-
-from .runners import BackendError
 
 DOMAIN = "ai.onnx.contrib"
 DOMAIN_VERSION = 1
@@ -60,7 +58,7 @@ INSTALL_HINT = f"pip install -e '.[{EXTRA}]' (onnxruntime-extensions)"
 __all__ = [
     "DOMAIN", "DOMAIN_VERSION", "NPR_OP", "TOP_K_POOL_OP", "OP_TYPES", "PLUGIN_NAMESPACE", "PLUGIN_VERSION",
     "PLUGIN_IDS", "DEFAULT_TOP_K", "format_scale", "parse_scale", "npr_attributes", "top_k_pool_attributes",
-    "npr", "top_k_pool", "register_ops", "uses_custom_ops", "session_options_for",
+    "npr", "top_k_pool", "uses_custom_ops",
 ]
 
 
@@ -156,66 +154,7 @@ def top_k_pool(maps: np.ndarray, k: int = DEFAULT_TOP_K) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# ONNX Runtime: registration through onnxruntime-extensions
-
-
-_lock = threading.Lock()
-_registered = False
-
-
-def _extensions():
-    try:
-        import onnxruntime_extensions
-    except ImportError:
-        raise BackendError(f"this model uses LFM's custom ops ({', '.join(OP_TYPES)}), which ONNX Runtime runs "
-                           f"through onnxruntime-extensions: {INSTALL_HINT}") from None
-    return onnxruntime_extensions
-
-
-def register_ops() -> str:
-    """Register both ops with onnxruntime-extensions' Python custom ops (once per process; further
-    calls do nothing). Returns the custom-op library path to hand to ``register_custom_ops_library``."""
-    global _registered
-    ortx = _extensions()
-    with _lock:
-        if not _registered:
-            P = ortx.PyCustomOpDef
-            # One LfmNpr kernel per input type; ONNX Runtime picks by the node's input type.
-            for dtype in (P.dt_uint8, P.dt_float):
-                ortx.onnx_op(op_type=NPR_OP, inputs=[dtype], outputs=[P.dt_float],
-                             attrs={"scale": P.dt_string})(_ort_npr)
-            ortx.onnx_op(op_type=TOP_K_POOL_OP, inputs=[P.dt_float], outputs=[P.dt_float],
-                         attrs={"k": P.dt_int64})(_ort_top_k_pool)
-            _registered = True
-    return ortx.get_library_path()
-
-
-# A Python exception inside an onnxruntime-extensions op aborts the whole process (it crosses
-# ONNX Runtime's C boundary as an uncaught C++ exception). So the ops never raise: a refused
-# input yields an empty float32 output, the next node fails with an ordinary, catchable ONNX
-# Runtime error, and the reason goes to stderr as a RuntimeWarning.
-_REFUSED = np.zeros((0,), np.float32)
-
-
-def _refuse(error: Exception) -> np.ndarray:
-    import warnings
-
-    warnings.warn(f"{error} (the next node of the graph reports the failure)", RuntimeWarning, stacklevel=2)
-    return _REFUSED
-
-
-def _ort_npr(x, scale):
-    try:
-        return npr(x, parse_scale(scale))
-    except Exception as e:  # noqa: BLE001  (see above: never raise into ONNX Runtime)
-        return _refuse(e)
-
-
-def _ort_top_k_pool(maps, k):
-    try:
-        return top_k_pool(maps, int(k))
-    except Exception as e:  # noqa: BLE001
-        return _refuse(e)
+# Finding the ops in a graph (no onnx needed)
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -282,16 +221,3 @@ def uses_custom_ops(model) -> bool:
         return DOMAIN in _opset_domains(data)
     except (OSError, ValueError, IndexError):
         return False
-
-
-def session_options_for(model, so=None):
-    """ONNX Runtime session options for ``model``: for a graph that uses LFM's custom ops, the ops
-    registered and onnxruntime-extensions' library added to ``so`` (a new SessionOptions when None);
-    any other graph gets ``so`` back untouched. A missing onnxruntime-extensions is a BackendError."""
-    if so is None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-    if uses_custom_ops(model):
-        so.register_custom_ops_library(register_ops())
-    return so

@@ -6,6 +6,9 @@
             print(record.path, record.score, record.label, record.error)
         det.predict_one("c.png")           # one item -> one Record
 
+    from lfm.runtime.backends import make_runner   # backend options: which runner, and how it runs
+    Detector(make_runner("lfm.onnx", backend="openvino", threads=4), batch_size=32)
+
 ``predict`` takes a list (any iterable) of items: paths (str or PathLike), encoded bytes,
 uint8 HxWx3 RGB arrays, or PIL images; an NxHxWx3 uint8 array counts as N images. A single
 path, bytes object, image or HxWx3 array passed to ``predict`` is refused with a TypeError
@@ -20,6 +23,7 @@ decoded, or that the model refuses, become error records in their place; none is
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Union
@@ -28,10 +32,10 @@ import numpy as np
 
 from PIL import Image
 
+from .backends.base import OPTIONS, Runner, SourceError, backend_for, make_runner, source_from_flags
 from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
                          to_tiles)
 from .records import Record
-from .runners import Runner, make_runner
 from .spec import check_input_size, min_input_size
 
 Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
@@ -51,32 +55,38 @@ TILE_REDUCTIONS = ("max", "mean")
 
 
 class Detector:
-    """LFM deepfake detector: scores images through one backend (ONNX Runtime, OpenVINO,
-    PyTorch or TensorRT), one ``Record`` per input (path, logit, score, label, error).
+    """LFM deepfake detector: scores images through one runner (ONNX Runtime, OpenVINO, PyTorch
+    or TensorRT), one ``Record`` per input (path, logit, score, label, error).
 
-    source: a model file, its kind by extension: .onnx (ONNX Runtime, or backend="openvino"),
-    .plan/.engine (TensorRT), .pt/.pth (PyTorch checkpoint); or checkpoint=/model=/engine=.
+    source: which runner. A model file, its backend by extension (.onnx: ONNX Runtime,
+    .plan/.engine: TensorRT, .pt/.pth: PyTorch), or a runner: ``make_runner(path, backend=...,
+    providers=..., threads=..., device=..., precision=..., kernels=..., cuda_graphs=...)`` (from
+    ``lfm.runtime.backends``) for backend options, or any Runner. The Detector activates it and
+    deactivates it on ``close()``.
+
+    The rest says how the pipeline runs:
     threshold, policy, size: override the model's own spec (defaults: the model's).
+    batch_size: images per runner call; workers: decoding threads.
     max_pixels: larger files are refused before decoding (decompression bombs).
     max_model_pixels: pixels the model sees in one call; under policy "none" a larger image
     gets an error record instead of taking gigabytes of memory (default 2048 x 2048).
     tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
-    (default: an image is generated if any part of it looks generated) or "mean"."""
+    (default: an image is generated if any part of it looks generated) or "mean"; max_tiles:
+    at most this many tiles per image.
 
-    def __init__(self, source: str | os.PathLike | None = None, *, checkpoint: str | None = None,
-                 model: str | None = None, runner: Runner | None = None,
-                 engine: str | None = None, cuda_graphs: bool = False, kernels: bool = False,
-                 device: str = "auto", providers: list[str] | None = None, threads: int | None = None,
-                 backend: str = "onnxruntime", precision: str = "auto",
-                 threshold: float | None = None, policy: str | None = None, size: int | None = None,
-                 batch_size: int = 16, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES,
-                 max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS):
-        if source is not None:  # Detector("lfm.onnx"), Detector("lfm.plan"), Detector("ckpt.pt")
-            if checkpoint or model or engine or runner:
-                raise ValueError("give the model once: positionally, or as checkpoint=/model=/engine=")
-            kind = source_kind(source)
-            checkpoint, model, engine = (os.fspath(source) if kind == k else None for k in ("checkpoint", "model", "engine"))
+    The old keywords, which mixed the two (checkpoint=, model=, engine=, runner=, device=,
+    providers=, threads=, backend=, precision=, kernels=, cuda_graphs=), still work and warn
+    (DeprecationWarning, one line naming the new form): kept so existing code runs, deprecated
+    so that one way remains, the runner's options to make_runner and the pipeline's here."""
+
+    def __init__(self, source: str | os.PathLike | Runner | None = None, *, threshold: float | None = None,
+                 policy: str | None = None, size: int | None = None, batch_size: int = 16, workers: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
+                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES, **old_keywords):
+        if old_keywords:
+            source = _runner_from_old_keywords(source, old_keywords)
+        elif source is None:
+            raise TypeError("Detector() needs a model: Detector('lfm.onnx'), or Detector(make_runner(path, ...))")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if tile_reduce not in TILE_REDUCTIONS:
@@ -85,9 +95,7 @@ class Detector:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
         if max_pixels < 1 or max_model_pixels < 1:
             raise ValueError(f"max_pixels and max_model_pixels must be >= 1, got {max_pixels}, {max_model_pixels}")
-        self.runner = (runner or make_runner(checkpoint, model, device=device, providers=providers,
-                                             threads=threads, backend=backend, precision=precision, engine=engine,
-                                             cuda_graphs=cuda_graphs, kernels=kernels)).activate()
+        self.runner = (make_runner(source) if isinstance(source, (str, os.PathLike)) else _as_runner(source)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
         if self.spec.policy != "none" and self.spec.size < min_input_size(self.spec.top_k):
@@ -269,15 +277,57 @@ class Detector:
 
 
 def source_kind(path: str | os.PathLike) -> str:
-    """What a model file is, by its extension: "model" (.onnx), "engine" (.plan, .engine,
-    .trt) or "checkpoint" (.pt, .pth, .ckpt, .bin)."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    for kind, exts in (("model", (".onnx",)), ("engine", (".plan", ".engine", ".trt")),
-                       ("checkpoint", (".pt", ".pth", ".ckpt", ".bin"))):
-        if ext in exts:
-            return kind
-    raise ValueError(f"{os.fspath(path)}: cannot tell the model kind from its extension; pass "
-                     "checkpoint=, model= (ONNX) or engine= (TensorRT plan)")
+    """What a model file is, by its extension: "model" (.onnx), "engine" (.plan, .engine, .trt)
+    or "checkpoint" (.pt, .pth, .ckpt, .bin): the kind of the registry's default backend for it."""
+    return backend_for(path).kind
+
+
+def _as_runner(source) -> Runner:
+    if not (hasattr(source, "activate") and hasattr(source, "infer")):
+        raise TypeError(f"Detector() takes a model path or a runner, got a {type(source).__name__}")
+    return source
+
+
+OLD_SOURCES = ("checkpoint", "model", "engine")  # the old keywords naming the model file, by kind
+
+
+def _runner_from_old_keywords(source, keywords: dict) -> Runner:
+    """The runner the old signature's keywords name, with a DeprecationWarning naming the new form."""
+    unknown = sorted(set(keywords) - {"runner", "backend", *OLD_SOURCES, *OPTIONS})
+    if unknown:
+        raise TypeError(f"Detector() got an unexpected keyword argument {unknown[0]!r}")
+    runner = keywords.get("runner")
+    paths = {kind: keywords[kind] for kind in OLD_SOURCES if keywords.get(kind) is not None}
+    if (source is not None) + (runner is not None) + bool(paths) > 1:
+        raise ValueError("give the model once: positionally, or as checkpoint=/model=/engine=")
+    options = {k: v for k, v in keywords.items() if k in OPTIONS and v != OPTIONS[k].default}
+    backend = keywords.get("backend")
+    backend = None if backend == "onnxruntime" else backend  # the old default, for every kind of file
+    old = ", ".join((["source"] if source is not None else []) + [f"{k}=..." for k in keywords])
+    if runner is not None:
+        if options or backend:
+            raise ValueError(f"{', '.join([*options, *(['backend'] if backend else [])])}: backend options go to "
+                             "make_runner(path, ...), not beside a runner")
+        new = "Detector(runner)"
+    else:
+        if source is not None:
+            paths = {backend_for(source).kind: source}
+        source, backend = source_from_flags(**paths, backend=backend)
+        runner = make_runner(source, backend=backend, **options)
+        new = _new_form(source, backend, options)
+    warnings.warn(f"Detector({old}) is deprecated; use {new}", DeprecationWarning, stacklevel=3)
+    return runner
+
+
+def _new_form(source, backend: str, options: dict) -> str:
+    try:
+        by_extension = backend_for(source).name
+    except SourceError:
+        by_extension = None
+    args = ["path"] + ([f"backend={backend!r}"] if backend != by_extension else []) + [f"{k}=..." for k in options]
+    if len(args) == 1:
+        return "Detector(path)"
+    return f"Detector(make_runner({', '.join(args)})) (from lfm.runtime.backends import make_runner)"
 
 
 def _name(item) -> str:

@@ -25,6 +25,8 @@ import sys
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
+from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
+from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import (ArgumentParser, describe_os_error, output_conflict, positive_int,  # noqa: E402
                              read_path_arguments, run, summary_exit, unit_interval, write_records)
 from lfm.runtime.detector import DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
@@ -32,7 +34,6 @@ from lfm.runtime.files import output_problem  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import FORMATS, format_for, in_input_order  # noqa: E402
-from lfm.runtime.runners import BACKENDS, OPENVINO_PRECISIONS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
 
 MIN_PIXELS = min_input_size() ** 2  # the smallest image LFM (K=16) can score: 48 x 48
@@ -67,8 +68,8 @@ def parse_args(argv=None):
                    help="--model: comma-separated onnxruntime providers, e.g. cpu or cuda,cpu (default: TensorRT, CUDA, CPU as available)")
     p.add_argument("--threads", type=positive_int(1, "--threads"), default=None,
                    help="--model: intra-op threads (default: all cores)")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
-                   help="--model: onnxruntime or openvino (optional extra)")
+    p.add_argument("--backend", choices=backends_for("model"), default=None,
+                   help="--model: onnxruntime, or openvino (the [openvino] extra) (default: onnxruntime)")
     p.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
                    help="--backend openvino: inference precision; auto keeps the fp32 model's decisions: "
                         "f32 for float-input and INT8 graphs, bf16 for uint8-input graphs where the CPU has bf16")
@@ -89,6 +90,14 @@ def parse_args(argv=None):
     return args
 
 
+def runner_arguments(args) -> dict:
+    """make_runner's arguments from the command line: which model, which backend, its options."""
+    source, backend = source_from_flags(args.checkpoint, args.model, args.engine, args.backend)
+    return dict(source=source, backend=backend, device=args.device, threads=args.threads, precision=args.precision,
+                providers=args.providers.split(",") if args.providers else None, kernels=args.kernels,
+                cuda_graphs=args.cuda_graphs)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     paths, list_errors = read_path_arguments(args.paths)
@@ -103,14 +112,10 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     try:
-        providers = args.providers.split(",") if args.providers else None
-        detector = Detector(checkpoint=args.checkpoint, model=args.model, engine=args.engine,
-                            cuda_graphs=args.cuda_graphs, kernels=args.kernels, device=args.device, providers=providers,
-                            threads=args.threads, backend=args.backend, precision=args.precision,
-                            threshold=args.threshold,
-                            policy=args.policy, size=args.size, batch_size=args.batch_size,
-                            tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
-                            workers=args.workers, max_pixels=args.max_pixels, max_model_pixels=args.max_model_pixels)
+        detector = Detector(make_runner(**runner_arguments(args)), threshold=args.threshold, policy=args.policy,
+                            size=args.size, batch_size=args.batch_size, tile_reduce=args.tile_reduce,
+                            max_tiles=args.max_tiles, workers=args.workers, max_pixels=args.max_pixels,
+                            max_model_pixels=args.max_model_pixels)
     except (BackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,11 +33,12 @@ import zipfile
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
-from lfm.runtime import custom_ops  # noqa: E402  (numpy only; onnxruntime-extensions on use)
-from lfm.runtime.runners import BackendError  # noqa: E402
+from lfm.runtime import custom_ops  # noqa: E402  (numpy only)
+from lfm.runtime.backends.base import BackendError  # noqa: E402
+from lfm.runtime.backends.onnxrt import session_options_for  # noqa: E402  (onnxruntime-extensions on use)
+from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, read_sidecar, rebuild_command,  # noqa: E402
+                                           sidecar_path)
 from lfm.runtime.spec import ModelSpec  # noqa: E402
-from lfm.runtime.trt_runner import (EngineError, describe_profile, read_sidecar, rebuild_command,  # noqa: E402
-                                    sidecar_path)
 
 KINDS = {"onnx": "ONNX model", "plan": "TensorRT plan", "checkpoint": "PyTorch checkpoint"}
 ONNX_EXTENSIONS = (".onnx",)
@@ -150,7 +151,7 @@ def ort_session(path: str):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     try:
-        options = custom_ops.session_options_for(path, options)
+        options = session_options_for(path, options)
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), None
     except BackendError as e:  # a plugin graph without onnxruntime-extensions
         return None, str(e)
@@ -247,7 +248,7 @@ def graph_description(proto) -> dict:
 
 def spec_from_metadata(props: dict, report: dict) -> dict | None:
     """The spec as the runtime reads it (``lfm.spec``, JSON, through ModelSpec.from_dict, as
-    runners.OnnxRunner does); None, with a warning, when absent or unreadable."""
+    backends.onnxrt.OnnxRunner does); None, with a warning, when absent or unreadable."""
     if "lfm.spec" not in props:
         report["warnings"].append(f"{report['path']}: no lfm.spec metadata: not exported by export/to_onnx.py, "
                                   "so runtime/infer.py will refuse it")

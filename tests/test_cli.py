@@ -130,7 +130,10 @@ def test_ctrl_c_keeps_complete_records_and_exits_130(random_onnx, images, tmp_pa
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = p.stdout.readline()
     p.send_signal(signal.SIGINT)
-    rest, err = p.communicate(timeout=120)
+    # read through the same buffered reader: readline may already hold further records, which
+    # communicate() (reading the raw pipe) would drop
+    rest, err = p.stdout.read(), p.stderr.read()
+    p.wait(timeout=120)
     assert p.returncode == 130, err
     lines = [first] + rest.splitlines()
     assert all(json.loads(line)["error"] is None for line in lines)  # complete records only
@@ -244,7 +247,7 @@ def test_duplicate_paths_get_a_record_per_mention(random_onnx, images):
                                         (["--max-model-pixels", "100"], "at least 2304"),
                                         (["--threshold", "5"], "[0, 1]"), (["--batch-size", "0"], "at least 1"),
                                         (["--device", "cuda"], "applies to a PyTorch checkpoint only"),
-                                        (["--cuda-graphs"], "applies to a TensorRT engine or a checkpoint")])
+                                        (["--cuda-graphs"], "applies to a TensorRT engine or a PyTorch checkpoint")])
 def test_useless_options_are_refused_in_one_line(random_onnx, images, args, says):
     r = infer(random_onnx, images[0], *args)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -69,14 +69,15 @@ def test_graph_is_checked_dynamic_and_described(exported, upstream_ckpt):
 
 
 def test_onnx_runtime_backend_matches_torch_and_upstream(exported, upstream_ckpt, reference_images):
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     paths = [str(p) for p, _, _ in reference_images]
     upstream = np.array([v for _, v, _ in reference_images])
-    with Detector(checkpoint=str(upstream_ckpt), device="cpu") as det:
+    with Detector(make_runner(upstream_ckpt, device="cpu")) as det:
         torch_logits = np.array([r.logit for r in det.predict(paths)])
     for variant, path in exported.items():
-        with Detector(model=str(path), providers=["cpu"]) as det:
+        with Detector(make_runner(path, providers=["cpu"])) as det:
             assert det.spec.input == variant
             recs = det.predict(paths)
         logits = np.array([r.logit for r in recs])
@@ -172,7 +173,7 @@ def test_export_leaves_the_model_in_eval_mode(random_ckpt):
 
 
 def test_onnx_runner_errors(tmp_path, exported):
-    from lfm.runtime.runners import BackendError, OnnxRunner
+    from lfm.runtime.backends.onnxrt import BackendError, OnnxRunner
 
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(BackendError, match="not a loadable ONNX model"):
@@ -191,23 +192,24 @@ def test_onnx_runner_errors(tmp_path, exported):
 def test_openvino_backend_on_the_same_graph(exported, reference_images):
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
     from lfm.runtime.detector import Detector
-    from lfm.runtime.runners import OpenVinoRunner
+    from lfm.runtime.backends import make_runner
+    from lfm.runtime.backends.openvino_rt import OpenVinoRunner
 
     paths = [str(p) for p, _, _ in reference_images[:24]]
-    with Detector(model=str(exported["uint8"]), providers=["cpu"]) as det:
+    with Detector(make_runner(exported["uint8"], providers=["cpu"])) as det:
         ort_logits = np.array([r.logit for r in det.predict(paths)])
-    with Detector(runner=OpenVinoRunner(exported["uint8"], precision="f32")) as det:
+    with Detector(OpenVinoRunner(exported["uint8"], precision="f32")) as det:
         assert det.spec.input == "uint8"  # the spec travelled through OpenVINO's rt_info
         f32 = np.array([r.logit for r in det.predict(paths)])
     np.testing.assert_allclose(f32, ort_logits, rtol=1e-4, atol=1e-3)
     # Static-shape models for the first shapes, the dynamic one beyond: batches of 5, 5, 5, 5, 4
     # with one static slot run both paths.
     runner = OpenVinoRunner(exported["uint8"], precision="f32", static_shapes=1)
-    with Detector(runner=runner, batch_size=5) as det:
+    with Detector(runner, batch_size=5) as det:
         mixed = np.array([r.logit for r in det.predict(paths)])
         assert list(runner.by_shape) == [(5, 256, 256, 3)]
     np.testing.assert_allclose(mixed, ort_logits, rtol=1e-4, atol=1e-3)
-    with Detector(model=str(exported["uint8"]), backend="openvino") as det:  # auto: bf16 where the CPU has it
+    with Detector(make_runner(exported["uint8"], backend="openvino")) as det:  # auto: bf16 where the CPU has it
         default = det.predict(paths)
         assert det.runner.precision_hint == "bf16" and det.runner.inference_precision in ("bf16", "f32")
     assert [r.label for r in default] == [("fake" if v > 0 else "real") for v in ort_logits]
@@ -217,12 +219,13 @@ def test_openvino_never_lowers_a_float_input_graph_silently(exported, reference_
     """At its defaults the OpenVINO runner computes a float-input graph in f32 (bf16 flipped
     decisions there), so its logits are the fp32 graph's in ONNX Runtime, on any CPU."""
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     paths = [str(p) for p, _, _ in reference_images]
-    with Detector(model=str(exported["float"]), providers=["cpu"]) as det:
+    with Detector(make_runner(exported["float"], providers=["cpu"])) as det:
         ort_logits = np.array([r.logit for r in det.predict(paths)])
-    with Detector(model=str(exported["float"]), backend="openvino") as det:
+    with Detector(make_runner(exported["float"], backend="openvino")) as det:
         assert det.runner.precision_hint == "f32" and det.runner.inference_precision == "f32"
         assert "inference precision f32 (hint f32: auto: float-input graph)" in det.runner.describe()
         ov_logits = np.array([r.logit for r in det.predict(paths)])
@@ -242,7 +245,8 @@ def test_infer_says_what_precision_the_backend_ran(exported, reference_dir, caps
 
 
 def test_openvino_precision_choice():
-    from lfm.runtime.runners import BackendError, make_runner, openvino_precision
+    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends.openvino_rt import openvino_precision
     from lfm.runtime.spec import ModelSpec
 
     assert openvino_precision(ModelSpec(input="float"), "fp32")[0] == "f32"
@@ -253,4 +257,4 @@ def test_openvino_precision_choice():
     with pytest.raises(BackendError, match="fp8"):
         openvino_precision(ModelSpec(), "fp32", "fp8")
     with pytest.raises(BackendError, match="applies to --backend openvino only"):
-        make_runner(model="m.onnx", precision="bf16")
+        make_runner("m.onnx", precision="bf16")

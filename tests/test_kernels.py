@@ -587,10 +587,11 @@ def _has(module: str) -> bool:
 
 
 def test_kernels_runtime_path_refuses_what_it_cannot_run(upstream_ckpt, monkeypatch, tmp_path):
-    from lfm.runtime.runners import BackendError, TorchRunner, make_runner
+    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends.pyt import TorchRunner
 
     with pytest.raises(BackendError, match="give --checkpoint"):
-        make_runner(model=str(tmp_path / "x.onnx"), kernels=True)
+        make_runner(tmp_path / "x.onnx", kernels=True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendError, match="on a CUDA GPU"):
         TorchRunner(upstream_ckpt, device="cpu", kernels=True).activate()

@@ -152,7 +152,7 @@ def test_uses_custom_ops_says_no_to_what_it_cannot_read(tmp_path):
 
 
 def _run(path, x):
-    from lfm.runtime.runners import OnnxRunner
+    from lfm.runtime.backends.onnxrt import OnnxRunner
 
     with OnnxRunner(path, providers=["cpu"]) as r:
         return r.infer({"x": x})["logit"]
@@ -204,7 +204,7 @@ def test_a_refused_input_is_a_catchable_error_not_an_abort(random_graphs):
     """A Python exception inside an onnxruntime-extensions op would abort the process; the op
     warns with the reason instead and the next node fails as an ordinary ONNX Runtime error."""
     needs_extensions()
-    from lfm.runtime.runners import OnnxRunner
+    from lfm.runtime.backends.onnxrt import OnnxRunner
 
     with OnnxRunner(random_graphs["uint8", "plugins"], providers=["cpu"]) as r:
         with pytest.warns(RuntimeWarning, match="cannot give the top k=16"), pytest.raises(Exception, match="Gemm"):
@@ -215,7 +215,7 @@ def test_a_refused_input_is_a_catchable_error_not_an_abort(random_graphs):
 
 
 def test_missing_onnxruntime_extensions_is_one_line(random_graphs, monkeypatch):
-    from lfm.runtime.runners import BackendError, OnnxRunner
+    from lfm.runtime.backends.onnxrt import BackendError, OnnxRunner
 
     monkeypatch.setitem(sys.modules, "onnxruntime_extensions", None)  # as if not installed
     with pytest.raises(BackendError, match=r"pip install -e '\.\[plugins\]'") as e:
@@ -226,7 +226,7 @@ def test_missing_onnxruntime_extensions_is_one_line(random_graphs, monkeypatch):
 
 def test_openvino_refuses_a_plugin_graph_in_one_line(random_graphs):
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
-    from lfm.runtime.runners import BackendError, OpenVinoRunner
+    from lfm.runtime.backends.openvino_rt import BackendError, OpenVinoRunner
 
     with pytest.raises(BackendError, match="plugin graph.*which OpenVINO cannot run") as e:
         OpenVinoRunner(random_graphs["uint8", "plugins"]).activate()
@@ -279,13 +279,14 @@ def test_upstream_plugin_export_is_verified_against_torch_and_the_standard_graph
 
 
 def test_upstream_plugin_graph_scores_reference_images_as_pytorch(upstream_plugins, upstream_ckpt, reference_images):
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     paths = [str(p) for p, _, _ in reference_images[:32]]
     upstream = np.array([v for _, v, _ in reference_images[:32]])
-    with Detector(checkpoint=str(upstream_ckpt), device="cpu") as det:
+    with Detector(make_runner(upstream_ckpt, device="cpu")) as det:
         torch_logits = np.array([r.logit for r in det.predict(paths)])
-    with Detector(model=str(upstream_plugins), providers=["cpu"]) as det:
+    with Detector(make_runner(upstream_plugins, providers=["cpu"])) as det:
         assert det.spec.input == "uint8"
         logits = np.array([r.logit for r in det.predict(paths)])
     np.testing.assert_allclose(logits, torch_logits, rtol=1e-4, atol=1e-4)

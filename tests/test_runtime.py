@@ -35,6 +35,8 @@ def test_runtime_imports_no_torch_and_no_training_code():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
         "import lfm.runtime.detector, lfm.runtime.infer, lfm.runtime.runners, lfm.runtime.inputs\n"
+        "import lfm.runtime.backends.onnxrt, lfm.runtime.backends.openvino_rt, lfm.runtime.backends.pyt\n"
+        "import lfm.runtime.backends.trt_engine, lfm.runtime.serve, lfm.runtime.inspect_model\n"
         "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules), sorted(sys.modules)\n"
         "print('ok')\n"
     )
@@ -171,6 +173,7 @@ def random_ckpt(tmp_path_factory):
 
 def test_detector_matches_direct_model_and_keeps_order(random_ckpt, tmp_path):
     import torch
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     path, model = random_ckpt
@@ -184,7 +187,7 @@ def test_detector_matches_direct_model_and_keeps_order(random_ckpt, tmp_path):
         with torch.no_grad():
             expected.append(float(model(torch.from_numpy(x))[0]))
     for batch_size in (1, 2, 16):
-        with Detector(checkpoint=str(path), batch_size=batch_size, device="cpu") as det:
+        with Detector(make_runner(path, device="cpu"), batch_size=batch_size) as det:
             recs = det.predict(items)
         assert len(recs) == len(items)
         assert recs[1].error == "no such file" and recs[1].logit is None
@@ -194,11 +197,12 @@ def test_detector_matches_direct_model_and_keeps_order(random_ckpt, tmp_path):
 
 
 def test_detector_isolates_an_image_the_model_refuses(random_ckpt, tmp_path):
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     path, _ = random_ckpt
     big, small = noise_png(tmp_path / "big.png", 64, 64), noise_png(tmp_path / "small.png", 40, 40)
-    with Detector(checkpoint=str(path), policy="none", device="cpu") as det:
+    with Detector(make_runner(path, device="cpu"), policy="none") as det:
         recs = det.predict([str(big), str(small), str(big)])
     assert recs[0].ok and recs[2].ok and recs[0].logit == pytest.approx(recs[2].logit, rel=1e-5)
     assert "too small" in recs[1].error and "48x48" in recs[1].error
@@ -242,3 +246,170 @@ def test_infer_reproduces_upstream_logits(upstream_ckpt, reference_images):
     recs = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["path"] for r in recs] == paths
     np.testing.assert_allclose([r["logit"] for r in recs], [v for _, v, _ in reference_images], rtol=1e-5, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which runner (make_runner) apart from how the pipeline runs (Detector)
+
+
+def test_make_runner_picks_the_backend_by_extension_or_by_name(tmp_path):
+    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends.onnxrt import OnnxRunner
+    from lfm.runtime.backends.openvino_rt import OpenVinoRunner
+    from lfm.runtime.backends.pyt import TorchRunner
+    from lfm.runtime.backends.trt_engine import TrtRunner
+
+    kinds = {"m.onnx": OnnxRunner, "m.plan": TrtRunner, "m.ENGINE": TrtRunner, "c.pt": TorchRunner, "c.pth": TorchRunner}
+    for name, cls in kinds.items():
+        assert type(make_runner(tmp_path / name)) is cls  # not activated: nothing is read yet
+    assert type(make_runner(tmp_path / "m.onnx", backend="openvino")) is OpenVinoRunner
+    assert type(make_runner(tmp_path / "weights", backend="torch")) is TorchRunner  # a name decides over no extension
+    with pytest.raises(ValueError, match=r"m\.gz: cannot tell the model kind .*\.onnx: onnxruntime, openvino") as e:
+        make_runner(tmp_path / "m.gz")
+    assert isinstance(e.value, BackendError) and "\n" not in str(e.value)
+    with pytest.raises(BackendError, match=r"unknown backend 'tflite'; expected one of \('onnxruntime', 'openvino', "):
+        make_runner(tmp_path / "m.onnx", backend="tflite")
+
+
+@pytest.mark.parametrize("source, options, says", [
+    ("m.onnx", {"device": "cuda"}, "device 'cuda' (--device) applies to a PyTorch checkpoint only; an ONNX model picks"),
+    ("m.onnx", {"cuda_graphs": True}, "cuda_graphs (--cuda-graphs) applies to a TensorRT engine or a PyTorch checkpoint"),
+    ("m.onnx", {"kernels": True}, "kernels (--kernels) applies to a PyTorch checkpoint only; it runs a PyTorch "
+                                  "checkpoint through the Triton kernels: give --checkpoint"),
+    ("m.onnx", {"precision": "bf16"}, "precision 'bf16' (--precision) applies to --backend openvino only"),
+    ("m.plan", {"providers": ["cpu"]}, "providers ['cpu'] (--providers) applies to an ONNX model on ONNX Runtime only"),
+    ("c.pt", {"precision": "f32"}, "applies to --backend openvino only"),
+])
+def test_make_runner_refuses_an_option_its_backend_would_ignore(tmp_path, source, options, says):
+    from lfm.runtime.backends import BackendError, make_runner
+
+    with pytest.raises(BackendError) as e:
+        make_runner(tmp_path / source, **options)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_make_runner_refuses_providers_for_openvino_and_lets_threads_pass(tmp_path):
+    """OpenVINO used to ignore providers silently; threads is a hint the GPU backends ignore
+    (benchmarks pass one value to every backend)."""
+    from lfm.runtime.backends import BackendError, make_runner
+
+    with pytest.raises(BackendError, match=r"providers \['cpu'\] \(--providers\) applies to an ONNX model on ONNX"):
+        make_runner(tmp_path / "m.onnx", backend="openvino", providers=["cpu"])
+    assert make_runner(tmp_path / "m.onnx", backend="openvino", threads=2).threads == 2
+    make_runner(tmp_path / "m.plan", threads=2)
+    make_runner(tmp_path / "c.pt", threads=2)
+    with pytest.raises(BackendError, match="unknown precision 'fp8'"):
+        make_runner(tmp_path / "m.onnx", backend="openvino", precision="fp8")
+
+
+def test_source_from_flags_is_the_clis_model_choice():
+    from lfm.runtime.backends import BackendError, source_from_flags
+
+    assert source_from_flags(model="m.bin") == ("m.bin", "onnxruntime")  # the flag, not the extension, decides
+    assert source_from_flags(model="m.onnx", backend="openvino") == ("m.onnx", "openvino")
+    assert source_from_flags(engine="e.plan") == ("e.plan", "tensorrt")
+    assert source_from_flags(checkpoint="c.pt") == ("c.pt", "torch")
+    with pytest.raises(BackendError, match="give exactly one model"):
+        source_from_flags(model="m.onnx", engine="e.plan")
+    with pytest.raises(BackendError, match=r"backend 'openvino' \(--backend\) runs --model files, not --engine"):
+        source_from_flags(engine="e.plan", backend="openvino")
+
+
+def test_detector_takes_a_path_or_a_runner_without_warnings(random_onnx):
+    import warnings
+
+    from lfm.runtime.backends import make_runner
+    from lfm.runtime.detector import Detector
+
+    a = np.random.default_rng(4).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Detector(random_onnx) as det, Detector(make_runner(random_onnx, providers=["cpu"], threads=1),
+                                                     batch_size=2, workers=1) as custom:
+            assert det.predict([a])[0].logit == pytest.approx(custom.predict([a])[0].logit, abs=1e-5)
+            assert custom.runner.providers == ["CPUExecutionProvider"] and custom.batch_size == 2
+        runner = make_runner(random_onnx)
+        with Detector(runner, policy="none"):
+            assert runner.is_active
+        assert not runner.is_active  # close() deactivates the runner it was given
+    with pytest.raises(TypeError, match="needs a model"):
+        Detector()
+    with pytest.raises(TypeError, match="a model path or a runner, got a int"):
+        Detector(42)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'treshold'"):
+        Detector(random_onnx, treshold=0.5)
+
+
+def test_the_old_detector_keywords_work_and_name_the_new_form(random_onnx):
+    import warnings
+
+    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.detector import Detector
+
+    a = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with Detector(random_onnx) as det:
+        expected = det.predict([a])[0].logit
+    cases = [
+        (dict(model=str(random_onnx), providers=["cpu"], threads=1),
+         "Detector(model=..., providers=..., threads=...) is deprecated; use Detector(make_runner(path, "
+         "providers=..., threads=...)) (from lfm.runtime.backends import make_runner)"),
+        (dict(model=str(random_onnx), backend="onnxruntime", device="auto"),  # old defaults spelled out
+         "Detector(model=..., backend=..., device=...) is deprecated; use Detector(path)"),
+        (dict(runner=make_runner(random_onnx)), "Detector(runner=...) is deprecated; use Detector(runner)"),
+    ]
+    for kw, message in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Detector(**kw, batch_size=1) as det:
+                assert det.predict([a])[0].logit == pytest.approx(expected, abs=1e-5)
+        (w,) = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        assert str(w.message) == message and w.filename == __file__  # points at the caller
+    with pytest.deprecated_call(match=r"use Detector\(make_runner\(path, threads=...\)\)"):
+        Detector(random_onnx, threads=1).close()
+    odd = random_onnx.with_suffix(".missing")  # model=: the flag, not the extension, picks ONNX Runtime
+    with pytest.deprecated_call(match=r"use Detector\(make_runner\(path, backend='onnxruntime'\)\)"), \
+            pytest.raises(BackendError, match=r"random_uint8\.missing: no such file"):
+        Detector(model=str(odd))
+    with pytest.raises(ValueError, match="backend options go to make_runner"):
+        Detector(runner=make_runner(random_onnx), providers=["cpu"])
+    with pytest.raises(ValueError, match="give the model once"):
+        Detector(make_runner(random_onnx), model=str(random_onnx))
+
+
+def test_the_old_module_names_still_import():
+    import warnings
+
+    from lfm.runtime import runners, trt_runner
+    from lfm.runtime.backends import cuda_support, onnxrt, trt_plan
+
+    assert runners.OnnxRunner is onnxrt.OnnxRunner and runners.BACKENDS == ("onnxruntime", "openvino")
+    assert trt_runner.TENSORRT_SUPPORT is trt_plan.TENSORRT_SUPPORT and trt_runner.cuda_check is cuda_support.cuda_check
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = runners.make_runner(engine="lfm.plan", threads=4)  # benchmarks/bench.py's call
+    assert type(runner).__name__ == "TrtRunner" and runner.plan == "lfm.plan"
+    assert "use lfm.runtime.backends.make_runner(path" in str(caught[0].message)
+    with pytest.warns(DeprecationWarning), pytest.raises(runners.BackendError, match="applies to --backend openvino"):
+        runners.make_runner(model="m.onnx", precision="bf16")
+
+
+def test_infer_refuses_a_backend_for_an_engine_in_one_line(tmp_path):
+    img = noise_png(tmp_path / "img.png")
+    run = subprocess.run(INFER + ["--engine", str(tmp_path / "x.plan"), "--backend", "openvino", str(img)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == "error: backend 'openvino' (--backend) runs --model files, not --engine; --engine runs on tensorrt\n"
+
+
+def test_serve_builds_the_runner_apart_from_the_pipeline():
+    from lfm.runtime import serve
+    from lfm.runtime.backends import BackendError, make_runner
+
+    args = serve.parse_args(["--model", "m.onnx", "--instances", "2", "--threads", "3", "--max-batch-size", "64"])
+    assert serve.runner_kwargs(args, 2) == dict(source="m.onnx", backend="onnxruntime", device="auto", precision="auto",
+                                                threads=3, providers=None, kernels=False, cuda_graphs=False)
+    assert serve.detector_kwargs(args, 2)["batch_size"] == 64 and "threads" not in serve.detector_kwargs(args, 2)
+    # an option the backend would ignore is refused, as by infer.py (serve.py dropped it silently before)
+    args = serve.parse_args(["--engine", "e.plan", "--device", "cuda"])
+    with pytest.raises(BackendError, match="device 'cuda' .--device. applies to a PyTorch checkpoint only"):
+        make_runner(**serve.runner_kwargs(args, 2))

@@ -65,7 +65,7 @@ def test_detector_reduces_tile_logits(random_onnx, tmp_path, reduce):
         assert len(set(np.round(logits, 4))) > 1 or len(tiles) == 1  # the reduction matters
         expected.append(logits.max() if reduce == "max" else logits.mean())
     # Batch 3 < the 10 tiles of the 600 x 400 image: an image's tiles span several batches.
-    with Detector(model=str(random_onnx), policy="tiles", size=128, tile_reduce=reduce, batch_size=3) as det:
+    with Detector(random_onnx, policy="tiles", size=128, tile_reduce=reduce, batch_size=3) as det:
         records = det.predict(paths + [str(tmp_path / "missing.png")])
     assert [r.path for r in records] == paths + [str(tmp_path / "missing.png")]
     assert records[-1].error and records[-1].logit is None
@@ -78,7 +78,7 @@ def test_tiles_from_arrays_match_files(random_onnx, tmp_path):
     a = np.random.default_rng(2).integers(0, 256, (333, 444, 3), dtype=np.uint8)
     Image.fromarray(a).save(tmp_path / "a.png")
     assert to_tiles(Image.fromarray(a), 128).shape == (12, 128, 128, 3)
-    with Detector(model=str(random_onnx), policy="tiles", size=128) as det:
+    with Detector(random_onnx, policy="tiles", size=128) as det:
         from_file, from_array = det.predict([str(tmp_path / "a.png"), a])
     assert from_file.logit == pytest.approx(from_array.logit, rel=1e-6)
 
@@ -91,7 +91,7 @@ def test_detector_takes_the_model_positionally(random_onnx, tmp_path):
     with pytest.raises(ValueError, match="cannot tell the model kind"):
         source_kind("model.bin.gz")
     a = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    with Detector(random_onnx) as det, Detector(model=str(random_onnx)) as ref:
+    with Detector(random_onnx) as det, pytest.deprecated_call(), Detector(model=str(random_onnx)) as ref:
         assert det.predict([a])[0].logit == ref.predict([a])[0].logit
     with pytest.raises(ValueError, match="give the model once"):
         Detector(random_onnx, model=str(random_onnx))

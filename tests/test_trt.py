@@ -1,4 +1,4 @@
-"""TensorRT engines: export/to_trt.py, export/trt_build.py and runtime/trt_runner.py.
+"""TensorRT engines: export/to_trt.py, export/trt_build.py and runtime/backends/ (trt_engine, trt_plan, cuda_support).
 
 TensorRT cannot be installed on this project's machines, so the tests split in two:
 
@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lfm.runtime import trt_runner as tr
+from lfm.runtime.backends import cuda_support as cu, trt_plan as tp
+from lfm.runtime.backends.base import BackendError
+from lfm.runtime.backends.trt_engine import TrtRunner
 from lfm.runtime.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def make_sidecar(plan_bytes=b"engine bytes", **overrides):
                 mode={"strongly_typed": True, "convert_fp16": False}, trt_version="10.8.0.43",
                 device_name="NVIDIA H100 80GB HBM3", compute_capability="9.0", onnx_path="lfm.onnx",
                 onnx_sha256="ab" * 32, onnx_props={"lfm.precision": "fp16", "lfm.variant": "standard"},
-                plan_sha256=tr.sha256_bytes(plan_bytes), plugins=[], command=command, build={"seconds": 1.0})
+                plan_sha256=tp.sha256_bytes(plan_bytes), plugins=[], command=command, build={"seconds": 1.0})
     args.update(overrides)
     return tb.make_sidecar(**args)
 
@@ -79,7 +81,7 @@ def make_sidecar(plan_bytes=b"engine bytes", **overrides):
 def write_plan(tmp_path, data=b"engine bytes", sidecar=None):
     plan = tmp_path / "lfm.plan"
     plan.write_bytes(data)
-    tr.write_json_atomic(tr.sidecar_path(plan), sidecar or make_sidecar(data))
+    tp.write_json_atomic(tp.sidecar_path(plan), sidecar or make_sidecar(data))
     return plan
 
 
@@ -118,61 +120,61 @@ def save(model, path):
 def test_sidecar_round_trip(tmp_path):
     sidecar = make_sidecar()
     plan = write_plan(tmp_path, sidecar=sidecar)
-    back = tr.read_sidecar(plan)
+    back = tp.read_sidecar(plan)
     assert back == json.loads(json.dumps(sidecar))
     assert ModelSpec.from_dict(back["spec"]) == SPEC
     assert back["profiles"][0]["min"] == [1, 48, 48, 3] and back["profiles"][0]["max"] == [32, 512, 512, 3]
     assert back["device"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    assert tr.rebuild_command(back) == ("python export/to_trt.py lfm.onnx -o lfm.plan --precision fp16 --batch 1,16,32 "
+    assert tp.rebuild_command(back) == ("python export/to_trt.py lfm.onnx -o lfm.plan --precision fp16 --batch 1,16,32 "
                                         "--size 48,256,512 --workspace 2048 --opt-level 3")
-    assert "fp16 engine, input pixels uint8 NHWC, batch 1..32, height 48..512, width 48..512" in tr.engine_summary(back)
-    tr.check_plan_bytes(str(plan), plan.read_bytes(), back)  # matches
+    assert "fp16 engine, input pixels uint8 NHWC, batch 1..32, height 48..512, width 48..512" in tp.engine_summary(back)
+    tp.check_plan_bytes(str(plan), plan.read_bytes(), back)  # matches
 
 
 def test_sidecar_errors_say_what_is_wrong(tmp_path):
     plan = tmp_path / "lfm.plan"
     plan.write_bytes(b"x")
-    with pytest.raises(tr.EngineError, match=r"sidecar lfm\.plan\.json is missing.*export/to_trt\.py"):
-        tr.read_sidecar(plan)
-    Path(tr.sidecar_path(plan)).write_text("{not json")
-    with pytest.raises(tr.EngineError, match="not a readable engine sidecar"):
-        tr.read_sidecar(plan)
-    Path(tr.sidecar_path(plan)).write_text(json.dumps({"format": "something/9"}))
-    with pytest.raises(tr.EngineError, match="unknown sidecar format"):
-        tr.read_sidecar(plan)
+    with pytest.raises(tp.EngineError, match=r"sidecar lfm\.plan\.json is missing.*export/to_trt\.py"):
+        tp.read_sidecar(plan)
+    Path(tp.sidecar_path(plan)).write_text("{not json")
+    with pytest.raises(tp.EngineError, match="not a readable engine sidecar"):
+        tp.read_sidecar(plan)
+    Path(tp.sidecar_path(plan)).write_text(json.dumps({"format": "something/9"}))
+    with pytest.raises(tp.EngineError, match="unknown sidecar format"):
+        tp.read_sidecar(plan)
     partial = {k: v for k, v in make_sidecar().items() if k not in ("device", "plan_sha256")}
-    Path(tr.sidecar_path(plan)).write_text(json.dumps(partial))
-    with pytest.raises(tr.EngineError, match="lacks device, plan_sha256"):
-        tr.read_sidecar(plan)
+    Path(tp.sidecar_path(plan)).write_text(json.dumps(partial))
+    with pytest.raises(tp.EngineError, match="lacks device, plan_sha256"):
+        tp.read_sidecar(plan)
     sidecar = make_sidecar(b"the original")
-    with pytest.raises(tr.EngineError, match=r"does not match its sidecar.*rebuild it: python export/to_trt\.py"):
-        tr.check_plan_bytes("lfm.plan", b"the original, truncat", sidecar)
-    with pytest.raises(tr.EngineError, match="empty file"):
-        tr.check_plan_bytes("lfm.plan", b"", sidecar)
+    with pytest.raises(tp.EngineError, match=r"does not match its sidecar.*rebuild it: python export/to_trt\.py"):
+        tp.check_plan_bytes("lfm.plan", b"the original, truncat", sidecar)
+    with pytest.raises(tp.EngineError, match="empty file"):
+        tp.check_plan_bytes("lfm.plan", b"", sidecar)
 
 
 def test_compatibility_errors_name_both_sides_and_the_rebuild_command():
     sidecar = make_sidecar()
-    command = tr.rebuild_command(sidecar)
-    assert tr.check_compatible(sidecar, "10.8.0.43", "NVIDIA H100 80GB HBM3", "9.0") is None
-    assert tr.check_compatible(sidecar, "10.8.0.40", "NVIDIA H100 80GB HBM3", "9.0") is None  # same release
+    command = tp.rebuild_command(sidecar)
+    assert tp.check_compatible(sidecar, "10.8.0.43", "NVIDIA H100 80GB HBM3", "9.0") is None
+    assert tp.check_compatible(sidecar, "10.8.0.40", "NVIDIA H100 80GB HBM3", "9.0") is None  # same release
 
-    with pytest.raises(tr.EngineError) as e:
-        tr.check_compatible(sidecar, "10.9.0.34", "NVIDIA H100 80GB HBM3", "9.0", plan="lfm.plan")
+    with pytest.raises(tp.EngineError) as e:
+        tp.check_compatible(sidecar, "10.9.0.34", "NVIDIA H100 80GB HBM3", "9.0", plan="lfm.plan")
     msg = str(e.value)
     assert "TensorRT 10.8.0 built it, this machine has TensorRT 10.9.0" in msg
     assert msg.endswith(f"rebuild it on this machine: {command}") and "\n" not in msg
 
-    with pytest.raises(tr.EngineError) as e:
-        tr.check_compatible(sidecar, "10.8.0.43", "NVIDIA A100-SXM4-80GB", "8.0", plan="lfm.plan")
+    with pytest.raises(tp.EngineError) as e:
+        tp.check_compatible(sidecar, "10.8.0.43", "NVIDIA A100-SXM4-80GB", "8.0", plan="lfm.plan")
     msg = str(e.value)
     assert "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), this GPU is NVIDIA A100-SXM4-80GB (compute capability 8.0)" in msg
     assert command in msg
 
-    with pytest.raises(tr.EngineError, match="TensorRT 10.8.0 built it.*; it was built for"):
-        tr.check_compatible(sidecar, "11.0.0.1", "NVIDIA A100-SXM4-80GB", "8.0")
+    with pytest.raises(tp.EngineError, match="TensorRT 10.8.0 built it.*; it was built for"):
+        tp.check_compatible(sidecar, "11.0.0.1", "NVIDIA A100-SXM4-80GB", "8.0")
 
-    warning = tr.check_compatible(sidecar, "10.8.0.43", "NVIDIA H100 PCIe", "9.0", plan="lfm.plan")
+    warning = tp.check_compatible(sidecar, "10.8.0.43", "NVIDIA H100 PCIe", "9.0", plan="lfm.plan")
     assert "built on NVIDIA H100 80GB HBM3 and runs here on NVIDIA H100 PCIe" in warning and command in warning
 
 
@@ -203,36 +205,36 @@ def test_profile_parsing_and_validation():
 
 def test_shape_outside_profile_is_one_clear_line():
     profile = {"input": "pixels", "layout": "NHWC", "min": [1, 48, 48, 3], "opt": [16, 256, 256, 3], "max": [32, 512, 512, 3]}
-    tr.check_shape((16, 256, 256, 3), profile)
-    tr.check_shape((64, 48, 512, 3), profile)  # batch is split by the runner, not refused
-    with pytest.raises(tr.ShapeError) as e:
-        tr.check_shape((4, 600, 256, 3), profile, "lfm.plan")
+    tp.check_shape((16, 256, 256, 3), profile)
+    tp.check_shape((64, 48, 512, 3), profile)  # batch is split by the runner, not refused
+    with pytest.raises(tp.ShapeError) as e:
+        tp.check_shape((4, 600, 256, 3), profile, "lfm.plan")
     msg = str(e.value)
     assert msg.startswith("input 600x256 (batch 4) is outside lfm.plan's optimisation profile (batch 1..32, "
                           "height 48..512, width 48..512): height 600 not in 48..512")
     assert "--size" in msg and "\n" not in msg
-    with pytest.raises(tr.ShapeError, match="height 40 not in 48..512, width 30 not in 48..512"):
-        tr.check_shape((1, 40, 30, 3), profile)
-    with pytest.raises(tr.ShapeError, match="batch 64 not in 1..32"):
-        tr.check_shape((64, 256, 256, 3), profile, batch_ok=False)
-    with pytest.raises(tr.ShapeError, match="axis 3 must be 3"):
-        tr.check_shape((1, 256, 256, 4), profile)
-    with pytest.raises(tr.ShapeError, match="has 3 axes"):
-        tr.check_shape((256, 256, 3), profile)
+    with pytest.raises(tp.ShapeError, match="height 40 not in 48..512, width 30 not in 48..512"):
+        tp.check_shape((1, 40, 30, 3), profile)
+    with pytest.raises(tp.ShapeError, match="batch 64 not in 1..32"):
+        tp.check_shape((64, 256, 256, 3), profile, batch_ok=False)
+    with pytest.raises(tp.ShapeError, match="axis 3 must be 3"):
+        tp.check_shape((1, 256, 256, 4), profile)
+    with pytest.raises(tp.ShapeError, match="has 3 axes"):
+        tp.check_shape((256, 256, 3), profile)
     nchw = {"input": "image", "layout": "NCHW", "min": [1, 3, 48, 48], "opt": [8, 3, 224, 224], "max": [8, 3, 224, 224]}
-    with pytest.raises(tr.ShapeError, match=r"input 225x224 \(batch 2\).*height 48..224"):
-        tr.check_shape((2, 3, 225, 224), nchw)
+    with pytest.raises(tp.ShapeError, match=r"input 225x224 \(batch 2\).*height 48..224"):
+        tp.check_shape((2, 3, 225, 224), nchw)
 
 
 def test_batch_parts_split_and_pad():
-    assert tr.batch_parts(40, 1, 16) == [(0, 16, 16), (16, 32, 16), (32, 40, 8)]
-    assert tr.batch_parts(40, 16, 16) == [(0, 16, 16), (16, 32, 16), (32, 40, 16)]  # static profile: last one padded
-    assert tr.batch_parts(3, 8, 32) == [(0, 3, 8)]
-    assert tr.batch_parts(32, 1, 32) == [(0, 32, 32)]
+    assert tp.batch_parts(40, 1, 16) == [(0, 16, 16), (16, 32, 16), (32, 40, 8)]
+    assert tp.batch_parts(40, 16, 16) == [(0, 16, 16), (16, 32, 16), (32, 40, 16)]  # static profile: last one padded
+    assert tp.batch_parts(3, 8, 32) == [(0, 3, 8)]
+    assert tp.batch_parts(32, 1, 32) == [(0, 32, 32)]
     with pytest.raises(ValueError):
-        tr.batch_parts(0, 1, 8)
+        tp.batch_parts(0, 1, 8)
     with pytest.raises(ValueError):
-        tr.batch_parts(4, 9, 8)
+        tp.batch_parts(4, 9, 8)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,14 +326,14 @@ def test_comparison_feeds_stay_inside_the_profile():
     for feed in feeds:
         (name, x), = feed.items()
         assert name == "pixels" and x.dtype == np.uint8
-        tr.check_shape(x.shape, profile, batch_ok=False)
+        tp.check_shape(x.shape, profile, batch_ok=False)
     again = tb.synthetic_feeds(INPUT, SPEC, profile)
     assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(feeds, again))  # seeded
 
     static = tb.make_profile(INPUT, "4", "64", SPEC)
     assert tb.comparison_shapes(static) == [(4, 64, 64)]
     for feed in tb.synthetic_feeds(INPUT, SPEC, static):
-        tr.check_shape(feed["pixels"].shape, static, batch_ok=False)
+        tp.check_shape(feed["pixels"].shape, static, batch_ok=False)
 
     float_in = {"name": "image", "dtype": "float32", "layout": "NCHW"}
     fspec = ModelSpec()
@@ -373,12 +375,12 @@ def test_save_build_writes_a_passing_engine_and_keeps_a_failing_one_aside(tmp_pa
     plan = str(tmp_path / "lfm.plan")
     data = b"a good engine"
     assert save_build(plan, data, make_sidecar(data), {"passed": True}) is None
-    sidecar, read = tr.TrtRunner(plan).load_checked()  # the runtime accepts what the builder wrote
+    sidecar, read = TrtRunner(plan).load_checked()  # the runtime accepts what the builder wrote
     assert read == data and json.loads(Path(plan + ".report.json").read_text()) == {"passed": True}
 
     rejected = save_build(plan, b"a bad engine", make_sidecar(b"a bad engine"), {"passed": False})
     assert rejected == str(tmp_path / "lfm.rejected.plan") and Path(rejected).read_bytes() == b"a bad engine"
-    assert Path(plan).read_bytes() == data and tr.read_sidecar(plan) == sidecar  # the earlier engine untouched
+    assert Path(plan).read_bytes() == data and tp.read_sidecar(plan) == sidecar  # the earlier engine untouched
     assert json.loads(Path(plan + ".report.json").read_text()) == {"passed": False}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lfm.plan", "lfm.plan.json", "lfm.plan.report.json",
                                                           "lfm.rejected.plan"]
@@ -429,18 +431,18 @@ class FakeCudaError(enum.IntEnum):
 
 def test_cuda_check_unpacks_and_raises():
     ok = FakeCudaError.cudaSuccess
-    assert tr.cuda_check((ok,)) is None
-    assert tr.cuda_check((ok, 1234)) == 1234
-    assert tr.cuda_check((ok, 1, 2)) == (1, 2)
-    assert tr.cuda_check(ok) is None
-    with pytest.raises(tr.CudaError, match=r"cudaMemcpyAsync failed: cudaErrorInvalidValue \(1\)"):
-        tr.cuda_check((FakeCudaError.cudaErrorInvalidValue, None), "cudaMemcpyAsync")
-    with pytest.raises(tr.CudaError, match="no usable NVIDIA GPU .*cudaErrorNoDevice.*--model lfm.onnx"):
-        tr.cuda_check((FakeCudaError.cudaErrorNoDevice, None), "cudaGetDeviceCount")
+    assert cu.cuda_check((ok,)) is None
+    assert cu.cuda_check((ok, 1234)) == 1234
+    assert cu.cuda_check((ok, 1, 2)) == (1, 2)
+    assert cu.cuda_check(ok) is None
+    with pytest.raises(cu.CudaError, match=r"cudaMemcpyAsync failed: cudaErrorInvalidValue \(1\)"):
+        cu.cuda_check((FakeCudaError.cudaErrorInvalidValue, None), "cudaMemcpyAsync")
+    with pytest.raises(cu.CudaError, match="no usable NVIDIA GPU .*cudaErrorNoDevice.*--model lfm.onnx"):
+        cu.cuda_check((FakeCudaError.cudaErrorNoDevice, None), "cudaGetDeviceCount")
 
 
 def test_slot_ring_hands_back_uncollected_jobs_in_order():
-    ring = tr.SlotRing(2)
+    ring = cu.SlotRing(2)
     assert ring.acquire("a") == (0, None)
     assert ring.acquire("b") == (1, None)
     assert ring.busy() == [0, 1]
@@ -450,7 +452,7 @@ def test_slot_ring_hands_back_uncollected_jobs_in_order():
     ring.release(1, "b")  # a stale release does not free d's slot
     assert ring.busy() == [0, 1]
     with pytest.raises(ValueError):
-        tr.SlotRing(0)
+        cu.SlotRing(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,27 +489,27 @@ def test_to_trt_without_tensorrt_says_what_to_install(tmp_path):
 
 
 def test_runner_refuses_bad_plans_before_touching_tensorrt(tmp_path):
-    with pytest.raises(tr.EngineError, match="x.plan: no such file"):
-        tr.TrtRunner(tmp_path / "x.plan").activate()
-    with pytest.raises(tr.EngineError, match="not a file"):
-        tr.TrtRunner(tmp_path).activate()
+    with pytest.raises(tp.EngineError, match="x.plan: no such file"):
+        TrtRunner(tmp_path / "x.plan").activate()
+    with pytest.raises(tp.EngineError, match="not a file"):
+        TrtRunner(tmp_path).activate()
     plan = tmp_path / "lfm.plan"
     plan.write_bytes(b"engine")
-    with pytest.raises(tr.EngineError, match="sidecar lfm.plan.json is missing"):
-        tr.TrtRunner(plan).activate()
-    tr.write_json_atomic(tr.sidecar_path(plan), make_sidecar(b"another engine"))
-    with pytest.raises(tr.EngineError, match="does not match its sidecar"):
-        tr.TrtRunner(plan).activate()
+    with pytest.raises(tp.EngineError, match="sidecar lfm.plan.json is missing"):
+        TrtRunner(plan).activate()
+    tp.write_json_atomic(tp.sidecar_path(plan), make_sidecar(b"another engine"))
+    with pytest.raises(tp.EngineError, match="does not match its sidecar"):
+        TrtRunner(plan).activate()
     with pytest.raises(ValueError):
-        tr.TrtRunner(plan, in_flight=0)
+        TrtRunner(plan, in_flight=0)
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here: the missing-TensorRT message cannot be shown")
 def test_runner_without_tensorrt_says_what_to_install(tmp_path):
-    runner = tr.TrtRunner(write_plan(tmp_path))
+    runner = TrtRunner(write_plan(tmp_path))
     sidecar, data = runner.load_checked()
     assert data == b"engine bytes" and sidecar["precision"] == "fp16"
-    with pytest.raises(tr.BackendError) as e:
+    with pytest.raises(BackendError) as e:
         runner.activate()
     msg = str(e.value)
     assert "--engine needs TensorRT" in msg and "pip install -e '.[tensorrt]'" in msg and "--model" in msg
@@ -540,7 +542,7 @@ def test_infer_engine_fails_in_one_line_without_torch(tmp_path):
 
 def test_trt_runner_module_is_torch_free():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import lfm.runtime.trt_runner\n"
+            "import lfm.runtime.backends.trt_engine, lfm.runtime.trt_runner\n"
             "assert not any(m.startswith(('lfm.train', 'lfm.export', 'tensorrt', 'polygraphy')) for m in sys.modules)\n"
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -591,14 +593,12 @@ class ThreadedRunner:
         return handle.result()
 
 
-@pytest.mark.skipif(not hasattr(__import__("lfm.runtime.runners", fromlist=["Runner"]).Runner, "submit"),
-                    reason="Runner.submit/result not hooked up yet (runtime/runners.py, runtime/detector.py)")
 def test_detector_keeps_batches_in_flight_in_order():
     from lfm.runtime.detector import Detector
 
     runner = ThreadedRunner()
     images = [np.full((64, 64, 3), v, np.uint8) for v in (10, 20, 7, 40, 50, 60, 70, 80, 90)]
-    with Detector(runner=runner, batch_size=2, workers=2) as det:
+    with Detector(runner, batch_size=2, workers=2) as det:
         records = det.predict(images)
     assert [r.error for r in records].count(None) == 8
     assert "refused" in records[2].error  # isolated to its image; its batch-mate still scored
@@ -611,18 +611,18 @@ def test_detector_keeps_batches_in_flight_in_order():
 
 
 def test_version_strings_parse_as_release_numbers():
-    assert tr.version_tuple("10.14.1.48.post1") == (10, 14, 1, 48)
-    assert tr.version_tuple("2.4.0rc1") == (2, 4, 0) and tr.version_tuple("1.26.4") == (1, 26, 4)
-    assert tr.at_least("11.2.1.2", "11.2") and not tr.at_least("11.1.0.106", "11.2")
-    assert tr.at_least("2.4.0rc1", "2.4") and not tr.at_least("2.3.5", "2.4")
+    assert tp.version_tuple("10.14.1.48.post1") == (10, 14, 1, 48)
+    assert tp.version_tuple("2.4.0rc1") == (2, 4, 0) and tp.version_tuple("1.26.4") == (1, 26, 4)
+    assert tp.at_least("11.2.1.2", "11.2") and not tp.at_least("11.1.0.106", "11.2")
+    assert tp.at_least("2.4.0rc1", "2.4") and not tp.at_least("2.3.5", "2.4")
 
 
 def test_tensorrt_releases_outside_the_matrix_are_named():
-    assert tr.tensorrt_problem("10.8.0.43") is None and tr.tensorrt_problem("11.4.0.106") is None
-    msg = tr.tensorrt_problem("10.7.0.23")
+    assert tp.tensorrt_problem("10.8.0.43") is None and tp.tensorrt_problem("11.4.0.106") is None
+    msg = tp.tensorrt_problem("10.7.0.23")
     assert "TensorRT 10.7.0.23 is older than 10.8" in msg and "'.[tensorrt-cu12]'" in msg and "\n" not in msg
-    assert tr.tensorrt_untested("11.4.0.106") is None
-    assert "TensorRT 12.0.0 is newer than" in tr.tensorrt_untested("12.0.0")
+    assert tp.tensorrt_untested("11.4.0.106") is None
+    assert "TensorRT 12.0.0 is newer than" in tp.tensorrt_untested("12.0.0")
 
 
 @pytest.mark.parametrize("trt_version,numpy_version,has_module,expect", [
@@ -701,7 +701,7 @@ def _extras():
 def test_tensorrt_extras_pin_cuda_python_to_the_wheels_cuda_major():
     pytest.importorskip("packaging", reason="reading requirement strings needs packaging")
     extras = _extras()
-    support = tr.TENSORRT_SUPPORT
+    support = tp.TENSORRT_SUPPORT
     for cuda, other in (("cu12", "cu13"), ("cu13", "cu12")):
         reqs = extras[f"tensorrt-{cuda}"]
         trt = reqs[f"tensorrt-{cuda}"].specifier
@@ -723,13 +723,13 @@ def test_a_driver_older_than_cuda_python_names_the_cu12_extra(monkeypatch):
         cudaSuccess = 0
         cudaErrorInsufficientDriver = 35
 
-    monkeypatch.setattr(tr, "cuda_python_version", lambda: "13.0.3")
-    with pytest.raises(tr.CudaError) as e:
-        tr.cuda_check((DriverError.cudaErrorInsufficientDriver, 0), "cudaGetDeviceCount")
+    monkeypatch.setattr(cu, "cuda_python_version", lambda: "13.0.3")
+    with pytest.raises(cu.CudaError) as e:
+        cu.cuda_check((DriverError.cudaErrorInsufficientDriver, 0), "cudaGetDeviceCount")
     msg = str(e.value)
     assert "the CUDA driver is older than cuda-python 13.0.3 needs" in msg and "pip install -e '.[tensorrt-cu12]'" in msg
     assert "no usable NVIDIA GPU" not in msg and "\n" not in msg
-    assert "update the NVIDIA driver" in tr.driver_too_old_message("cudaGetDeviceCount", "cudaErrorInsufficientDriver",
+    assert "update the NVIDIA driver" in cu.driver_too_old_message("cudaGetDeviceCount", "cudaErrorInsufficientDriver",
                                                                    "12.9.4")
 
 
@@ -783,7 +783,7 @@ def test_fp16_conversion_for_tensorrt_runs_in_onnx_runtime_within_the_fp16_toler
     from lfm.export import onnx_export as ox
     from lfm.export import trt_build as tb
     from lfm.runtime import custom_ops
-    from lfm.runtime.runners import OnnxRunner
+    from lfm.runtime.backends.onnxrt import OnnxRunner
 
     if variant == "plugins":
         pytest.importorskip("onnxruntime_extensions", reason="ONNX Runtime runs the plugin graph through it")
@@ -832,7 +832,9 @@ def test_the_glue_uses_no_name_tensorrt_11_removed():
     Polygraphy's CreateConfig(fp16=...)); the 11.4 bindings have only device_memory_size_v2."""
     import ast
 
-    for rel in ("runtime/trt_runner.py", "export/to_trt.py", "kernels/trt_plugins.py"):
+    glue = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "runtime" / "backends").glob("*.py"))]
+    assert "runtime/backends/trt_engine.py" in glue
+    for rel in (*glue, "export/to_trt.py", "kernels/trt_plugins.py"):
         tree = ast.parse((ROOT / rel).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
@@ -865,19 +867,19 @@ def test_triton_repository_for_a_plugin_engine_needs_no_plugin_library(tmp_path)
 def _gpu_or_skip():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on this project's machines)")
     try:
-        cudart = tr.import_cudart()
-        tr.device_info(cudart)
-    except tr.BackendError as e:
+        cudart = cu.import_cudart()
+        cu.device_info(cudart)
+    except BackendError as e:
         pytest.skip(f"no usable GPU / cuda-python: {e}")
     return cudart
 
 
 def test_no_gpu_is_one_line_with_real_cuda_python():
     pytest.importorskip("cuda", reason="cuda-python is not installed")
-    cudart = tr.import_cudart()
+    cudart = cu.import_cudart()
     try:
-        tr.device_info(cudart)
-    except tr.CudaError as e:
+        cu.device_info(cudart)
+    except cu.CudaError as e:
         assert "no usable NVIDIA GPU" in str(e) and "--model" in str(e) and "\n" not in str(e)
     else:
         pytest.skip("a GPU is present: the no-GPU message cannot be shown")
@@ -886,24 +888,24 @@ def test_no_gpu_is_one_line_with_real_cuda_python():
 def test_pinned_and_device_buffers_round_trip():
     pytest.importorskip("cuda", reason="cuda-python is not installed")
     try:
-        cudart = tr.import_cudart()
-        tr.device_info(cudart)
-    except tr.BackendError as e:
+        cudart = cu.import_cudart()
+        cu.device_info(cudart)
+    except BackendError as e:
         pytest.skip(f"no usable GPU: {e}")
-    host, back, dev = tr.PinnedBuffer(cudart, 4096), tr.PinnedBuffer(cudart, 4096), tr.DeviceBuffer(cudart, 4096)
-    stream = tr.cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
+    host, back, dev = cu.PinnedBuffer(cudart, 4096), cu.PinnedBuffer(cudart, 4096), cu.DeviceBuffer(cudart, 4096)
+    stream = cu.cuda_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
     try:
         x = host.view((16, 64), np.float32)
         x[:] = np.arange(1024, dtype=np.float32).reshape(16, 64)
         kind = cudart.cudaMemcpyKind
-        tr.cuda_check(cudart.cudaMemcpyAsync(dev.ptr, host.ptr, 4096, kind.cudaMemcpyHostToDevice, stream))
-        tr.cuda_check(cudart.cudaMemcpyAsync(back.ptr, dev.ptr, 4096, kind.cudaMemcpyDeviceToHost, stream))
-        tr.cuda_check(cudart.cudaStreamSynchronize(stream))
+        cu.cuda_check(cudart.cudaMemcpyAsync(dev.ptr, host.ptr, 4096, kind.cudaMemcpyHostToDevice, stream))
+        cu.cuda_check(cudart.cudaMemcpyAsync(back.ptr, dev.ptr, 4096, kind.cudaMemcpyDeviceToHost, stream))
+        cu.cuda_check(cudart.cudaStreamSynchronize(stream))
         np.testing.assert_array_equal(back.view((16, 64), np.float32), x)
     finally:
         for b in (host, back, dev):
             b.free()
-        tr.cuda_check(cudart.cudaStreamDestroy(stream))
+        cu.cuda_check(cudart.cudaStreamDestroy(stream))
 
 
 @pytest.fixture(scope="module")
@@ -929,31 +931,31 @@ def test_engine_matches_onnxruntime_in_flight_and_with_graphs(built):
     batches = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (1, 3, 8, 13)]  # 13: split in two
     expected = [session.run(["logit"], {"pixels": b})[0] for b in batches]
     for graphs in (False, True):
-        with tr.TrtRunner(built_plan, cuda_graphs=graphs) as runner:
+        with TrtRunner(built_plan, cuda_graphs=graphs) as runner:
             assert runner.spec.input == "uint8"
             handles = [runner.submit({"pixels": b}) for b in batches]  # all in flight, two slots
             for h, e in zip(handles, expected):
                 np.testing.assert_allclose(runner.result(h)["logit"], e, rtol=1e-3, atol=1e-3)
             again = runner.infer({"pixels": batches[2]})["logit"]  # a replayed graph, if graphs
             np.testing.assert_allclose(again, expected[2], rtol=1e-3, atol=1e-3)
-            with pytest.raises(tr.ShapeError, match="outside lfm.plan's optimisation profile"):
+            with pytest.raises(tp.ShapeError, match="outside lfm.plan's optimisation profile"):
                 runner.infer({"pixels": np.zeros((1, 128, 64, 3), np.uint8)})
 
 
 def test_engine_from_another_trt_release_is_refused(built, tmp_path):
     built_plan = built[0]
-    sidecar = tr.read_sidecar(built_plan)
+    sidecar = tp.read_sidecar(built_plan)
     sidecar["tensorrt"] = "9.0.0.1"
     plan = tmp_path / "old.plan"
     plan.write_bytes(Path(built_plan).read_bytes())
-    tr.write_json_atomic(tr.sidecar_path(plan), sidecar)
-    with pytest.raises(tr.EngineError, match="TensorRT 9.0.0 built it.*rebuild it on this machine: python export/to_trt.py"):
-        tr.TrtRunner(plan).activate()
+    tp.write_json_atomic(tp.sidecar_path(plan), sidecar)
+    with pytest.raises(tp.EngineError, match="TensorRT 9.0.0 built it.*rebuild it on this machine: python export/to_trt.py"):
+        TrtRunner(plan).activate()
 
 
 def test_profile_helpers():
-    assert tr.trt_release("10.8.0.43") == "10.8.0" and tr.capability_str(9, 0) == "9.0"
-    assert tr.profile_ranges({"layout": "NCHW", "min": [1, 3, 48, 40], "max": [8, 3, 96, 90]}) == {
+    assert tp.trt_release("10.8.0.43") == "10.8.0" and cu.capability_str(9, 0) == "9.0"
+    assert tp.profile_ranges({"layout": "NCHW", "min": [1, 3, 48, 40], "max": [8, 3, 96, 90]}) == {
         "batch": (1, 8), "height": (48, 96), "width": (40, 90)}
     with pytest.raises(ValueError):
-        tr.profile_axes("CHW")
+        tp.profile_axes("CHW")

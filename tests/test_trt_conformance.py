@@ -8,7 +8,7 @@ a call shape some overload takes, in every release the project claims:
 * the newest 10.x and 11.x (NEWEST);
 * the oldest of each claim: the ``tensorrt*`` floors of pyproject's extras (pip installs, which also
   need ``tensorrt.plugin`` in the pip package), and the floors of ``TENSORRT_SUPPORT`` in
-  runtime/trt_runner.py when it is there ("tensorrt": the engine code; "plugin_graph": the files in
+  runtime/backends/trt_plan.py when it is there ("tensorrt": the engine code; "plugin_graph": the files in
   PLUGIN_FILES, whose decorated functions must also satisfy that release's ``_validate.py``);
 * any others in LFM_TRT_RELEASES (comma-separated, e.g. 10.12.0.36,cu12:11.4.0.106).
 
@@ -82,7 +82,7 @@ def pip_floor(pyproject: Path = ROOT / "pyproject.toml") -> str | None:
     return min(floors, key=release_key) if floors else None
 
 
-def support_floors(path: Path = ROOT / "runtime" / "trt_runner.py") -> dict[str, str]:
+def support_floors(path: Path = ROOT / "runtime" / "backends" / "trt_plan.py") -> dict[str, str]:
     """TENSORRT_SUPPORT's "tensorrt" (engine code) and "plugin_graph" floors, read without importing."""
     try:
         tree = ast.parse(path.read_text())
@@ -286,11 +286,17 @@ def test_scan_covers_the_project():
     assert ((("ICudaEngine",), "get_tensor_name") in names and ((), "Runtime") in names
             and (("IExecutionContext",), "execute_async_v3") in names), sorted(names)
     assert any(u.module == "tensorrt.plugin" and u.name == "register" for u in uses)
+    # the engine code and the CUDA plumbing where they live now (runtime/backends/)
+    paths = {(u.path, u.module) for u in uses}
+    assert {("runtime/backends/trt_engine.py", "tensorrt"), ("runtime/backends/cuda_support.py", "cuda.runtime")} <= paths
 
 
 def test_claims_come_from_the_project(tmp_path):
     c = claims()
     assert c.pip == pip_floor() and c.engine and c.plugin
+    from lfm.runtime.backends.trt_plan import TENSORRT_SUPPORT  # read by path above: found where it lives
+    assert support_floors() == {"tensorrt": TENSORRT_SUPPORT["tensorrt"][0], "plugin_graph": TENSORRT_SUPPORT["plugin_graph"]}
+    assert (c.engine, c.plugin) == (TENSORRT_SUPPORT["tensorrt"][0], TENSORRT_SUPPORT["plugin_graph"])
     assert release_key(c.plugin) >= release_key(c.engine)
     releases = c.releases()
     assert releases[:2] == list(NEWEST)

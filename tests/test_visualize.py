@@ -185,7 +185,7 @@ def test_scores_equal_the_runtimes(ckpt, images, gradcam_runs):
     assert [r["path"] for r in ours] == [r["path"] for r in theirs] == images
     fields = [(r["logit"], r["score"], r["label"]) for r in ours]
     assert fields == [(r["logit"], r["score"], r["label"]) for r in theirs]
-    with Detector(checkpoint=str(ckpt)) as det:  # default batching
+    with Detector(ckpt) as det:  # default batching
         batched = det.predict(images)
     np.testing.assert_allclose([r.logit for r in batched], [r["logit"] for r in ours], rtol=0, atol=1e-4)
 

@@ -1,0 +1,210 @@
+"""The backend interface and its registry: Runner, BackendError, and make_runner, which picks a runner for a model file.
+
+    runner = make_runner("lfm.onnx")                  # the backend by extension: ONNX Runtime here
+    runner = make_runner("lfm.onnx", backend="openvino", precision="f32")
+    with runner:                                      # activate() ... deactivate()
+        out = runner.infer({"pixels": uint8 [B, H, W, 3]})   # or {"image": float32 [B, 3, H, W]}
+        out["logit"]                                  # float32 [B]
+
+Adding a backend is one module with a ``Runner`` subclass and one line in ``REGISTRY``. Each
+line names its runner as "module:Class", imported only when that backend is asked for, so this
+module imports no backend and no heavy library (the lean runtime never loads torch unless the
+torch backend is asked for).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import ModelSpec
+
+
+class BackendError(RuntimeError):
+    """A model that cannot be loaded or run; the message names the file and the problem."""
+
+
+class SourceError(BackendError, ValueError):
+    """A model file whose backend cannot be told from its name (a ValueError too, as before)."""
+
+
+class Runner:
+    """activate() loads; infer(feed) -> {"logit": [B]}; deactivate() frees. ``spec`` is the
+    model's preprocessing spec, valid once active."""
+
+    name = "runner"
+    spec: ModelSpec
+
+    def __init__(self):
+        self.is_active = False
+
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise BackendError(f"{self.name}: infer() before activate()")
+        return self.infer_impl(feed)
+
+    # Batches in flight: submit(feed) starts a batch and returns a handle, result(handle) waits for
+    # its outputs. A runner that overlaps batches (TensorRT) overrides both and raises
+    # max_in_flight; by default submit runs the batch at once, so callers need no second path.
+    max_in_flight = 1
+
+    def submit(self, feed: dict[str, np.ndarray]):
+        return self.infer(feed)
+
+    def result(self, handle) -> dict[str, np.ndarray]:
+        return handle
+
+    def describe(self) -> str:
+        """One line for a run's summary: the backend and what it computes in (valid once active)."""
+        return self.name
+
+    def __enter__(self):
+        return self.activate()
+
+    def __exit__(self, *exc):
+        self.deactivate()
+
+    # subclasses
+    def activate_impl(self): ...
+
+    def deactivate_impl(self): ...
+
+    def infer_impl(self, feed): raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One registry line: a backend, the files it runs and the make_runner options it takes."""
+
+    name: str
+    runner: str  # "module:Class", imported when this backend is first asked for
+    kind: str  # the kind of file: "model" (ONNX), "engine" (TensorRT plan) or "checkpoint"; also the CLI flag naming it
+    extensions: tuple[str, ...]
+    options: tuple[str, ...]  # make_runner's keywords that its runner takes
+    what: str  # how messages name it
+
+    def runner_class(self) -> type[Runner]:
+        module, cls = self.runner.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+# The registry. For a file extension the first backend listed is its default.
+REGISTRY: dict[str, Backend] = {b.name: b for b in (
+    Backend("onnxruntime", "lfm.runtime.backends.onnxrt:OnnxRunner", "model", (".onnx",), ("providers", "threads"),
+            "an ONNX model on ONNX Runtime"),
+    Backend("openvino", "lfm.runtime.backends.openvino_rt:OpenVinoRunner", "model", (".onnx",), ("threads", "precision"),
+            "--backend openvino"),
+    Backend("tensorrt", "lfm.runtime.backends.trt_engine:TrtRunner", "engine", (".plan", ".engine", ".trt"),
+            ("cuda_graphs",), "a TensorRT engine"),
+    Backend("torch", "lfm.runtime.backends.pyt:TorchRunner", "checkpoint", (".pt", ".pth", ".ckpt", ".bin"),
+            ("device", "kernels", "cuda_graphs"), "a PyTorch checkpoint"),
+)}
+
+
+@dataclass(frozen=True)
+class Option:
+    """A make_runner keyword: its default, its CLI flag, and what to do instead where it is refused."""
+
+    default: object
+    flag: str
+    instead: str = ""
+    strict: bool = True  # refused by a backend that cannot use it; False: that backend ignores it
+
+
+OPTIONS: dict[str, Option] = {
+    "device": Option("auto", "--device", "an ONNX model picks its device with providers (--providers cuda,cpu), a "
+                     "TensorRT engine runs on its GPU"),
+    "providers": Option(None, "--providers"),
+    "threads": Option(None, "--threads", strict=False),  # a hint: the GPU backends schedule their own work
+    "precision": Option("auto", "--precision", "the other backends compute in the precision the model was exported "
+                        "or built in"),
+    "kernels": Option(False, "--kernels", "it runs a PyTorch checkpoint through the Triton kernels: give --checkpoint"),
+    "cuda_graphs": Option(False, "--cuda-graphs"),
+}
+
+
+def backends_for(kind: str) -> tuple[str, ...]:
+    """The backends that run a kind of file ("model": ("onnxruntime", "openvino")), default first."""
+    return tuple(b.name for b in REGISTRY.values() if b.kind == kind)
+
+
+def backend_for(source: str | os.PathLike, backend: str | None = None) -> Backend:
+    """The registry line that runs ``source``: the backend named, else the first one registered
+    for the file's extension."""
+    if backend is not None:
+        if backend not in REGISTRY:
+            raise BackendError(f"unknown backend {backend!r}; expected one of {tuple(REGISTRY)}")
+        return REGISTRY[backend]
+    ext = os.path.splitext(os.fspath(source))[1].lower()
+    for entry in REGISTRY.values():
+        if ext in entry.extensions:
+            return entry
+    runs: dict[tuple[str, ...], list[str]] = {}
+    for entry in REGISTRY.values():
+        runs.setdefault(entry.extensions, []).append(entry.name)
+    known = "; ".join(f"{', '.join(exts)}: {', '.join(names)}" for exts, names in runs.items())
+    raise SourceError(f"{os.fspath(source)}: cannot tell the model kind from its extension ({known}); name its "
+                      "backend: make_runner(path, backend=...)")
+
+
+def source_from_flags(checkpoint=None, model=None, engine=None, backend: str | None = None) -> tuple[str, str]:
+    """(source, backend) for a model named the CLI's way: exactly one of --checkpoint, --model (run
+    by ``backend``, ONNX Runtime unless named) and --engine. The flag, not the extension, decides."""
+    named = [(path, kind) for path, kind in ((checkpoint, "checkpoint"), (model, "model"), (engine, "engine"))
+             if path is not None]
+    if len(named) != 1:
+        raise BackendError("give exactly one model: a checkpoint, an ONNX model or a TensorRT engine")
+    (path, kind), = named
+    choices = backends_for(kind)
+    if backend is None:
+        backend = choices[0]
+    elif backend not in choices:
+        what = f"runs --{REGISTRY[backend].kind} files, not --{kind}" if backend in REGISTRY else "is unknown"
+        raise BackendError(f"backend {backend!r} (--backend) {what}; --{kind} runs on {' or '.join(choices)}")
+    return os.fspath(path), backend
+
+
+def make_runner(source: str | os.PathLike, *, backend: str | None = None, device: str = "auto",
+                providers: list[str] | None = None, threads: int | None = None, precision: str = "auto",
+                kernels: bool = False, cuda_graphs: bool = False) -> Runner:
+    """The runner (not yet active) for a model file: by its extension (.onnx: ONNX Runtime,
+    .plan/.engine/.trt: TensorRT, .pt/.pth/.ckpt/.bin: PyTorch) unless ``backend`` names one of
+    ``REGISTRY``. Backend options:
+
+    - device: the PyTorch device for a checkpoint (auto | cpu | cuda[:N]);
+    - providers, threads: ONNX Runtime's execution providers and intra-op threads (threads also
+      for OpenVINO; the other backends ignore it);
+    - precision: OpenVINO's inference precision (auto | f32 | bf16 | f16);
+    - kernels: a checkpoint through our Triton kernels (a CUDA GPU);
+    - cuda_graphs: replay each batch shape as a CUDA graph (TensorRT engines, checkpoints on a GPU).
+
+    An option the chosen backend would silently ignore is refused with a BackendError (one line)."""
+    entry = backend_for(source, backend)
+    given = {"device": device, "providers": providers, "threads": threads, "precision": precision,
+             "kernels": kernels, "cuda_graphs": cuda_graphs}
+    _refuse_unused(entry, given)
+    return entry.runner_class()(os.fspath(source), **{k: v for k, v in given.items() if k in entry.options})
+
+
+def _refuse_unused(entry: Backend, given: dict) -> None:
+    for name, value in given.items():
+        option = OPTIONS[name]
+        if name in entry.options or not option.strict or value == option.default:
+            continue
+        takers = " or ".join(b.what for b in REGISTRY.values() if name in b.options)
+        shown = "" if isinstance(value, bool) else f" {value!r}"
+        raise BackendError(f"{name}{shown} ({option.flag}) applies to {takers} only"
+                           + (f"; {option.instead}" if option.instead else ""))
