@@ -8,6 +8,8 @@ allocates the output and states the grid, and a plain PyTorch reference beside i
     lfm.kernels.npr_stem     npr_stem_kernel, npr_stem(x, w, b): NPR + conv1 + max-pool + ReLU in one pass
     lfm.kernels.max_pool_relu  max_pool_relu(x): 2x2 max-pool + ReLU in one pass, channels-last
     lfm.kernels.triton_lfm   TritonLFM: the whole model on a GPU from uint8 pixels, built on the above
+    lfm.kernels.resize       resize_bilinear(pixels, out_h, out_w): Pillow's resize, bit for bit (uint8
+                             NHWC; pillow_resize_reference beside it), center_crop / tiles as slices
     lfm.kernels.aot          ahead-of-time compilation to PTX for TensorRT's AOT plugins (below)
     lfm.kernels.cuda_launch  launches those PTX artifacts with cuda-python, as TensorRT would (GPU checks)
     lfm.kernels.trt_plugins  the TensorRT plugin registration built on ``aot`` (separate module)
