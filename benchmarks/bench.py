@@ -1,8 +1,13 @@
 """One harness for latency and throughput of every LFM backend, with reports and plots.
 
     python benchmarks/bench.py [--quick] [--backends torch,ort,ort-int8,...] [--batch-sizes 1,8,32]
-                               [--sizes 224,256] [--mode engine|e2e|both] [--output-dir DIR]
+                               [--sizes 224,256] [--mode engine|e2e|both|fidelity|serve|batch]
+                               [--agreement] [--profile] [--output-dir DIR]
                                [--model lfm.onnx|lfm.plan|ckpt.pt]
+
+The one entry point of the benchmarks: --mode serve and --mode batch run bench_serve.py and
+bench_batch.py with the other options; the kernel and training benchmarks are
+benchmarks/bench_kernels.py and benchmarks/train_synthetic.py.
 
 Backends (those whose libraries or hardware are missing are listed as unavailable, with why):
   torch            PyTorch eager on the CPU, our faithful model (upstream's setting): the baseline
@@ -23,16 +28,22 @@ Backends (those whose libraries or hardware are missing are listed as unavailabl
 Modes: `engine` times one backend call on a batch already in the backend's own format (uint8
 NHWC bytes, or normalised float NCHW for torch); `e2e` times files in, scores out through the
 runtime's Detector (decoding in worker threads, batching), on the reference JPEGs (or generated
-images without ../shared). Timing interleaves the backends round by round (benchmarks/common.py)
+images without ../shared), beside the loop a user writes first (PIL open, resize, one
+session.run per file) on the same graph (ort-int8, else ort), which must give the same logits.
+--agreement adds every engine's decision agreement with the baseline on the cnndetection
+reference JPEGs; --profile the INT8 graph's time per convolution (ONNX Runtime's profiler) and
+the images/s ceiling it implies. Timing interleaves the backends round by round (benchmarks/common.py)
 so drifts of a shared machine hit all of them; on GPUs a call is timed with CUDA events.
 
 Per configuration: images/s (batch / median latency), p50/p90/p99 latency, the ratio to the
 `torch` baseline at the same size and batch in the same run (on a GPU-only run, `torch-cuda`:
 torch eager fp32 on the GPU), the largest logit difference from that baseline on the timed batch (speed is worth
 nothing without the same answers), peak host memory (process peak and what the backend added while it was created, warmed up and run), peak device memory where
-measurable, and achieved GFLOP/s against the machine's measured GEMM rate (fp32 BLAS; INT8
-with ONNX Runtime's MatMulInteger; on GPUs cuBLAS fp16, and TF32 for fp32), so a reader
-sees how close each backend gets. On a GPU the report also states the best images/s against
+measurable, and achieved GFLOP/s against the machine's measured GEMM rate, each named with the
+library that measured it (fp32: the fastest of PyTorch's matmul, ONNX Runtime's MatMul and numpy's
+BLAS, which this workplace may slow through OPENBLAS_CORETYPE; bf16: PyTorch; INT8: ONNX Runtime's
+MatMulInteger; on GPUs cuBLAS fp16, and TF32 for fp32), so a reader sees how close each backend
+gets; a backend above 100 % of its rate is flagged under Plausibility. On a GPU the report also states the best images/s against
 the paper's 1789/s (one A6000) and our target of 40,000/s at 256 x 256.
 Writes bench.json, bench.md and bench_throughput.png / bench_latency.png to --output-dir:
 ./bench-results/ unless told; the committed figures (the README's tables) are replaced only by
@@ -58,8 +69,8 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, bf16_gemm_rate, fp32_gemm_rate, gpu_gemm_rates,  # noqa: E402
-                    int8_gemm_rate, lfm_gflop_per_image, log, machine, max_rss_bytes, run_main, summarize,
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, lfm_gflop_per_image, log, machine,  # noqa: E402
+                    machine_rates, max_rss_bytes, run_main, summarize,
                     time_interleaved, usable_cpus, work_folder, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,7 +385,9 @@ def baseline_of(names) -> str:
     return "torch" if "torch" in names or "torch-cuda" not in names else "torch-cuda"
 
 
-def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, files) -> tuple[list, dict, dict]:
+def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, files, agreement=None) -> tuple[list, dict, dict]:
+    """Every backend at every size and batch, interleaved; `agreement`, a list, also gets each
+    backend's decisions on the reference images at the first size (--agreement)."""
     from lfm.runtime.preprocess import load_array, normalize
     from lfm.runtime.spec import ModelSpec
 
@@ -446,10 +459,14 @@ def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, file
             for row in rows:
                 if row["mode"] == "engine" and row["size"] == size and row["batch"] == batch and base_ips:
                     row["x_torch"] = round(row["images_per_s"] / base_ips, 2)
+        if agreement is not None and size == sizes[0] and engines:
+            log(f"agreement on the reference images at {size} px")
+            agreement += reference_agreement(engines, baseline, size)
     return rows, latencies, unavailable
 
 
 def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -> tuple[list, dict]:
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     models.size = size
@@ -465,17 +482,16 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
                 if name in ("torch", "torch-cuda"):
                     if name == "torch-cuda":
                         _cuda()
-                    kw = {"checkpoint": models.checkpoint, "device": "cpu" if name == "torch" else "cuda"}
+                    source, opts = models.checkpoint, {"device": "cpu" if name == "torch" else "cuda"}
                 elif name.startswith("trt"):
                     _need("tensorrt", "needs TensorRT")
-                    kw = {"engine": models.plan(name.removeprefix("trt-"))}
+                    source, opts = models.plan(name.removeprefix("trt-")), {}
                 else:
-                    path = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins",
-                                        "openvino": "fp32", "openvino-int8": "int8"}[name])
-                    kw = {"model": path, "backend": "openvino" if name.startswith("openvino") else "onnxruntime"}
-                    if not name.startswith("openvino"):
-                        kw["providers"] = ["cpu"]
-                det = Detector(**kw, threads=None if name.startswith("torch") else threads, batch_size=batch, size=size, policy="resize")
+                    source = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins",
+                                          "openvino": "fp32", "openvino-int8": "int8"}[name])
+                    opts = ({"backend": "openvino", "threads": threads} if name.startswith("openvino")
+                            else {"backend": "onnxruntime", "providers": ["cpu"], "threads": threads})
+                det = Detector(make_runner(source, **opts), batch_size=batch, size=size, policy="resize")
             except (Unavailable, Exception) as e:  # noqa: BLE001
                 unavailable[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
                 continue
@@ -494,6 +510,9 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
             fns[name] = (lambda d=det: d.predict(listed))
         if not fns:
             continue
+        plain = None
+        if batch == batches[0]:  # the plain loop has no batch: timed once, beside the first batch
+            plain = add_plain_loop(fns, dets, models, listed, size, threads, unavailable)
         log(f"e2e {size}px batch {batch}: {len(fns)} backends x {rounds} rounds of {len(listed)} files")
         times = time_interleaved(fns, rounds, block=1)
         base = None
@@ -505,6 +524,8 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
             rows.append(row)
             if name == baseline:
                 base = row["images_per_s"]
+        if plain:
+            compare_with_plain_loop(rows, plain, batch)
         for row in rows:
             if row["batch"] == batch and base:
                 row["x_torch"] = round(row["images_per_s"] / base, 2)
@@ -513,21 +534,242 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
     return rows, unavailable
 
 
+PLAIN_LOOP = " plain loop"  # suffix of the row of the loop a user writes first
+
+
+def plain_loop(model: str, files: list[str], size: int, threads: int):
+    """What a user writes first: for each file, PIL open -> RGB -> bilinear resize -> one
+    session.run; returns a callable -> logits. None where the graph does not take uint8 bytes."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    if sess.get_inputs()[0].type != "tensor(uint8)":
+        return None
+    name = sess.get_inputs()[0].name
+
+    def run():
+        out = []
+        for f in files:
+            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+            out.append(float(sess.run(["logit"], {name: np.asarray(img)[None]})[0].reshape(-1)[0]))
+        return np.array(out)
+    return run
+
+
+def add_plain_loop(fns, dets, models, listed, size, threads, unavailable) -> dict | None:
+    """Time the plain loop on the deployment model (ort-int8, else ort) beside its Detector, after
+    checking the two give the same logits: {"of": backend, "name": row name, "max_abs_dlogit": d}."""
+    of = next((n for n in ("ort-int8", "ort") if n in fns), None)
+    if of is None:
+        return None
+    path = models.onnx({"ort-int8": "int8", "ort": "fp32"}[of])
+    run = plain_loop(path, listed, size, threads)
+    if run is None:
+        unavailable[of + PLAIN_LOOP] = "the graph takes floats; the plain loop feeds uint8 bytes"
+        return None
+    recs = dets[of].predict(listed)
+    det_logits = np.array([r.logit for r in recs], dtype=np.float64)
+    fns[of + PLAIN_LOOP] = run
+    return {"of": of, "name": of + PLAIN_LOOP, "max_abs_dlogit": float(np.max(np.abs(run() - det_logits)))}
+
+
+def compare_with_plain_loop(rows, plain, batch) -> None:
+    """The Detector's row gets its speed over the plain loop's and their largest logit difference."""
+    by_name = {r["backend"]: r for r in rows if r["batch"] == batch and r["mode"] == "e2e"}
+    det, loop = by_name.get(plain["of"]), by_name.get(plain["name"])
+    if det and loop:
+        det["x_plain_loop"] = round(det["images_per_s"] / loop["images_per_s"], 2)
+        det["max_abs_dlogit_vs_plain_loop"] = round(plain["max_abs_dlogit"], 6)
+        loop["precision"] = det["precision"]
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement on the reference images and the INT8 profile (--agreement, --profile)
+
+
+def reference_set() -> tuple[list[str], list[int]] | None:
+    """The cnndetection reference JPEGs and their labels (1 = generated); None without them."""
+    tsv = REFERENCE / "cnndetection" / "labels_and_upstream_logits.tsv"
+    if not tsv.is_file():
+        return None
+    rows = [line.rstrip("\n").split("\t") for line in open(tsv) if line.strip() and not line.startswith("#")]
+    return [str(REFERENCE / "cnndetection" / r[0]) for r in rows], [int(r[1]) for r in rows]
+
+
+def logits_in_batches(fn, x: np.ndarray, batch: int) -> np.ndarray:
+    """fn's logits over every image of x, in batches of `batch` (the last one padded)."""
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        got = fn(np.ascontiguousarray(chunk))
+        out.append(np.asarray(got[0] if isinstance(got, tuple) else got, dtype=np.float64).reshape(-1)[:n])
+    return np.concatenate(out)
+
+
+def reference_agreement(engines, baseline: str, size: int, batch: int = 8) -> list[dict]:
+    """Each engine's decisions on the reference images against the baseline's (speed is worth
+    nothing without the same answers on real images); [] without the reference set."""
+    from lfm.export.quantize import compare_logits
+    from lfm.runtime.preprocess import load_array, normalize
+    from lfm.runtime.spec import ModelSpec
+
+    ref_set = reference_set()
+    by_name = {e.name: e for e in engines}
+    if ref_set is None or baseline not in by_name:
+        return []
+    files, labels = ref_set
+    spec = ModelSpec(size=size, policy="resize")
+    x_u8 = np.stack([load_array(f, spec) for f in files])
+    x = {"uint8": x_u8, "float": normalize(x_u8, spec.mean, spec.std)}
+    logits = {e.name: logits_in_batches(e.setup(batch), x[e.input_kind], batch) for e in engines}
+    out = []
+    for name, test in logits.items():
+        c = compare_logits(logits[baseline], test, spec.threshold, labels)
+        out.append({"backend": name, "set": "cnndetection", "size": size, "n": c["n"], "agreement": round(c["agreement"], 4),
+                    "disagreements": c["disagreements"], "max_abs_logit_diff": round(c["max_abs_logit_diff"], 4),
+                    "ap": round(c["ap_test"], 4) if "ap_test" in c else None})
+    return out
+
+
+def conv_macs(model, size: int) -> dict[str, int]:
+    """Multiply-accumulates per image of every Conv2d at size x size (module name -> MACs)."""
+    import torch
+
+    macs, hooks = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            def hook(m, _inp, out, name=name):
+                macs[name] = int(out[0].numel()) * m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+def int8_roofline(model_path, macs: dict[str, int], size: int, threads: int, batch: int = 8, runs: int = 10) -> dict:
+    """Where the INT8 time goes, from ONNX Runtime's own profiler: per-conv ms and GMAC/s at
+    `batch`, and the images/s ceiling if every convolution ran at the best rate measured and
+    nothing else took any time. This is what bounds the INT8 speed on a given machine."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lfm_bench_profile")
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    for _ in range(3):
+        sess.run(None, {name: x})
+    Path(sess.end_profiling()).unlink(missing_ok=True)  # drop the warm-up events (and their file)
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, {name: x})
+    t = time.perf_counter()
+    for _ in range(runs):
+        sess.run(None, {name: x})
+    wall_ms = (time.perf_counter() - t) / runs * 1000
+    profile = Path(sess.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()  # read: nothing left in the temp folder
+    per_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[(e["args"].get("op_name", "?"), e["name"][: -len("_kernel_time")])] += e["dur"] / 1000 / (runs + 3)
+    convs = []
+    for (op, node), ms in per_op.items():
+        if "Conv" not in op:
+            continue
+        last = node.split("/Conv")[0].rsplit("/", 1)[-1]  # '/snet/layer2/layer2.0/Conv_token_5' -> 'layer2.0'
+        module = next((m for m in macs if m == last or m.endswith("." + last)), None)
+        if module:
+            convs.append({"module": module, "ms": round(ms, 3), "gmac": round(macs[module] * batch / 1e9, 3),
+                          "gmac_per_s": round(macs[module] * batch / 1e6 / ms, 1)})
+    convs.sort(key=lambda c: c["module"])
+    best = max(c["gmac_per_s"] for c in convs)
+    total_gmac = sum(macs.values()) * batch / 1e9
+    return {"batch": batch, "size": size, "wall_ms": round(wall_ms, 2), "ops_ms": round(sum(per_op.values()), 2),
+            "conv_ms": round(sum(c["ms"] for c in convs), 2), "gmac_per_image": round(sum(macs.values()) / 1e9, 3),
+            "convs": convs, "best_gmac_per_s": best, "ceiling_images_per_s": round(batch / (total_gmac / best), 1),
+            "top_ops": [{"op": op, "node": node, "ms": round(ms, 3)} for (op, node), ms in per_op.most_common(12)]}
+
+
 # --------------------------------------------------------------------------------------------
 # Reports
 
 
-def add_limits(rows, rates):
+def rate_key(row, rates) -> str | None:
+    """Which measured rate a row is set against: its precision's GEMM rate on its device.
+    OpenVINO's automatic precision computes in f32 where the CPU has no bf16 (no bf16 rate then)."""
+    if row["backend"].startswith(("torch-cuda", "trt")):  # against the GPU's matrix-product rate
+        return {"fp32": "gpu_tf32_gflop_per_s", "int8": None}.get(row["precision"], "gpu_fp16_gflop_per_s")
+    key = {"int8": "int8_gop_per_s", "fp32": "fp32_gflop_per_s"}.get(row["precision"], "bf16_gflop_per_s")
+    if key == "bf16_gflop_per_s" and key not in rates:
+        return "fp32_gflop_per_s"
+    return key
+
+
+def add_limits(rows, rates, libraries=None):
+    """Each row's achieved GFLOP/s and its share of the rate it is set against (of_gemm_rate),
+    then the plausibility check (flag_implausible)."""
     for r in rows:
         gflop = lfm_gflop_per_image(r["size"])
         r["gflop_per_image"] = round(gflop, 3)
         r["achieved_gflop_per_s"] = round(r["images_per_s"] * gflop, 1)
-        if r["backend"].startswith(("torch-cuda", "trt")):  # against the GPU's matrix-product rate
-            key = {"fp32": "gpu_tf32_gflop_per_s", "int8": None}.get(r["precision"], "gpu_fp16_gflop_per_s")
-        else:
-            key = {"int8": "int8_gop_per_s", "fp32": "fp32_gflop_per_s"}.get(r["precision"], "bf16_gflop_per_s")
+        key = rate_key(r, rates)
         rate = rates.get(key) if key else None
         r["of_gemm_rate"] = round(r["achieved_gflop_per_s"] / rate, 3) if rate else None
+        r["gemm_rate_key"] = key if rate else None
+    flag_implausible(rows, libraries or {})
+
+
+def flag_implausible(rows, libraries: dict) -> list[str]:
+    """A backend above 100 % of the GEMM rate it is set against beats the machine's own matrix
+    product: either that rate was measured low (a throttled library, a busy machine) or the
+    backend skips work the FLOP count assumes. Such rows get a `plausibility` note (also returned)."""
+    notes = []
+    for r in rows:
+        share = r.get("of_gemm_rate")
+        if share is None or share <= 1.0:
+            continue
+        key = r["gemm_rate_key"]
+        library = libraries.get(key, "an unnamed library")
+        r["plausibility"] = (f"{r['backend']} ({r['mode']}, {r['size']} px, batch {r['batch']}) runs at {100 * share:.0f} % "
+                             f"of the {key} measured with {library}: above the machine's GEMM rate, so that rate "
+                             "was measured low (a throttled library or a busy machine) or the backend does less work "
+                             "than the FLOP count assumes; do not read it as a physical result")
+        notes.append(r["plausibility"])
+    return notes
+
+
+RATE_NAMES = (("fp32_gflop_per_s", "fp32 GEMM", "GFLOP/s"), ("bf16_gflop_per_s", "bf16 GEMM", "GFLOP/s"),
+              ("int8_gop_per_s", "INT8 GEMM", "GOP/s"), ("gpu_fp16_gflop_per_s", "GPU fp16 GEMM (8192^3)", "GFLOP/s"),
+              ("gpu_tf32_gflop_per_s", "GPU fp32 GEMM with TF32 (8192^3)", "GFLOP/s"))
+
+
+def rates_text(doc) -> str:
+    """'fp32 GEMM 73 GFLOP/s (ONNX Runtime MatMul (MLAS); ...)': each rate with the library that
+    measured it, and for fp32 every library tried (the fastest is the limit)."""
+    rates, libraries = doc["rates"], doc.get("rate_libraries", {})
+    parts = []
+    for key, label, unit in RATE_NAMES:
+        if rates.get(key):
+            parts.append(f"{label} {rates[key]:,.0f} {unit} ({libraries.get(key, 'library not recorded')})")
+    tried = doc.get("fp32_by_library")
+    if tried:
+        parts.append("fp32 tried: " + ", ".join(f"{lib} {v:.0f}" for lib, v in tried.items()) + " (the fastest is the limit)")
+    return "; ".join(parts)
 
 
 def markdown(doc) -> str:
@@ -536,15 +778,10 @@ def markdown(doc) -> str:
     lines = [f"# LFM benchmark ({'quick' if doc['quick'] else 'full'})", "", f"`{doc['command']}`", "",
              f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['threads']} threads used), {m['memory_gb']} GB; "
              f"GPU: {gpus}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if "unavailable" not in str(v)), "",
-             f"Machine rates measured in this run: fp32 GEMM {doc['rates']['fp32_gflop_per_s']:.0f} GFLOP/s (numpy BLAS)"
-             + (f", bf16 GEMM {doc['rates']['bf16_gflop_per_s']:.0f} GFLOP/s (PyTorch)" if doc['rates'].get('bf16_gflop_per_s') else "")
-             + (f", INT8 GEMM {doc['rates']['int8_gop_per_s']:.0f} GOP/s (ONNX Runtime MatMulInteger)" if doc['rates'].get('int8_gop_per_s') else "")
-             + (f"; GPU GEMM (cuBLAS, 8192^3) fp16 {doc['rates']['gpu_fp16_gflop_per_s'] / 1e3:.0f} TFLOP/s, "
-                f"fp32 with TF32 {doc['rates']['gpu_tf32_gflop_per_s'] / 1e3:.0f} TFLOP/s" if doc['rates'].get('gpu_fp16_gflop_per_s') else "")
+             f"Machine rates measured in this run: {rates_text(doc)}"
              + ". LFM needs " + ", ".join(f"{lfm_gflop_per_image(s):.2f} GFLOP at {s}" for s in doc["settings"]["sizes"])
              + " per image. 'of GEMM' = achieved GFLOP/s over the GEMM rate of the backend's precision (OpenVINO's "
-             "default: bf16); above 100 % means the backend's fused convolution kernels beat that plain GEMM, "
-             "not that a limit was broken.", ""]
+             "default: bf16 where the CPU has it, else fp32); a row above 100 % is flagged under Plausibility.", ""]
     base = doc["settings"].get("baseline", "torch")
     eng = [r for r in doc["results"] if r["mode"] == "engine"]
     gpu_rows = [r for r in eng if r["backend"].startswith(("torch-cuda", "trt"))]
@@ -578,11 +815,47 @@ def markdown(doc) -> str:
             lines.append(f"| {r['backend']} | {r['precision']} | {r['size']} | {r['batch']} | {r['images_per_s']:.1f} | "
                          f"{r['p50_ms_per_image']:.2f} | {r.get('x_torch', '-')} |")
         lines.append("")
+        for r in e2e:
+            if "x_plain_loop" in r:
+                lines += [f"The runtime's Detector ({r['backend']}, batch {r['batch']}) against the loop a user writes "
+                          f"first (PIL open, resize, one session.run per file): {r['x_plain_loop']:.2f}x, same logits "
+                          f"(max abs difference {r['max_abs_dlogit_vs_plain_loop']:.2e}).", ""]
+    lines += agreement_markdown(doc.get("agreement"), base) + roofline_markdown(doc.get("int8_roofline"))
+    flagged = [r["plausibility"] for r in doc["results"] if r.get("plausibility")]
+    if flagged:
+        lines += ["## Plausibility", "", "Above 100 % of the rate they are set against (not physical results):", ""]
+        lines += [f"- {n}" for n in flagged] + [""]
     if doc["unavailable"]:
         lines += ["Unavailable here:", ""] + [f"- {k}: {v}" for k, v in doc["unavailable"].items()] + [""]
     if doc.get("plots"):
         lines += [f"![{Path(p).stem}]({Path(p).name})" for p in doc["plots"]] + [""]
     return "\n".join(lines)
+
+
+def agreement_markdown(agreement, base: str) -> list[str]:
+    if not agreement:
+        return []
+    a0 = agreement[0]
+    lines = [f"## Agreement on the reference images ({a0['n']} cnndetection JPEGs, {a0['size']} px, batch 8)", "",
+             f"Decisions (score > threshold) against `{base}`'s.", "",
+             "| backend | agreement | max abs dlogit | AP |", "|---|---:|---:|---:|"]
+    for a in agreement:
+        lines.append(f"| {a['backend']} | {100 * a['agreement']:.1f} % ({a['n'] - a['disagreements']}/{a['n']}) | "
+                     f"{a['max_abs_logit_diff']:.3f} | {a['ap'] if a['ap'] is not None else '-'} |")
+    return lines + [""]
+
+
+def roofline_markdown(rf) -> list[str]:
+    if not rf:
+        return []
+    lines = [f"## Where the ONNX Runtime INT8 time goes (batch {rf['batch']}, {rf['size']} px)", "",
+             f"ONNX Runtime's profiler: {rf['wall_ms']:.1f} ms per call, {rf['ops_ms']:.1f} ms in kernels, "
+             f"{rf['conv_ms']:.1f} ms of it in convolutions; {rf['gmac_per_image']:.2f} GMAC per image.", "",
+             "| convolution | GMAC per batch | ms | GMAC/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {c['module']} | {c['gmac']:.3f} | {c['ms']:.2f} | {c['gmac_per_s']:.0f} |" for c in rf["convs"]]
+    return lines + ["", f"Ceiling: if every convolution ran at the best rate measured here ({rf['best_gmac_per_s']:.0f} "
+                        f"GMAC/s) and nothing else took time, batch {rf['batch']} would run at "
+                        f"{rf['ceiling_images_per_s']:.0f} images/s.", ""]
 
 
 def plots(doc, latencies, out_dir: Path) -> list[str]:
@@ -688,9 +961,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int_list, default=None,
                    help="image sides (default: 224,256; on a GPU machine 256; --quick: 224; --model lfm.onnx or "
                         "lfm.plan: the model's own size)")
-    p.add_argument("--mode", choices=("engine", "e2e", "both", "fidelity"), default="both",
+    p.add_argument("--mode", choices=("engine", "e2e", "both", "fidelity", *SCRIPT_MODES), default="both",
                    help="engine, e2e or both (default: both); fidelity: every CPU backend x precision x input on "
-                        "cross-domain images, flips beside images/s (benchmarks/fidelity_table.py; ~15 min)")
+                        "cross-domain images, flips beside images/s (benchmarks/fidelity_table.py; ~15 min); "
+                        "serve, batch: run benchmarks/bench_serve.py / bench_batch.py with the other options "
+                        "(see their --help)")
+    p.add_argument("--agreement", action="store_true",
+                   help="engine mode also scores the cnndetection reference JPEGs with every backend and reports "
+                        "its decision agreement with the baseline (default: off)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the INT8 graph with ONNX Runtime's profiler: per-convolution time, GMAC/s and "
+                        "the images/s ceiling (default: off)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration, each 3 calls (default: 8; --quick: 3)")
     p.add_argument("--threads", type=int, default=usable_cpus(), help="CPU threads (default: the usable CPUs, here %(default)s)")
     p.add_argument("--checkpoint", default=None,
@@ -802,8 +1083,26 @@ def fidelity(args) -> int:
         return run_fidelity(args)
 
 
+SCRIPT_MODES = {"serve": "bench_serve.py", "batch": "bench_batch.py"}  # modes run by their own scripts
+
+
+def script_mode(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(script, its arguments) where argv asks for --mode serve or batch: every option but the mode
+    goes to that script; None for the modes run here."""
+    for i, a in enumerate(argv):
+        value, width = (argv[i + 1], 2) if a == "--mode" and i + 1 < len(argv) else (a[len("--mode="):], 1)
+        if (a == "--mode" or a.startswith("--mode=")) and value in SCRIPT_MODES:
+            return SCRIPT_MODES[value], argv[:i] + argv[i + width:]
+    return None
+
+
 def main(argv=None) -> int:
     p = build_parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    forwarded = script_mode(raw)
+    if forwarded:
+        script, rest = forwarded
+        return subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), *rest]).returncode
     args = p.parse_args(argv)
     try:
         if args.replot:
@@ -843,6 +1142,21 @@ def bench(args, p, argv) -> int:
     return 0
 
 
+def profile_int8(models, size: int, threads: int, unavailable: dict) -> dict | None:
+    """--profile: the INT8 graph's roofline (int8_roofline); a failure is listed, not fatal."""
+    try:
+        from lfm.train.model import build_model
+
+        model = models.torch_model()[0] if models.checkpoint else build_model()  # MACs: geometry only
+        roofline = int8_roofline(models.onnx("int8"), conv_macs(model, size), size, threads)
+    except Exception as e:  # noqa: BLE001  (a profiler format change must not lose the timed results)
+        unavailable["int8-profile"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return None
+    log(f"INT8 roofline: best conv {roofline['best_gmac_per_s']:.0f} GMAC/s, "
+        f"ceiling {roofline['ceiling_images_per_s']:.0f} img/s at b{roofline['batch']}")
+    return roofline
+
+
 def measure(args, names, sizes, batches, rounds, gpu, given, checkpoint, work: Path) -> tuple[dict, dict]:
     """Every mode asked for, timed; (the report without its command and plots, latencies)."""
     if checkpoint and not Path(checkpoint).is_file():
@@ -857,17 +1171,13 @@ def measure(args, names, sizes, batches, rounds, gpu, given, checkpoint, work: P
     models = Models(work, checkpoint, calib, 16 if args.quick else 64, sizes[0],
                     given=as_is.path if as_is else None, given_precision=as_is.precision if as_is else None)
     log("measuring the machine's GEMM rates")
-    rates = {"fp32_gflop_per_s": round(fp32_gemm_rate(args.threads), 1)}
-    for key, fn in (("int8_gop_per_s", int8_gemm_rate), ("bf16_gflop_per_s", bf16_gemm_rate)):
-        v = fn(args.threads)
-        if v:
-            rates[key] = round(v, 1)
-    if any(n.startswith(("torch-cuda", "trt")) for n in names):
-        rates.update({k: round(v, 1) for k, v in gpu_gemm_rates().items()})
+    limits = machine_rates(args.threads, gpu=any(n.startswith(("torch-cuda", "trt")) for n in names))
+    rates = limits["rates"]
     results, latencies, unavailable = [], {}, {}
+    agreement = [] if args.agreement else None
     if args.mode in ("engine", "both"):
         rows, latencies, unavailable = run_engine_mode(names, models, sizes, batches, args.threads, rounds,
-                                                       2 if args.quick else 5, files)
+                                                       2 if args.quick else 5, files, agreement)
         results += rows
     if args.mode in ("e2e", "both"):
         e2e_batches = [16] if args.quick else sorted({8, 32} | ({256} if gpu else set()))
@@ -875,14 +1185,16 @@ def measure(args, names, sizes, batches, rounds, gpu, given, checkpoint, work: P
                                 files[:32] if args.quick else files, 1 if args.quick else 2)
         results += rows
         unavailable.update({k: v for k, v in un.items() if k not in unavailable})
-    add_limits(results, rates)
+    add_limits(results, rates, limits["libraries"])
+    roofline = profile_int8(models, sizes[0], args.threads, unavailable) if args.profile else None
     doc = {"benchmark": "bench", "command": None, "quick": args.quick, "machine": machine(args.threads),
            "settings": {"backends": names, "baseline": baseline_of(names), "sizes": sizes, "batches": batches, "rounds": rounds, "mode": args.mode,
                         "checkpoint": "upstream (reference)" if checkpoint == str(UPSTREAM_CHECKPOINT) else checkpoint,
                         "model": given.path if given else None, "model_kind": given.kind if given else None,
                         "files_from": files_from, "timing": "interleaved rounds of 1 + 3 calls, the first not counted; "
                                                             "CUDA events on GPUs"},
-           "rates": rates, "results": results, "unavailable": unavailable, "seconds": None}
+           "rates": rates, "rate_libraries": limits["libraries"], "fp32_by_library": limits["fp32_by_library"],
+           "results": results, "agreement": agreement, "int8_roofline": roofline, "unavailable": unavailable, "seconds": None}
     return doc, latencies
 
 

@@ -1,5 +1,6 @@
-"""Smoke test of the benchmark harness: `benchmarks/bench.py --quick` runs and writes the
-documented fields; ad-hoc runs write ./bench-results (never the committed benchmarks/results)
+"""Smoke test of the benchmark harness, the one entry point: `benchmarks/bench.py --quick` runs
+and writes the documented fields; the machine rates name their library and implausible shares
+are flagged; ad-hoc runs write ./bench-results (never the committed benchmarks/results)
 and leave no temp folder; --model times a given file. It checks the report, never the speed
 (speed targets live in benchmarks/)."""
 from __future__ import annotations
@@ -43,6 +44,11 @@ def test_quick_benchmark_writes_json_markdown_and_plots(tmp_path):
     # The fp32 graph answers as torch does on the timed batch (the INT8 one only roughly).
     assert all(x["max_abs_dlogit_vs_torch"] < 1e-2 for x in engine if x["backend"] == "ort")
     assert {x["backend"] for x in e2e} >= {"torch", "ort-int8"} and all(x["images_per_s"] > 0 for x in e2e)
+    # Each limit names its library; the Detector is set beside the plain loop on the same graph.
+    assert set(doc["rate_libraries"]) == set(doc["rates"]) and all(doc["rate_libraries"].values())
+    assert "ort-int8 plain loop" in {x["backend"] for x in e2e}
+    det = next(x for x in e2e if x["backend"] == "ort-int8" and "x_plain_loop" in x)
+    assert det["max_abs_dlogit_vs_plain_loop"] < 1e-3
     md = (out / "bench.md").read_text()
     assert "Engine mode" in md and "End-to-end mode" in md and "x torch" in md
     if doc["plots"]:  # matplotlib present (the [viz] extra)
@@ -193,10 +199,11 @@ def test_bench_model_times_the_given_onnx_graph(tmp_path, random_onnx):
     assert doc["settings"]["model"] == str(random_onnx) and doc["settings"]["model_kind"] == "onnx"
     assert doc["settings"]["checkpoint"] is None and doc["settings"]["sizes"] == [64]
     ran = {x["backend"] for x in doc["results"]}
+    loop = "ort plain loop"  # e2e mode's first-written loop, on the given graph
     if importlib.util.find_spec("openvino"):
-        assert ran == {"ort", "openvino"}
+        assert ran == {"ort", "openvino", loop}
     else:
-        assert ran == {"ort"} and "openvino" in doc["unavailable"]
+        assert ran == {"ort", loop} and "openvino" in doc["unavailable"]
     assert {x["mode"] for x in doc["results"]} == {"engine", "e2e"}
     assert all(x["size"] == 64 and x["precision"].startswith("fp32") for x in doc["results"])
     assert _committed_snapshot() == before
@@ -214,41 +221,107 @@ def test_bf16_gemm_rate_is_not_measured_on_a_cpu_without_bf16(monkeypatch):
     assert common.bf16_gemm_rate(1, n=64, reps=1) > 0
 
 
-@pytest.mark.parametrize("script", ["bench_cpu", "bench_e2e"])
-def test_other_benchmarks_write_bench_results_and_remove_their_temp_folder_on_ctrl_c(tmp_path, monkeypatch, capsys,
-                                                                                     script):
-    """bench_cpu.py / bench_e2e.py: ./bench-results by default, and their temp folder goes on Ctrl-C."""
-    import importlib
-    import tempfile
+def _row(backend, precision, share, mode="engine"):
+    return {"mode": mode, "backend": backend, "precision": precision, "size": 224, "batch": 8,
+            "images_per_s": share * 100 / 2.387,  # 100 GFLOP/s x share at 2.387 GFLOP per image
+            "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "host_added_mb": 1.0, "device_peak_mb": None}
 
+
+def test_a_backend_above_its_gemm_rate_is_flagged_with_the_library_named():
+    """The plausibility check: above 100 % of the rate a row is set against is flagged (report and
+    JSON), naming the library that measured that rate; rows within it are not."""
+    bench = _bench_module()
+    rates = {"fp32_gflop_per_s": 100.0, "int8_gop_per_s": 100.0}
+    libraries = {"fp32_gflop_per_s": "PyTorch matmul (oneDNN/MKL)", "int8_gop_per_s": "ONNX Runtime MatMulInteger (MLAS)"}
+    rows = [_row("ort", "fp32", 1.6), _row("ort-int8", "int8", 0.8), _row("openvino", "auto (bf16 ...)", 1.2)]
+    bench.add_limits(rows, rates, libraries)
+    ort, int8, ov = rows
+    assert ort["of_gemm_rate"] == pytest.approx(1.6, abs=0.01)
+    assert "160 %" in ort["plausibility"] and "PyTorch matmul (oneDNN/MKL)" in ort["plausibility"]
+    assert "plausibility" not in int8
+    # No bf16 rate measured (a CPU without bf16): OpenVINO's auto precision is set against fp32.
+    assert ov["gemm_rate_key"] == "fp32_gflop_per_s" and "plausibility" in ov
+    doc = {"machine": {"cpu": "x", "usable_cpus": 2, "threads": 2, "memory_gb": 1, "gpus": [], "versions": {}},
+           "quick": True, "command": "c", "rates": rates, "rate_libraries": libraries, "results": rows,
+           "settings": {"sizes": [224], "baseline": "torch", "files_from": "f"}, "unavailable": {}}
+    md = bench.markdown(doc)
+    assert "## Plausibility" in md and ort["plausibility"] in md and "ort-int8 (engine" not in md.split("## Plausibility")[1]
+
+
+def test_machine_rates_take_the_fastest_library_and_name_it(monkeypatch):
+    """A throttled numpy BLAS (OPENBLAS_CORETYPE) must not pass for the machine's fp32 limit: the
+    fastest library's rate is, and the report names it beside every rate."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    mod = importlib.import_module(script)
-    (tmp_path / "tmp").mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    monkeypatch.chdir(tmp_path)
+    import common
 
-    def interrupted(*a, **k):
-        assert _left_in(tmp_path / "tmp")  # the work folder exists by now
-        raise KeyboardInterrupt
+    bench = _bench_module()
+    monkeypatch.setattr(common, "fp32_gemm_rates", lambda threads: {common.NUMPY_BLAS: 20.0, common.TORCH_MATMUL: 90.0,
+                                                                   common.ORT_MATMUL: 70.0})
+    monkeypatch.setattr(common, "int8_gemm_rate", lambda threads: 150.0)
+    monkeypatch.setattr(common, "bf16_gemm_rate", lambda threads: None)
+    limits = common.machine_rates(2)
+    assert limits["rates"] == {"fp32_gflop_per_s": 90.0, "int8_gop_per_s": 150.0}
+    assert limits["libraries"] == {"fp32_gflop_per_s": common.TORCH_MATMUL, "int8_gop_per_s": common.ORT_MATMUL_INTEGER}
+    text = bench.rates_text({"rates": limits["rates"], "rate_libraries": limits["libraries"],
+                             "fp32_by_library": limits["fp32_by_library"]})
+    assert "fp32 GEMM 90 GFLOP/s (PyTorch matmul (oneDNN/MKL))" in text
+    assert "INT8 GEMM 150 GOP/s (ONNX Runtime MatMulInteger (MLAS))" in text and "numpy BLAS (OpenBLAS) 20" in text
 
-    if script == "bench_cpu":
-        import lfm.train.checkpoint
 
-        monkeypatch.setattr(lfm.train.checkpoint, "load_checkpoint", interrupted)
-        argv = []
-    else:
-        from PIL import Image
+def test_fp32_gemm_rates_are_measured_with_pytorch_and_onnx_runtime():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
 
-        (tmp_path / "images").mkdir()
-        Image.new("RGB", (64, 64)).save(tmp_path / "images" / "a.png")
-        monkeypatch.setattr(mod.subprocess, "run", interrupted)  # the default model's export
-        argv = ["--data", str(tmp_path / "images")]
-    with pytest.raises(KeyboardInterrupt):
-        mod.main(argv)
-    assert _left_in(tmp_path / "tmp") == []
-    with pytest.raises(SystemExit):
-        mod.main(["--help"])
-    assert "(default: ./bench-results/" in " ".join(capsys.readouterr().out.split())
+    rates = common.fp32_gemm_rates(1, n=64, reps=1)
+    assert set(rates) == {common.NUMPY_BLAS, common.TORCH_MATMUL, common.ORT_MATMUL}
+    assert all(v > 0 for v in rates.values())
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--mode", "serve", "--quick"], ("bench_serve.py", ["--quick"])),
+    (["--output-dir", "x", "--mode=batch"], ("bench_batch.py", ["--output-dir", "x"])),
+    (["--mode", "engine", "--quick"], None),
+])
+def test_serve_and_batch_modes_run_their_scripts_with_the_other_options(argv, want):
+    assert _bench_module().script_mode(argv) == want
+
+
+def test_plain_loop_answers_as_the_detector_on_real_files(tmp_path, random_onnx):
+    """e2e mode's baseline loop (PIL, resize, one session.run per file; from bench_e2e.py) scores
+    files as the runtime's Detector does, so their speeds compare like with like."""
+    from PIL import Image
+
+    from lfm.runtime.backends import make_runner
+    from lfm.runtime.detector import Detector
+
+    bench = _bench_module()
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        f = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (80 + 10 * i, 90, 3), dtype=np.uint8)).save(f)
+        files.append(str(f))
+    loop = bench.plain_loop(str(random_onnx), files, 64, 1)()
+    with Detector(make_runner(random_onnx, providers=["cpu"], threads=1), batch_size=2, size=64, policy="resize") as det:
+        want = np.array([r.logit for r in det.predict(files)])
+    assert loop.shape == (3,) and np.allclose(loop, want, atol=1e-3), (loop, want)
+
+
+def test_reference_agreement_counts_flipped_decisions():
+    """--agreement: each engine's decisions on the reference JPEGs against the baseline's."""
+    bench = _bench_module()
+    if bench.reference_set() is None:
+        pytest.skip("no reference images (../shared/reference/cnndetection)")
+
+    def engine(name, sign):
+        def setup(batch):
+            return lambda x: sign * (x.reshape(len(x), -1).mean(axis=1) - 110.0)
+        return bench.Engine(name, "uint8", setup)
+
+    rows = bench.reference_agreement([engine("torch", 1.0), engine("flipped", -1.0)], "torch", 32)
+    by = {r["backend"]: r for r in rows}
+    assert by["torch"]["agreement"] == 1.0 and by["torch"]["max_abs_logit_diff"] == 0
+    assert by["flipped"]["agreement"] < 1.0 and by["flipped"]["n"] == by["torch"]["n"] > 100
 
 
 def _fake_plan(folder: Path, sidecar: bool = True) -> Path:
