@@ -16,8 +16,10 @@ path, bytes object, image or HxWx3 array passed to ``predict`` is refused with a
 Every item mentioned gets its own record, duplicates included; an item of an unknown type
 gets an error record in its place, never an exception that loses the others' records.
 
-Decoding and preprocessing run in worker threads (Pillow releases the GIL) a bounded window
-ahead of the backend, so the backend does not wait on image decoding. Images that cannot be
+Decoding and preprocessing run in worker threads (Pillow releases the GIL), or with
+``decode="processes"`` file paths are decoded in worker processes into shared memory
+(``decode_pool``; scales with cores), a bounded window ahead of the backend, so the backend does
+not wait on image decoding. Images that cannot be
 decoded, or that the model refuses, become error records in their place; none is dropped.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import OPTIONS, Runner, SourceError, backend_for, make_runner, source_from_flags
+from .decode_pool import DecodePool
 from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
                          to_tiles)
 from .records import Record
@@ -51,6 +54,11 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
 
+# How files are decoded: "threads" (every kind of item), or "processes" (paths only; bytes,
+# arrays and PIL images are already in this process and stay on the threads).
+DECODE_MODES = ("threads", "processes")
+
+
 TILE_REDUCTIONS = ("max", "mean")
 
 
@@ -66,7 +74,11 @@ class Detector:
 
     The rest says how the pipeline runs:
     threshold, policy, size: override the model's own spec (defaults: the model's).
-    batch_size: images per runner call; workers: decoding threads.
+    batch_size: images per runner call; workers: decoding threads or processes.
+    decode: "threads" (default) or "processes": file paths decoded by ``workers`` processes into
+    shared memory (decoding then scales with cores; bytes, arrays and images stay on threads);
+    the same records in the same order either way. A process that dies costs only the files it
+    was decoding (error records); ``close()`` stops the processes and frees the shared memory.
     max_pixels: larger files are refused before decoding (decompression bombs).
     max_model_pixels: pixels the model sees in one call; under policy "none" a larger image
     gets an error record instead of taking gigabytes of memory (default 2048 x 2048).
@@ -82,7 +94,8 @@ class Detector:
     def __init__(self, source: str | os.PathLike | Runner | None = None, *, threshold: float | None = None,
                  policy: str | None = None, size: int | None = None, batch_size: int = 16, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
-                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES, **old_keywords):
+                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES, decode: str = "threads",
+                 **old_keywords):
         if old_keywords:
             source = _runner_from_old_keywords(source, old_keywords)
         elif source is None:
@@ -93,6 +106,8 @@ class Detector:
             raise ValueError(f"tile_reduce must be one of {TILE_REDUCTIONS}, got {tile_reduce!r}")
         if max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         if max_pixels < 1 or max_model_pixels < 1:
             raise ValueError(f"max_pixels and max_model_pixels must be >= 1, got {max_pixels}, {max_model_pixels}")
         self.runner = (make_runner(source) if isinstance(source, (str, os.PathLike)) else _as_runner(source)).activate()
@@ -105,11 +120,15 @@ class Detector:
         self.batch_size = batch_size
         self.max_pixels, self.max_model_pixels = max_pixels, max_model_pixels
         self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
-        self._pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="lfm-decode")
+        self.decode, self.workers = decode, workers or default_workers()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lfm-decode")
+        self._processes: DecodePool | None = None  # decode="processes": started on the first path
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self):
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()
         self.runner.deactivate()
 
     def __enter__(self):
@@ -157,43 +176,69 @@ class Detector:
     def _decoded(self, items: Iterable[Item]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         window = deque()
         ahead = 4 * self.batch_size  # bounded read-ahead: memory stays flat on long lists
-
-        def job(item):
-            name = _name(item)
-            try:
-                if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
-                    img = Image.fromarray(_check_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
-                    if self.spec.policy == "tiles":
-                        arrays = to_tiles(img, self.spec.size, self.max_tiles)
-                    else:
-                        arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None]
-                elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
-                    arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
+        try:
+            for item in items:
+                window.append(self._start_decode(item))
+                if len(window) >= ahead:
+                    yield self._finish_decode(*window.popleft())
+            while window:
+                yield self._finish_decode(*window.popleft())
+        finally:  # stopped early (Ctrl-C, an abandoned iterator): results nobody will read are dropped
+            for name, handle in window:
+                if isinstance(handle, int):
+                    self._processes.discard(handle)
                 else:
-                    return name, None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
-                                        "a uint8 HxWx3 array or a PIL image")
-                try:  # name the problem here rather than let the backend fail on it
-                    check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
-                except ValueError as e:
-                    return name, None, str(e)
-                h, w = arrays.shape[1:3]
-                if h * w > self.max_model_pixels:
-                    return name, None, (f"{w}x{h} = {w * h} pixels at the model's input exceeds the limit of "
-                                        f"{self.max_model_pixels} per image (policy {self.spec.policy}: about "
-                                        f"{h * w * 500 / 1e9:.1f} GB of activations); score it with policy tiles "
-                                        "or resize, or raise max_model_pixels (--max-model-pixels)")
-                return name, arrays, None
-            except ImageError as e:
-                return name, None, e.problem
-            except Exception as e:  # a decoder bug must cost one record, not the run
-                return name, None, f"{type(e).__name__}: {e}"
+                    handle.cancel()
 
-        for item in items:
-            window.append(self._pool.submit(job, item))
-            if len(window) >= ahead:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+    def _start_decode(self, item: Item):
+        """(name, handle): a ticket of the decoding processes for a path under decode="processes",
+        else a future of the decoding threads."""
+        name = _name(item)
+        if self.decode == "processes" and isinstance(item, (str, os.PathLike)):
+            if self._processes is None:
+                self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers)
+            return name, self._processes.submit(item)
+        return name, self._pool.submit(self._decode_here, name, item)
+
+    def _finish_decode(self, name: str, handle) -> tuple[str, np.ndarray | None, str | None]:
+        if not isinstance(handle, int):
+            return handle.result()
+        arrays, error = self._processes.result(handle)
+        return (name, None, error) if error is not None else self._checked(name, arrays)
+
+    def _decode_here(self, name: str, item: Item) -> tuple[str, np.ndarray | None, str | None]:
+        try:
+            if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
+                img = Image.fromarray(_check_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
+                if self.spec.policy == "tiles":
+                    arrays = to_tiles(img, self.spec.size, self.max_tiles)
+                else:
+                    arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None]
+            elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+                arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
+            else:
+                return name, None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
+                                    "a uint8 HxWx3 array or a PIL image")
+            return self._checked(name, arrays)
+        except ImageError as e:
+            return name, None, e.problem
+        except Exception as e:  # a decoder bug must cost one record, not the run
+            return name, None, f"{type(e).__name__}: {e}"
+
+    def _checked(self, name: str, arrays: np.ndarray) -> tuple[str, np.ndarray | None, str | None]:
+        """Decoded arrays, or the problem the model would have with them, named here rather than
+        left for the backend to fail on."""
+        try:
+            check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
+        except ValueError as e:
+            return name, None, str(e)
+        h, w = arrays.shape[1:3]
+        if h * w > self.max_model_pixels:
+            return name, None, (f"{w}x{h} = {w * h} pixels at the model's input exceeds the limit of "
+                                f"{self.max_model_pixels} per image (policy {self.spec.policy}: about "
+                                f"{h * w * 500 / 1e9:.1f} GB of activations); score it with policy tiles "
+                                "or resize, or raise max_model_pixels (--max-model-pixels)")
+        return name, arrays, None
 
     def _submit(self, pending):
         """Start the batch's chunks on the runner; handles None if the runner refused one."""

@@ -29,7 +29,7 @@ from lfm.runtime.backends import BackendError, backends_for, make_runner, source
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import (ArgumentParser, describe_os_error, output_conflict, positive_int,  # noqa: E402
                              read_path_arguments, run, summary_exit, unit_interval, write_records)
-from lfm.runtime.detector import DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
+from lfm.runtime.detector import DECODE_MODES, DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
 from lfm.runtime.files import output_problem  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
@@ -62,7 +62,11 @@ def parse_args(argv=None):
                    help="--policy tiles: image logit = max or mean of its tiles' logits")
     p.add_argument("--max-tiles", type=positive_int(1, "--max-tiles"), default=64,
                    help="--policy tiles: at most this many tiles per image (larger images get spread-out tiles)")
-    p.add_argument("--workers", type=positive_int(1, "--workers"), default=default_workers(), help="decoding threads")
+    p.add_argument("--workers", type=positive_int(1, "--workers"), default=default_workers(),
+                   help="decoding threads, or processes with --decode processes")
+    p.add_argument("--decode", choices=DECODE_MODES, default="threads",
+                   help="decode files in threads, or in worker processes into shared memory (scales with cores; "
+                        "same records, same order)")
     p.add_argument("--device", default="auto", help="--checkpoint: torch device, auto | cpu | cuda[:N]")
     p.add_argument("--providers", default=None,
                    help="--model: comma-separated onnxruntime providers, e.g. cpu or cuda,cpu (default: TensorRT, CUDA, CPU as available)")
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
     try:
         detector = Detector(make_runner(**runner_arguments(args)), threshold=args.threshold, policy=args.policy,
                             size=args.size, batch_size=args.batch_size, tile_reduce=args.tile_reduce,
-                            max_tiles=args.max_tiles, workers=args.workers, max_pixels=args.max_pixels,
+                            max_tiles=args.max_tiles, workers=args.workers, decode=args.decode, max_pixels=args.max_pixels,
                             max_model_pixels=args.max_model_pixels)
     except (BackendError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,0 +1,156 @@
+"""Decoding in worker processes (issue 17, item 2): the same records in the same order as the
+thread path, a killed worker costs only the files it held, and nothing is left behind (shared
+memory segments, child processes), also after Ctrl-C through infer.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfm.runtime.decode_pool import SHM_PREFIX, DecodePool
+from lfm.runtime.detector import Detector
+from lfm.runtime.preprocess import load_tiles
+from lfm.runtime.spec import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+INFER = [sys.executable, str(ROOT / "runtime" / "infer.py")]
+SPEC = ModelSpec(input="uint8", layout="NHWC", size=64)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[Path]:
+    """Good images of several sizes and formats, with bad files among them."""
+    d = tmp_path_factory.mktemp("decode")
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(10):
+        h, w = 50 + 13 * i, 120 - 5 * i
+        p = d / f"im{i}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        out.append(p)
+    (d / "text.jpg").write_text("not an image")
+    (d / "empty.png").write_bytes(b"")
+    truncated = d / "truncated.png"
+    truncated.write_bytes(out[1].read_bytes()[:200])
+    out[3:3] = [d / "text.jpg", d / "missing.png", d / "empty.png", truncated]
+    return out
+
+
+def our_segments(pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{pid}-")]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_processes_give_the_thread_path_records_in_order(random_onnx, files):
+    items = [*map(str, files), files[0].read_bytes(), np.zeros((70, 70, 3), np.uint8), 42, str(files[5])]
+    with Detector(random_onnx, batch_size=3, workers=2) as det:
+        by_threads = det.predict(items)
+    with Detector(random_onnx, batch_size=3, workers=2, decode="processes") as det:
+        by_processes = det.predict(items)
+        assert det._processes is not None  # the paths did go to the processes
+    assert [r.path for r in by_processes] == [r.path for r in by_threads]
+    assert [r.logit for r in by_processes] == [r.logit for r in by_threads]  # equal, not close
+    assert [r.error for r in by_processes] == [r.error for r in by_threads]
+    assert sum(r.error is not None for r in by_threads) == 6  # 4 bad files (one twice), the 42
+
+
+@pytest.mark.slow
+def test_pool_copies_out_exactly_what_load_tiles_gives(files, tmp_path):
+    big = tmp_path / "big.png"  # policy tiles: several tiles, larger than a slot: through the pipe
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(big)
+    for spec, path in ((SPEC, files[0]), (SPEC.replace(policy="tiles"), big), (SPEC.replace(policy="tiles"), files[0])):
+        pool = DecodePool(spec, 10**8, 64, workers=1)
+        try:
+            arrays, error = pool.result(pool.submit(path))
+        finally:
+            pool.close()
+        assert error is None and np.array_equal(arrays, load_tiles(path, spec, 10**8, 64))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_only_the_files_it_held(files):
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2)
+    try:
+        victim = pool.processes()[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        tickets = [pool.submit(p) for p in good]  # the least busy worker first: the dead one gets 2
+        results = [pool.result(t) for t in tickets]
+        died = [e for _, e in results if e is not None]
+        assert len(died) == 2 and all("decoding process died (killed by signal 9)" in e for e in died)
+        for path, (arrays, error) in zip(good, results):
+            assert error is not None or np.array_equal(arrays, load_tiles(path, SPEC))
+        assert all(p.is_alive() for p in pool.processes())  # a replacement took its place
+        again = [pool.result(pool.submit(p)) for p in good]
+        assert all(e is None for _, e in again)
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_close_leaves_no_shared_memory_and_no_processes(random_onnx, files):
+    det = Detector(random_onnx, workers=2, decode="processes")
+    det.predict(list(map(str, files)))
+    processes = det._processes.processes()
+    assert our_segments(os.getpid()) and all(p.is_alive() for p in processes)
+    det.close()
+    assert our_segments(os.getpid()) == []
+    assert not any(p.is_alive() for p in processes)
+
+
+def test_unknown_decode_mode_is_refused(random_onnx):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        Detector(random_onnx, decode="gpu")
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_processes_keeps_records_and_leaves_nothing(random_onnx, files, tmp_path):
+    good = [str(p) for p in files if p.exists() and p.stat().st_size > 300]
+    listing = tmp_path / "many.txt"
+    listing.write_text("\n".join(good[i % len(good)] for i in range(20000)))
+    p = subprocess.Popen(INFER + ["--model", str(random_onnx), f"@{listing}", "--batch-size", "1", "--workers", "2",
+                                  "--decode", "processes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    workers = children(p.pid)
+    assert our_segments(p.pid) and workers
+    p.send_signal(signal.SIGINT)
+    rest, err = p.stdout.read(), p.stderr.read()
+    p.wait(timeout=120)
+    assert p.returncode == 130, err
+    lines = [first] + rest.splitlines()
+    assert all(json.loads(line)["error"] is None for line in lines) and len(lines) < 20000
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"interrupted: {len(lines)} of 20000")
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)
+    assert our_segments(p.pid) == []
