@@ -29,6 +29,7 @@ from lfm.runtime.backends import BackendError, backends_for, make_runner, source
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import (ArgumentParser, describe_os_error, output_conflict, positive_int,  # noqa: E402
                              read_path_arguments, run, summary_exit, unit_interval, write_records)
+from lfm.runtime.decode_pool import DecodePoolError  # noqa: E402  (standard library + numpy)
 from lfm.runtime.detector import DECODE_MODES, DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
 from lfm.runtime.files import output_problem  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
             result = write_records(records, len(expansion.inputs), args.output, args.format, args.progress)
         except OSError as e:  # the output itself failed (disk full, ...); not a record's problem
             print(f"error: cannot write {args.output or 'the output'}: {describe_os_error(e)}", file=sys.stderr)
+            return 2
+        except DecodePoolError as e:  # the decoding processes cannot start (an earlier output file is kept)
+            print(f"error: {e}", file=sys.stderr)
             return 2
     return summary_exit(result, len(expansion.inputs), args.output, detector.runner.describe())
 
