@@ -343,6 +343,7 @@ SUBCOMMANDS = {
     "visualize": ("lfm.train.visualize", "Top-K maps, Grad-CAM and t-SNE figures (needs [train,viz])"),
     "synthetic": ("lfm.train.make_synthetic", "write a small labelled synthetic image set (needs [train])"),
     "bench": ("lfm.benchmarks.bench", "latency, throughput and fidelity of every backend (from a source checkout)"),
+    "batch": ("lfm.runtime.batch", "score a corpus on Ray Data: Parquet shards, resumable, exactly once (needs [cluster])"),
 }
 
 
@@ -376,6 +377,7 @@ def _entry(subcommand: str) -> Callable[[], int]:
 infer, train, evaluate, export, build, serve, client, inspect, visualize, synthetic, bench, triton_repo, sensitivity = (
     _entry(name) for name in ("infer", "train", "evaluate", "export", "build", "serve", "client", "inspect",
                               "visualize", "synthetic", "bench", "triton-repo", "sensitivity"))
+batch = _entry("batch")
 
 
 def main(argv: list[str] | None = None) -> int:
