@@ -14,17 +14,9 @@ import sys
 from pathlib import Path
 
 
-def _cuda_visible() -> bool:
-    try:
-        import torch
+from interpreter import use_interpreter_without_gpu  # noqa: E402
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-if "triton" not in sys.modules and not _cuda_visible():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+use_interpreter_without_gpu()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
