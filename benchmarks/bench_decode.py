@@ -45,14 +45,14 @@ def noop_runner(size: int):
     return NoopRunner()
 
 
-def generated_jpegs(folder: Path, n: int = 64) -> list[Path]:
-    """Smooth random JPEGs of 256-356 px a side, like the reference set."""
+def generated_jpegs(folder: Path, n: int = 64, side: int | None = None) -> list[Path]:
+    """Smooth random JPEGs of 256-356 px a side, like the reference set (or ``side`` px square)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
-        h, w = rng.integers(256, 357, 2)
+        h, w = rng.integers(256, 357, 2) if side is None else (side, side)
         small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((int(w), int(h)), Image.BILINEAR)
         paths.append(folder / f"gen{i}.jpg")
@@ -65,7 +65,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--images", type=int, default=400, help="files per pass (the JPEGs listed repeatedly)")
     p.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated")
-    p.add_argument("--modes", default="threads,processes", help="decoding modes to time")
+    p.add_argument("--modes", default="threads,processes",
+                   help="decoding modes to time (gpu: nvJPEG, needs torch + CUDA + torchvision)")
+    p.add_argument("--generated-side", type=int, default=None,
+                   help="time generated square JPEGs of this side (e.g. 1024) instead of the reference JPEGs")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each times every case twice)")
     p.add_argument("--size", type=int, default=256, help="the spec's resize side")
     p.add_argument("--batch-size", type=int, default=16, help="the pipeline's batch size")
@@ -80,9 +83,10 @@ def main(argv=None) -> int:
     workers = [int(w) for w in args.workers.split(",")]
     modes = args.modes.split(",")
     with work_folder(None, "bench_decode_") as tmp:
-        files = sorted(REFERENCE_JPEGS.glob("*.jpg")) if REFERENCE_JPEGS.is_dir() else []
-        source = str(REFERENCE_JPEGS) if files else "generated (reference JPEGs absent)"
-        files = files or generated_jpegs(tmp)
+        files = sorted(REFERENCE_JPEGS.glob("*.jpg")) if REFERENCE_JPEGS.is_dir() and not args.generated_side else []
+        source = str(REFERENCE_JPEGS) if files else (f"generated {args.generated_side} px JPEGs" if args.generated_side
+                                                     else "generated (reference JPEGs absent)")
+        files = files or generated_jpegs(tmp, side=args.generated_side)
         paths = [str(files[i % len(files)]) for i in range(args.images)]
         log(f"{len(paths)} files per pass from {source} ({len(files)} distinct)")
         detectors = {(m, w): Detector(noop_runner(args.size), workers=w, decode=m, batch_size=args.batch_size)

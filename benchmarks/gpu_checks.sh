@@ -7,6 +7,11 @@
 #   3. benchmarks/bench_kernels.py: NPR bandwidth vs a device-to-device copy, Top-K vs torch.topk,
 #      the fused stem vs cuDNN; benchmarks/profile_gpu.py: the forward pass stage by stage;
 #   4. benchmarks/bench.py: the GPU backends at 256 px, batches 1-1024, engine and end-to-end.
+#   5. (step decode, issue 17) tests/test_resize.py -k native and tests/test_gpu_input.py natively
+#      (pinned staging ring, nvJPEG vs libjpeg-turbo scores: flips, max |dlogit| printed with -s);
+#      benchmarks/bench_decode.py with 1..16 CPU workers and --decode gpu on the reference JPEGs
+#      listed repeatedly and on generated 1024 px JPEGs -> benchmarks/results/gpu_h200/decode*.
+#      Bounded: 90 + 90 + 150 + 150 s = 8 min at most.
 #
 #   On the CPU machine first:  python -m lfm.kernels.aot --out aot_artifacts
 #   On the GPU machine:        bash benchmarks/gpu_checks.sh [RESULTS_DIR]
@@ -22,7 +27,7 @@ exec > >(tee "$RES/gpu_checks.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
 step() { echo; echo "=== $* ($(date -u +%T))"; }
-want() { [[ " ${GPU_STEPS:-tests kernels profile bench} " == *" $1 "* ]]; }
+want() { [[ " ${GPU_STEPS:-tests kernels profile bench decode} " == *" $1 "* ]]; }
 
 # import lfm without installing it (the GPU machine has no package index): a namespace package
 # on PYTHONPATH that maps the folders as pyproject.toml does
@@ -51,4 +56,14 @@ want profile && timeout 60 "$PY" benchmarks/profile_gpu.py --output-dir "$RES/ke
 
 step "model benchmark (GPU backends)"
 want bench && timeout "${BENCH_TIMEOUT:-240}" "$PY" benchmarks/bench.py --output-dir "$RES/bench_gpu"
+step "decode (issue 17): GPU tests, CPU-decode 1..16 workers vs --decode gpu"
+H200=${H200_RES:-benchmarks/results/gpu_h200}
+mkdir -p "$H200"
+want decode && timeout 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_resize.py -k native
+want decode && timeout 90 "$PY" -m pytest -q -s -rs -p no:cacheprovider tests/test_gpu_input.py \
+  2>&1 | tee "$H200/test_gpu_input.log"  # its "nvJPEG vs libjpeg-turbo: N flips, max |dlogit|" line
+want decode && timeout 150 "$PY" benchmarks/bench_decode.py --images 2000 --rounds 1 --workers 1,4,8,16 \
+  --modes threads,processes,gpu --batch-size 256 --output-dir "$H200/decode_reference"
+want decode && timeout 150 "$PY" benchmarks/bench_decode.py --images 400 --rounds 1 --workers 1,8,16 \
+  --modes processes,gpu --generated-side 1024 --batch-size 64 --output-dir "$H200/decode_1024"
 step done

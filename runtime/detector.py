@@ -36,6 +36,7 @@ from PIL import Image
 
 from .backends.base import OPTIONS, Runner, SourceError, backend_for, make_runner, source_from_flags
 from .decode_pool import DecodePool
+from .gpu_decode import GpuDecoder, GpuDecodeUnavailable, nvjpeg_decoder
 from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
                          to_tiles)
 from .records import Record
@@ -56,7 +57,8 @@ def default_workers() -> int:
 
 # How files are decoded: "threads" (every kind of item), or "processes" (paths only; bytes,
 # arrays and PIL images are already in this process and stay on the threads).
-DECODE_MODES = ("threads", "processes")
+# "gpu": JPEG paths decoded by nvJPEG in batches (gpu_decode; other files on the CPU path, per file).
+DECODE_MODES = ("threads", "processes", "gpu")
 
 
 TILE_REDUCTIONS = ("max", "mean")
@@ -77,6 +79,8 @@ class Detector:
     batch_size: images per runner call; workers: decoding threads or processes.
     decode: "threads" (default) or "processes": file paths decoded by ``workers`` processes into
     shared memory (decoding then scales with cores; bytes, arrays and images stay on threads);
+    "gpu": JPEG paths decoded by nvJPEG (needs torch + CUDA + torchvision; not bit-identical to
+    libjpeg-turbo), other files on the CPU path (``gpu_decode``);
     the same records in the same order either way. A process that dies costs only the files it
     was decoding (error records); ``close()`` stops the processes and frees the shared memory.
     max_pixels: larger files are refused before decoding (decompression bombs).
@@ -110,6 +114,7 @@ class Detector:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         if max_pixels < 1 or max_model_pixels < 1:
             raise ValueError(f"max_pixels and max_model_pixels must be >= 1, got {max_pixels}, {max_model_pixels}")
+        gpu_decoder = self._gpu_decoder_check() if decode == "gpu" else None  # refused before the runner starts
         self.runner = (make_runner(source) if isinstance(source, (str, os.PathLike)) else _as_runner(source)).activate()
         # The model's own spec, with the caller's overrides on top.
         self.spec = self.runner.spec.replace(threshold=threshold, policy=policy, size=size)
@@ -123,6 +128,15 @@ class Detector:
         self.decode, self.workers = decode, workers or default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lfm-decode")
         self._processes: DecodePool | None = None  # decode="processes": started on the first path
+        if gpu_decoder is not None:  # decode="gpu": the same ticket interface as the processes
+            self._processes = GpuDecoder(self.spec, max_pixels, max_tiles, decode_jpegs=gpu_decoder)
+
+    @staticmethod
+    def _gpu_decoder_check():
+        try:
+            return nvjpeg_decoder("cuda")
+        except GpuDecodeUnavailable as e:
+            raise ValueError(str(e)) from None
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self):
@@ -194,6 +208,8 @@ class Detector:
         """(name, handle): a ticket of the decoding processes for a path under decode="processes",
         else a future of the decoding threads."""
         name = _name(item)
+        if self.decode == "gpu" and isinstance(item, (str, os.PathLike)):
+            return name, self._processes.submit(item)
         if self.decode == "processes" and isinstance(item, (str, os.PathLike)):
             if self._processes is None:
                 self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers)

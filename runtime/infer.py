@@ -67,7 +67,8 @@ def parse_args(argv=None):
                    help="decoding threads, or processes with --decode processes")
     p.add_argument("--decode", choices=DECODE_MODES, default="threads",
                    help="decode files in threads, or in worker processes into shared memory (scales with cores; "
-                        "same records, same order)")
+                        "same records, same order), or gpu: JPEGs by nvJPEG (needs torch + CUDA + torchvision; "
+                        "pixels not bit-identical to the CPU decoder), other files on the CPU")
     p.add_argument("--device", default="auto", help="--checkpoint: torch device, auto | cpu | cuda[:N]")
     p.add_argument("--providers", default=None,
                    help="--model: comma-separated onnxruntime providers, e.g. cpu or cuda,cpu (default: TensorRT, CUDA, CPU as available)")

@@ -129,7 +129,7 @@ def test_close_leaves_no_shared_memory_and_no_processes(random_onnx, files):
 
 def test_unknown_decode_mode_is_refused(random_onnx):
     with pytest.raises(ValueError, match="decode must be one of"):
-        Detector(random_onnx, decode="gpu")
+        Detector(random_onnx, decode="fpga")
 
 
 @pytest.mark.slow

@@ -12,6 +12,9 @@ import numpy as np
 from .base import BackendError, Runner
 
 
+STAGING_SLOTS = 2  # pinned slots of the --kernels path: one batch running, the next one staging
+
+
 class TorchRunner(Runner):
     """PyTorch on a checkpoint (ours or upstream's). By default the model as trained, eager, in
     true fp32: the reference backend. ``kernels=True``: ``lfm.kernels.triton_lfm.TritonLFM``, our
@@ -62,6 +65,10 @@ class TorchRunner(Runner):
             self.model = self._kernel_model(loaded, on_gpu)
             # TritonLFM takes the decoded bytes as they are: the normalisation is folded into its stem
             self.spec = loaded.spec.replace(input="uint8", layout="NHWC")
+            # uint8 batches reach the device through pinned slots, copied on a side stream, the next
+            # batch staged while the current one runs (max_in_flight); pinned only where CUDA is
+            from lfm.runtime.gpu_input import StagingRing
+            self._ring = StagingRing(self.device, slots=STAGING_SLOTS, pin_memory=on_gpu)
         else:
             if on_gpu:
                 use_exact_fp32()  # the reference backend: true fp32, no TF32
@@ -83,23 +90,40 @@ class TorchRunner(Runner):
             raise BackendError(f"{self.checkpoint}: {e}") from None
         return net.to(self.device).eval()
 
+    @property
+    def max_in_flight(self) -> int:
+        """Batches the Detector may submit before collecting: the staging slots on a GPU (the
+        next batch is copied while the current one runs), else one."""
+        ring = getattr(self, "_ring", None)
+        return ring.slots if ring is not None and ring.on_gpu else 1
+
     def deactivate_impl(self):
+        if getattr(self, "_ring", None) is not None:
+            self._ring.close()
+            self._ring = None
         del self.model
         self._graphs.clear()
 
     def infer_impl(self, feed):
+        return self.result(self._launch(feed))
+
+    def submit(self, feed):
+        """Stage the batch and launch the model without waiting; ``result`` fetches its logits."""
+        return self._launch(feed)
+
+    def result(self, handle):
+        return {"logit": handle.float().cpu().numpy()}
+
+    def _launch(self, feed):
         torch = self._torch
         if self.kernels:
-            x = torch.from_numpy(np.ascontiguousarray(feed["pixels"], dtype=np.uint8))
+            x = self._ring.stage(np.ascontiguousarray(feed["pixels"], dtype=np.uint8))
         else:
-            x = torch.from_numpy(np.ascontiguousarray(feed["image"], dtype=np.float32))
-        x = x.to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(feed["image"], dtype=np.float32)).to(self.device)
         with torch.inference_mode():
             if self.cuda_graphs and self.device.type == "cuda":
-                logit = self._replay(x)
-            else:
-                logit = self.model(x)
-        return {"logit": logit.float().cpu().numpy()}
+                return self._replay(x)
+            return self.model(x)
 
     def _replay(self, x):
         """The model as a CUDA graph for x's shape, captured on first sight (after a warm-up on a
