@@ -2,7 +2,9 @@
 
     python benchmarks/bench_serve.py [--model lfm.onnx] [--images DIR] [--concurrency 1,8,32,64]
                                      [--duration 10] [--max-requests 20000] [--protocol grpc|http]
-                                     [--quick] [--output-dir benchmarks/results]
+                                     [--quick] [--output-dir DIR (default: ./bench-results)]
+    python benchmarks/bench_serve.py --mode overload [--load-fraction 0.75] [--overload-factor 4] ...
+    python benchmarks/bench_serve.py --mode soak [--soak-seconds 180] ...
 
 Starts serve.py on free loopback ports (nothing else is contacted), then for each concurrency
 level runs that many client threads for --duration seconds (after a 1 s warm-up that is not
@@ -17,9 +19,32 @@ throughput on the same files is measured first, for scale.
 Client and server share this machine's cores, and other work on a shared machine moves the
 figures: the load average at start and end is recorded beside them.
 
+A request the server sheds (its queue policy: queue full or queue timeout; client.py's
+ServerOverloaded) is counted as "rejected", apart from failures; a closed-loop client then backs
+off as a polite client would: 50 ms doubling with each rejection in a row, at most 1 s, jittered
+(without it, 64 clients retrying every few ms take the 2 cores from the server they share them
+with: measured, throughput fell to a fifth).
+
+--mode overload: open-loop load (Poisson arrivals at a set rate, whatever the answers, as from
+many independent users; 64 sender threads). The capacity C is measured first (closed loop,
+--capacity-concurrency clients); the sustainable rate is R = --load-fraction x C (or --rate R);
+then R and --overload-factor x R (4x) run for --duration s each. Reported per rate: accepted,
+rejected and failed requests (failed = neither an answer equal to the offline one nor an
+explicit rejection: silent failures, the target is 0), p50/p99 latency of accepted requests,
+p50/p99/max latency of rejections. Targets (issue 18): accepted p99 at 4x within 2x the p99 at
+R, rejections under 50 ms, 0 failed.
+
+--mode soak: open-loop load at R for --soak-seconds, the resident memory (RSS) of serve.py and
+every process under it (tritonserver, the stubs, the watchdog) sampled every 5 s; growth is the
+last samples against those right after the warm-up (the first 20 %, at least 30 s). Target:
+under 5 %.
+
 Default model: upstream's checkpoint (../shared/reference) exported to the uint8 fp32 graph (a
 temp folder); default images: the 102 reference JPEGs, else generated ones. --quick: levels 1
-and 8, 2 s each. Writes bench_serve.json and bench_serve.md.
+and 8, 2 s each (overload: 4 s per rate; soak: 60 s). Writes bench_serve.{json,md},
+bench_serve_overload.{json,md} or bench_serve_soak.{json,md} to --output-dir: ./bench-results/
+unless told (benchmarks/common.py's convention); the committed figures in benchmarks/results/
+change only with --output-dir benchmarks/results.
 """
 from __future__ import annotations
 
@@ -27,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,7 +65,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
+
 ROOT = Path(__file__).resolve().parents[1]
+REJECT_BACKOFF_S = (0.05, 1.0)  # a closed-loop client's first and longest pause after a rejection
+OPEN_LOOP_SENDERS = 64
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 T0 = time.perf_counter()
 
@@ -141,9 +171,9 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def run_level(url: str, concurrency: int, duration: float, max_requests: int, blobs, expected, warmup: float):
-    from lfm.runtime.client import LfmClient, ServerError
+    from lfm.runtime.client import LfmClient, ServerError, ServerOverloaded
 
-    lat, failures, mismatches = [], [], []
+    lat, failures, mismatches, rejected = [], [], [], []
     lock = threading.Lock()
     start = threading.Barrier(concurrency + 1)
     t_begin = [0.0]
@@ -151,6 +181,7 @@ def run_level(url: str, concurrency: int, duration: float, max_requests: int, bl
 
     def worker(k):
         rng = np.random.default_rng(k)
+        rejections_in_a_row = 0
         with LfmClient(url, timeout=120) as c:
             c.output_names()
             start.wait()
@@ -166,16 +197,27 @@ def run_level(url: str, concurrency: int, duration: float, max_requests: int, bl
                 i = int(rng.integers(len(blobs)))
                 name, blob = blobs[i]
                 t = time.perf_counter()
+                shed = False
                 try:
                     (r,) = c.score_bytes([blob], [name])
+                except ServerOverloaded:
+                    r, shed = None, True
                 except ServerError as e:
                     r = None
                     err = str(e)
                 dt = time.perf_counter() - t
+                if shed:
+                    first, longest = REJECT_BACKOFF_S
+                    time.sleep(min(longest, first * 2 ** rejections_in_a_row) * rng.uniform(0.5, 1.5))
+                    rejections_in_a_row += 1
+                else:
+                    rejections_in_a_row = 0
                 if not counted:
                     continue
                 with lock:
-                    if r is None:
+                    if shed:
+                        rejected.append(dt)
+                    elif r is None:
                         failures.append(err)
                     elif not r.ok:
                         failures.append(r.error)
@@ -193,7 +235,104 @@ def run_level(url: str, concurrency: int, duration: float, max_requests: int, bl
     for t in threads:
         t.join(duration + warmup + 180)
     elapsed = min(time.perf_counter(), t_begin[0] + duration) - t_begin[0]
-    return lat, failures, mismatches, elapsed
+    return lat, failures, mismatches, rejected, elapsed
+
+
+def poisson_arrivals(rate: float, seconds: float, seed: int = 0) -> np.ndarray:
+    """Arrival times (s from the start) of a Poisson process of ``rate`` per second."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, int(rate * seconds * 1.5) + 16)
+    times = np.cumsum(gaps)
+    return times[times < seconds]
+
+
+def run_open_loop(url: str, rate: float, duration: float, blobs, expected, warmup: float = 1.0,
+                  senders: int = OPEN_LOOP_SENDERS, timeout: float = 60.0, seed: int = 0) -> dict:
+    """Requests at ``rate`` per second for warmup + duration s whatever the answers (Poisson
+    arrivals; a sender thread takes each at its time). Outcomes of those sent after the warm-up:
+    latency of each accepted request and of each rejection (from its send), failures (errors,
+    timeouts, error records, scores differing from the offline ones) and how many were sent
+    more than 50 ms late (every sender busy: the load generator, not the server, was the limit)."""
+    import queue
+
+    from lfm.runtime.client import LfmClient, ServerError, ServerOverloaded
+
+    arrivals = poisson_arrivals(rate, warmup + duration, seed)
+    todo: queue.Queue = queue.Queue()
+    out = {"accepted": [], "rejected": [], "failed": [], "late": 0}
+    lock = threading.Lock()
+    rng = np.random.default_rng(seed + 1)
+    picks = rng.integers(len(blobs), size=len(arrivals))
+
+    def sender():
+        with LfmClient(url, timeout=timeout) as c:
+            c.output_names()
+            while True:
+                job = todo.get()
+                if job is None:
+                    return
+                t_due, i = job
+                name, blob = blobs[i]
+                t = time.perf_counter()
+                kind, detail = "accepted", None
+                try:
+                    (r,) = c.score_bytes([blob], [name])
+                    ref = expected[name]
+                    if not r.ok:
+                        kind, detail = "failed", r.error
+                    elif not (r.logit == ref.logit and r.score == ref.score and r.label == ref.label):
+                        kind, detail = "failed", f"score differs: {r.logit} vs {ref.logit}"
+                except ServerOverloaded:
+                    kind = "rejected"
+                except ServerError as e:
+                    kind, detail = "failed", str(e)
+                dt = time.perf_counter() - t
+                if t_due - t_zero < warmup:
+                    continue
+                with lock:
+                    out["late"] += (t - t_due) > 0.05
+                    out[kind].append(detail if kind == "failed" else dt)
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for th in threads:
+        th.start()
+    time.sleep(1.0)  # the senders' connections are up
+    t_zero = time.perf_counter()
+    for a, i in zip(arrivals, picks):
+        delay = t_zero + a - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        todo.put((t_zero + a, int(i)))
+    for _ in threads:
+        todo.put(None)
+    for th in threads:
+        th.join(timeout + 30)
+    acc, rej = np.array(out["accepted"]) * 1e3, np.array(out["rejected"]) * 1e3
+    sent = len(out["accepted"]) + len(out["rejected"]) + len(out["failed"])
+
+    def pct(a, q):
+        return round(float(np.percentile(a, q)), 2) if len(a) else None
+
+    return {"offered_rps": round(rate, 2), "seconds": duration, "sent": sent, "accepted": len(acc),
+            "rejected": len(rej), "failed": len(out["failed"]), "late_sends": int(out["late"]),
+            "accepted_rps": round(len(acc) / duration, 2), "p50_ms": pct(acc, 50), "p99_ms": pct(acc, 99),
+            "reject_p50_ms": pct(rej, 50), "reject_p99_ms": pct(rej, 99),
+            "reject_max_ms": round(float(rej.max()), 2) if len(rej) else None,
+            "first_failures": out["failed"][:3]}
+
+
+def tree_rss(pid: int) -> dict:
+    """RSS (MiB) of serve.py (``pid``) and of every process under it, by kind."""
+    from lfm.runtime.serve_health import descendants, process_argv, process_rss_bytes
+
+    kinds = {"serve.py": [pid]}
+    for p in sorted(descendants(pid)):
+        argv0 = os.path.basename((process_argv(p) or ["?"])[0])
+        kind = {"tritonserver": "tritonserver", "triton_python_backend_stub": "stubs"}.get(argv0, "helpers")
+        kinds.setdefault(kind, []).append(p)
+    out = {k: round(process_rss_bytes(v) / 2**20, 1) for k, v in kinds.items()}
+    out["total"] = round(sum(out.values()), 1)
+    return out
 
 
 def render_md(result: dict) -> str:
@@ -209,22 +348,85 @@ def render_md(result: dict) -> str:
         "",
         f"Model: {st['model']} ({spec['input']}, {spec['policy']} {spec['size']}); {st['images']}, one encoded image "
         f"per request over {st['protocol']}; server: {srv['instances']} instances, max batch {srv['max_batch_size']}, "
-        f"preferred {srv['preferred_batch_sizes']}, queue delay {srv['max_queue_delay_us']} us. "
+        f"preferred {srv['preferred_batch_sizes']}, queue delay {srv['max_queue_delay_us']} us, max queue size "
+        f"{srv.get('max_queue_size', 'unbounded')}, queue timeout {srv.get('queue_timeout_ms', 'none')} ms. "
         f"{st['seconds_per_level']:g} s per level after a {st['warmup_s']:g} s warm-up. Offline Detector on the same "
         f"files: {result['offline_detector_ips']:.1f} images/s.",
         "",
         "Latency as the client sees it; mean batch, queue and compute from Triton's counters (compute is that of the "
         "whole batch a request rode in).",
         "",
-        "| clients | requests | failed | scores differing | req/s | p50 ms | p90 ms | p99 ms | mean batch | queue ms | batch compute ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | requests | rejected | failed | scores differing | req/s | p50 ms | p90 ms | p99 ms | mean batch | queue ms | batch compute ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["results"]:
-        md.append(f"| {r['concurrency']} | {r['requests']} | {r['failed']} | {r['mismatched']} | {r['throughput_rps']} | "
+        md.append(f"| {r['concurrency']} | {r['requests']} | {r.get('rejected', 0)} | {r['failed']} | {r['mismatched']} | "
+                  f"{r['throughput_rps']} | "
                   f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['mean_batch']} | {r['server_queue_ms']} | "
                   f"{r['server_compute_ms']} |")
-    md += ["", "Pass (no failed request, every score identical to the offline runtime): "
+    md += ["", "Rejected: shed by the server's queue policy (an explicit, retryable refusal; a client backs off 50 ms "
+           "doubling to 1 s). "
+           "Pass (no failed request, every score identical to the offline runtime): "
            f"**{'yes' if result['pass'] else 'no'}**.", ""]
+    return "\n".join(md)
+
+
+def _server_line(st: dict) -> str:
+    srv = st["server"]
+    return (f"server: {srv['instances']} instances, max batch {srv['max_batch_size']}, preferred "
+            f"{srv['preferred_batch_sizes']}, queue delay {srv['max_queue_delay_us']} us, max queue size "
+            f"{srv['max_queue_size']}, queue timeout {srv['queue_timeout_ms']} ms")
+
+
+def render_overload_md(result: dict) -> str:
+    st, m, load, o = result["settings"], result["machine"], result["load_average"], result["overload"]
+    t = o["targets"]
+    md = [
+        "# bench_serve --mode overload: open-loop load at the sustainable rate and at 4x",
+        "",
+        f"`{result['command']}` on {m['cpu']}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
+        f"{load['end']} at end (the load generator shares the cores with the server).",
+        "",
+        f"Model: {st['model']}; {st['images']}, one image per request over {st['protocol']}; {_server_line(st)}. "
+        f"Capacity (closed loop, {o['capacity_concurrency']} clients): {o['capacity_rps']} req/s; sustainable rate "
+        f"R = {o['sustainable_rps']} req/s ({o['rate_basis']}); Poisson arrivals, {st['seconds_per_level']:g} s per "
+        f"rate after a 1 s warm-up.",
+        "",
+        "| offered req/s | sent | accepted | rejected | failed | accepted req/s | p50 ms | p99 ms | reject p50 ms | reject p99 ms | reject max ms | late sends |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in o["rates"]:
+        md.append(f"| {r['offered_rps']} | {r['sent']} | {r['accepted']} | {r['rejected']} | {r['failed']} | "
+                  f"{r['accepted_rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['reject_p50_ms']} | {r['reject_p99_ms']} | "
+                  f"{r['reject_max_ms']} | {r['late_sends']} |")
+    md += ["", f"Targets: accepted p99 at {o['factor']:g}x within 2x the p99 at R: {t['p99_ratio']}x "
+           f"(**{'met' if t['p99_ok'] else 'missed'}**); rejections under 50 ms (p99 {t['reject_p99_ms']} ms): "
+           f"**{'met' if t['reject_ok'] else 'missed'}**; 0 failed: **{'met' if t['no_failures'] else 'missed'}**.", ""]
+    return "\n".join(md)
+
+
+def render_soak_md(result: dict) -> str:
+    st, m, load, s = result["settings"], result["machine"], result["load_average"], result["soak"]
+    md = [
+        "# bench_serve --mode soak: resident memory under steady load",
+        "",
+        f"`{result['command']}` on {m['cpu']}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
+        f"{load['end']} at end.",
+        "",
+        f"Model: {st['model']}; {_server_line(st)}. Open-loop load at {s['rate_rps']} req/s for {s['seconds']:g} s: "
+        f"{s['accepted']} accepted, {s['rejected']} rejected, {s['failed']} failed. RSS of serve.py and every "
+        f"process under it, sampled every {s['sample_s']:g} s; the first {s['warmup_s']:g} s are warm-up, after "
+        f"every instance ran its largest batch ({st['server']['max_batch_size']} images; total RSS "
+        f"{s['rss_before_largest_batch_mib']['total']} MiB before, {s['rss_after_largest_batch_mib']['total']} MiB "
+        "after: the backend keeps the memory of the largest batch it has run).",
+        "",
+        "| t s | " + " | ".join(f"{k} MiB" for k in s["kinds"]) + " |",
+        "| ---: | " + " | ".join("---:" for _ in s["kinds"]) + " |",
+    ]
+    for row in s["samples"]:
+        md.append(f"| {row['t']} | " + " | ".join(str(row['rss'].get(k, 0.0)) for k in s["kinds"]) + " |")
+    md += ["", f"Total RSS after the warm-up {s['rss_after_warmup_mib']} MiB, at the end {s['rss_end_mib']} MiB: "
+           f"growth {s['growth_pct']} % (target under 5 %: **{'met' if s['growth_ok'] else 'missed'}**).", ""]
     return "\n".join(md)
 
 
@@ -241,12 +443,27 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--preferred-batch-sizes", default="8,16")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-size", type=int, default=None, help="serve.py's --max-queue-size (default: serve.py's)")
+    p.add_argument("--queue-timeout-ms", type=int, default=None,
+                   help="serve.py's --queue-timeout-ms (default: serve.py's)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per instance (serve.py's default)")
-    p.add_argument("--quick", action="store_true", help="levels 1 and 8, 2 s each")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--mode", choices=("levels", "overload", "soak"), default="levels",
+                   help="closed-loop levels; open-loop overload at the sustainable rate and at 4x; or a soak with RSS "
+                        "sampled (default: levels)")
+    p.add_argument("--capacity-concurrency", type=int, default=8,
+                   help="overload, soak: closed-loop clients measuring the capacity (default: 8)")
+    p.add_argument("--load-fraction", type=float, default=0.75,
+                   help="overload, soak: the sustainable rate as a fraction of the capacity (default: 0.75)")
+    p.add_argument("--rate", type=float, default=None, help="overload, soak: the sustainable rate in req/s (default: "
+                   "--load-fraction x the measured capacity)")
+    p.add_argument("--overload-factor", type=float, default=4.0, help="overload: the offered rate in multiples of R "
+                   "(default: 4)")
+    p.add_argument("--soak-seconds", type=float, default=None, help="soak: seconds of load (default 180; --quick 60)")
+    p.add_argument("--quick", action="store_true", help="levels 1 and 8, 2 s each; overload 4 s per rate; soak 60 s")
+    p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
     args = p.parse_args(argv)
     levels = [int(x) for x in (args.concurrency or ("1,8" if args.quick else "1,8,32,64")).split(",")]
-    duration = args.duration or (2.0 if args.quick else 10.0)
+    duration = args.duration or (2.0 if args.quick and args.mode == "levels" else 4.0 if args.quick else 10.0)
     load_start = loadavg()
 
     from lfm.runtime.detector import Detector
@@ -257,7 +474,7 @@ def main(argv=None) -> int:
     blobs = [(str(f), f.read_bytes()) for f in files]
 
     # Offline reference: the same files through the Detector, and its throughput for scale.
-    with Detector(model=model) as det:
+    with Detector(model) as det:
         expected = {r.path: r for r in det.predict([name for name, _ in blobs])}
         bad = [r for r in expected.values() if not r.ok]
         if bad:
@@ -276,13 +493,15 @@ def main(argv=None) -> int:
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(mport),
            "--instances", str(args.instances), "--max-batch-size", str(args.max_batch_size),
            "--preferred-batch-sizes", args.preferred_batch_sizes, "--max-queue-delay-us", str(args.max_queue_delay_us)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+    for flag, value in (("--threads", args.threads), ("--max-queue-size", args.max_queue_size),
+                        ("--queue-timeout-ms", args.queue_timeout_ms)):
+        if value is not None:
+            cmd += [flag, str(value)]
     server_log = work / "serve.log"
     log("starting: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=open(server_log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"grpc://127.0.0.1:{grpc}" if args.protocol == "grpc" else f"http://127.0.0.1:{http}"
-    rows = []
+    rows, extra = [], {}
     try:
         from lfm.runtime.client import LfmClient
 
@@ -293,31 +512,12 @@ def main(argv=None) -> int:
                     log("error: server did not start:\n" + server_log.read_text(errors="replace")[-3000:])
                     return 1
                 time.sleep(0.25)
-        for n in levels:
-            before = metrics(mport)
-            lat, failures, mismatches, elapsed = run_level(url, n, duration, args.max_requests, blobs, expected,
-                                                           warmup=1.0)
-            after = metrics(mport)
-            d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-            lat_ms = np.array(lat) * 1e3
-            executions = d.get("nv_inference_exec_count", 0.0)
-            requests = d.get("nv_inference_request_success", 0.0)
-            row = {
-                "concurrency": n, "seconds": round(elapsed, 2), "requests": len(lat) + len(failures),
-                "failed": len(failures), "mismatched": len(mismatches),
-                "throughput_rps": round(len(lat) / elapsed, 2) if elapsed > 0 else 0.0,
-                "p50_ms": round(float(np.percentile(lat_ms, 50)), 2) if len(lat) else None,
-                "p90_ms": round(float(np.percentile(lat_ms, 90)), 2) if len(lat) else None,
-                "p99_ms": round(float(np.percentile(lat_ms, 99)), 2) if len(lat) else None,
-                "mean_batch": round(d.get("nv_inference_count", 0.0) / executions, 2) if executions else None,
-                "server_queue_ms": round(d.get("nv_inference_queue_duration_us", 0.0) / requests / 1e3, 2) if requests else None,
-                "server_compute_ms": round(d.get("nv_inference_compute_infer_duration_us", 0.0) / requests / 1e3, 2)
-                if requests else None,
-                "first_failures": failures[:3], "first_mismatches": [list(m) for m in mismatches[:3]],
-            }
-            rows.append(row)
-            log(f"concurrency {n:3d}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
-                f"batch {row['mean_batch']}  failed {row['failed']}  mismatched {row['mismatched']}")
+        if args.mode == "levels":
+            rows = [measure_level(url, mport, n, duration, args.max_requests, blobs, expected) for n in levels]
+        elif args.mode == "overload":
+            extra["overload"] = measure_overload(args, url, mport, duration, blobs, expected)
+        else:
+            extra["soak"] = measure_soak(args, url, mport, proc.pid, duration, blobs, expected)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -327,10 +527,17 @@ def main(argv=None) -> int:
                 proc.kill()
                 proc.wait(10)
         log(f"server exited with {proc.returncode}")
+        shutil.rmtree(work, ignore_errors=True)
 
-    ok = bool(rows) and all(r["failed"] == 0 and r["mismatched"] == 0 for r in rows)
+    server_settings = serve_settings(args.max_queue_size, args.queue_timeout_ms)
+    if args.mode == "levels":
+        ok = bool(rows) and all(r["failed"] == 0 and r["mismatched"] == 0 for r in rows)
+    elif args.mode == "overload":
+        ok = all(extra["overload"]["targets"][k] for k in ("p99_ok", "reject_ok", "no_failures"))
+    else:
+        ok = extra["soak"]["growth_ok"] and extra["soak"]["failed"] == 0
     result = {
-        "benchmark": "bench_serve",
+        "benchmark": "bench_serve" + ("" if args.mode == "levels" else f"_{args.mode}"),
         "command": "python benchmarks/bench_serve.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "quick": args.quick,
         "machine": machine(),
@@ -343,20 +550,149 @@ def main(argv=None) -> int:
             "max_requests_per_level": args.max_requests, "images_per_request": 1,
             "server": {"instances": args.instances, "max_batch_size": args.max_batch_size,
                        "preferred_batch_sizes": args.preferred_batch_sizes,
-                       "max_queue_delay_us": args.max_queue_delay_us, "threads_per_instance": args.threads or "cores / instances"},
+                       "max_queue_delay_us": args.max_queue_delay_us, "threads_per_instance": args.threads or "cores / instances",
+                       **server_settings},
             "loopback": "127.0.0.1 only; client and server on the same cores",
         },
         "offline_detector_ips": round(offline_ips, 2),
         "results": rows,
+        **extra,
         "pass": ok,
     }
+    stem = result["benchmark"]
+    render = {"levels": render_md, "overload": render_overload_md, "soak": render_soak_md}[args.mode]
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_serve.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "bench_serve.md").write_text(render_md(result))
-    log(f"wrote {out / 'bench_serve.json'} and {out / 'bench_serve.md'}; pass: {ok}")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(render(result))
+    log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}; pass: {ok}")
     return 0 if ok else 1
 
 
+def serve_settings(max_queue_size, queue_timeout_ms) -> dict:
+    """The queue policy the server ran with: the options given, else serve.py's defaults."""
+    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
+
+    return {"max_queue_size": DEFAULT_MAX_QUEUE_SIZE if max_queue_size is None else max_queue_size,
+            "queue_timeout_ms": DEFAULT_QUEUE_TIMEOUT_MS if queue_timeout_ms is None else queue_timeout_ms}
+
+
+def measure_level(url, mport, n, duration, max_requests, blobs, expected) -> dict:
+    """One closed-loop level: n clients for ``duration`` s, with Triton's counters around it."""
+    before = metrics(mport)
+    lat, failures, mismatches, rejected, elapsed = run_level(url, n, duration, max_requests, blobs, expected,
+                                                             warmup=1.0)
+    after = metrics(mport)
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    lat_ms = np.array(lat) * 1e3
+    executions = d.get("nv_inference_exec_count", 0.0)
+    requests = d.get("nv_inference_request_success", 0.0)
+    row = {
+        "concurrency": n, "seconds": round(elapsed, 2), "requests": len(lat) + len(failures) + len(rejected),
+        "rejected": len(rejected), "failed": len(failures), "mismatched": len(mismatches),
+        "throughput_rps": round(len(lat) / elapsed, 2) if elapsed > 0 else 0.0,
+        "p50_ms": round(float(np.percentile(lat_ms, 50)), 2) if len(lat) else None,
+        "p90_ms": round(float(np.percentile(lat_ms, 90)), 2) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat_ms, 99)), 2) if len(lat) else None,
+        "reject_p99_ms": round(float(np.percentile(np.array(rejected) * 1e3, 99)), 2) if rejected else None,
+        "mean_batch": round(d.get("nv_inference_count", 0.0) / executions, 2) if executions else None,
+        "server_queue_ms": round(d.get("nv_inference_queue_duration_us", 0.0) / requests / 1e3, 2) if requests else None,
+        "server_compute_ms": round(d.get("nv_inference_compute_infer_duration_us", 0.0) / requests / 1e3, 2)
+        if requests else None,
+        "first_failures": failures[:3], "first_mismatches": [list(m) for m in mismatches[:3]],
+    }
+    log(f"concurrency {n:3d}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
+        f"batch {row['mean_batch']}  rejected {row['rejected']}  failed {row['failed']}  mismatched {row['mismatched']}")
+    return row
+
+
+def sustainable_rate(args, url, mport, duration, blobs, expected) -> tuple[dict, float, str]:
+    """The capacity (closed loop) and the sustainable rate R derived from it (or --rate)."""
+    capacity = measure_level(url, mport, args.capacity_concurrency, duration, 10**9, blobs, expected)
+    if args.rate:
+        return capacity, args.rate, "--rate"
+    return capacity, capacity["throughput_rps"] * args.load_fraction, f"{args.load_fraction:g} x capacity"
+
+
+def measure_overload(args, url, mport, duration, blobs, expected) -> dict:
+    capacity, rate, basis = sustainable_rate(args, url, mport, duration, blobs, expected)
+    rows = []
+    for offered in (rate, rate * args.overload_factor):
+        row = run_open_loop(url, offered, duration, blobs, expected)
+        rows.append(row)
+        log(f"open loop {row['offered_rps']:7.1f} req/s: accepted {row['accepted']} ({row['accepted_rps']} req/s) "
+            f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms; rejected {row['rejected']} (p99 {row['reject_p99_ms']} ms, "
+            f"max {row['reject_max_ms']} ms); failed {row['failed']}; late sends {row['late_sends']}")
+    base, over = rows
+    ratio = round(over["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] and over["p99_ms"] else None
+    targets = {"p99_ratio": ratio, "p99_ok": ratio is not None and ratio <= 2.0,
+               "reject_p99_ms": over["reject_p99_ms"],
+               "reject_ok": over["reject_p99_ms"] is None or over["reject_p99_ms"] < 50.0,
+               "no_failures": base["failed"] == 0 and over["failed"] == 0}
+    return {"capacity_concurrency": args.capacity_concurrency, "capacity_rps": capacity["throughput_rps"],
+            "sustainable_rps": round(rate, 2), "rate_basis": basis, "factor": args.overload_factor, "rates": rows,
+            "targets": targets}
+
+
+def warm_to_largest_batch(url: str, blobs, max_batch: int, instances: int, rounds: int = 2) -> float:
+    """Requests of ``max_batch`` images, two per instance at once, ``rounds`` times: every
+    instance runs the largest batch it can be given. Its backend keeps the memory of the largest
+    batch it has run (ONNX Runtime's arena grows to it and never shrinks: measured 84 MiB idle,
+    350 MiB after a batch of 8, 1.8 GiB after batches of 32, upstream's graph at 256 px), so a
+    soak's baseline must come after that high-water mark, not before it. Returns seconds taken."""
+    from lfm.runtime.client import LfmClient
+
+    batch = [blob for _, blob in (blobs * (max_batch // len(blobs) + 1))[:max_batch]]
+    t = time.perf_counter()
+    for _ in range(rounds):
+        def send():
+            with LfmClient(url, timeout=300) as c:
+                c.score_bytes(batch)
+        threads = [threading.Thread(target=send) for _ in range(2 * instances)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(600)
+    return time.perf_counter() - t
+
+
+def measure_soak(args, url, mport, serve_pid, duration, blobs, expected, sample_s: float = 5.0) -> dict:
+    """Open-loop load at R for --soak-seconds while the server's RSS is sampled; the instances
+    first run their largest batch (warm_to_largest_batch), and the RSS before that is kept too."""
+    _, rate, basis = sustainable_rate(args, url, mport, duration, blobs, expected)
+    seconds = args.soak_seconds or (60.0 if args.quick else 180.0)
+    cold = tree_rss(serve_pid)
+    warm_s = warm_to_largest_batch(url, blobs, args.max_batch_size, args.instances)
+    warmed = tree_rss(serve_pid)
+    log(f"largest batches ({args.max_batch_size} images, {warm_s:.1f} s): RSS {cold['total']} -> {warmed['total']} MiB")
+    samples, done = [], threading.Event()
+    t0 = time.perf_counter()
+
+    def sample():
+        while True:
+            samples.append({"t": round(time.perf_counter() - t0, 1), "rss": tree_rss(serve_pid)})
+            if done.wait(sample_s):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    row = run_open_loop(url, rate, seconds, blobs, expected, warmup=0.0)
+    done.set()
+    sampler.join(sample_s + 5)
+    warmup = max(30.0, 0.2 * seconds)
+    after = [s["rss"]["total"] for s in samples if s["t"] >= warmup]
+    first, last = float(np.mean(after[:3])), float(np.mean(after[-3:]))
+    growth = round(100.0 * (last - first) / first, 2)
+    kinds = sorted({k for s in samples for k in s["rss"]}, key=lambda k: (k == "total", k))
+    log(f"soak {seconds:g} s at {rate:.1f} req/s: accepted {row['accepted']}, rejected {row['rejected']}, failed "
+        f"{row['failed']}; RSS {first:.1f} -> {last:.1f} MiB ({growth:+.2f} %)")
+    return {"rate_rps": round(rate, 2), "rate_basis": basis, "seconds": seconds, "sample_s": sample_s,
+            "rss_before_largest_batch_mib": cold, "rss_after_largest_batch_mib": warmed,
+            "warmup_s": warmup, "accepted": row["accepted"], "rejected": row["rejected"], "failed": row["failed"],
+            "p99_ms": row["p99_ms"], "kinds": kinds, "samples": samples, "rss_after_warmup_mib": round(first, 1),
+            "rss_end_mib": round(last, 1), "growth_pct": growth, "growth_ok": growth < 5.0,
+            "first_failures": row["first_failures"]}
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)  # SIGTERM and Ctrl-C still stop the server and remove the temp folder

@@ -2,6 +2,7 @@
 
     python export/to_triton.py lfm.onnx --repository DIR [--name lfm] [--max-batch-size 32]
                                [--preferred-batch-sizes 8,16] [--max-queue-delay-us 2000]
+                               [--max-queue-size 6] [--queue-timeout-ms 2000]
                                [--instances 2] [--kind auto|cpu|gpu] [--force]
     python export/to_triton.py lfm.plan --repository DIR ...     (TensorRT; reads lfm.plan.json)
 
@@ -20,6 +21,13 @@ onnxruntime, tensorrt and python backends. Three models, named from --name (defa
                          the same name and input as runtime/serve.py's model, so
                          runtime/client.py works against either (label = score > lfm.threshold,
                          a parameter of this config).
+
+Load shedding, as runtime/serve.py does it: the ensemble's first step, lfm_preprocess, holds
+at most --max-queue-size requests in its dynamic batcher's queue and refuses more at once (HTTP
+503 / gRPC UNAVAILABLE, "Exceeds maximum queue size": runtime/client.py's ServerOverloaded);
+both models refuse a request still queued after --queue-timeout-ms. lfm_model's queue has no
+size bound of its own: what reaches it was admitted, and preprocessed, already (a bound there
+would throw that work away); its inflow is bounded by lfm_preprocess's instances and batches.
 
 The preprocessing model imports the lfm package: install it in the container first, e.g.
 ``pip install --no-deps /path/to/lfm-deploy pillow`` (numpy is there already); the model
@@ -50,6 +58,10 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
 
 DEFAULT_PREFERRED = (8, 16)
+# As runtime/serve.py's defaults (its DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS; not imported:
+# serve.py needs PyTriton): the queue bound on requests, and the queue timeout's backstop.
+DEFAULT_MAX_QUEUE_SIZE = 6
+DEFAULT_QUEUE_TIMEOUT_MS = 2000
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL",
@@ -167,9 +179,16 @@ def _tensor(name: str, dtype: str, dims: list) -> str:
     return f"  {{\n    name: {_q(name)}\n    data_type: {dtype}\n    dims: {_dims(dims)}\n  }}"
 
 
-def _batching(preferred, delay_us: int) -> str:
+def _batching(preferred, delay_us: int, max_queue_size: int = 0, queue_timeout_ms: int = 0) -> str:
+    """dynamic_batching, with a queue policy when either bound is set (0: none): refuse a request
+    beyond max_queue_size at once, and one still queued after queue_timeout_ms."""
     pref = f"\n  preferred_batch_size: {_dims(preferred)}" if preferred else ""
-    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}\n}}"
+    policy = ""
+    if max_queue_size or queue_timeout_ms:
+        policy = ("\n  default_queue_policy {\n    timeout_action: REJECT\n"
+                  f"    default_timeout_microseconds: {queue_timeout_ms * 1000}\n"
+                  f"    allow_timeout_override: false\n    max_queue_size: {max_queue_size}\n  }}")
+    return f"dynamic_batching {{{pref}\n  max_queue_delay_microseconds: {delay_us}{policy}\n}}"
 
 
 def _parameters(params: dict) -> str:
@@ -178,7 +197,7 @@ def _parameters(params: dict) -> str:
 
 
 def model_config(name: str, platform: str, desc: dict, max_batch: int, preferred, delay_us: int,
-                 instances: int, kind: str) -> str:
+                 instances: int, kind: str, queue_timeout_ms: int = 0) -> str:
     filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
     return "\n".join([
         "# LFM: the model. Written by export/to_triton.py.",
@@ -188,14 +207,14 @@ def model_config(name: str, platform: str, desc: dict, max_batch: int, preferred
         f"max_batch_size: {max_batch}",
         "input [\n" + ",\n".join(_tensor(*t) for t in desc["inputs"]) + "\n]",
         "output [\n" + ",\n".join(_tensor(*t) for t in desc["outputs"]) + "\n]",
-        _batching(preferred, delay_us),
+        _batching(preferred, delay_us, 0, queue_timeout_ms),  # the queue is bounded at the door: lfm_preprocess
         f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]",
         _parameters({"lfm.spec": desc["spec"].to_json()}),
     ]) + "\n"
 
 
 def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us: int, instances: int,
-                      max_pixels: int) -> str:
+                      max_pixels: int, max_queue_size: int = 0, queue_timeout_ms: int = 0) -> str:
     (in_name, in_type, in_dims) = desc["inputs"][0]
     spec = desc["spec"]
     if spec.policy in ("resize", "center-crop"):  # fixed size after the policy
@@ -207,7 +226,7 @@ def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us
         f"max_batch_size: {max_batch}",
         "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
         "output [\n" + _tensor(in_name, in_type, in_dims) + "\n]",
-        _batching(preferred, delay_us),
+        _batching(preferred, delay_us, max_queue_size, queue_timeout_ms),
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
         _parameters({"lfm.spec": spec.to_json(), "lfm.max_pixels": max_pixels}),
     ]) + "\n"
@@ -324,7 +343,8 @@ def validate_config(text: str, path: str = "config.pbtxt"):
 
 def write_repository(source: str, repository: str, *, name: str = "lfm", max_batch_size: int = 32,
                      preferred=DEFAULT_PREFERRED, max_queue_delay_us: int = 2000, instances: int = 2,
-                     kind: str = "auto", max_pixels: int | None = None, force: bool = False) -> dict:
+                     kind: str = "auto", max_pixels: int | None = None, force: bool = False,
+                     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS) -> dict:
     """Write the three models; returns {"models": {name: dir}, "validated": bool, "notes": [...]}."""
     from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS
 
@@ -358,9 +378,9 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
     model_name, pre_name = f"{name}_model", f"{name}_preprocess"
     texts = {
         model_name: model_config(model_name, platform, desc, max_batch_size, preferred, max_queue_delay_us,
-                                 instances, KINDS[kind]),
+                                 instances, KINDS[kind], queue_timeout_ms),
         pre_name: preprocess_config(pre_name, desc, max_batch_size, preferred, max_queue_delay_us, instances,
-                                    max_pixels or DEFAULT_MAX_PIXELS),
+                                    max_pixels or DEFAULT_MAX_PIXELS, max_queue_size, queue_timeout_ms),
         name: ensemble_config(name, model_name, pre_name, desc, max_batch_size),
     }
     parsed = {m: validate_config(t, os.path.join(repository, m, "config.pbtxt")) for m, t in texts.items()}
@@ -450,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, '' for none (default: {','.join(map(str, DEFAULT_PREFERRED))})")
     p.add_argument("--max-queue-delay-us", type=int, default=2000,
                    help="how long dynamic batching waits to fill a batch, microseconds (default: 2000)")
+    p.add_argument("--max-queue-size", type=int, default=DEFAULT_MAX_QUEUE_SIZE,
+                   help="requests lfm_preprocess's queue holds; more are refused at once (HTTP 503 / gRPC UNAVAILABLE); "
+                        f"0: unbounded (default: {DEFAULT_MAX_QUEUE_SIZE})")
+    p.add_argument("--queue-timeout-ms", type=int, default=DEFAULT_QUEUE_TIMEOUT_MS,
+                   help="a request still queued after this long is refused, in either model; 0: never "
+                        f"(default: {DEFAULT_QUEUE_TIMEOUT_MS})")
     p.add_argument("--instances", type=int, default=2,
                    help="instances of the model and of the preprocessing (default: 2)")
     p.add_argument("--kind", choices=sorted(KINDS), default="auto",
@@ -472,6 +498,9 @@ def parse_args(argv=None):
         p.error("--preferred-batch-sizes: expected comma-separated integers")
     if args.max_batch_size < 1 or args.instances < 1 or args.max_queue_delay_us < 0:
         p.error("--max-batch-size and --instances must be >= 1, --max-queue-delay-us >= 0")
+    if args.max_queue_size < 0 or args.queue_timeout_ms < 0:
+        p.error(f"--max-queue-size and --queue-timeout-ms must be >= 0 (0: no bound), got {args.max_queue_size} "
+                f"and {args.queue_timeout_ms}")
     if any(b < 1 or b > args.max_batch_size for b in args.preferred):
         p.error("--preferred-batch-sizes must lie in [1, --max-batch-size]")
     problem = name_problem(args.name)
@@ -485,7 +514,8 @@ def main(argv=None) -> int:
     try:
         out = write_repository(args.source, args.repository, name=args.name, max_batch_size=args.max_batch_size,
                                preferred=args.preferred, max_queue_delay_us=args.max_queue_delay_us,
-                               instances=args.instances, kind=args.kind, max_pixels=args.max_pixels, force=args.force)
+                               instances=args.instances, kind=args.kind, max_pixels=args.max_pixels, force=args.force,
+                               max_queue_size=args.max_queue_size, queue_timeout_ms=args.queue_timeout_ms)
     except RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

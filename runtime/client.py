@@ -19,10 +19,15 @@ Python API (tritonclient only: no torch, no model file needed here):
 A request the server rejects as a whole (e.g. a wrong datatype) raises ``ServerError`` from
 ``score_bytes`` / ``score_pixels``; ``score`` turns it into error records for that request's
 inputs, so a long list is never cut short.
+
+Overload is not a failure of the input: a request the server sheds (its queue full, the request
+past the queue's timeout, or the server shutting down; HTTP 503 / gRPC UNAVAILABLE, nothing
+computed) raises ``ServerOverloaded``, a ``ServerError`` with ``retryable = True``: send it again
+after a short backoff, ideally to another replica. ``score`` gives its inputs records whose
+error starts with "rejected: " (``is_rejected(record)``); the command counts them apart.
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -45,6 +50,27 @@ Item = Union[str, os.PathLike, bytes, np.ndarray]
 
 class ServerError(RuntimeError):
     """The server refused a request, or could not be reached."""
+
+    retryable = False
+
+
+class ServerOverloaded(ServerError):
+    """The server shed the request without computing it: its queue was full, the request waited
+    past the queue's timeout, or the server is shutting down. Retry after a short backoff."""
+
+    retryable = True
+
+
+# What Triton says when it sheds a request (its dynamic batcher's queue policy, or a stopping
+# server); HTTP 503 / gRPC UNAVAILABLE. A gRPC UNAVAILABLE without one of these is a connection
+# failure, which stays a ServerError.
+SHED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired", "Server is stopping")
+REJECTED = "rejected: "  # the start of a record's error when the server shed its request
+
+
+def is_rejected(record: Record) -> bool:
+    """Whether a record failed only because the server shed its request (worth a retry)."""
+    return bool(record.error) and record.error.startswith(REJECTED)
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
@@ -157,7 +183,11 @@ class LfmClient:
             kw = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
             result = self._client.infer(self.model, [inp], outputs=outputs, **kw)
         except self._exc as e:
-            raise ServerError(_message(e)) from None
+            message = _message(e)
+            if any(m in message for m in SHED_MESSAGES):
+                why = "stopping" if "Server is stopping" in message else "overloaded"
+                raise ServerOverloaded(f"server {why}, request shed ({message}); retry later") from None
+            raise ServerError(message) from None
         except Exception as e:  # connection refused / reset, timeouts
             raise ServerError(f"connection to {self.protocol}://{self.address} failed ({_reason(e)})") from None
         out = {n: result.as_numpy(n) for n in self.output_names()}
@@ -222,6 +252,8 @@ class LfmClient:
     def _fill(records, indices, names, call):
         try:
             got = call()
+        except ServerOverloaded as e:
+            got = [Record.failed(n, f"{REJECTED}{e}") for n in names]
         except ServerError as e:
             got = [Record.failed(n, f"server: {e}") for n in names]
         for i, r in zip(indices, got):
@@ -311,14 +343,23 @@ def main(argv=None) -> int:
     except (ValueError, ServerError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    rejected = []
+
+    def score(items):
+        records = client.score(items, batch_size=args.batch_size)
+        rejected.extend(r for r in records if is_rejected(r))
+        return records
+
     with client:
-        score = functools.partial(client.score, batch_size=args.batch_size)
         records = in_input_order(expansion.inputs, expansion.errors, score)
         try:
             result = write_records(records, len(expansion.inputs), args.output, args.format, args.progress)
         except OSError as e:
             print(f"error: cannot write {args.output or 'the output'}: {e.strerror or e}", file=sys.stderr)
             return 2
+    if rejected:  # not the inputs' fault: the same files may well score on a retry
+        print(f"note: {len(rejected)} of the failed inputs were rejected by an overloaded server (errors "
+              f"starting '{REJECTED.strip()}'); send them again later", file=sys.stderr)
     return summary_exit(result, len(expansion.inputs), args.output, f"via {client.protocol}://{client.address}")
 
 

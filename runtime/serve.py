@@ -4,6 +4,7 @@
                             [--grpc-port 8001] [--metrics-port 8002] [--instances 2]
                             [--max-batch-size 32] [--preferred-batch-sizes 8,16]
                             [--max-queue-delay-us 2000] [--max-request-bytes 67108864]
+                            [--max-queue-size 6] [--queue-timeout-ms 2000]
                             [--model-name lfm] ...
     python runtime/serve.py --checkpoint ckpt.pt ...     (PyTorch, the reference backend)
     python runtime/serve.py --engine lfm.plan ...        (TensorRT, where the runtime has it)
@@ -42,6 +43,19 @@ ServerReady / ModelReady) and Prometheus metrics on --metrics-port (/metrics). S
 stops gracefully: Triton stops taking requests, finishes those in flight (up to
 --exit-timeout seconds), then the process exits 0.
 
+Load shedding: the dynamic batcher's queue is bounded (--max-queue-size requests, and
+--queue-timeout-ms for a request to leave the queue); beyond that Triton refuses a request at
+once (HTTP 503 / gRPC UNAVAILABLE, "Exceeds maximum queue size" or "Request timeout expired"),
+which runtime/client.py raises as ServerOverloaded: retry it later. 0 turns a bound off.
+
+Supervision (runtime/serve_health.py): once serving, serve.py watches tritonserver and each
+instance's Python-backend stub, sends a small image through its own endpoint every
+--health-interval seconds, flags an instance stuck in one batch for --hang-timeout seconds, and
+a watchdog process kills a stopped or hung serve.py after --watchdog-timeout seconds. Triton's
+readiness does not see a dead or stopped stub, and Triton does not restart one; so on any of
+these faults serve.py stops Triton at once (its ports close: not live, not ready) and exits with
+status 3, for a supervisor (systemd Restart=on-failure, Kubernetes, Docker) to start it afresh.
+
 The Python backend fix (why PyTriton's shared-memory path failed here with "'_thread.RLock'
 object has no attribute '_recursion_count'"): see ``fix_python_backend_libpython``.
 """
@@ -50,7 +64,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import inspect
 import io
 import logging
 import os
@@ -67,12 +80,15 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
+from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
+from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.detector import Detector, default_workers  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
-from lfm.runtime.runners import BACKENDS, OPENVINO_PRECISIONS, BackendError  # noqa: E402
 from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
+from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervision,  # noqa: E402
+                                     WatchedModel)
 
 LOG = logging.getLogger("lfm.serve")
 
@@ -83,6 +99,15 @@ OUTPUT_NAMES = ("logit", "score", "label", "error")
 # PyTriton bundles has no such option, so the model applies the same limit per request.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_PREFERRED = (8, 16)
+# The dynamic batcher's queue bound. Under overload a request meets --instances batches of up to
+# this many requests in flight and this many queued ahead of it: latency ~ 3 x 6 / throughput.
+# At 4x the sustainable rate on 2 CPU cores (benchmarks/bench_serve.py --mode overload) the
+# accepted p99 was 1.5x the p99 at that rate with 6, 2.6x with 8, 2.8x with 16; 4 refused some
+# requests of 8 closed-loop clients. A GPU, whose batches are cheap, wants at least
+# --max-batch-size here (the queue caps the batches formed). The timeout backstops slow batches.
+DEFAULT_MAX_QUEUE_SIZE = 6
+DEFAULT_QUEUE_TIMEOUT_MS = 2000
+PROBE_TIMEOUT_S = 5.0
 # PyTriton waits 30 s for tritonserver to exit after SIGINT, then kills it: stay below.
 MAX_EXIT_TIMEOUT_S = 25
 
@@ -308,6 +333,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range (expected seconds >= 0)")
+    return value
+
+
 def model_name(text: str) -> str:
     if not MODEL_NAME_PATTERN.match(text) or set(text) == {"."}:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid Triton model name: use letters, digits, "
@@ -320,7 +356,7 @@ def parse_args(argv=None):
     p = ArgumentParser(description=doc[0], epilog="\n\n".join(doc[1:3]), formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime, or --backend openvino)")
-    src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs the runtime's TensorRT runner)")
+    src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs an NVIDIA GPU and the [tensorrt] extra)")
     src.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint (needs the [train] extra)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
@@ -339,6 +375,13 @@ def parse_args(argv=None):
                     help="dynamic batcher's preferred batch sizes, comma-separated ('' for none)")
     tr.add_argument("--max-queue-delay-us", metavar="US", type=at_least_0, default=2000,
                     help="how long a request may wait for others to batch with, microseconds")
+    tr.add_argument("--max-queue-size", metavar="N", type=at_least_0, default=DEFAULT_MAX_QUEUE_SIZE,
+                    help="requests the dynamic batcher's queue holds; more are refused at once (HTTP 503 / gRPC "
+                         "UNAVAILABLE, 'Exceeds maximum queue size'); 0: unbounded")
+    tr.add_argument("--queue-timeout-ms", metavar="MS", type=at_least_0, default=DEFAULT_QUEUE_TIMEOUT_MS,
+                    help="a request still queued after this long is refused ('Request timeout expired'); 0: never")
+    tr.add_argument("--allow-timeout-override", action="store_true",
+                    help="let a request set its own queue timeout (Triton's 'timeout' request parameter)")
     tr.add_argument("--max-request-bytes", metavar="BYTES", type=at_least_1, default=DEFAULT_MAX_REQUEST_BYTES,
                     help="larger requests get an error per item, not decoded (default: %(default)s = 64 MiB)")
     tr.add_argument("--exit-timeout", type=int_in(0, MAX_EXIT_TIMEOUT_S), default=20,
@@ -346,6 +389,14 @@ def parse_args(argv=None):
     tr.add_argument("--log-verbose", metavar="N", type=at_least_0, default=0, help="Triton's verbose log level")
     tr.add_argument("--no-self-test", action="store_true",
                     help="skip the start-up request that checks the server answers as the local Detector does")
+    sv = p.add_argument_group("supervision (a fault stops Triton and exits with status 3; see runtime/serve_health.py)")
+    sv.add_argument("--health-interval", metavar="S", type=seconds, default=1.0,
+                    help="seconds between health probes, one small image through the server's own endpoint; 0: none")
+    sv.add_argument("--hang-timeout", metavar="S", type=seconds, default=60.0,
+                    help="an instance busy with one batch for longer is wedged: a fault")
+    sv.add_argument("--watchdog-timeout", metavar="S", type=seconds, default=5.0,
+                    help="a watchdog process kills tritonserver and serve.py when serve.py is stopped or hung this "
+                         "long; 0: no watchdog")
     rt = p.add_argument_group("runtime (as runtime/infer.py)")
     rt.add_argument("--threshold", metavar="T", type=fraction, default=None,
                     help="score at or above which an image is 'fake', in [0, 1] (default: the model's)")
@@ -363,7 +414,8 @@ def parse_args(argv=None):
                     help="backend intra-op threads per instance (default: cores / instances)")
     rt.add_argument("--providers", default=None,
                     help="--model: comma-separated onnxruntime providers (default: TensorRT, CUDA, CPU as available)")
-    rt.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="--model: onnxruntime or openvino")
+    rt.add_argument("--backend", choices=backends_for("model"), default=None,
+                    help="--model: onnxruntime or openvino (default: onnxruntime)")
     rt.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
                     help="--backend openvino: inference precision (auto: the one that keeps the fp32 model's decisions)")
     rt.add_argument("--device", default="auto", help="--checkpoint: torch device")
@@ -389,25 +441,22 @@ def parse_args(argv=None):
     return args
 
 
+def runner_kwargs(args, instances: int) -> dict:
+    """make_runner's arguments for one instance: which model, which backend, its options (threads:
+    the cores shared among the instances unless given; only the CPU backends use it)."""
+    source, backend = source_from_flags(args.checkpoint, args.model, args.engine, args.backend)
+    return dict(source=source, backend=backend, device=args.device, precision=args.precision,
+                threads=args.threads or max(1, (os.cpu_count() or 1) // instances),
+                providers=args.providers.split(",") if args.providers else None, kernels=args.kernels,
+                cuda_graphs=args.cuda_graphs)
+
+
 def detector_kwargs(args, instances: int) -> dict:
-    """Keyword arguments for one instance's Detector."""
+    """Keyword arguments for one instance's Detector: how its pipeline runs."""
     cores = os.cpu_count() or 1
-    kw = dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
-              workers=args.workers or max(1, min(default_workers(), cores // instances or 1)),
-              max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles)
-    if args.engine:
-        if "engine" not in inspect.signature(Detector).parameters:
-            raise BackendError("--engine needs the runtime's TensorRT runner (runtime/trt_runner.py, "
-                               "Detector(engine=...)), which this installation does not have; serve the ONNX "
-                               "model with --model instead")
-        kw.update(engine=args.engine, cuda_graphs=args.cuda_graphs)
-    elif args.model:
-        kw.update(model=args.model, backend=args.backend, precision=args.precision,
-                  threads=args.threads or max(1, cores // instances),
-                  providers=args.providers.split(",") if args.providers else None)
-    else:
-        kw.update(checkpoint=args.checkpoint, device=args.device, kernels=args.kernels, cuda_graphs=args.cuda_graphs)
-    return kw
+    return dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
+                workers=args.workers or max(1, min(default_workers(), cores // instances or 1)),
+                max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles)
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
@@ -470,8 +519,35 @@ def self_test(url: str, detector: Detector, model: str = MODEL_NAME) -> str:
     return f"self-test: server and local Detector agree (logit {served.logit:.6f})"
 
 
+def dynamic_batcher(args):
+    """PyTriton's DynamicBatcher from the options: batching, and the queue policy that bounds
+    the queue (--max-queue-size, --queue-timeout-ms: over either, a request is refused at once)."""
+    from pytriton.model_config import DynamicBatcher, QueuePolicy, TimeoutAction
+
+    policy = None
+    if args.max_queue_size or args.queue_timeout_ms or args.allow_timeout_override:
+        policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, max_queue_size=args.max_queue_size,
+                             default_timeout_microseconds=args.queue_timeout_ms * 1000,
+                             allow_timeout_override=args.allow_timeout_override)
+    return DynamicBatcher(preferred_batch_size=args.preferred or None,
+                          max_queue_delay_microseconds=args.max_queue_delay_us, default_queue_policy=policy)
+
+
+def start_supervision(args, url: str, triton, models: list, detector: Detector, on_fault):
+    """The watch on tritonserver, its stubs and serve.py itself (runtime/serve_health.py), with
+    a probe that sends the self-test image through ``url`` and expects the local answer."""
+    probe = None
+    if args.health_interval > 0:
+        blob = self_test_image(detector.spec)
+        (expected,) = detector.predict([blob])
+        probe = InferenceProbe(url, args.model_name, blob, expected, timeout=PROBE_TIMEOUT_S)
+    return Supervision(model_name=args.model_name, models=models, alive=triton.is_alive, probe=probe,
+                       interval=args.health_interval, hang_timeout=args.hang_timeout,
+                       watchdog_timeout=args.watchdog_timeout, on_fault=on_fault)
+
+
 def serve(args) -> int:
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
     how = fix_python_backend_libpython()
@@ -480,11 +556,11 @@ def serve(args) -> int:
                                      "no-tensorstore": "base64 serializer (no shared libpython)"}[how])
     check_ports_free(args.host, [args.http_port, args.grpc_port, args.metrics_port])
 
-    kw = detector_kwargs(args, args.instances)
+    runner_kw, detector_kw = runner_kwargs(args, args.instances), detector_kwargs(args, args.instances)
     detectors = []
     try:
         for _ in range(args.instances):
-            detectors.append(Detector(**kw))
+            detectors.append(Detector(make_runner(**runner_kw), **detector_kw))
     except Exception:
         for d in detectors:
             d.close()
@@ -507,22 +583,22 @@ def serve(args) -> int:
         stop.set()
 
     rc = 0
+    models = [WatchedModel(LfmModel(d, args.max_request_bytes)) for d in detectors]
+    supervision = None
     triton = Triton(config=config)
     try:
         for s in (signal.SIGTERM, signal.SIGINT):
             signals[s] = signal.signal(s, on_signal)
         triton.bind(
             model_name=args.model_name,
-            infer_func=[LfmModel(d, args.max_request_bytes) for d in detectors],
+            infer_func=models,
             inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
                     Tensor(name=PIXELS_INPUT, dtype=np.uint8, shape=(-1, -1, 3), optional=True)],
             outputs=[Tensor(name="logit", dtype=np.float64, shape=(1,)),
                      Tensor(name="score", dtype=np.float64, shape=(1,)),
                      Tensor(name="label", dtype=np.bytes_, shape=(1,)),
                      Tensor(name="error", dtype=np.bytes_, shape=(1,))],
-            config=ModelConfig(max_batch_size=args.max_batch_size,
-                               batcher=DynamicBatcher(preferred_batch_size=args.preferred or None,
-                                                      max_queue_delay_microseconds=args.max_queue_delay_us)),
+            config=ModelConfig(max_batch_size=args.max_batch_size, batcher=dynamic_batcher(args)),
             strict=True,
         )
         with own_process_group():
@@ -534,16 +610,20 @@ def serve(args) -> int:
               f"metrics http://{args.host}:{args.metrics_port}/metrics; {detectors[0].runner.describe()} "
               f"(pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
               file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            if not triton.is_alive():
-                LOG.error("Triton Inference Server stopped unexpectedly")
-                rc = 1
-                break
+        supervision = start_supervision(args, url, triton, models, detectors[0], on_fault=stop.set)
+        stop.wait()
+        rc = FAULT_EXIT_STATUS if supervision.fault else 0
     finally:
         t0 = time.perf_counter()
+        if supervision:
+            supervision.stop()  # a normal stop from here on is not a fault
+        faulted = supervision is not None and supervision.fault
         triton.stop()  # SIGINT to tritonserver: no new requests, in-flight ones finish, models unload
-        for d in detectors:
-            d.close()
+        if not faulted:  # after a fault an instance may still be inside a batch: the process exits instead
+            for d in detectors:
+                d.close()
+        if supervision:
+            supervision.close()
         for s, previous in signals.items():
             signal.signal(s, previous)
         LOG.info("stopped in %.1f s", time.perf_counter() - t0)

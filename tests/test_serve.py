@@ -29,6 +29,7 @@ from PIL import Image
 pytest.importorskip("tritonclient.http", reason="serving tests need the [serve] extra: pip install -e '.[serve]'")
 pytest.importorskip("tritonclient.grpc", reason="serving tests need the [serve] extra: pip install -e '.[serve]'")
 
+from lfm.runtime.backends import make_runner  # noqa: E402
 from lfm.runtime.client import LfmClient, ServerError, parse_url  # noqa: E402
 from lfm.runtime.detector import Detector  # noqa: E402
 
@@ -135,7 +136,7 @@ def images(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def offline(random_onnx, images):
     """What runtime/infer.py's Detector says about the files: the reference for every served score."""
-    with Detector(model=str(random_onnx)) as det:
+    with Detector(random_onnx) as det:
         return {str(p): r for p, r in zip(images, det.predict([str(p) for p in images]))}
 
 
@@ -188,6 +189,54 @@ def test_parse_url():
         parse_url("https://h:1")
 
 
+def test_client_reports_shed_requests_as_retryable(monkeypatch, tmp_path, capsys):
+    """Triton's load-shedding refusals (queue full, queue timeout, a stopping server: HTTP 503 /
+    gRPC UNAVAILABLE) raise ServerOverloaded, retryable, and become "rejected: " records that the
+    command counts apart; other refusals and connection failures stay plain ServerErrors."""
+    from tritonclient.utils import InferenceServerException
+
+    from lfm.runtime import client as client_module
+    from lfm.runtime.client import ServerOverloaded, is_rejected
+    from lfm.runtime.records import Record
+
+    answers = []
+
+    def fake_infer(model, inputs, outputs=None, **kw):
+        raise answers.pop(0)
+
+    c = LfmClient("http://127.0.0.1:1")
+    c._outputs = ["logit", "score", "label", "error"]
+    monkeypatch.setattr(c._client, "infer", fake_infer)
+    answers[:] = [InferenceServerException("[request id: <id_unknown>] Exceeds maximum queue size", status="503"),
+                  InferenceServerException("Request timeout expired", status="StatusCode.UNAVAILABLE"),
+                  InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"),
+                  InferenceServerException("inference request batch-size must be <= 16", status="400")]
+    with pytest.raises(ServerOverloaded, match="Exceeds maximum queue size") as e:
+        c.score_bytes([b"x"])
+    assert e.value.retryable and isinstance(e.value, ServerError)
+    (record,) = c.score([b"x"])
+    assert is_rejected(record) and record.error.startswith("rejected: server overloaded")
+    for _ in range(2):
+        with pytest.raises(ServerError) as e:
+            c.score_bytes([b"x"])
+        assert not isinstance(e.value, ServerOverloaded) and not e.value.retryable
+    assert not is_rejected(Record.failed("x", "server: boom"))
+    # the command: the rejected inputs are failures (exit 1, as before) and are counted apart
+    (tmp_path / "a.png").write_bytes(b"x")
+    monkeypatch.setattr(client_module.LfmClient, "output_names", lambda self: ["logit", "score", "label", "error"])
+
+    def overloaded(self, name, data, datatype):
+        raise ServerOverloaded("server overloaded, request shed (Exceeds maximum queue size); retry later")
+
+    monkeypatch.setattr(client_module.LfmClient, "infer", overloaded)
+    assert client_module.main([str(tmp_path / "a.png"), str(tmp_path / "missing.png"), "--url", "http://127.0.0.1:1",
+                               "-o", str(tmp_path / "out.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "note: 1 of the failed inputs were rejected by an overloaded server" in err
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[0]["error"].startswith("rejected: ") and rows[1]["error"] == "no such file"
+
+
 def test_serve_and_client_import_no_torch():
     need_pytriton()
     code = ("import sys; sys.modules['torch'] = None\n"
@@ -222,8 +271,8 @@ def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env, m
         serve.parse_args(["--model", "m.onnx", "--kernels"])  # --kernels is for checkpoints
     with pytest.raises(SystemExit):
         serve.parse_args(["--model", "m.onnx", "--cuda-graphs"])
-    kw = serve.detector_kwargs(serve.parse_args(["--checkpoint", "c.pt", "--kernels", "--cuda-graphs"]), 2)
-    assert (kw["checkpoint"], kw["kernels"], kw["cuda_graphs"]) == ("c.pt", True, True)
+    kw = serve.runner_kwargs(serve.parse_args(["--checkpoint", "c.pt", "--kernels", "--cuda-graphs"]), 2)
+    assert (kw["source"], kw["backend"], kw["kernels"], kw["cuda_graphs"]) == ("c.pt", "torch", True, True)
     # without a GPU a kernels checkpoint is refused in one line, before any server starts
     torch = pytest.importorskip("torch", reason="checkpoints need the [train] extra")
     if not torch.cuda.is_available():
@@ -239,18 +288,12 @@ def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env, m
                          "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)])
         assert rc == 2 and "on a CUDA GPU" in capsys.readouterr().err
     # --engine: passed through to the runtime (not served here: no GPU); a missing plan is a one-line error
-    import inspect
-
     http, grpc, metrics = free_ports(3)
     plan = tmp_path / "lfm.plan"
     rc = serve.main(["--engine", str(plan), "--http-port", str(http), "--grpc-port", str(grpc),
                      "--metrics-port", str(metrics)])
     err = capsys.readouterr().err
-    assert rc == 2
-    if "engine" in inspect.signature(Detector).parameters:
-        assert f"error: {plan}: no such file" in err
-    else:
-        assert "--engine needs the runtime's TensorRT runner" in err
+    assert rc == 2 and f"error: {plan}: no such file" in err
 
 
 @pytest.mark.parametrize("args, problem", [
@@ -359,7 +402,7 @@ def test_self_test_image_fits_the_model_spec(random_onnx, policy, size):
     from lfm.runtime.preprocess import open_image, tile_boxes
     from lfm.runtime.serve import self_test_image
 
-    with Detector(model=str(random_onnx), policy=policy, size=size, workers=1, threads=1) as det:
+    with Detector(make_runner(random_onnx, threads=1), policy=policy, size=size, workers=1) as det:
         blob = self_test_image(det.spec)
         (record,) = det.predict([blob])
         assert record.ok, record.error
@@ -410,15 +453,17 @@ def test_self_test_agreement_rule(random_onnx, monkeypatch):
     assert not records_agree(Record.failed("a", "too big"), Record.failed("b", "too small"))
     assert not records_agree(ok, Record.failed("b", "too big")) and not records_agree(Record.failed("a", "x"), ok)
 
-    kw = dict(model=str(random_onnx), workers=1, threads=1)
+    def runner():
+        return make_runner(random_onnx, threads=1)
+
     # --max-pixels below the self-test image: both sides refuse it with the same error
-    with Detector(**kw, max_pixels=1000) as served, Detector(**kw, max_pixels=1000) as local:
+    with Detector(runner(), workers=1, max_pixels=1000) as served, Detector(runner(), workers=1, max_pixels=1000) as local:
         _in_process_server(monkeypatch, served)
         message = self_test("http://127.0.0.1:1", local)
     assert message.startswith("self-test: server and local Detector agree (both refuse the test image: ")
     assert "exceeds the limit of 1000" in message
     # the server refuses what the local Detector scores: a failure
-    with Detector(**kw, max_pixels=1000) as served, Detector(**kw) as local:
+    with Detector(runner(), workers=1, max_pixels=1000) as served, Detector(runner(), workers=1) as local:
         _in_process_server(monkeypatch, served)
         with pytest.raises(RuntimeError, match="start-up self-test failed"):
             self_test("http://127.0.0.1:1", local)
@@ -452,6 +497,18 @@ def test_health_endpoints_and_python_backend_fix(server):
     if os.path.isfile(ours):
         for libs in stubs.values():
             assert [os.path.realpath(p) for p in libs] == [ours]
+
+
+def test_served_config_bounds_the_queue(server):
+    """The model's dynamic batcher has serve.py's default queue policy: a bounded queue whose
+    excess Triton refuses at once (REJECT), and a queue timeout."""
+    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
+
+    with urllib.request.urlopen(server.http_url + "/v2/models/lfm/config", timeout=5) as r:
+        policy = json.load(r)["dynamic_batching"]["default_queue_policy"]
+    assert policy == {"timeout_action": "REJECT", "default_timeout_microseconds": DEFAULT_QUEUE_TIMEOUT_MS * 1000,
+                      "allow_timeout_override": False, "max_queue_size": DEFAULT_MAX_QUEUE_SIZE}
+    assert "supervision: watching tritonserver" in server.log()
 
 
 def _descendants(pid: int) -> set[int]:
@@ -497,7 +554,7 @@ def test_pixels_input_equals_detector_on_arrays(server, random_onnx):
     rng = np.random.default_rng(3)
     batch = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)  # the model's size: the policy is a no-op
     other = rng.integers(0, 256, (2, 90, 70, 3), dtype=np.uint8)  # resized by the policy, as the runtime does
-    with Detector(model=str(random_onnx)) as det:
+    with Detector(random_onnx) as det:
         ref = det.predict(list(batch) + list(other))
     with LfmClient(server.http_url) as c:
         got = c.score_pixels(batch) + c.score_pixels(other)
@@ -654,7 +711,7 @@ def test_center_crop_model_starts_under_a_chosen_model_name(center_crop_onnx, tm
     """A model whose spec refuses the old 96 x 80 self-test image (center-crop to 128) starts
     (serve.py exited 1 before), under --model-name, and scores as the local Detector does."""
     need_pytriton()
-    with Detector(model=str(center_crop_onnx)) as det:
+    with Detector(center_crop_onnx) as det:
         assert (det.spec.policy, det.spec.size) == ("center-crop", 128)
         photo = encode(np.random.default_rng(5).integers(0, 256, (150, 200, 3), dtype=np.uint8), "PNG")
         small = _png(100, 100)
@@ -753,6 +810,38 @@ def test_to_triton_plan_from_sidecar(random_onnx, tmp_path, capsys):
     (tmp_path / "lfm.plan.json").unlink()
     assert main([str(plan), "--repository", str(tmp_path / "r3")]) == 2
     assert "no sidecar" in capsys.readouterr().err
+
+
+def test_to_triton_writes_the_queue_policy(random_onnx, tmp_path, capsys):
+    """The ensemble's door, lfm_preprocess, bounds its queue (--max-queue-size) and refuses what
+    is past it at once; both models refuse a request queued past --queue-timeout-ms; lfm_model
+    gets no size bound (what reaches it was admitted and preprocessed already)."""
+    pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from lfm.export.to_triton import DEFAULT_MAX_QUEUE_SIZE, main
+    from lfm.runtime import serve
+
+    assert DEFAULT_MAX_QUEUE_SIZE == serve.DEFAULT_MAX_QUEUE_SIZE  # the same defaults as serve.py
+    repo = tmp_path / "repo"
+    assert main([str(random_onnx), "--repository", str(repo)]) == 0
+    pre = _parse_config(repo / "lfm_preprocess" / "config.pbtxt").dynamic_batching.default_queue_policy
+    model = _parse_config(repo / "lfm_model" / "config.pbtxt").dynamic_batching.default_queue_policy
+    assert (pre.max_queue_size, pre.default_timeout_microseconds) == (serve.DEFAULT_MAX_QUEUE_SIZE,
+                                                                      serve.DEFAULT_QUEUE_TIMEOUT_MS * 1000)
+    assert pre.timeout_action == model.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert (model.max_queue_size, model.default_timeout_microseconds) == (0, serve.DEFAULT_QUEUE_TIMEOUT_MS * 1000)
+    assert main([str(random_onnx), "--repository", str(repo), "--force", "--max-queue-size", "4",
+                 "--queue-timeout-ms", "500"]) == 0
+    pre = _parse_config(repo / "lfm_preprocess" / "config.pbtxt").dynamic_batching.default_queue_policy
+    assert (pre.max_queue_size, pre.default_timeout_microseconds) == (4, 500_000)
+    assert main([str(random_onnx), "--repository", str(repo), "--force", "--max-queue-size", "0",
+                 "--queue-timeout-ms", "0"]) == 0
+    for m in ("lfm_preprocess", "lfm_model"):  # both bounds off: Triton's own unbounded queue
+        assert not _parse_config(repo / m / "config.pbtxt").dynamic_batching.HasField("default_queue_policy")
+    with pytest.raises(SystemExit) as e:
+        main([str(random_onnx), "--repository", str(repo), "--max-queue-size", "-1"])
+    assert e.value.code == 2 and "--max-queue-size and --queue-timeout-ms must be >= 0" in capsys.readouterr().err
 
 
 def _load_preprocess_model(path: Path):
