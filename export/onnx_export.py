@@ -21,7 +21,6 @@ TensorRT builds with LFM's plugins; ONNX Runtime runs it on the CPU through the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from lfm.runtime import custom_ops
+from lfm.runtime.files import file_sha256 as sha256  # noqa: F401  (ox.sha256: the exporter's name for it)
 from lfm.runtime.files import give_default_mode
 from lfm.runtime.spec import ModelSpec
 from lfm.train.model import LFM, NPR
@@ -161,13 +161,6 @@ def example_input(input_variant: str, batch: int = 2, height: int = 224, width: 
         return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=g)
     return torch.randn(batch, 3, height, width, generator=g)
 
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def metadata(spec: ModelSpec, *, precision: str, source: str | None, source_sha256: str | None,

@@ -35,7 +35,6 @@ exit 1. Exit 2: bad arguments or model, no TensorRT, no GPU.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import sys
@@ -47,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
+from lfm.runtime.files import file_sha256  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -80,13 +80,6 @@ def parse_args(argv=None):
         p.error("--timing-cache and --no-timing-cache exclude each other")
     return args
 
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_engine(trt, onnx_path: str, profile: dict, plugins: list, workspace_mib: int, opt_level: int,
@@ -219,7 +212,7 @@ def build(args) -> int:
                         "converted_to_fp16": mode["convert_fp16"], "plugin_implementation": "aot" if plugins else None}
         sidecar = tb.make_sidecar(spec=spec, inp=inp, profile=profile, precision=precision, mode=mode,
                                   trt_version=trt.__version__, device_name=device_name, compute_capability=cc,
-                                  onnx_path=args.onnx, onnx_sha256=_sha256_file(args.onnx), onnx_props=props,
+                                  onnx_path=args.onnx, onnx_sha256=file_sha256(args.onnx), onnx_props=props,
                                   plan_sha256=sha256_bytes(plan_bytes), plugins=plugins, command=command, build=build_record)
         report = {"onnx": os.path.abspath(args.onnx), "plan": os.path.abspath(plan), "engine": sidecar,
                   "reference": ("ONNX Runtime (CPUExecutionProvider) on the same ONNX graph"

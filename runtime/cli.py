@@ -53,7 +53,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, prog: str | None = None, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
-        kwargs.setdefault("fromfile_prefix_chars", None)
         super().__init__(*args, prog=prog or program_name(), **kwargs)
         self.add_argument("--version", action="version", version=f"%(prog)s ({DIST_NAME} {version()})",
                           help="print the version and exit")

@@ -7,6 +7,7 @@ a plain ``open(path, "w")`` gives (0o666 less the umask); ``give_default_mode`` 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 
@@ -48,6 +49,15 @@ def output_problem(path: str, example_name: str) -> str | None:
     if not os.access(directory, os.W_OK):
         return f"{path}: folder {directory} is not writable"
     return None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's SHA-256, read in 1 MiB chunks (models and engines can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def same_file(a: str, b: str) -> bool:

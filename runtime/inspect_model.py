@@ -24,7 +24,6 @@ it could not be (missing, unreadable, not a model, truncated): one line, ``error
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -38,6 +37,7 @@ from lfm.runtime.backends.base import BackendError  # noqa: E402
 from lfm.runtime.backends.onnxrt import session_options_for  # noqa: E402  (onnxruntime-extensions on use)
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, read_sidecar, rebuild_command,  # noqa: E402
                                            sidecar_path)
+from lfm.runtime.files import file_sha256  # noqa: E402
 from lfm.runtime.spec import ModelSpec  # noqa: E402
 
 KINDS = {"onnx": "ONNX model", "plan": "TensorRT plan", "checkpoint": "PyTorch checkpoint"}
@@ -110,13 +110,6 @@ def detect_kind(path: str, head: bytes) -> str:
         return "plan"  # an engine named otherwise, found by its sidecar
     return "onnx"
 
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inspect_file(path: str | os.PathLike) -> dict:
