@@ -1,7 +1,7 @@
 """Decoding image files in worker processes, into shared memory: decoding that scales with cores.
 
     pool = DecodePool(spec, max_pixels, max_tiles, workers=4)
-    ticket = pool.submit("a.jpg")        # waits only while every worker is busy
+    ticket = pool.submit("a.jpg")        # a path or encoded bytes; waits only while every worker is full
     arrays, error = pool.result(ticket)  # uint8 [N, h, w, 3], or None and the problem
     pool.close()                         # workers stopped, shared memory unlinked
 
@@ -9,27 +9,35 @@ Why processes: Pillow releases the GIL while it decodes and resizes, but the arr
 and everything around it take it, so decoding threads stop scaling after a core or two.
 
 How: N workers (the "spawn" context: never a fork of a process that may hold onnxruntime or
-torch threads) each run ``preprocess.load_tiles`` on one path at a time and write the result
-into their own slot of one shared-memory ring, answering (ticket, shape, error) on their own
-pipe. A slot holds ``size x size x 3`` bytes: every array of policy resize / center-crop, and
-one tile of policy tiles / none. Larger results (several tiles, a native-size image) come back
-pickled through the pipe instead: correct, just without the shared-memory saving.
-The parent copies each result out of its slot as soon as it arrives, so slots are held only by
-files being decoded (``depth`` per worker) and the ring stays small whatever the read-ahead.
+torch threads) each run ``preprocess.load_tiles`` on one file at a time and write the result
+into a slot of one shared-memory ring, answering (ticket, shape, error) on their own pipe. A
+slot holds ``size x size x 3`` bytes: every array of policy resize / center-crop, and one tile of
+policy tiles / none. Larger results (several tiles, a native-size image) come back pickled
+through the pipe instead: correct, just without the shared-memory saving. The parent copies each
+result out of its slot as soon as it arrives, so slots are held only by files being decoded.
+
+The parent is the pipeline's one serial part (at 10,000 images/s it has 100 us per file for
+everything), so files go to the workers in chunks of ``chunk`` (one message, not one per file),
+a worker holds at most ``depth`` chunks, answers are drained from each pipe in one go, and
+dead workers are looked for only when the pipes fall silent. A chunk smaller than ``chunk`` is
+sent only when the caller waits for one of its files or a worker would otherwise idle.
 
 Failures: a file that cannot be decoded is its own error, as on the thread path. A worker that
-dies (killed, out of memory, a crashing decoder) costs the files it held, which come back as
-error records; a new worker takes its place. Each pipe is its own, so a worker killed in the
-middle of an answer cannot block the others (a shared multiprocessing.Queue's lock could).
+dies (a crashing decoder, killed, out of memory) costs exactly one file, the first one it had
+not answered (the one it was decoding), which comes back as an error record; the files queued
+behind it go to the other workers, and a new worker takes its place. Each pipe is its own, so a
+worker killed in the middle of an answer cannot block the others (a shared Queue's lock could).
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import secrets
+import selectors
 import signal
 import weakref
-from multiprocessing import connection, shared_memory
+from collections import deque
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -37,9 +45,11 @@ from .preprocess import ImageError, load_tiles
 from .spec import ModelSpec
 
 SHM_PREFIX = "lfm-decode-"  # /dev/shm names of our rings: lfm-decode-<pid>-<random>
-DEPTH = 2  # files queued per worker: one decoding, one waiting, so a worker never idles on the pipe
-POLL_S = 0.2  # how often a wait looks for dead workers
+CHUNK = 8  # files per message to a worker
+DEPTH = 2  # chunks queued per worker: one decoding, one waiting, so a worker never idles on the pipe
+POLL_S = 0.2  # how long a wait listens before it looks for dead workers
 STOP_S = 2.0  # how long close() lets a worker finish before it is killed
+MAX_REQUEUES = 2  # a file queued behind a dying worker is sent again at most this often
 
 
 class DecodePoolError(RuntimeError):
@@ -47,28 +57,32 @@ class DecodePoolError(RuntimeError):
 
 
 class DecodePool:
-    """Worker processes decoding paths with ``load_tiles(path, spec, max_pixels, max_tiles)``."""
+    """Worker processes decoding paths or encoded bytes with ``load_tiles(source, spec, max_pixels, max_tiles)``."""
 
-    def __init__(self, spec: ModelSpec, max_pixels: int, max_tiles: int, workers: int, depth: int = DEPTH):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+    def __init__(self, spec: ModelSpec, max_pixels: int, max_tiles: int, workers: int, depth: int = DEPTH,
+                 chunk: int = CHUNK):
+        if workers < 1 or depth < 1 or chunk < 1:
+            raise ValueError(f"workers, depth and chunk must be >= 1, got {workers}, {depth}, {chunk}")
         self.spec, self.max_pixels, self.max_tiles = spec, max_pixels, max_tiles
         self.slot_bytes = spec.size * spec.size * 3
-        self.depth = depth
-        n_slots = workers * depth
+        self.depth, self.chunk = depth, chunk
+        n_slots = workers * depth * chunk
         self._shm = shared_memory.SharedMemory(create=True, size=n_slots * self.slot_bytes,
                                                name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         self._ctx = mp.get_context("spawn")
         self._free_slots = list(range(n_slots))
         self._workers: list[_Worker] = []
-        self._tasks: dict[int, tuple[_Worker, int, str]] = {}  # ticket -> (worker, slot, path), in flight
+        self._selector = selectors.DefaultSelector()
+        self._waiting: deque = deque()  # (ticket, source, requeues): submitted, not yet sent to a worker
+        self._waiting_tickets: set[int] = set()
+        self._sent: dict[int, tuple[int, object, int]] = {}  # ticket -> (slot, source, requeues), at a worker
         self._done: dict[int, tuple[np.ndarray | None, str | None]] = {}
         self._discarded: set[int] = set()  # in flight, but nobody will collect them
         self._deaths_unanswered = 0  # workers in a row that died without answering once
         self._next_ticket = 0
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._shm)
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._shm, self._selector)
         for _ in range(workers):
-            self._workers.append(self._start_worker())
+            self._add_worker(self._start_worker())
 
     @property
     def name(self) -> str:
@@ -78,34 +92,31 @@ class DecodePool:
         return [w.process for w in self._workers]
 
     # -- use ----------------------------------------------------------------------------------------
-    def submit(self, path) -> int:
-        """Queue a path on the least busy worker; waits (handling answers) while all are busy."""
-        while True:
-            worker = min(self._workers, key=lambda w: len(w.tickets))
-            if len(worker.tickets) < self.depth:
-                break
-            self._pump()
+    def submit(self, source) -> int:
+        """Queue a path (or encoded bytes); waits (handling answers) while every worker is full."""
         ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
-        slot = self._free_slots.pop()
-        self._tasks[ticket] = (worker, slot, os.fspath(path))
-        worker.tickets.add(ticket)
-        try:
-            worker.conn.send((ticket, slot, os.fspath(path)))
-        except (OSError, ValueError):  # it died before we wrote: its death is handled by the next wait
-            pass
+        source = source if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+        self._waiting.append((ticket, bytes(source) if isinstance(source, memoryview) else source, 0))
+        self._waiting_tickets.add(ticket)
+        self._dispatch()
+        while len(self._waiting) >= self.chunk:  # every worker full: make room before taking more
+            self._pump()
         return ticket
 
     def result(self, ticket: int) -> tuple[np.ndarray | None, str | None]:
         """The ticket's (arrays, None) or (None, problem), once; waits for it."""
         while ticket not in self._done:
-            if ticket not in self._tasks:
+            if ticket not in self._sent and ticket not in self._waiting_tickets:
                 raise KeyError(f"unknown or already collected ticket {ticket}")
+            # The caller waits: partial chunks now, to the workers with room (all of them if the
+            # ticket itself is still here, else only idle ones, which would otherwise wait too).
+            self._dispatch(partial="all" if ticket in self._waiting_tickets else "idle")
             self._pump()
         return self._done.pop(ticket)
 
     def discard(self, ticket: int) -> None:
         """Nobody will collect this ticket: drop its result, now or when it arrives."""
-        if self._done.pop(ticket, None) is None and ticket in self._tasks:
+        if self._done.pop(ticket, None) is None and (ticket in self._sent or ticket in self._waiting_tickets):
             self._discarded.add(ticket)
 
     def close(self) -> None:
@@ -122,27 +133,95 @@ class DecodePool:
         child.close()
         return _Worker(process, parent)
 
+    def _add_worker(self, worker: "_Worker") -> None:
+        self._workers.append(worker)
+        self._selector.register(worker.conn, selectors.EVENT_READ, worker)
+
+    def _dispatch(self, partial: str | None = None) -> None:
+        """Send waiting files to workers with room: full chunks; smaller ones as ``partial`` says
+        ("all": to any worker with room, "idle": to workers holding nothing)."""
+        if len(self._waiting) < self.chunk and partial is None:
+            return  # the common case on submit: not a chunk's worth yet
+        while self._waiting:
+            worker = min((w for w in self._workers if not w.broken), key=lambda w: len(w.chunks), default=None)
+            if worker is None:
+                return
+            if len(worker.chunks) >= self.depth:
+                return
+            n = self.chunk
+            if len(self._waiting) < n:
+                if partial is None or (partial == "idle" and worker.chunks):
+                    return
+                with_room = sum(len(w.chunks) < self.depth and not w.broken for w in self._workers)
+                n = -(-len(self._waiting) // with_room)  # spread over the workers with room
+            self._send(worker, [self._waiting.popleft() for _ in range(min(n, len(self._waiting)))])
+
+    def _send(self, worker: "_Worker", tasks: list) -> None:
+        message = []
+        for ticket, source, requeues in tasks:
+            self._waiting_tickets.discard(ticket)
+            if ticket in self._discarded:  # nobody will read it: not worth decoding
+                self._discarded.discard(ticket)
+                continue
+            slot = self._free_slots.pop()
+            self._sent[ticket] = (slot, source, requeues)
+            message.append((ticket, slot, source))
+        if not message:
+            return
+        try:
+            worker.conn.send(message)
+        except (OSError, ValueError):  # it died before we wrote: these files wait for another worker
+            worker.broken = True
+            for ticket, slot, source in reversed(message):
+                self._free_slots.append(slot)
+                self._waiting.appendleft((ticket, source, self._sent.pop(ticket)[2]))
+                self._waiting_tickets.add(ticket)
+            return
+        worker.order.extend(t for t, _, _ in message)
+        worker.chunks.append(len(message))
+
     def _pump(self) -> None:
-        """Handle the answers that arrive within POLL_S, then any worker that has died."""
-        by_conn = {w.conn: w for w in self._workers}
-        for conn in connection.wait(list(by_conn), timeout=POLL_S):
-            worker = by_conn[conn]
-            try:
-                self._receive(worker, conn.recv())
-            except (EOFError, OSError, ValueError, TypeError, AttributeError, ImportError, IndexError):
-                worker.broken = True  # closed or half-written pipe: the worker is gone
+        """Handle every answer that arrives within POLL_S, and all that are ready after it (one
+        epoll call per round, not one per message); on silence, look for dead workers."""
+        events = self._selector.select(timeout=POLL_S)
+        silent = not events
+        while events:
+            for key, _ in events:
+                worker = key.data
+                if worker.broken:  # marked while sending: its closed pipe stays readable
+                    self._stop_listening(worker)
+                    continue
+                try:
+                    self._receive(worker, worker.conn.recv())
+                except (EOFError, OSError, ValueError, TypeError, AttributeError, ImportError, IndexError):
+                    worker.broken = True  # closed or half-written pipe: the worker is gone
+                    self._stop_listening(worker)
+            events = self._selector.select(timeout=0)
         for worker in list(self._workers):
-            if worker.broken or not worker.process.is_alive():
+            if worker.broken or (silent and not worker.process.is_alive()):
                 self._replace(worker)
+        self._dispatch()
+
+    def _stop_listening(self, worker: "_Worker") -> None:
+        """A broken worker's pipe reads as ready forever (end of file): out of the selector."""
+        try:
+            self._selector.unregister(worker.conn)
+        except (KeyError, ValueError):
+            pass
 
     def _receive(self, worker: "_Worker", message) -> None:
         ticket, shape, arrays, error = message
-        _, slot, _ = self._tasks.pop(ticket)
-        worker.tickets.discard(ticket)
+        if worker.order[0] != ticket:
+            raise ValueError(f"worker answered ticket {ticket}, expected {worker.order[0]}")
+        worker.order.popleft()
+        worker.chunks[0] -= 1
+        if not worker.chunks[0]:
+            worker.chunks.popleft()
+        slot, _, _ = self._sent.pop(ticket)
         worker.answered = True
         self._deaths_unanswered = 0
         if shape is not None:  # in the slot: copy it out at once, so the slot is free again
-            n = int(np.prod(shape))
+            n = shape[0] * shape[1] * shape[2] * shape[3]
             arrays = np.frombuffer(self._shm.buf, np.uint8, n, slot * self.slot_bytes).reshape(shape).copy()
         self._free_slots.append(slot)
         self._keep(ticket, arrays, error)
@@ -154,18 +233,27 @@ class DecodePool:
             self._done[ticket] = (arrays, error)
 
     def _replace(self, worker: "_Worker") -> None:
-        """A dead worker's files become errors; a new worker takes its place."""
+        """A dead worker's first unanswered file (the one it was decoding) becomes an error; the
+        files queued behind it wait for the other workers; a new worker takes its place."""
         worker.process.join(timeout=STOP_S)
         if worker.process.is_alive():  # a broken pipe but still running: end it
             worker.process.kill()
             worker.process.join(timeout=STOP_S)
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-        for ticket in sorted(worker.tickets):
-            _, slot, _ = self._tasks.pop(ticket)
+        requeue = []
+        for k, ticket in enumerate(worker.order):
+            slot, source, requeues = self._sent.pop(ticket)
             self._free_slots.append(slot)
-            self._keep(ticket, None, f"the decoding process died ({how}) while decoding this file; the other "
-                                     "files are unaffected: score it again, or with --decode threads")
+            if k == 0 or requeues >= MAX_REQUEUES:
+                self._keep(ticket, None, f"the decoding process died ({how}) while decoding this file; the other "
+                                         "files are unaffected: score it again, or with --decode threads")
+            else:
+                requeue.append((ticket, source, requeues + 1))
+        for task in reversed(requeue):  # first in line again, in their order
+            self._waiting.appendleft(task)
+            self._waiting_tickets.add(task[0])
+        self._stop_listening(worker)
         worker.conn.close()
         self._deaths_unanswered = 0 if worker.answered else self._deaths_unanswered + 1
         if self._deaths_unanswered > 2 * len(self._workers):  # not a file's fault: do not respawn forever
@@ -173,18 +261,22 @@ class DecodePool:
             raise DecodePoolError(f"the decoding processes exit before decoding anything ({how}); a script using "
                                   "decode='processes' must start its work under `if __name__ == '__main__':`, "
                                   "or use decode='threads'")
-        self._workers[self._workers.index(worker)] = self._start_worker()
+        replacement = self._start_worker()
+        self._workers[self._workers.index(worker)] = replacement
+        self._selector.register(replacement.conn, selectors.EVENT_READ, replacement)
 
 
 class _Worker:
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
-        self.tickets: set[int] = set()
+        self.order: deque[int] = deque()  # tickets sent, in the order the worker answers them
+        self.chunks: deque[int] = deque()  # unanswered files of each chunk sent
         self.broken = False
         self.answered = False
 
 
-def _shutdown(workers: list, shm: shared_memory.SharedMemory) -> None:
+def _shutdown(workers: list, shm: shared_memory.SharedMemory, selector) -> None:
+    selector.close()
     for w in workers:
         try:
             w.conn.send(None)
@@ -211,23 +303,24 @@ def _worker_main(conn, shm_name: str, slot_bytes: int, spec: ModelSpec, max_pixe
     try:
         while True:
             try:
-                task = conn.recv()
+                tasks = conn.recv()
             except EOFError:  # the parent is gone
                 return
-            if task is None:
+            if tasks is None:
                 return
-            ticket, slot, path = task
-            conn.send(_decode_into(ring, slot * slot_bytes, slot_bytes, path, spec, max_pixels, max_tiles, ticket))
+            for ticket, slot, source in tasks:  # one answer per file, as soon as it is decoded
+                conn.send(_decode_into(ring, slot * slot_bytes, slot_bytes, source, spec, max_pixels, max_tiles,
+                                       ticket))
     finally:
         del ring
         shm.close()
 
 
-def _decode_into(ring, offset, slot_bytes, path, spec, max_pixels, max_tiles, ticket):
+def _decode_into(ring, offset, slot_bytes, source, spec, max_pixels, max_tiles, ticket):
     """(ticket, shape, None, None) with the pixels in the slot, (ticket, None, arrays, None) for
     arrays larger than a slot, or (ticket, None, None, problem): the thread path's messages."""
     try:
-        arrays = load_tiles(path, spec, max_pixels, max_tiles)
+        arrays = load_tiles(source, spec, max_pixels, max_tiles)
     except ImageError as e:
         return ticket, None, None, e.problem
     except Exception as e:  # a decoder bug must cost one record, not the run

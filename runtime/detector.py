@@ -17,7 +17,7 @@ Every item mentioned gets its own record, duplicates included; an item of an unk
 gets an error record in its place, never an exception that loses the others' records.
 
 Decoding and preprocessing run in worker threads (Pillow releases the GIL), or with
-``decode="processes"`` file paths are decoded in worker processes into shared memory
+``decode="processes"`` files (paths or bytes) are decoded in worker processes into shared memory
 (``decode_pool``; scales with cores), a bounded window ahead of the backend, so the backend does
 not wait on image decoding. Images that cannot be
 decoded, or that the model refuses, become error records in their place; none is dropped.
@@ -55,9 +55,9 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
 
-# How files are decoded: "threads" (every kind of item), or "processes" (paths only; bytes,
-# arrays and PIL images are already in this process and stay on the threads).
-# "gpu": JPEG paths decoded by nvJPEG in batches (gpu_decode; other files on the CPU path, per file).
+# How files (paths or encoded bytes) are decoded: "threads", "processes" (decode_pool), or "gpu":
+# JPEGs by nvJPEG in batches (gpu_decode; other files on the CPU path, per file). Arrays and PIL
+# images are decoded already: only the policy applies, on the threads.
 DECODE_MODES = ("threads", "processes", "gpu")
 
 
@@ -77,12 +77,12 @@ class Detector:
     The rest says how the pipeline runs:
     threshold, policy, size: override the model's own spec (defaults: the model's).
     batch_size: images per runner call; workers: decoding threads or processes.
-    decode: "threads" (default) or "processes": file paths decoded by ``workers`` processes into
-    shared memory (decoding then scales with cores; bytes, arrays and images stay on threads);
-    "gpu": JPEG paths decoded by nvJPEG (needs torch + CUDA + torchvision; not bit-identical to
+    decode: "threads" (default) or "processes": files (paths or encoded bytes) decoded by
+    ``workers`` processes into shared memory (decoding then scales with cores; arrays and images
+    stay on threads); "gpu": JPEGs decoded by nvJPEG (needs torch + CUDA + torchvision; not bit-identical to
     libjpeg-turbo), other files on the CPU path (``gpu_decode``);
-    the same records in the same order either way. A process that dies costs only the files it
-    was decoding (error records); ``close()`` stops the processes and frees the shared memory.
+    the same records in the same order either way. A process that dies costs only the file it
+    was decoding (an error record); ``close()`` stops the processes and frees the shared memory.
     max_pixels: larger files are refused before decoding (decompression bombs).
     max_model_pixels: pixels the model sees in one call; under policy "none" a larger image
     gets an error record instead of taking gigabytes of memory (default 2048 x 2048).
@@ -205,16 +205,16 @@ class Detector:
                     handle.cancel()
 
     def _start_decode(self, item: Item):
-        """(name, handle): a ticket of the decoding processes for a path under decode="processes",
-        else a future of the decoding threads."""
+        """(name, handle): a ticket of the decoding processes (decode="processes") or of the GPU
+        decoder (decode="gpu") for a file's path or encoded bytes, else a future of the decoding
+        threads (arrays and PIL images are decoded already)."""
         name = _name(item)
-        if self.decode == "gpu" and isinstance(item, (str, os.PathLike)):
-            return name, self._processes.submit(item)
-        if self.decode == "processes" and isinstance(item, (str, os.PathLike)):
+        if self.decode == "threads" or not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+            return name, self._pool.submit(self._decode_here, name, item)
+        if self.decode == "processes":
             if self._processes is None:
                 self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers)
-            return name, self._processes.submit(item)
-        return name, self._pool.submit(self._decode_here, name, item)
+        return name, self._processes.submit(item)
 
     def _finish_decode(self, name: str, handle) -> tuple[str, np.ndarray | None, str | None]:
         if not isinstance(handle, int):

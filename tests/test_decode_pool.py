@@ -70,16 +70,21 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_processes_give_the_thread_path_records_in_order(random_onnx, files):
-    items = [*map(str, files), files[0].read_bytes(), np.zeros((70, 70, 3), np.uint8), 42, str(files[5])]
+    items = [*map(str, files), files[0].read_bytes(), np.zeros((70, 70, 3), np.uint8), 42, str(files[5]),
+             *(p.read_bytes() for p in files if p.is_file())]  # encoded bytes (serve.py's input) too
     with Detector(random_onnx, batch_size=3, workers=2) as det:
         by_threads = det.predict(items)
     with Detector(random_onnx, batch_size=3, workers=2, decode="processes") as det:
         by_processes = det.predict(items)
-        assert det._processes is not None  # the paths did go to the processes
+        tickets = [h for _, h in map(det._start_decode, items)]  # which items went to the processes (int tickets)
+        for t in tickets:
+            det._processes.discard(t) if isinstance(t, int) else t.cancel()
+    went_to_processes = [isinstance(t, int) for t in tickets]
+    assert went_to_processes == [isinstance(i, (str, bytes)) for i in items]  # paths and bytes; arrays stay
     assert [r.path for r in by_processes] == [r.path for r in by_threads]
     assert [r.logit for r in by_processes] == [r.logit for r in by_threads]  # equal, not close
     assert [r.error for r in by_processes] == [r.error for r in by_threads]
-    assert sum(r.error is not None for r in by_threads) == 6  # 4 bad files (one twice), the 42
+    assert sum(r.error is not None for r in by_threads) == 9  # 4 bad files (one twice), 3 as bytes, the 42
 
 
 @pytest.mark.slow
@@ -96,22 +101,57 @@ def test_pool_copies_out_exactly_what_load_tiles_gives(files, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_costs_only_the_files_it_held(files):
+def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
     good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
-    pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2)
+    pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2, chunk=2)
     try:
         victim = pool.processes()[0]
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(timeout=10)
-        tickets = [pool.submit(p) for p in good]  # the least busy worker first: the dead one gets 2
+        tickets = [pool.submit(p) for p in good]  # the dead worker's chunks cannot be written: sent elsewhere
         results = [pool.result(t) for t in tickets]
-        died = [e for _, e in results if e is not None]
-        assert len(died) == 2 and all("decoding process died (killed by signal 9)" in e for e in died)
         for path, (arrays, error) in zip(good, results):
-            assert error is not None or np.array_equal(arrays, load_tiles(path, SPEC))
-        assert all(p.is_alive() for p in pool.processes())  # a replacement took its place
-        again = [pool.result(pool.submit(p)) for p in good]
-        assert all(e is None for _, e in again)
+            assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
+        assert victim not in pool.processes() and all(p.is_alive() for p in pool.processes())
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, tmp_path, chunk):
+    """The files queued behind the one a worker dies on go to the other workers (a FIFO with no
+    writer holds a worker in open() until it is killed)."""
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)
+    order = [fifo] + good * 2
+    pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2, chunk=chunk)
+    try:
+        tickets = [pool.submit(p) for p in order]  # the other worker decodes while one is stuck
+        holder = next(w for w in pool._workers if w.order and w.order[0] == tickets[0])
+        assert len(holder.order) > 1  # files are queued behind the stuck one
+        time.sleep(0.5)  # let it reach open()
+        os.kill(holder.process.pid, signal.SIGKILL)
+        arrays, error = pool.result(tickets[0])
+        assert arrays is None and "decoding process died (killed by signal 9)" in error
+        for path, t in zip(order[1:], tickets[1:]):
+            arrays, error = pool.result(t)
+            assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
+        assert [pool.result(pool.submit(p))[1] for p in good] == [None] * len(good)  # a replacement works
+    finally:
+        pool.close()
+
+
+def test_encoded_bytes_decode_as_their_file_does(files):
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    pool = DecodePool(SPEC, 10**8, 64, workers=1)
+    try:
+        tickets = [pool.submit(p.read_bytes()) for p in good] + [pool.submit(b"not an image")]
+        results = [pool.result(t) for t in tickets]
+        for path, (arrays, error) in zip(good, results):
+            assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
+        assert results[-1] == (None, "not an image (unrecognised format)")
     finally:
         pool.close()
 

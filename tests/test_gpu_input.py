@@ -156,7 +156,7 @@ def test_detector_decode_gpu_gives_the_thread_path_records(random_onnx, mixed_fi
         by_threads = det.predict(items)
     with Detector(random_onnx, batch_size=3, workers=2, decode="gpu") as det:
         by_gpu = det.predict(items)
-        assert det._processes.gpu_decoded == 3
+        assert det._processes.gpu_decoded == 4  # the 3 plain JPEG files and the JPEG's bytes (serve.py's input)
     assert [r.path for r in by_gpu] == [r.path for r in by_threads]
     assert [r.logit for r in by_gpu] == [r.logit for r in by_threads]
     assert [r.error for r in by_gpu] == [r.error for r in by_threads]
