@@ -15,6 +15,9 @@ slot holds ``size x size x 3`` bytes: every array of policy resize / center-crop
 policy tiles / none. Larger results (several tiles, a native-size image) come back pickled
 through the pipe instead: correct, just without the shared-memory saving. The parent copies each
 result out of its slot as soon as it arrives, so slots are held only by files being decoded.
+The ring takes at most SHM_BUDGET bytes and half of the free space of /dev/shm (a container's is
+often 64 MB; writing past it would kill the worker with SIGBUS): a file sent while every slot is
+taken comes back through the pipe instead.
 
 The parent is the pipeline's one serial part (at 10,000 images/s it has 100 us per file for
 everything), so files go to the workers in chunks of ``chunk`` (one message, not one per file),
@@ -50,6 +53,8 @@ DEPTH = 2  # chunks queued per worker: one decoding, one waiting, so a worker ne
 POLL_S = 0.2  # how long a wait listens before it looks for dead workers
 STOP_S = 2.0  # how long close() lets a worker finish before it is killed
 MAX_REQUEUES = 2  # a file queued behind a dying worker is sent again at most this often
+SHM_BUDGET = 64 * 2**20  # bytes of /dev/shm one pool's ring may take, at most
+SHM_DIR = "/dev/shm"
 
 
 class DecodePoolError(RuntimeError):
@@ -66,8 +71,8 @@ class DecodePool:
         self.spec, self.max_pixels, self.max_tiles = spec, max_pixels, max_tiles
         self.slot_bytes = spec.size * spec.size * 3
         self.depth, self.chunk = depth, chunk
-        n_slots = workers * depth * chunk
-        self._shm = shared_memory.SharedMemory(create=True, size=n_slots * self.slot_bytes,
+        n_slots = ring_slots(workers * depth * chunk, self.slot_bytes)
+        self._shm = shared_memory.SharedMemory(create=True, size=max(1, n_slots) * self.slot_bytes,
                                                name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         self._ctx = mp.get_context("spawn")
         self._free_slots = list(range(n_slots))
@@ -75,7 +80,7 @@ class DecodePool:
         self._selector = selectors.DefaultSelector()
         self._waiting: deque = deque()  # (ticket, source, requeues): submitted, not yet sent to a worker
         self._waiting_tickets: set[int] = set()
-        self._sent: dict[int, tuple[int, object, int]] = {}  # ticket -> (slot, source, requeues), at a worker
+        self._sent: dict[int, tuple[int | None, object, int]] = {}  # ticket -> (slot, source, requeues), at a worker
         self._done: dict[int, tuple[np.ndarray | None, str | None]] = {}
         self._discarded: set[int] = set()  # in flight, but nobody will collect them
         self._deaths_unanswered = 0  # workers in a row that died without answering once
@@ -163,7 +168,7 @@ class DecodePool:
             if ticket in self._discarded:  # nobody will read it: not worth decoding
                 self._discarded.discard(ticket)
                 continue
-            slot = self._free_slots.pop()
+            slot = self._free_slots.pop() if self._free_slots else None  # None: the answer brings the pixels
             self._sent[ticket] = (slot, source, requeues)
             message.append((ticket, slot, source))
         if not message:
@@ -173,7 +178,7 @@ class DecodePool:
         except (OSError, ValueError):  # it died before we wrote: these files wait for another worker
             worker.broken = True
             for ticket, slot, source in reversed(message):
-                self._free_slots.append(slot)
+                self._free_slot(slot)
                 self._waiting.appendleft((ticket, source, self._sent.pop(ticket)[2]))
                 self._waiting_tickets.add(ticket)
             return
@@ -202,6 +207,10 @@ class DecodePool:
                 self._replace(worker)
         self._dispatch()
 
+    def _free_slot(self, slot: int | None) -> None:
+        if slot is not None:
+            self._free_slots.append(slot)
+
     def _stop_listening(self, worker: "_Worker") -> None:
         """A broken worker's pipe reads as ready forever (end of file): out of the selector."""
         try:
@@ -223,7 +232,7 @@ class DecodePool:
         if shape is not None:  # in the slot: copy it out at once, so the slot is free again
             n = shape[0] * shape[1] * shape[2] * shape[3]
             arrays = np.frombuffer(self._shm.buf, np.uint8, n, slot * self.slot_bytes).reshape(shape).copy()
-        self._free_slots.append(slot)
+        self._free_slot(slot)
         self._keep(ticket, arrays, error)
 
     def _keep(self, ticket: int, arrays, error) -> None:
@@ -244,7 +253,7 @@ class DecodePool:
         requeue = []
         for k, ticket in enumerate(worker.order):
             slot, source, requeues = self._sent.pop(ticket)
-            self._free_slots.append(slot)
+            self._free_slot(slot)
             if k == 0 or requeues >= MAX_REQUEUES:
                 self._keep(ticket, None, f"the decoding process died ({how}) while decoding this file; the other "
                                          "files are unaffected: score it again, or with --decode threads")
@@ -264,6 +273,17 @@ class DecodePool:
         replacement = self._start_worker()
         self._workers[self._workers.index(worker)] = replacement
         self._selector.register(replacement.conn, selectors.EVENT_READ, replacement)
+
+
+def ring_slots(wanted: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
+    """Slots for the ring: ``wanted``, within SHM_BUDGET and half of the free space of /dev/shm."""
+    budget = SHM_BUDGET
+    try:
+        st = os.statvfs(shm_dir)
+        budget = min(budget, st.f_bavail * st.f_frsize // 2)
+    except OSError:
+        pass
+    return max(0, min(wanted, budget // slot_bytes))
 
 
 class _Worker:
@@ -309,7 +329,7 @@ def _worker_main(conn, shm_name: str, slot_bytes: int, spec: ModelSpec, max_pixe
             if tasks is None:
                 return
             for ticket, slot, source in tasks:  # one answer per file, as soon as it is decoded
-                conn.send(_decode_into(ring, slot * slot_bytes, slot_bytes, source, spec, max_pixels, max_tiles,
+                conn.send(_decode_into(ring, None if slot is None else slot * slot_bytes, slot_bytes, source, spec, max_pixels, max_tiles,
                                        ticket))
     finally:
         del ring
@@ -318,14 +338,15 @@ def _worker_main(conn, shm_name: str, slot_bytes: int, spec: ModelSpec, max_pixe
 
 def _decode_into(ring, offset, slot_bytes, source, spec, max_pixels, max_tiles, ticket):
     """(ticket, shape, None, None) with the pixels in the slot, (ticket, None, arrays, None) for
-    arrays larger than a slot, or (ticket, None, None, problem): the thread path's messages."""
+    arrays larger than a slot or sent without one (offset None), or (ticket, None, None, problem):
+    the thread path's messages."""
     try:
         arrays = load_tiles(source, spec, max_pixels, max_tiles)
     except ImageError as e:
         return ticket, None, None, e.problem
     except Exception as e:  # a decoder bug must cost one record, not the run
         return ticket, None, None, f"{type(e).__name__}: {e}"
-    if arrays.nbytes > slot_bytes:
+    if offset is None or arrays.nbytes > slot_bytes:
         return ticket, None, arrays, None
     ring[offset:offset + arrays.nbytes] = arrays.reshape(-1)
     return ticket, arrays.shape, None, None

@@ -194,3 +194,33 @@ def test_ctrl_c_with_processes_keeps_records_and_leaves_nothing(random_onnx, fil
         time.sleep(0.1)
     assert not any(alive(w) for w in workers)
     assert our_segments(p.pid) == []
+
+
+@pytest.mark.parametrize("slots", [0, 1])
+def test_a_ring_smaller_than_the_work_brings_the_rest_through_the_pipe(files, monkeypatch, slots):
+    """A container's small /dev/shm: the ring is cut to its budget, the other answers carry their pixels."""
+    import lfm.runtime.decode_pool as decode_pool
+
+    monkeypatch.setattr(decode_pool, "SHM_BUDGET", slots * 64 * 64 * 3)
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    pool = DecodePool(SPEC, 10**8, 64, workers=2, chunk=4)
+    try:
+        assert len(pool._free_slots) == slots
+        results = [pool.result(t) for t in [pool.submit(p) for p in good * 2]]
+        for path, (arrays, error) in zip(good * 2, results):
+            assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
+        assert len(pool._free_slots) == slots  # every slot came back
+    finally:
+        pool.close()
+
+
+def test_the_ring_takes_at_most_half_of_the_free_shared_memory(monkeypatch):
+    import lfm.runtime.decode_pool as decode_pool
+
+    slot = 256 * 256 * 3
+    free = {"f_bavail": 64 * 2**20 // 4096, "f_frsize": 4096}  # a container's default 64 MB, all free
+    monkeypatch.setattr(decode_pool.os, "statvfs", lambda path: type("st", (), free))
+    assert decode_pool.ring_slots(10**6, slot) == 32 * 2**20 // slot  # half of it: 170 slots of 192 kB
+    assert decode_pool.ring_slots(7, slot) == 7
+    free["f_bavail"] = 0  # full: no ring, every answer through the pipe
+    assert decode_pool.ring_slots(10**6, slot) == 0
