@@ -425,3 +425,106 @@ def test_bench_removes_its_temp_folder_when_terminated(tmp_path):
             proc.kill()
     assert proc.returncode == 143, err[-2000:]
     assert _left_in(tmpdir) == []
+
+
+# --------------------------------------------------------------------------------------------
+# bench_decode.py: files to scores per decoding mode and worker count (issue 17, item 5)
+
+BENCH_DECODE = ROOT / "benchmarks" / "bench_decode.py"
+
+
+def _run_bench_decode(args, folder: Path, timeout=600):
+    """bench_decode.py on 40 files, workers 1 and 2, one timed pass per case, reports in FOLDER/out.
+    TRITON_INTERPRET (set by kernel test modules of this session) is not passed on: with it a
+    checkpoint's --kernels path would run interpreted on the CPU instead of being refused."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, str(BENCH_DECODE), "--images", "40", "--rounds", "1", "--block", "1",
+                           "--workers", "1,2", "--batch-size", "8", *args, "--output-dir", str(folder / "out")],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def decode_run_with_model(tmp_path_factory, random_onnx):
+    """One real run with a small ONNX model (random weights, 64 px) on both CPU decoding modes:
+    (JSON, Markdown). The reference JPEGs where ../shared is there, generated JPEGs elsewhere."""
+    folder = tmp_path_factory.mktemp("bench_decode_model")
+    r = _run_bench_decode(["--model", str(random_onnx), "--modes", "threads,processes"], folder)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((folder / "out" / "bench_decode.json").read_text()), (folder / "out" / "bench_decode.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_decode_with_a_model_scores_files_and_the_cpu_modes_agree_exactly(decode_run_with_model):
+    doc, md = decode_run_with_model
+    scores = {(x["mode"], x["workers"]): x for x in doc["rates"].values() if x["kind"] == "scores"}
+    assert set(scores) == {("threads", 1), ("threads", 2), ("processes", 1), ("processes", 2)}
+    assert all(x["images_per_s"] > 0 for x in doc["rates"].values())
+    assert doc["size"] == 64 and doc["model"]["engine_place"] == "host"  # the model's own size
+    d = doc["decisions"]
+    assert d["reference"] == "threads x1" and d["reference_records"] == 40 and d["reference_errors"] == 0
+    assert set(d["cases"]) == {"threads x2", "processes x1", "processes x2"}
+    for label, c in d["cases"].items():
+        assert (c["records"], c["flips"], c["max_abs_dlogit"], c["errors_differ"], c["paths_differ"]) == (40, 0, 0.0, 0, 0), label
+        assert c["identical"], label
+    stages = {s["stage"]: s for s in doc["stages"]}
+    for name in ("read", "decode", "resize", "to array", "engine"):
+        assert stages[name]["ms_per_image"] > 0 and stages[name]["images_per_s"] > 0, name
+    assert stages["stage/copy"]["ms_per_image"] is None and "host backend" in stages["stage/copy"]["note"]
+    # A host engine's threads run in this process: its parent CPU is reported but is no ceiling.
+    assert scores["processes", 2]["parent_cpu_us_per_image"] > 0
+    assert scores["processes", 2]["parent_ceiling_images_per_s"] is None
+    assert "## Scores" in md and "files to scores images/s" in md and "| identical |" in md and "## Stages" in md
+
+
+def test_bench_decode_compares_records_by_flips_dlogit_and_errors():
+    """The decisions table's arithmetic: a flipped label, the largest logit move, a differing error."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_decode
+
+    from lfm.runtime.records import Record
+
+    ref = [Record.from_logit("a", 0.2, 0.5), Record.from_logit("b", -3.0, 0.5), Record.failed("c", "no such file"),
+           Record.from_logit("d", 1.0, 0.5)]
+    same = bench_decode.compare_records(ref, list(ref))
+    assert same["identical"] and same["flips"] == same["errors_differ"] == 0 and same["max_abs_dlogit"] == 0.0
+    other = [Record.from_logit("a", -0.1, 0.5), Record.from_logit("b", -2.5, 0.5), Record.failed("c", "no such file"),
+             Record.failed("d", "corrupt")]
+    got = bench_decode.compare_records(ref, other)
+    assert (got["flips"], got["errors_differ"], got["paths_differ"]) == (1, 1, 0) and not got["identical"]
+    assert got["max_abs_dlogit"] == pytest.approx(0.5)
+
+
+def test_bench_decode_kernels_without_cuda_is_one_line_and_exit_2(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --kernels runs here")
+    checkpoint = _bench_module().random_weight_checkpoint(tmp_path / "random.pt")
+    r = _run_bench_decode(["--model", str(checkpoint), "--kernels"], tmp_path, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--kernels" in lines[0] and "CUDA" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_decode_reports_the_parent_cost_of_every_pipeline_case(tmp_path):
+    """Without --model: decode and no-op pipeline rows and the stages up to the array, nothing
+    more; each pipeline case carries this process's CPU per image, and with decode processes
+    (the decoding elsewhere) the images/s one parent can feed."""
+    r = _run_bench_decode(["--modes", "threads,processes"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "out" / "bench_decode.json").read_text())
+    assert {x["kind"] for x in doc["rates"].values()} == {"decode", "pipeline"}
+    assert doc["model"] is None and doc["decisions"] is None
+    assert [s["stage"] for s in doc["stages"]] == ["read", "decode", "resize", "to array"]
+    pipeline = {(x["mode"], x["workers"]): x for x in doc["rates"].values() if x["kind"] == "pipeline"}
+    for w in (1, 2):
+        p, t = pipeline["processes", w], pipeline["threads", w]
+        assert p["parent_cpu_us_per_image"] > 0 and "other processes" in p["parent_cpu_covers"]
+        assert p["parent_ceiling_images_per_s"] == pytest.approx(1e6 / p["parent_cpu_us_per_image"], rel=0.01)
+        assert t["parent_cpu_us_per_image"] > 0 and t["parent_ceiling_images_per_s"] is None
+        assert "decoding threads" in t["parent_cpu_covers"]
+    assert "parent ceiling images/s" in (tmp_path / "out" / "bench_decode.md").read_text()
