@@ -374,7 +374,7 @@ def gpu_decode_row(datas: list[bytes], spec) -> dict:
 
     def decode():
         decoded = dec._decode_all([d for d, _ in batch])
-        out = [dec._prepare(chw, w, h) for chw, (_, (w, h)) in zip(decoded, batch)]
+        out = dec._to_host([dec._prepare(chw, w, h) for chw, (_, (w, h)) in zip(decoded, batch)])
         torch.cuda.synchronize()
         return out
     s = _median_seconds(decode) / len(batch)
