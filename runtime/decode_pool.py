@@ -316,8 +316,11 @@ def _shutdown(workers: list, shm: shared_memory.SharedMemory, selector) -> None:
 
 
 def _worker_main(conn, shm_name: str, slot_bytes: int, spec: ModelSpec, max_pixels: int, max_tiles: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when workers stop (close()).
+    # Ctrl-C and a group-wide SIGTERM (systemd, `kill -- -PGID`) reach the whole process group: the
+    # parent decides when workers stop (close(), or its end of the pipe closing), so a server
+    # draining its in-flight requests on SIGTERM still gets their files decoded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     shm = _attach(shm_name)
     ring = np.frombuffer(shm.buf, np.uint8)
     try:

@@ -5,14 +5,16 @@
                             [--max-batch-size 32] [--preferred-batch-sizes 8,16]
                             [--max-queue-delay-us 2000] [--max-request-bytes 67108864]
                             [--max-queue-size 6] [--queue-timeout-ms 2000]
-                            [--model-name lfm] ...
+                            [--model-name lfm] [--decode threads|processes|gpu] ...
     python runtime/serve.py --checkpoint ckpt.pt ...     (PyTorch, the reference backend)
     python runtime/serve.py --engine lfm.plan ...        (TensorRT, where the runtime has it)
 
 A real Triton Inference Server (the binary bundled in the `nvidia-pytriton` wheel; it runs on
 the CPU too) serves one model, ``lfm`` (--model-name), backed by the runtime's Detector: the
 same decoding, preprocessing and backends as runtime/infer.py, so a file scores the same
-through either.
+through either. --decode processes decodes the ``image`` input in worker processes (--workers
+per instance, into shared memory; scales with cores), --decode gpu decodes its JPEGs by nvJPEG,
+as infer.py --decode does.
 
 Model ``lfm`` (max_batch_size > 0: every tensor below has a leading batch dimension)
 
@@ -75,7 +77,10 @@ import sysconfig
 import threading
 import time
 
-if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
+if __package__ in (None, "") and sys.path and os.path.realpath(sys.path[0] or ".") == os.path.dirname(
+        os.path.realpath(__file__)):  # run as a script: runtime/ is sys.path[0]; import the installed package
+    # (only then: a decoding process spawned by --decode processes runs this module again as
+    # __mp_main__, with serve.py's sys.path, whose first entry it must keep)
     sys.path.pop(0)
 
 import numpy as np  # noqa: E402
@@ -83,7 +88,7 @@ import numpy as np  # noqa: E402
 from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
-from lfm.runtime.detector import Detector, default_workers  # noqa: E402
+from lfm.runtime.detector import DECODE_MODES, Detector, default_workers  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
 from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
@@ -409,7 +414,13 @@ def parse_args(argv=None):
     rt.add_argument("--max-pixels", metavar="N", type=at_least_1, default=DEFAULT_MAX_PIXELS,
                     help="refuse larger images (decompression bombs)")
     rt.add_argument("--workers", metavar="N", type=at_least_1, default=None,
-                    help="decoding threads per instance (default: cores / instances, at most 8)")
+                    help="decoding threads per instance, or processes with --decode processes "
+                         "(default: cores / instances, at most 8)")
+    rt.add_argument("--decode", choices=DECODE_MODES, default="threads",
+                    help="how the 'image' input (encoded bytes) is decoded: in threads; processes = in worker "
+                         "processes into shared memory, --workers per instance, scales with cores: for a GPU host "
+                         "with many cores; gpu = JPEGs by nvJPEG, other files on the CPU (needs CUDA + torchvision; "
+                         "scores differ slightly from CPU decoding)")
     rt.add_argument("--threads", metavar="N", type=at_least_1, default=None,
                     help="backend intra-op threads per instance (default: cores / instances)")
     rt.add_argument("--providers", default=None,
@@ -456,7 +467,8 @@ def detector_kwargs(args, instances: int) -> dict:
     cores = os.cpu_count() or 1
     return dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
                 workers=args.workers or max(1, min(default_workers(), cores // instances or 1)),
-                max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles)
+                max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
+                decode=args.decode)
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
@@ -496,14 +508,26 @@ def records_agree(served: Record, local: Record) -> bool:
     return not served.ok and not local.ok and served.error == local.error
 
 
-def self_test(url: str, detector: Detector, model: str = MODEL_NAME) -> str:
+def local_reference(detectors: list[Detector]) -> tuple[bytes, Record]:
+    """The self-test image and the first instance's record for it: what the self-test and the
+    health probe expect from the server. Every instance scores it once, here, before Triton
+    starts: nothing else uses the Detectors yet (a Detector is one instance's, and a
+    decode="processes" pool serves one thread at a time), and with --decode processes each
+    instance's decoding processes start now, not on the first request (or fail the start)."""
+    blob = self_test_image(detectors[0].spec)
+    records = [d.predict([blob])[0] for d in detectors]
+    return blob, records[0]
+
+
+def self_test(url: str, detector: Detector, model: str = MODEL_NAME,
+              reference: tuple[bytes, Record] | None = None) -> str:
     """Score one image through the running server and locally; raise unless they agree exactly.
     Catches a server that answers but returns nothing (e.g. PyTriton <= 0.5.7 under numpy 2:
-    every output arrives empty)."""
+    every output arrives empty). ``reference``: local_reference's (image, record), computed
+    before the server started; without it ``detector`` scores the image now."""
     from lfm.runtime.client import LfmClient, ServerError
 
-    blob = self_test_image(detector.spec)
-    (local,) = detector.predict([blob])
+    blob, local = reference or local_reference([detector])
     with LfmClient(url, model=model, timeout=60.0) as client:
         try:
             (served,) = client.score_bytes([blob])
@@ -533,13 +557,14 @@ def dynamic_batcher(args):
                           max_queue_delay_microseconds=args.max_queue_delay_us, default_queue_policy=policy)
 
 
-def start_supervision(args, url: str, triton, models: list, detector: Detector, on_fault):
+def start_supervision(args, url: str, triton, models: list, detector: Detector, on_fault,
+                      reference: tuple[bytes, Record] | None = None):
     """The watch on tritonserver, its stubs and serve.py itself (runtime/serve_health.py), with
-    a probe that sends the self-test image through ``url`` and expects the local answer."""
+    a probe that sends the self-test image through ``url`` and expects the local answer
+    (``reference``, as for self_test: the Detector serves requests by now, so it is not asked)."""
     probe = None
     if args.health_interval > 0:
-        blob = self_test_image(detector.spec)
-        (expected,) = detector.predict([blob])
+        blob, expected = reference or local_reference([detector])
         probe = InferenceProbe(url, args.model_name, blob, expected, timeout=PROBE_TIMEOUT_S)
     return Supervision(model_name=args.model_name, models=models, alive=triton.is_alive, probe=probe,
                        interval=args.health_interval, hang_timeout=args.hang_timeout,
@@ -561,14 +586,17 @@ def serve(args) -> int:
     try:
         for _ in range(args.instances):
             detectors.append(Detector(make_runner(**runner_kw), **detector_kw))
+        reference = local_reference(detectors)
     except Exception:
         for d in detectors:
             d.close()
         raise
     spec = detectors[0].spec
-    LOG.info("model: %s (%s), spec: input %s, policy %s, size %d, threshold %g; %d instance(s)",
+    LOG.info("model: %s (%s), spec: input %s, policy %s, size %d, threshold %g; %d instance(s), decoding in %s",
              args.model or args.engine or args.checkpoint, detectors[0].runner.name, spec.input, spec.policy,
-             spec.size, spec.threshold, args.instances)
+             spec.size, spec.threshold, args.instances,
+             {"threads": f"{detectors[0].workers} thread(s)", "processes": f"{detectors[0].workers} process(es)",
+              "gpu": "nvJPEG (JPEGs; other files on the CPU)"}[args.decode] + " per instance")
 
     config = TritonConfig(
         http_address=args.host, http_port=args.http_port, grpc_address=args.host, grpc_port=args.grpc_port,
@@ -605,12 +633,13 @@ def serve(args) -> int:
             triton.run()
         url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.http_port}"
         if not args.no_self_test:
-            LOG.info(self_test(url, detectors[0], args.model_name))
+            LOG.info(self_test(url, detectors[0], args.model_name, reference))
         print(f"serving model '{args.model_name}': HTTP {args.host}:{args.http_port}, gRPC {args.host}:{args.grpc_port}, "
               f"metrics http://{args.host}:{args.metrics_port}/metrics; {detectors[0].runner.describe()} "
               f"(pid {os.getpid()}; SIGTERM or Ctrl-C to stop)",
               file=sys.stderr, flush=True)
-        supervision = start_supervision(args, url, triton, models, detectors[0], on_fault=stop.set)
+        supervision = start_supervision(args, url, triton, models, detectors[0], on_fault=stop.set,
+                                        reference=reference)
         stop.wait()
         rc = FAULT_EXIT_STATUS if supervision.fault else 0
     finally:

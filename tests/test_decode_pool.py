@@ -224,3 +224,21 @@ def test_the_ring_takes_at_most_half_of_the_free_shared_memory(monkeypatch):
     assert decode_pool.ring_slots(7, slot) == 7
     free["f_bavail"] = 0  # full: no ring, every answer through the pipe
     assert decode_pool.ring_slots(10**6, slot) == 0
+
+
+@pytest.mark.slow
+def test_workers_leave_sigint_and_sigterm_to_the_parent(files):
+    """A group-wide SIGTERM (a server draining its requests) must not cost the files being decoded."""
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    pool = DecodePool(SPEC, 10**8, 64, workers=1)
+    try:
+        assert pool.result(pool.submit(good[0]))[1] is None  # the worker has set up its handlers
+        worker = pool.processes()[0]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(worker.pid, sig)
+        results = [pool.result(t) for t in [pool.submit(p) for p in good]]
+        assert pool.processes() == [worker] and worker.is_alive()
+        assert [e for _, e in results] == [None] * len(good)
+    finally:
+        pool.close()
+    assert not worker.is_alive()  # close() still stops it

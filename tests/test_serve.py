@@ -6,6 +6,7 @@ Servers listen on free loopback ports and are always stopped (fixture finalizers
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import io
 import json
@@ -469,6 +470,112 @@ def test_self_test_agreement_rule(random_onnx, monkeypatch):
             self_test("http://127.0.0.1:1", local)
 
 
+def test_decode_option_reaches_detector_kwargs(capsys):
+    """--decode (infer.py's choices) goes to every instance's Detector as decode=; --workers
+    then counts decoding processes; threads by default; anything else is refused at parsing."""
+    need_pytriton()
+    from lfm.runtime import serve
+    from lfm.runtime.detector import DECODE_MODES
+
+    assert serve.detector_kwargs(serve.parse_args(["--model", "m.onnx"]), 2)["decode"] == "threads"
+    for mode in DECODE_MODES:
+        kw = serve.detector_kwargs(serve.parse_args(["--model", "m.onnx", "--decode", mode, "--workers", "3"]), 2)
+        assert (kw["decode"], kw["workers"]) == (mode, 3)
+    with pytest.raises(SystemExit) as e:
+        serve.parse_args(["--model", "m.onnx", "--decode", "fast"])
+    assert e.value.code == 2
+    assert "argument --decode: invalid choice: 'fast'" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_spawned_decoding_process_keeps_serve_py_sys_path(tmp_path):
+    """A --decode processes worker (multiprocessing "spawn") runs serve.py again as __mp_main__
+    with serve.py's sys.path: the module drops sys.path[0] only when it is runtime/ (a script
+    run), not the first entry of the parent's path (PYTHONPATH's first folder, say)."""
+    need_pytriton()
+    marker = str(tmp_path)
+    code = ("import runpy, sys\n"
+            f"sys.path.insert(0, {marker!r})\n"
+            f"runpy.run_path({str(SERVE)!r}, run_name='__mp_main__')\n"
+            "print(sys.path[0])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == marker
+    # run as a script, runtime/ itself is still dropped (the installed package is imported)
+    code = ("import runpy, sys\n"
+            f"sys.path.insert(0, {str(SERVE.parent)!r})\n"
+            f"runpy.run_path({str(SERVE)!r}, run_name='serve_as_script')\n"
+            f"print({str(SERVE.parent)!r} in sys.path)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def _spawned_children() -> set[int]:
+    """This process's multiprocessing "spawn" children (decoding processes among them)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_local_reference_scores_on_every_instance_before_serving(random_onnx, monkeypatch):
+    """serve.py's self-test and health probe compare the server with a reference record computed
+    before Triton starts (local_reference: every instance scores the test image once, so a
+    --decode processes instance starts its decoding processes then); given that reference,
+    self_test no longer asks the Detector, which is serving requests by then (a decoding pool
+    serves one thread at a time)."""
+    need_pytriton()
+    from lfm.runtime.serve import local_reference, self_test, self_test_image
+
+    class Busy:  # the instance's Detector while it serves: not to be used from the main thread
+        spec = None
+
+        def predict(self, items):
+            raise AssertionError("the Detector was asked while serving")
+
+    before = _spawned_children()
+    with Detector(make_runner(random_onnx, threads=1), workers=1) as threads, \
+            Detector(make_runner(random_onnx, threads=1), workers=1, decode="processes") as processes:
+        blob, record = local_reference([threads, processes])
+        assert blob == self_test_image(threads.spec)
+        assert record.ok and record == threads.predict([blob])[0]
+        assert len(_spawned_children() - before) == 1  # the processes instance's one worker, started now
+        _in_process_server(monkeypatch, processes)
+        message = self_test("http://127.0.0.1:1", Busy(), reference=(blob, record))
+    assert message == f"self-test: server and local Detector agree (logit {record.logit:.6f})"
+
+
+@pytest.mark.slow
+def test_decode_gpu_without_cuda_is_one_line_exit_2_before_triton(random_onnx, tmp_path):
+    """--decode gpu where torch + CUDA + torchvision are missing (this CPU machine): the command
+    exits 2 with one line naming the problem, no traceback, before tritonserver starts."""
+    need_pytriton()
+    from lfm.runtime.gpu_decode import GpuDecodeUnavailable, nvjpeg_decoder
+
+    try:
+        nvjpeg_decoder("cuda")
+        pytest.skip("nvJPEG is available here: --decode gpu would serve")
+    except GpuDecodeUnavailable:
+        pass
+    http, grpc, metrics = free_ports(3)
+    r = subprocess.run([sys.executable, str(SERVE), "--model", str(random_onnx), "--decode", "gpu",
+                        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT, start_new_session=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors == [r.stderr.strip().splitlines()[-1]], r.stderr
+    assert errors[0].startswith("error: decode 'gpu' needs ") and "CUDA" in errors[0], errors
+    assert "tritonserver" not in r.stderr and "Started HTTPService" not in r.stderr  # Triton never started
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", http), timeout=1)
+
+
 # --------------------------------------------------------------------------------------------
 # Through the server
 
@@ -736,6 +843,126 @@ def test_center_crop_model_starts_under_a_chosen_model_name(center_crop_onnx, tm
         assert (row["logit"], row["score"], row["label"]) == (ref[0].logit, ref[0].score, ref[0].label)
     finally:
         assert s.stop() == 0
+
+
+def _decode_shared_memory(pid: int) -> list[str]:
+    from lfm.runtime.decode_pool import SHM_PREFIX
+
+    return glob.glob(f"/dev/shm/{SHM_PREFIX}{pid}-*")
+
+
+def _all_gone(pids, timeout: float = 30.0) -> set[int]:
+    """The pids still running (not exited, not a zombie) after waiting up to ``timeout``."""
+    from lfm.runtime.serve_health import process_state
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p for p in pids if process_state(p) not in (None, "Z", "X")}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def _decode_processes_server(random_onnx, log: Path, *extra: str) -> Server:
+    """serve.py with --decode processes, 2 decoding processes for its one instance, ready; its
+    decoding processes and their shared-memory ring exist before the first request."""
+    from lfm.runtime.serve_health import parent_map
+
+    s = Server(random_onnx, log, "--decode", "processes", "--workers", "2", "--instances", "1", *extra)
+    try:
+        s.wait_ready()
+        text = s.log()
+        assert "decoding in 2 process(es) per instance" in text
+        assert "self-test: server and local Detector agree (logit" in text
+        children = {p for p, parent in parent_map().items() if parent == s.proc.pid}
+        spawned = {p for p in children if b"spawn_main" in _cmdline(p)}
+        assert len(spawned) == 2, spawned  # the instance's decoding processes
+        assert len(_decode_shared_memory(s.proc.pid)) == 1
+    except BaseException:
+        s.stop()
+        raise
+    return s
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _decode_blobs() -> list[bytes]:
+    rng = np.random.default_rng(11)
+    return [encode(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8), "PNG"),
+            encode(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "JPEG", quality=90),
+            b"\x89PNG\r\n\x1a\ngarbage",
+            encode(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), "JPEG", quality=75)]
+
+
+@pytest.mark.slow
+def test_decode_processes_serves_bytes_as_local_threads_and_sigterm_leaves_nothing(random_onnx, tmp_path):
+    """--decode processes: the BYTES input is decoded by the instance's worker processes, and
+    the records served (HTTP and gRPC) are the local threads Detector's: the same logits, the
+    same errors; the start-up self-test and the health probes agree (no fault: exit 0). After
+    SIGTERM no process of the server is left and its /dev/shm/lfm-decode-<pid>-* ring is gone."""
+    need_pytriton()
+    blobs = _decode_blobs()
+    with Detector(random_onnx) as det:
+        ref = det.predict(blobs)
+    assert [r.ok for r in ref] == [True, True, False, True] and "corrupt PNG" in ref[2].error
+    s = _decode_processes_server(random_onnx, tmp_path / "serve.log")
+    try:
+        pid = s.proc.pid
+        for url in (s.http_url, s.grpc_url):
+            with LfmClient(url) as c:
+                got = c.score_bytes(blobs) + c.score_bytes(blobs[::-1])[::-1]
+            for r, e in zip(got, ref + ref):
+                assert r.error == e.error
+                if e.ok:
+                    assert r.ok and abs(r.logit - e.logit) <= 1e-6 and r.label == e.label, (r, e)
+        # the health probe (every second) compares the server with the local reference: let a few run
+        requests = _metric(s, "nv_inference_request_success")
+        deadline = time.monotonic() + 60
+        while _metric(s, "nv_inference_request_success") < requests + 3 and time.monotonic() < deadline:
+            assert s.proc.poll() is None, s.log()[-3000:]
+            time.sleep(0.25)
+        assert _metric(s, "nv_inference_request_success") >= requests + 3, "no health probes answered"
+        processes = _descendants(pid)
+    finally:
+        rc = s.stop()
+    assert rc == 0, s.log()[-3000:]  # 3 would be a fault (a probe that disagreed)
+    assert "fault:" not in s.log() and "stopped in" in s.log()
+    assert not _all_gone(processes), f"left running after SIGTERM: {_all_gone(processes, 0)}"
+    assert _decode_shared_memory(pid) == []
+
+
+@pytest.mark.slow
+def test_decode_processes_fault_exit_leaves_no_decoders_nor_shared_memory(random_onnx, tmp_path):
+    """A fault (the instance's stub killed, as the OOM killer does) with --decode processes:
+    serve.py exits 3, and neither its decoding processes nor its lfm-decode-<pid>-* ring
+    outlive it (nor any other process of the server)."""
+    need_pytriton()
+    from lfm.runtime.serve_health import FAULT_EXIT_STATUS, find_server_processes
+
+    s = _decode_processes_server(random_onnx, tmp_path / "serve.log")
+    try:
+        pid = s.proc.pid
+        with LfmClient(s.http_url) as c:
+            assert c.score_bytes(_decode_blobs()[:1])[0].ok
+        server = find_server_processes(pid, "lfm")
+        assert server is not None and len(server.stubs) == 1
+        processes = _descendants(pid)
+        os.kill(next(iter(server.stubs.values())), signal.SIGKILL)
+        try:
+            s.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        rc = s.stop()
+    assert rc == FAULT_EXIT_STATUS, s.log()[-3000:]
+    assert "fault: " in s.log()
+    assert not _all_gone(processes), f"left running after the fault: {_all_gone(processes, 0)}"
+    assert _decode_shared_memory(pid) == []
 
 
 # --------------------------------------------------------------------------------------------
