@@ -51,8 +51,20 @@ Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
 DEFAULT_MAX_MODEL_PIXELS = 2048 * 2048
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's cpuset, taskset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(decode: str = "threads") -> int:
+    """Decoding workers by default: a process per usable core (the parent's own work is a few
+    per cent of a core per worker); threads at most 8 (they share one GIL for everything but
+    Pillow's own loops)."""
+    cores = usable_cpus()
+    return max(1, cores if decode == "processes" else min(8, cores))
 
 
 # How files (paths or encoded bytes) are decoded: "threads", "processes" (decode_pool), or "gpu":
@@ -76,7 +88,8 @@ class Detector:
 
     The rest says how the pipeline runs:
     threshold, policy, size: override the model's own spec (defaults: the model's).
-    batch_size: images per runner call; workers: decoding threads or processes.
+    batch_size: images per runner call; workers: decoding threads or processes (default: one
+    process per usable core, or up to 8 threads: ``default_workers``).
     decode: "threads" (default) or "processes": files (paths or encoded bytes) decoded by
     ``workers`` processes into shared memory (decoding then scales with cores; arrays and images
     stay on threads); "gpu": JPEGs decoded by nvJPEG (needs torch + CUDA + torchvision; not bit-identical to
@@ -125,7 +138,7 @@ class Detector:
         self.batch_size = batch_size
         self.max_pixels, self.max_model_pixels = max_pixels, max_model_pixels
         self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
-        self.decode, self.workers = decode, workers or default_workers()
+        self.decode, self.workers = decode, workers or default_workers(decode)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lfm-decode")
         self._processes: DecodePool | None = None  # decode="processes": started on the first path
         if gpu_decoder is not None:  # decode="gpu": the same ticket interface as the processes

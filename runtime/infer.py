@@ -63,8 +63,10 @@ def parse_args(argv=None):
                    help="--policy tiles: image logit = max or mean of its tiles' logits")
     p.add_argument("--max-tiles", type=positive_int(1, "--max-tiles"), default=64,
                    help="--policy tiles: at most this many tiles per image (larger images get spread-out tiles)")
-    p.add_argument("--workers", type=positive_int(1, "--workers"), default=default_workers(),
-                   help="decoding threads, or processes with --decode processes")
+    p.add_argument("--workers", type=positive_int(1, "--workers"), default=None,
+                   help="decoding threads, or processes with --decode processes (default: the usable cores "
+                        f"for processes, {default_workers('processes')} here; threads at most 8, "
+                        f"{default_workers('threads')} here)")
     p.add_argument("--decode", choices=DECODE_MODES, default="threads",
                    help="decode files in threads, or in worker processes into shared memory (scales with cores; "
                         "same records, same order), or gpu: JPEGs by nvJPEG (needs torch + CUDA + torchvision; "

@@ -88,7 +88,7 @@ import numpy as np  # noqa: E402
 from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
-from lfm.runtime.detector import DECODE_MODES, Detector, default_workers  # noqa: E402
+from lfm.runtime.detector import DECODE_MODES, Detector, default_workers, usable_cpus  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
 from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
@@ -415,7 +415,7 @@ def parse_args(argv=None):
                     help="refuse larger images (decompression bombs)")
     rt.add_argument("--workers", metavar="N", type=at_least_1, default=None,
                     help="decoding threads per instance, or processes with --decode processes "
-                         "(default: cores / instances, at most 8)")
+                         "(default: usable cores / instances; threads at most 8)")
     rt.add_argument("--decode", choices=DECODE_MODES, default="threads",
                     help="how the 'image' input (encoded bytes) is decoded: in threads; processes = in worker "
                          "processes into shared memory, --workers per instance, scales with cores: for a GPU host "
@@ -464,9 +464,8 @@ def runner_kwargs(args, instances: int) -> dict:
 
 def detector_kwargs(args, instances: int) -> dict:
     """Keyword arguments for one instance's Detector: how its pipeline runs."""
-    cores = os.cpu_count() or 1
     return dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
-                workers=args.workers or max(1, min(default_workers(), cores // instances or 1)),
+                workers=args.workers or max(1, min(default_workers(args.decode), usable_cpus() // instances)),
                 max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
                 decode=args.decode)
 

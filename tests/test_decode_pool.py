@@ -242,3 +242,16 @@ def test_workers_leave_sigint_and_sigterm_to_the_parent(files):
     finally:
         pool.close()
     assert not worker.is_alive()  # close() still stops it
+
+
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch, random_onnx):
+    """A 16-core GPU host decodes with 16 processes (threads stop at 8); a container's cpuset counts, not the machine."""
+    import lfm.runtime.detector as detector_module
+
+    monkeypatch.setattr(detector_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert detector_module.default_workers("processes") == 16
+    assert detector_module.default_workers("threads") == detector_module.default_workers() == 8
+    with Detector(random_onnx, decode="processes") as det:
+        assert det.workers == 16  # started lazily: no process is spawned here
+    monkeypatch.setattr(detector_module.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert detector_module.default_workers("processes") == detector_module.default_workers("threads") == 1
