@@ -3,6 +3,7 @@
     pool = DecodePool(spec, max_pixels, max_tiles, workers=4)
     ticket = pool.submit("a.jpg")        # a path or encoded bytes; waits only while every worker is full
     arrays, error = pool.result(ticket)  # uint8 [N, h, w, 3], or None and the problem
+    arrays, error = pool.result(t, lend=True); ...; pool.release(t)  # a view of the ring, no copy
     pool.close()                         # workers stopped, shared memory unlinked
 
 Why processes: Pillow releases the GIL while it decodes and resizes, but the array conversion
@@ -14,7 +15,11 @@ into a slot of one shared-memory ring, answering (ticket, shape, error) on their
 slot holds ``size x size x 3`` bytes: every array of policy resize / center-crop, and one tile of
 policy tiles / none. Larger results (several tiles, a native-size image) come back pickled
 through the pipe instead: correct, just without the shared-memory saving. The parent copies each
-result out of its slot as soon as it arrives, so slots are held only by files being decoded.
+result out of its slot as soon as it arrives, so slots are held only by files being decoded;
+or, with ``hold`` slots more in the ring, keeps up to ``hold`` results in their slots and lends
+them (``result(t, lend=True)``: a view, valid until ``release(t)``), so that the caller's one copy
+(the Detector's batch) is the only one: at 256 px the copy out of shared memory is a fifth of the
+parent's cost per file.
 The ring takes at most SHM_BUDGET bytes and half of the free space of /dev/shm (a container's is
 often 64 MB; writing past it would kill the worker with SIGBUS): a file sent while every slot is
 taken comes back through the pipe instead.
@@ -65,13 +70,18 @@ class DecodePool:
     """Worker processes decoding paths or encoded bytes with ``load_tiles(source, spec, max_pixels, max_tiles)``."""
 
     def __init__(self, spec: ModelSpec, max_pixels: int, max_tiles: int, workers: int, depth: int = DEPTH,
-                 chunk: int = CHUNK):
+                 chunk: int = CHUNK, hold: int = 0):
         if workers < 1 or depth < 1 or chunk < 1:
             raise ValueError(f"workers, depth and chunk must be >= 1, got {workers}, {depth}, {chunk}")
         self.spec, self.max_pixels, self.max_tiles = spec, max_pixels, max_tiles
         self.slot_bytes = spec.size * spec.size * 3
         self.depth, self.chunk = depth, chunk
-        n_slots = ring_slots(workers * depth * chunk, self.slot_bytes)
+        in_flight = workers * depth * chunk
+        n_slots = ring_slots(in_flight + max(0, hold), self.slot_bytes)
+        # Slots beyond the files in flight may hold results (lent views); sends never lack a slot
+        # for that, as at most this many are held.
+        self._hold = max(0, n_slots - in_flight)
+        self._held: dict[int, int] = {}  # ticket -> slot its result still lives in
         self._shm = shared_memory.SharedMemory(create=True, size=max(1, n_slots) * self.slot_bytes,
                                                name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         self._ctx = mp.get_context("spawn")
@@ -108,8 +118,9 @@ class DecodePool:
             self._pump()
         return ticket
 
-    def result(self, ticket: int) -> tuple[np.ndarray | None, str | None]:
-        """The ticket's (arrays, None) or (None, problem), once; waits for it."""
+    def result(self, ticket: int, lend: bool = False) -> tuple[np.ndarray | None, str | None]:
+        """The ticket's (arrays, None) or (None, problem), once; waits for it. lend: the arrays
+        may be a view of the ring, valid until ``release(ticket)`` (which must follow)."""
         while ticket not in self._done:
             if ticket not in self._sent and ticket not in self._waiting_tickets:
                 raise KeyError(f"unknown or already collected ticket {ticket}")
@@ -117,11 +128,22 @@ class DecodePool:
             # ticket itself is still here, else only idle ones, which would otherwise wait too).
             self._dispatch(partial="all" if ticket in self._waiting_tickets else "idle")
             self._pump()
-        return self._done.pop(ticket)
+        arrays, error = self._done.pop(ticket)
+        if ticket in self._held and not lend:
+            arrays = arrays.copy()
+            self.release(ticket)
+        return arrays, error
+
+    def release(self, ticket: int) -> None:
+        """The lent view of this ticket's result is no longer used: its slot is free again (a
+        ticket whose result was copied, or failed, needs none; releasing it does nothing)."""
+        self._free_slot(self._held.pop(ticket, None))
 
     def discard(self, ticket: int) -> None:
         """Nobody will collect this ticket: drop its result, now or when it arrives."""
-        if self._done.pop(ticket, None) is None and (ticket in self._sent or ticket in self._waiting_tickets):
+        if self._done.pop(ticket, None) is not None:
+            self.release(ticket)
+        elif ticket in self._sent or ticket in self._waiting_tickets:
             self._discarded.add(ticket)
 
     def close(self) -> None:
@@ -229,9 +251,18 @@ class DecodePool:
         slot, _, _ = self._sent.pop(ticket)
         worker.answered = True
         self._deaths_unanswered = 0
-        if shape is not None:  # in the slot: copy it out at once, so the slot is free again
+        if ticket in self._discarded:
+            self._discarded.discard(ticket)
+            self._free_slot(slot)
+            return
+        if shape is not None:  # in the slot: held there if there is room to lend, else copied out at once
             n = shape[0] * shape[1] * shape[2] * shape[3]
-            arrays = np.frombuffer(self._shm.buf, np.uint8, n, slot * self.slot_bytes).reshape(shape).copy()
+            arrays = np.frombuffer(self._shm.buf, np.uint8, n, slot * self.slot_bytes).reshape(shape)
+            if len(self._held) < self._hold:
+                self._held[ticket] = slot
+                self._keep(ticket, arrays, error)
+                return
+            arrays = arrays.copy()
         self._free_slot(slot)
         self._keep(ticket, arrays, error)
 
@@ -308,7 +339,10 @@ def _shutdown(workers: list, shm: shared_memory.SharedMemory, selector) -> None:
             w.process.kill()
             w.process.join(timeout=STOP_S)
         w.conn.close()
-    shm.close()
+    try:
+        shm.close()
+    except BufferError:  # a caller still holds a lent view: the mapping lives until that view does
+        pass
     try:
         shm.unlink()
     except FileNotFoundError:

@@ -183,33 +183,51 @@ class Detector:
         records are yielded, so the GPU works while the next batch is decoded and staged."""
         _refuse_single_item(items)
         pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
+        lent: list[int] = []  # tickets of the decoding processes whose ring slots pending's arrays view
+        ticket = None  # the item in hand, not yet in pending while an earlier batch is collected
         shape, n_ready = None, 0
         in_flight: deque = deque()
         depth = max(1, int(getattr(self.runner, "max_in_flight", 1)))
-        for name, arrays, error in self._decoded(items):
-            if arrays is not None:
-                if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self._chunk(shape)):
-                    in_flight.append(self._submit(pending))
-                    while len(in_flight) >= depth:
-                        yield from self._collect(*in_flight.popleft())
-                    pending, n_ready = [], 0
-                shape = arrays.shape[1:]
-                n_ready += len(arrays)
-            pending.append((name, arrays, error))
-        in_flight.append(self._submit(pending))
-        while in_flight:
-            yield from self._collect(*in_flight.popleft())
+        try:
+            for name, arrays, error, ticket in self._decoded(items, lend=True):
+                if arrays is not None:
+                    if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self._chunk(shape)):
+                        in_flight.append(self._submit(pending))
+                        self._release(lent)  # the batch has its own copy now
+                        while len(in_flight) >= depth:
+                            yield from self._collect(*in_flight.popleft())
+                        pending, n_ready = [], 0
+                    shape = arrays.shape[1:]
+                    n_ready += len(arrays)
+                pending.append((name, arrays, error))
+                if ticket is not None:
+                    lent.append(ticket)
+            in_flight.append(self._submit(pending))
+            self._release(lent)
+            while in_flight:
+                yield from self._collect(*in_flight.popleft())
+        finally:  # also when stopped early: the slots go back to the pool (releasing twice is harmless)
+            self._release(lent + ([ticket] if ticket is not None else []))
 
-    def _decoded(self, items: Iterable[Item]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    def _release(self, lent: list[int]) -> None:
+        for t in lent:
+            self._processes.release(t)
+        lent.clear()
+
+    def _decoded(self, items: Iterable[Item], lend: bool = False
+                 ) -> Iterator[tuple[str, np.ndarray | None, str | None, int | None]]:
+        """(name, arrays, error, lent ticket) per item, in order. lend: results of the decoding
+        processes may be views of their shared memory, valid until ``_processes.release(ticket)``
+        (the ticket is given where that is so, else None)."""
         window = deque()
         ahead = 4 * self.batch_size  # bounded read-ahead: memory stays flat on long lists
         try:
             for item in items:
                 window.append(self._start_decode(item))
                 if len(window) >= ahead:
-                    yield self._finish_decode(*window.popleft())
+                    yield self._finish_decode(*window.popleft(), lend)
             while window:
-                yield self._finish_decode(*window.popleft())
+                yield self._finish_decode(*window.popleft(), lend)
         finally:  # stopped early (Ctrl-C, an abandoned iterator): results nobody will read are dropped
             for name, handle in window:
                 if isinstance(handle, int):
@@ -226,14 +244,18 @@ class Detector:
             return name, self._pool.submit(self._decode_here, name, item)
         if self.decode == "processes":
             if self._processes is None:
-                self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers)
+                # room to lend what predict_iter holds: the read-ahead window and the batch forming
+                self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers,
+                                             hold=5 * self.batch_size)
         return name, self._processes.submit(item)
 
-    def _finish_decode(self, name: str, handle) -> tuple[str, np.ndarray | None, str | None]:
+    def _finish_decode(self, name: str, handle, lend: bool = False):
         if not isinstance(handle, int):
-            return handle.result()
-        arrays, error = self._processes.result(handle)
-        return (name, None, error) if error is not None else self._checked(name, arrays)
+            return (*handle.result(), None)
+        lend = lend and isinstance(self._processes, DecodePool)
+        arrays, error = self._processes.result(handle, lend=True) if lend else self._processes.result(handle)
+        ticket = handle if lend else None
+        return (name, None, error, ticket) if error is not None else (*self._checked(name, arrays), ticket)
 
     def _decode_here(self, name: str, item: Item) -> tuple[str, np.ndarray | None, str | None]:
         try:
@@ -275,6 +297,9 @@ class Detector:
         handles = []
         if ready:
             pixels = np.concatenate([pending[i][1] for i in ready])
+            bounds = np.cumsum([0] + [len(pending[i][1]) for i in ready])
+            for j, i in enumerate(ready):  # the batch's own copy: lent views may be released now
+                pending[i] = (pending[i][0], pixels[bounds[j]:bounds[j + 1]], pending[i][2])
             step = self._chunk(pixels.shape[1:])
             try:
                 for j in range(0, len(pixels), step):

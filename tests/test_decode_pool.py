@@ -255,3 +255,50 @@ def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch, rand
         assert det.workers == 16  # started lazily: no process is spawned here
     monkeypatch.setattr(detector_module.os, "sched_getaffinity", lambda pid: {3}, raising=False)
     assert detector_module.default_workers("processes") == detector_module.default_workers("threads") == 1
+
+
+def test_lent_results_are_views_until_released_and_then_their_slots_serve_again(files):
+    good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
+    pool = DecodePool(SPEC, 10**8, 64, workers=1, depth=1, chunk=1, hold=2)
+    try:
+        assert len(pool._free_slots) == 3  # 1 in flight + 2 to hold
+        t0, t1, t2 = (pool.submit(p) for p in good[:3])
+        a0, _ = pool.result(t0, lend=True)
+        a1, _ = pool.result(t1, lend=True)
+        a2, _ = pool.result(t2, lend=True)  # the hold is full: this one was copied out
+        assert not a0.flags.owndata and not a1.flags.owndata and a2.flags.owndata
+        assert np.array_equal(a0, load_tiles(good[0], SPEC)) and np.array_equal(a1, load_tiles(good[1], SPEC))
+        pool.release(t0)
+        pool.release(t2)  # copied out: nothing to release, no slot counted twice
+        assert len(pool._free_slots) == 2
+        for p in good[3:] * 3:  # the released slot is written again; the held one is not
+            arrays, error = pool.result(pool.submit(p))
+            assert error is None and arrays.flags.owndata and np.array_equal(arrays, load_tiles(p, SPEC))
+        assert np.array_equal(a1, load_tiles(good[1], SPEC))  # a held slot is never written over
+        pool.release(t1)
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_detector_with_lent_slots_gives_the_thread_records_over_many_batches(random_onnx, tmp_path):
+    """Batches formed from views of the ring, slots reused hundreds of times, a small hold that
+    runs out (copies), tiles through the pipe: every logit equal to the thread path's."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(40):
+        p = tmp_path / f"f{i}.{'jpg' if i % 3 else 'png'}"
+        Image.fromarray(rng.integers(0, 256, (60 + i, 90 - i, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    items = paths * 6 + [str(tmp_path / "missing.png")]
+    with Detector(random_onnx, batch_size=5, workers=2) as det:
+        want = det.predict(items)
+    with Detector(random_onnx, batch_size=5, workers=2, decode="processes") as det:
+        got = det.predict(items)
+        assert det._processes._hold > 0 and not det._processes._held  # it lent, and all came back
+        stopped = det.predict_iter(items)
+        next(stopped)
+        stopped.close()  # an abandoned iterator gives its slots back too
+        assert not det._processes._held
+        assert [r.logit for r in det.predict(items[:30])] == [r.logit for r in want[:30]]
+    assert [(r.path, r.logit, r.error) for r in got] == [(r.path, r.logit, r.error) for r in want]
