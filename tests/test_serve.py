@@ -141,13 +141,19 @@ def offline(random_onnx, images):
         return {str(p): r for p, r in zip(images, det.predict([str(p) for p in images]))}
 
 
+FIXTURE_QUEUE_SIZE = 32  # the shared server's bounded queue (serve.py's default is DEFAULT_MAX_QUEUE_SIZE)
+
+
 @pytest.fixture(scope="module")
 def server(random_onnx, tmp_path_factory):
     need_pytriton()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     s = Server(random_onnx, log, "--instances", "2", "--max-batch-size", "16", "--preferred-batch-sizes", "4,8",
                "--max-queue-delay-us", "20000", "--max-request-bytes", str(MAX_REQUEST_BYTES),
-               "--max-pixels", str(MAX_PIXELS), "--exit-timeout", "20")
+               "--max-pixels", str(MAX_PIXELS), "--exit-timeout", "20",
+               # room for every request the load tests keep open (8 clients): shedding has tests of
+               # its own (test_serve_faults.py, the client's unit tests); here it would be a flake
+               "--max-queue-size", str(FIXTURE_QUEUE_SIZE))
     try:
         yield s.wait_ready()
     finally:
@@ -607,14 +613,16 @@ def test_health_endpoints_and_python_backend_fix(server):
 
 
 def test_served_config_bounds_the_queue(server):
-    """The model's dynamic batcher has serve.py's default queue policy: a bounded queue whose
-    excess Triton refuses at once (REJECT), and a queue timeout."""
-    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
+    """The model's dynamic batcher has serve.py's queue policy: a bounded queue (of the size
+    given) whose excess Triton refuses at once (REJECT), and the default queue timeout."""
+    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS, parse_args
+
+    assert parse_args(["--model", "m.onnx"]).max_queue_size == DEFAULT_MAX_QUEUE_SIZE
 
     with urllib.request.urlopen(server.http_url + "/v2/models/lfm/config", timeout=5) as r:
         policy = json.load(r)["dynamic_batching"]["default_queue_policy"]
     assert policy == {"timeout_action": "REJECT", "default_timeout_microseconds": DEFAULT_QUEUE_TIMEOUT_MS * 1000,
-                      "allow_timeout_override": False, "max_queue_size": DEFAULT_MAX_QUEUE_SIZE}
+                      "allow_timeout_override": False, "max_queue_size": FIXTURE_QUEUE_SIZE}
     assert "supervision: watching tritonserver" in server.log()
 
 
