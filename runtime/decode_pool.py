@@ -341,8 +341,11 @@ def _shutdown(workers: list, shm: shared_memory.SharedMemory, selector) -> None:
         w.conn.close()
     try:
         shm.close()
-    except BufferError:  # a caller still holds a lent view: the mapping lives until that view does
-        pass
+    except BufferError:  # a caller still holds a lent view (e.g. in an interrupted batch): the
+        # mapping lives as long as that view does; SharedMemory.__del__ must not try again (it
+        # would print the same BufferError at exit), so it forgets the mmap, the view keeps it
+        shm._mmap = None
+        shm.close()  # the file descriptor
     try:
         shm.unlink()
     except FileNotFoundError:

@@ -302,3 +302,28 @@ def test_detector_with_lent_slots_gives_the_thread_records_over_many_batches(ran
         assert not det._processes._held
         assert [r.logit for r in det.predict(items[:30])] == [r.logit for r in want[:30]]
     assert [(r.path, r.logit, r.error) for r in got] == [(r.path, r.logit, r.error) for r in want]
+
+
+@pytest.mark.slow
+def test_closing_while_a_lent_view_lives_is_silent_and_the_view_stays_readable(files):
+    """Ctrl-C in the middle of a batch leaves views of the ring in the traceback's frames: close()
+    unlinks the segment, the memory lives as long as the view, and nothing is printed at exit."""
+    good = next(str(p) for p in files if p.suffix == ".png" and p.exists() and p.stat().st_size > 300)
+    code = f"""
+import os, numpy as np
+from lfm.runtime.decode_pool import DecodePool, SHM_PREFIX
+from lfm.runtime.preprocess import load_tiles
+from lfm.runtime.spec import ModelSpec
+if __name__ == "__main__":
+    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
+    pool = DecodePool(spec, 10**8, 64, workers=1, hold=4)
+    t = pool.submit({good!r})
+    view, _ = pool.result(t, lend=True)
+    assert not view.flags.owndata
+    pool.close()
+    assert np.array_equal(view, load_tiles({good!r}, spec))
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{{SHM_PREFIX}}{{os.getpid()}}-")]
+    print("ok")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout == "ok\n" and p.stderr == "", p.stderr
