@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 
-from interpreter import use_interpreter_without_gpu  # noqa: E402
+from interpreter import KernelPlaces, run_under_interpreter, use_interpreter_without_gpu  # noqa: E402
 
 use_interpreter_without_gpu()
 
@@ -30,22 +30,16 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="the kernels need triton: pip install -e '.[kernels]'")
 
-from lfm.kernels import aot, interpreted  # noqa: E402
+from lfm.kernels import aot  # noqa: E402
 from lfm.kernels.npr import npr, npr_kernel, npr_reference  # noqa: E402
 from lfm.kernels.max_pool_relu import max_pool_relu, max_pool_relu_reference  # noqa: E402
 from lfm.kernels.npr_stem import npr_stem, npr_stem_reference, stem_weights  # noqa: E402
 from lfm.kernels.top_k_pool import top_k_pool, top_k_pool_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA = torch.cuda.is_available()
-INTERPRET = interpreted(npr_kernel)
-# where the kernel-vs-reference tests run: the interpreter on CPU, or natively on the GPU
-DEVICE = "cpu" if INTERPRET else ("cuda" if CUDA else None)
-needs_kernel_device = pytest.mark.skipif(
-    DEVICE is None, reason="triton was imported in compiled mode before this module and there is no GPU: "
-                           "these run in a child process (test_interpreter_tests_in_a_child_process)")
-needs_cuda = pytest.mark.skipif(not CUDA or INTERPRET, reason="no CUDA device visible to torch" if not CUDA
-                                else "TRITON_INTERPRET=1 is set: kernels run in the interpreter")
+PLACES = KernelPlaces(npr_kernel)  # where these tests run: the interpreter on CPU, or natively on the GPU
+CUDA, INTERPRET, DEVICE = PLACES.cuda, PLACES.interpret, PLACES.device
+needs_kernel_device, needs_cuda = PLACES.needs_kernel_device, PLACES.needs_cuda
 UINT8_SCALE = tuple(1.0 / (255.0 * s) for s in (0.229, 0.224, 0.225))  # 1 / (255 std), the export's fold
 
 
@@ -476,11 +470,7 @@ def test_launch_geometry_on_ints_and_symbols(artifacts):
 
 @pytest.mark.skipif(DEVICE is not None, reason="the kernel tests run in this process")
 def test_interpreter_tests_in_a_child_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "not child_process and not aot and not ptxas and not launch_geometry"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    run_under_interpreter(Path(__file__), "not child_process and not aot and not ptxas and not launch_geometry", cwd=ROOT)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-from interpreter import use_interpreter_without_gpu  # noqa: E402
+from interpreter import KernelPlaces, run_under_interpreter, use_interpreter_without_gpu  # noqa: E402
 
 use_interpreter_without_gpu()
 
@@ -25,7 +25,6 @@ from PIL import Image  # noqa: E402
 
 pytest.importorskip("triton", reason="the kernels need triton: pip install -e '.[kernels]'")
 
-from lfm.kernels import interpreted  # noqa: E402
 from lfm.kernels.resize import (  # noqa: E402
     PRECISION_BITS, center_crop, installed_pillow_version, normalize_coeffs_8bpc, pillow_resize_reference,
     precompute_coeffs, FILTERS, resample_pass_kernel, resize, resize_bilinear, resize_plan, tiles, vertical_first,
@@ -33,14 +32,9 @@ from lfm.kernels.resize import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
-CUDA = torch.cuda.is_available()
-INTERPRET = interpreted(resample_pass_kernel)
-DEVICE = "cpu" if INTERPRET else ("cuda" if CUDA else None)
-needs_kernel_device = pytest.mark.skipif(
-    DEVICE is None, reason="triton was imported in compiled mode before this module and there is no GPU: "
-                           "these run in a child process (test_interpreter_tests_in_a_child_process)")
-needs_cuda = pytest.mark.skipif(not CUDA or INTERPRET, reason="no CUDA device visible to torch" if not CUDA
-                                else "TRITON_INTERPRET=1 is set: kernels run in the interpreter")
+PLACES = KernelPlaces(resample_pass_kernel)  # where these tests run: the interpreter on CPU, or natively on the GPU
+CUDA, INTERPRET, DEVICE = PLACES.cuda, PLACES.interpret, PLACES.device
+needs_kernel_device, needs_cuda = PLACES.needs_kernel_device, PLACES.needs_cuda
 PIL_FILTERS = {"bilinear": Image.BILINEAR, "box": Image.BOX, "hamming": Image.HAMMING,
                "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 BIG_TILES = {"block_out": 128, "block_across": 128}  # far fewer programs for the interpreter
@@ -349,11 +343,7 @@ def test_center_crop_and_tiles_are_the_policies_slices():
 
 @pytest.mark.skipif(DEVICE is not None, reason="the kernel tests run in this process")
 def test_interpreter_tests_in_a_child_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
-                        "-k", "kernel and not child_process"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    run_under_interpreter(Path(__file__), "kernel and not child_process", cwd=ROOT)
 
 
 # ---------------------------------------------------------------------------------------------
