@@ -161,6 +161,18 @@ def assert_no_leftovers(s: Server, processes: ServerProcesses, shared_memory: se
     assert not glob.glob(f"/dev/shm/pytrtion{s.proc.pid}-*")
 
 
+def fault_under_load(s, processes, inject, what: str) -> None:
+    """1.5 s of client load, then the fault (``inject()``); serve.py must handle it as
+    assert_fault_handled says, naming ``what``."""
+    load = Load(s).start()
+    time.sleep(1.5)
+    shared_memory = shared_memory_of(s, processes)
+    t_fault = time.monotonic()
+    inject()
+    rc = wait_exit(s.proc, FAULT_DEADLINE_S)
+    assert_fault_handled(s, processes, load, t_fault, rc, what, shared_memory)
+
+
 def assert_fault_handled(s: Server, processes: ServerProcesses, load: Load, t_fault: float, rc, reason: str,
                          shared_memory: set[str]):
     """The common expectation after a fault inside the server."""
@@ -184,15 +196,9 @@ def assert_fault_handled(s: Server, processes: ServerProcesses, load: Load, t_fa
 def test_killed_stub_under_load_stops_readiness_and_exits_3(random_onnx, tmp_path):
     s, processes = start_server(random_onnx, tmp_path)
     try:
-        load = Load(s).start()
-        time.sleep(1.5)
         pid = processes.stubs["lfm_0_1"]
-        shared_memory = shared_memory_of(s, processes)
-        t_fault = time.monotonic()
-        os.kill(pid, signal.SIGKILL)
-        rc = wait_exit(s.proc, FAULT_DEADLINE_S)
-        assert_fault_handled(s, processes, load, t_fault, rc,
-                             f"the Python-backend stub of instance lfm_0_1 (pid {pid}) exited", shared_memory)
+        fault_under_load(s, processes, lambda: os.kill(pid, signal.SIGKILL),
+                         f"the Python-backend stub of instance lfm_0_1 (pid {pid}) exited")
     finally:
         s.stop()
 
@@ -201,14 +207,8 @@ def test_killed_stub_under_load_stops_readiness_and_exits_3(random_onnx, tmp_pat
 def test_killed_tritonserver_exits_3_and_leaves_nothing(random_onnx, tmp_path):
     s, processes = start_server(random_onnx, tmp_path)
     try:
-        load = Load(s).start()
-        time.sleep(1.5)
-        shared_memory = shared_memory_of(s, processes)
-        t_fault = time.monotonic()
-        os.kill(processes.tritonserver, signal.SIGKILL)
-        rc = wait_exit(s.proc, FAULT_DEADLINE_S)
-        assert_fault_handled(s, processes, load, t_fault, rc, f"tritonserver (pid {processes.tritonserver}) exited",
-                             shared_memory)
+        fault_under_load(s, processes, lambda: os.kill(processes.tritonserver, signal.SIGKILL),
+                         f"tritonserver (pid {processes.tritonserver}) exited")
     finally:
         s.stop()
 
@@ -218,14 +218,8 @@ def test_stopped_stub_is_a_fault_not_a_ready_server(random_onnx, tmp_path):
     s, processes = start_server(random_onnx, tmp_path)
     pid = processes.stubs["lfm_0_0"]  # the instance that also hosts PyTriton's tensor store
     try:
-        load = Load(s).start()
-        time.sleep(1.5)
-        shared_memory = shared_memory_of(s, processes)
-        t_fault = time.monotonic()
-        os.kill(pid, signal.SIGSTOP)
-        rc = wait_exit(s.proc, FAULT_DEADLINE_S)
-        assert_fault_handled(s, processes, load, t_fault, rc,
-                             f"the Python-backend stub of instance lfm_0_0 (pid {pid}) {STOPPED}", shared_memory)
+        fault_under_load(s, processes, lambda: os.kill(pid, signal.SIGSTOP),
+                         f"the Python-backend stub of instance lfm_0_0 (pid {pid}) {STOPPED}")
     finally:
         if not gone(pid):
             os.kill(pid, signal.SIGKILL)
