@@ -102,7 +102,7 @@ def runner_arguments(args) -> dict:
     """make_runner's arguments from the command line: which model, which backend, its options."""
     source, backend = source_from_flags(args.checkpoint, args.model, args.engine, args.backend)
     return dict(source=source, backend=backend, device=args.device, threads=args.threads, precision=args.precision,
-                providers=args.providers.split(",") if args.providers else None, kernels=args.kernels,
+                providers=args.providers, kernels=args.kernels,
                 cuda_graphs=args.cuda_graphs)
 
 

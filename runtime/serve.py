@@ -458,7 +458,7 @@ def runner_kwargs(args, instances: int) -> dict:
     source, backend = source_from_flags(args.checkpoint, args.model, args.engine, args.backend)
     return dict(source=source, backend=backend, device=args.device, precision=args.precision,
                 threads=args.threads or max(1, (os.cpu_count() or 1) // instances),
-                providers=args.providers.split(",") if args.providers else None, kernels=args.kernels,
+                providers=args.providers, kernels=args.kernels,
                 cuda_graphs=args.cuda_graphs)
 
 

@@ -177,8 +177,25 @@ def source_from_flags(checkpoint=None, model=None, engine=None, backend: str | N
     return os.fspath(path), backend
 
 
+def provider_list(providers: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """ONNX Runtime's execution providers as a list, or None for the default choice. A string is
+    the CLI's form, one provider or several separated by commas ("cpu", "cuda,cpu"); a list or
+    tuple names one provider per item. Names are aliases ("cpu", "cuda", "tensorrt"/"trt") or
+    ONNX Runtime's own ("CPUExecutionProvider"). The one parser of --providers and of
+    make_runner(providers=...): a string was once split into its letters."""
+    if providers is None:
+        return None
+    items = [providers] if isinstance(providers, str) else list(providers)
+    if not all(isinstance(item, str) for item in items):
+        raise BackendError(f"providers {providers!r} (--providers): expected provider names, e.g. 'cpu' or 'cuda,cpu'")
+    names = [name.strip() for item in items for name in item.split(",")]
+    if not names or not all(names):
+        raise BackendError(f"providers {providers!r} (--providers) names an empty provider; e.g. 'cpu' or 'cuda,cpu'")
+    return names
+
+
 def make_runner(source: str | os.PathLike, *, backend: str | None = None, device: str = "auto",
-                providers: list[str] | None = None, threads: int | None = None, precision: str = "auto",
+                providers: str | list[str] | None = None, threads: int | None = None, precision: str = "auto",
                 kernels: bool = False, cuda_graphs: bool = False) -> Runner:
     """The runner (not yet active) for a model file: by its extension (.onnx: ONNX Runtime,
     .plan/.engine/.trt: TensorRT, .pt/.pth/.ckpt/.bin: PyTorch) unless ``backend`` names one of
@@ -186,14 +203,15 @@ def make_runner(source: str | os.PathLike, *, backend: str | None = None, device
 
     - device: the PyTorch device for a checkpoint (auto | cpu | cuda[:N]);
     - providers, threads: ONNX Runtime's execution providers and intra-op threads (threads also
-      for OpenVINO; the other backends ignore it);
+      for OpenVINO; the other backends ignore it); providers is "cpu", "cuda,cpu" (a string is
+      comma-separated, as --providers) or a list such as ["cuda", "cpu"] (see provider_list);
     - precision: OpenVINO's inference precision (auto | f32 | bf16 | f16);
     - kernels: a checkpoint through our Triton kernels (a CUDA GPU);
     - cuda_graphs: replay each batch shape as a CUDA graph (TensorRT engines, checkpoints on a GPU).
 
     An option the chosen backend would silently ignore is refused with a BackendError (one line)."""
     entry = backend_for(source, backend)
-    given = {"device": device, "providers": providers, "threads": threads, "precision": precision,
+    given = {"device": device, "providers": provider_list(providers), "threads": threads, "precision": precision,
              "kernels": kernels, "cuda_graphs": cuda_graphs}
     _refuse_unused(entry, given)
     return entry.runner_class()(os.fspath(source), **{k: v for k, v in given.items() if k in entry.options})

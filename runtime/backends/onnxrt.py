@@ -18,7 +18,7 @@ import numpy as np
 
 from ..custom_ops import INSTALL_HINT, NPR_OP, OP_TYPES, TOP_K_POOL_OP, npr, parse_scale, top_k_pool, uses_custom_ops
 from ..spec import ModelSpec
-from .base import BackendError, Runner
+from .base import BackendError, Runner, provider_list
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
@@ -34,10 +34,10 @@ class OnnxRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, providers: str | list[str] | None = None, threads: int | None = None):
         super().__init__()
         self.path = os.fspath(path)
-        self.requested_providers = providers
+        self.requested_providers = provider_list(providers)  # "cpu", "cuda,cpu" or a list
         self.threads = threads
 
     def activate_impl(self):
