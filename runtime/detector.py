@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import deque
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Union
 
@@ -74,6 +75,10 @@ DECODE_MODES = ("threads", "processes", "gpu")
 
 
 TILE_REDUCTIONS = ("max", "mean")
+
+
+class DetectorClosed(RuntimeError):
+    """A Detector used after close() (or after its ``with`` block)."""
 
 
 class Detector:
@@ -139,6 +144,7 @@ class Detector:
         self.max_pixels, self.max_model_pixels = max_pixels, max_model_pixels
         self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
         self.decode, self.workers = decode, workers or default_workers(decode)
+        self.closed = False
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lfm-decode")
         self._processes: DecodePool | None = None  # decode="processes": started on the first path
         if gpu_decoder is not None:  # decode="gpu": the same ticket interface as the processes
@@ -153,21 +159,33 @@ class Detector:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self):
+        """Stop the decoding workers and free the runner; a second close() does nothing, and every
+        later use raises DetectorClosed."""
+        if self.closed:
+            return
+        self.closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._processes is not None:
             self._processes.close()
         self.runner.deactivate()
 
     def __enter__(self):
+        self._check_open()
         return self
 
     def __exit__(self, *exc):
         self.close()
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise DetectorClosed("this Detector is closed (its workers and runner are released); "
+                                 "create a new Detector to score more")
+
     # -- prediction -------------------------------------------------------------------------------
     def predict(self, items: Iterable[Item]) -> list[Record]:
         """Score a list of items (paths, bytes, HxWx3 uint8 arrays, PIL images; an NxHxWx3
-        array is N images): one Record per item, in order, failures included as records."""
+        array is N images): one Record per item, in order, failures included as records. It
+        holds every record: for long or endless inputs use ``predict_iter``."""
         return list(self.predict_iter(items))
 
     def predict_one(self, item: Item) -> Record:
@@ -175,13 +193,31 @@ class Detector:
         return self.predict([item])[0]
 
     def predict_iter(self, items: Iterable[Item]) -> Iterator[Record]:
-        """Yield one record per item, in order, as soon as its batch is scored.
+        """Yield one record per item, in order, as soon as its batch is scored. ``items`` is read
+        lazily (a bounded window ahead of the model), so memory stays flat on any length of input.
 
         Each decoded item is a stack of arrays [N, h, w, 3] (N = 1, or its tiles); consecutive
         items of one array shape are batched together up to ``batch_size`` arrays. A runner with
         ``max_in_flight`` > 1 (TensorRT) gets that many batches submitted before the oldest one's
         records are yielded, so the GPU works while the next batch is decoded and staged."""
+        self._check_open()  # refused at the call, not at the first next()
         _refuse_single_item(items)
+        return self._while_open(self._records(items))
+
+    def _while_open(self, records: Iterator[Record]) -> Iterator[Record]:
+        """The records, each step refused once the Detector is closed (closed while an iterator
+        is still read: its workers and runner are gone, so it would fail deep inside, or worse,
+        turn the stopped runner's refusals into error records)."""
+        with closing(records):  # refused or abandoned: the stages' slots and futures go back now
+            while True:
+                self._check_open()
+                try:
+                    record = next(records)
+                except StopIteration:
+                    return
+                yield record
+
+    def _records(self, items: Iterable[Item]) -> Iterator[Record]:
         pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
         lent: list[int] = []  # tickets of the decoding processes whose ring slots pending's arrays view
         ticket = None  # the item in hand, not yet in pending while an earlier batch is collected

@@ -302,6 +302,58 @@ def test_make_runner_refuses_providers_for_openvino_and_lets_threads_pass(tmp_pa
         make_runner(tmp_path / "m.onnx", backend="openvino", precision="fp8")
 
 
+def test_providers_as_a_string_are_the_clis_comma_separated_form(tmp_path, random_onnx):
+    """A string was split into its letters ("cpu" -> ['c', 'p', 'u']); it is the CLI's form, one
+    provider or several separated by commas, parsed by the one function both use (issue 24, item 8)."""
+    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends.base import provider_list
+    from lfm.runtime.detector import Detector
+
+    assert provider_list("cpu") == ["cpu"] and provider_list(" cuda, cpu") == ["cuda", "cpu"]
+    assert provider_list(["cuda", "cpu"]) == ["cuda", "cpu"] and provider_list(None) is None
+    for bad in ("", "cuda,,cpu", [], [3]):
+        with pytest.raises(BackendError, match="--providers"):
+            provider_list(bad)
+    assert make_runner(tmp_path / "m.onnx", providers="cpu").requested_providers == ["cpu"]
+    with pytest.raises(BackendError, match=r"providers \['cuda', 'cpu'\] \(--providers\) applies to an ONNX model"):
+        make_runner(tmp_path / "m.plan", providers="cuda,cpu")
+    with make_runner(random_onnx, providers="cpu") as runner:
+        assert runner.providers == ["CPUExecutionProvider"]
+    with pytest.deprecated_call(), Detector(random_onnx, providers="cpu") as det:
+        assert det.runner.providers == ["CPUExecutionProvider"]
+    img = noise_png(tmp_path / "img.png")
+    run = subprocess.run(INFER + ["--model", str(random_onnx), "--providers", "cpu", str(img)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["error"] is None, run.stderr
+    run = subprocess.run(INFER + ["--model", str(random_onnx), "--providers", "nosuch", str(img)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "provider(s) ['nosuch'] not available" in run.stderr, run.stderr
+
+
+def test_a_closed_detector_says_so_in_every_public_method(random_onnx, tmp_path):
+    """After close() the decoding threads are gone: every use used to fail with concurrent.futures'
+    "cannot schedule new futures after shutdown" (issue 24, item 9)."""
+    from lfm.runtime.detector import Detector, DetectorClosed
+
+    img = noise_png(tmp_path / "img.png")
+    det = Detector(random_onnx)
+    det.close()
+    det.close()  # a second close is harmless
+    uses = {"predict": lambda: det.predict([str(img)]), "predict (empty)": lambda: det.predict([]),
+            "predict_one": lambda: det.predict_one(str(img)), "predict_iter": lambda: det.predict_iter([str(img)]),
+            "with": lambda: det.__enter__()}
+    for what, use in uses.items():
+        with pytest.raises(DetectorClosed, match="^this Detector is closed") as e:
+            use()
+        assert isinstance(e.value, RuntimeError), what
+    with Detector(random_onnx) as det:  # closed while an iterator is still being read
+        records = det.predict_iter([str(img)] * 200)
+        assert next(records).ok
+        det.close()
+        with pytest.raises(DetectorClosed, match="this Detector is closed"):
+            list(records)
+
+
 def test_source_from_flags_is_the_clis_model_choice():
     from lfm.runtime.backends import BackendError, source_from_flags
 
