@@ -19,7 +19,27 @@ from typing import Callable, Sequence
 
 DIST_NAME = "lfm-deploy"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+TERMINATED = 128 + signal.SIGTERM  # 143: what a shell reports for a process killed by SIGTERM
 BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a process killed by SIGPIPE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, systemd and Kubernetes send), raised in the main thread as Ctrl-C
+    raises KeyboardInterrupt, so that every clean-up and every "keep what is complete" that runs
+    on Ctrl-C runs on it too. ``run`` installs it; the exit status is 143."""
+
+
+def raise_terminated(signum=None, frame=None):
+    raise Terminated
+
+
+def stop_status(stop: KeyboardInterrupt) -> int:
+    """The exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    return TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+
+
+def stop_word(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
 
 
 def version() -> str:
@@ -145,15 +165,20 @@ def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run a command's main() the way users expect of a command-line tool: Ctrl-C stops it
-    with one line and exit 130 (the command's own handler, if any, has already said what was
-    done); a closed pipe (``| head``) ends it quietly with 141; a missing optional dependency
-    is one line naming the extra. The output a command wrote before is left complete."""
+    with one line and exit 130, SIGTERM likewise with 143 (``Terminated``; the command's own
+    handler, if any, has already said what was done); a closed pipe (``| head``) ends it quietly
+    with 141; a missing optional dependency is one line naming the extra. The output a command
+    wrote before is left complete, and its temp files are removed."""
     prog = prog or program_name()
     try:
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous_sigterm = None
+    try:
         return main(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as stop:
+        print(f"{prog}: {stop_word(stop)}", file=sys.stderr)
+        return stop_status(stop)
     except BrokenPipeError:
         return quiet_broken_pipe()
     except ModuleNotFoundError as e:
@@ -162,6 +187,9 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, 
             raise
         print(message, file=sys.stderr)
         return 2
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def quiet_broken_pipe() -> int:
@@ -235,35 +263,37 @@ class RecordRun:
     def __init__(self):
         self.written = self.failed = 0
         self.interrupted = self.broken_pipe = False
+        self.stop: KeyboardInterrupt | None = None  # what interrupted it: Ctrl-C, or SIGTERM (Terminated)
         self.seconds = 0.0
 
 
 def write_records(records, total: int, output: str | None, fmt: str, progress: str = "auto") -> RecordRun:
     """Stream records to ``output`` (a file replaced when the run ends, see ``ReplacedAtEnd``) or
-    standard output, with a progress line on a terminal. Ctrl-C ends the run early: the output
-    keeps the complete records written so far (``interrupted``). A closed standard output
-    (``| head``) ends it quietly (``broken_pipe``). Any other error leaves an earlier output file
-    as it was and propagates."""
+    standard output, with a progress line on a terminal. Ctrl-C or SIGTERM ends the run early:
+    the output keeps the complete records written so far (``interrupted``, ``stop``). A closed
+    standard output (``| head``) ends it quietly (``broken_pipe``). Any other error (a full
+    disk) leaves an earlier output file as it was, removes the temp file and propagates."""
     from .files import ReplacedAtEnd
     from .records import RecordWriter
 
     run_ = RecordRun()
     sink = ReplacedAtEnd(output) if output else None
     bar = Progress(total, enabled={"auto": None, "on": True, "off": False}[progress])
-    # Ctrl-C while a record is being written and counted is held until both are done, so the
+    # A stop while a record is being written and counted is held until both are done, so the
     # count on the last stderr line is exactly the number of records in the output.
-    state = {"writing": False, "pending": False}
+    state = {"writing": False, "pending": None}
+    stops = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
 
-    def on_sigint(signum, frame):
+    def on_stop(signum, frame):
         if state["writing"]:
-            state["pending"] = True
+            state["pending"] = stops[signum]
         else:
-            raise KeyboardInterrupt
+            raise stops[signum]
 
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread: Python's default handler stays
-        previous = None
+        previous = {signum: signal.signal(signum, on_stop) for signum in stops}
+    except ValueError:  # not the main thread: the handlers stay as they are
+        previous = {}
     t0 = time.perf_counter()
     try:
         writer = RecordWriter(sink.stream if sink else sys.stdout, fmt)
@@ -274,22 +304,25 @@ def write_records(records, total: int, output: str | None, fmt: str, progress: s
             run_.failed += not record.ok
             state["writing"] = False
             if state["pending"]:
-                raise KeyboardInterrupt
+                raise state["pending"]
             bar.update(record.ok)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
-        run_.interrupted = True
+    except KeyboardInterrupt as stop:  # Terminated too
+        for signum in stops:  # a second signal must not break the clean-up
+            signal.signal(signum, signal.SIG_IGN)
+        run_.interrupted, run_.stop = True, stop
     except BrokenPipeError:
         run_.broken_pipe = True
     except BaseException:
         if sink:
-            sink.discard()  # an earlier output file stays as it was
+            sink.discard()  # an earlier output file stays as it was; no temp file is left
         raise
     finally:
         bar.close()
         run_.seconds = time.perf_counter() - t0
-        if previous is not None and not run_.interrupted:
-            signal.signal(signal.SIGINT, previous)
+        if not run_.interrupted:
+            for signum, handler in previous.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
     if sink:
         sink.commit()
     return run_
@@ -301,28 +334,12 @@ def summary_exit(run_: RecordRun, total: int, output: str | None, describe: str)
         return quiet_broken_pipe()
     where = f" -> {output}" if output else ""
     if run_.interrupted:
-        print(f"interrupted: {run_.written} of {total} inputs done ({run_.failed} failed) in {run_.seconds:.2f} s"
-              f"{where}; the output holds their complete records", file=sys.stderr)
-        return INTERRUPTED
+        print(f"{stop_word(run_.stop)}: {run_.written} of {total} inputs done ({run_.failed} failed) in "
+              f"{run_.seconds:.2f} s{where}; the output holds their complete records", file=sys.stderr)
+        return stop_status(run_.stop)
     print(f"scored {run_.written - run_.failed} of {run_.written} inputs in {run_.seconds:.2f} s{where}; "
           f"{run_.failed} failed; {describe}", file=sys.stderr)
     return 1 if run_.failed else 0
-
-
-def output_conflict(output: str, protected: Sequence[tuple[str, str | None]], inputs: Sequence[str]) -> str | None:
-    """Why writing records to ``output`` would destroy a file the run reads ((what, path)
-    pairs such as ("the model", "lfm.onnx"), or one of the inputs), or None."""
-    from .files import same_file
-
-    if not os.path.exists(output):
-        return None
-    for what, path in protected:
-        if path and same_file(output, path):
-            return f"{output}: is {what}; writing records there would destroy it. Choose another --output"
-    for path in inputs:
-        if same_file(output, path):
-            return f"{output}: is one of the inputs; writing records there would destroy it. Choose another --output"
-    return None
 
 
 # -- the `lfm` command ------------------------------------------------------------------------------

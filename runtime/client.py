@@ -322,8 +322,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from lfm.runtime.cli import output_conflict, read_path_arguments, summary_exit, write_records
-    from lfm.runtime.files import output_problem
+    from lfm.runtime.cli import read_path_arguments, summary_exit, write_records
+    from lfm.runtime.files import output_problem, overwrite_refusal
     from lfm.runtime.inputs import expand_paths
 
     args = parse_args(argv)
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.output:
-        problem = output_problem(args.output, "records.jsonl") or output_conflict(args.output, [], expansion.inputs)
+        problem = output_problem(args.output, "records.jsonl") or overwrite_refusal([args.output], expansion.inputs)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2

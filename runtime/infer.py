@@ -27,11 +27,11 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
-from lfm.runtime.cli import (ArgumentParser, describe_os_error, output_conflict, positive_int,  # noqa: E402
-                             read_path_arguments, run, summary_exit, unit_interval, write_records)
+from lfm.runtime.cli import (ArgumentParser, describe_os_error, positive_int, read_path_arguments, run,  # noqa: E402
+                             summary_exit, unit_interval, write_records)
 from lfm.runtime.decode_pool import DecodePoolError  # noqa: E402  (standard library + numpy)
 from lfm.runtime.detector import DECODE_MODES, DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
-from lfm.runtime.files import output_problem  # noqa: E402
+from lfm.runtime.files import output_problem, overwrite_refusal  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
 from lfm.runtime.records import FORMATS, format_for, in_input_order  # noqa: E402
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     if args.output:
         protected = [("the model", args.model), ("the checkpoint", args.checkpoint), ("the engine", args.engine),
-                     ("the engine's sidecar", args.engine and args.engine + ".json")]
-        problem = output_problem(args.output, "records.jsonl") or output_conflict(args.output, protected, expansion.inputs)
+                     ("the engine's sidecar", args.engine and args.engine + ".json"), *expansion.inputs]
+        problem = output_problem(args.output, "records.jsonl") or overwrite_refusal([args.output], protected)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
