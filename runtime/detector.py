@@ -298,9 +298,9 @@ class Detector:
             if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
                 img = Image.fromarray(_check_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
                 if self.spec.policy == "tiles":
-                    arrays = to_tiles(img, self.spec.size, self.max_tiles)
+                    arrays = to_tiles(img, self.spec.size, self.max_tiles, self.spec.top_k)
                 else:
-                    arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size))[None]
+                    arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size, self.spec.top_k))[None]
             elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
                 arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
             else:

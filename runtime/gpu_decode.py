@@ -8,7 +8,7 @@
 Which files go to the GPU: baseline (sequential) 3-channel JPEGs whose header Pillow reads,
 that end in an EOI marker (a truncated file is left to the CPU decoder, which names it), carry
 no EXIF rotation (the CPU path applies it) and are within ``max_pixels`` (and, for policy
-center-crop, large enough to crop). PNG, progressive, greyscale or CMYK JPEGs, anything nvJPEG
+center-crop, large enough to crop; never too small to score). PNG, progressive, greyscale or CMYK JPEGs, anything nvJPEG
 refuses (a batch that fails is retried file by file) and anything that fails on the device go
 through ``preprocess.load_tiles``, the CPU path itself, per file: the same records, the same
 error messages, the same order.
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .preprocess import ImageError, load_tiles
-from .spec import ModelSpec
+from .spec import ModelSpec, too_small_to_score
 
 DECODE_BATCH = 64  # files per nvJPEG call
 EXIF_ORIENTATION = 0x0112
@@ -131,7 +131,7 @@ class GpuDecoder:
                 continue
             data = _read(source)
             size = gpu_jpeg_size(data, self.max_pixels) if data is not None else None
-            if size is not None and self._croppable(size):
+            if size is not None and self._preparable(size):
                 on_gpu.append((ticket, source, data, size))
             else:
                 self._done[ticket] = self._on_cpu(source)
@@ -145,8 +145,12 @@ class GpuDecoder:
                 self.gpu_decoded += 1
                 self._done[ticket] = (arrays, None)
 
-    def _croppable(self, size) -> bool:
+    def _preparable(self, size) -> bool:
+        """Whether the device can prepare an image of this size: one the CPU path refuses (too
+        small to score, or to crop) goes there, which names the problem."""
         w, h = size
+        if too_small_to_score(w, h, self.spec.top_k):
+            return False
         return self.spec.policy != "center-crop" or (w >= self.spec.size and h >= self.spec.size)
 
     def _decode_all(self, datas: list[bytes]) -> list:

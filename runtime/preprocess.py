@@ -19,7 +19,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES, ModelSpec
+from .spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES, ModelSpec, too_small_to_score
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
@@ -132,8 +132,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def apply_policy(img: Image.Image, policy: str, size: int) -> Image.Image:
-    """resize: bilinear to size x size; center-crop: the central size x size; none: as is."""
+def refuse_too_small(img: Image.Image, top_k: int | None = 16) -> None:
+    """ImageError for an image too small to score at its native size (``spec.too_small_to_score``):
+    under every policy, before one enlarges it into a confident answer. top_k None: no minimum
+    (training prepares images for a model configured at its own size)."""
+    problem = top_k is not None and too_small_to_score(img.width, img.height, top_k)
+    if problem:
+        raise ImageError(getattr(img, "filename", "") or "<image>", problem)
+
+
+def apply_policy(img: Image.Image, policy: str, size: int, top_k: int | None = 16) -> Image.Image:
+    """resize: bilinear to size x size; center-crop: the central size x size; none: as is. An
+    image too small for the model (K = ``top_k``) at its native size is refused under each."""
+    refuse_too_small(img, top_k)
     if policy == "resize":
         return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
     if policy == "center-crop":
@@ -141,8 +152,10 @@ def apply_policy(img: Image.Image, policy: str, size: int) -> Image.Image:
         if w < size or h < size:
             raise ImageError(
                 getattr(img, "filename", "") or "<image>",
-                # read by CLI, Python API and Triton users alike: name the policy, not a flag
-                f"{w}x{h} is smaller than the {size}x{size} centre crop; score images this small with policy 'resize'",
+                # read by CLI, Python API and Triton users alike: name the policy, not a flag; never
+                # advise enlarging (policy resize): it adds the traces NPR reads as generated
+                f"{w}x{h} is smaller than the {size}x{size} centre crop; score it at its native size with policy "
+                "'none' or 'tiles'",
             )
         left, top = (w - size) // 2, (h - size) // 2
         return img.crop((left, top, left + size, top + size))
@@ -181,8 +194,10 @@ def tile_boxes(width: int, height: int, size: int, max_tiles: int = DEFAULT_MAX_
     return [(x, y, x + tw, y + th) for y in tile_origins(height, th, ny) for x in tile_origins(width, tw, nx)]
 
 
-def to_tiles(img: Image.Image, size: int, max_tiles: int = DEFAULT_MAX_TILES) -> np.ndarray:
-    """RGB image -> uint8 [N, h, w, 3]: its ``tile_boxes`` at native resolution."""
+def to_tiles(img: Image.Image, size: int, max_tiles: int = DEFAULT_MAX_TILES, top_k: int | None = 16) -> np.ndarray:
+    """RGB image -> uint8 [N, h, w, 3]: its ``tile_boxes`` at native resolution (an image too
+    small for the model is refused, as by ``apply_policy``)."""
+    refuse_too_small(img, top_k)
     a = np.asarray(img, dtype=np.uint8)
     return np.stack([a[t:b, l:r] for l, t, r, b in tile_boxes(img.width, img.height, size, max_tiles)])
 
@@ -194,7 +209,7 @@ def load_array(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PI
         raise ValueError("policy 'tiles' gives several arrays per image: use load_tiles")
     img = open_image(source, max_pixels)
     try:
-        img = apply_policy(img, spec.policy, spec.size)
+        img = apply_policy(img, spec.policy, spec.size, spec.top_k)
     except ImageError as e:
         raise ImageError(source, e.problem) from None
     return np.asarray(img, dtype=np.uint8)
@@ -206,7 +221,11 @@ def load_tiles(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PI
     array of any other policy with a leading axis of 1."""
     if spec.policy != "tiles":
         return load_array(source, spec, max_pixels)[None]
-    return to_tiles(open_image(source, max_pixels), spec.size, max_tiles)
+    img = open_image(source, max_pixels)
+    try:
+        return to_tiles(img, spec.size, max_tiles, spec.top_k)
+    except ImageError as e:
+        raise ImageError(source, e.problem) from None
 
 
 def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

@@ -95,6 +95,22 @@ def min_input_size(top_k: int = 16) -> int:
         n += 1
 
 
+def too_small_to_score(width: int, height: int, top_k: int = 16) -> str | None:
+    """Why an image of this native size is not scored under any policy, or None if it can be.
+
+    The rule is the network's own (``check_input_size``) applied to the image as it arrives,
+    before any policy: a smaller image holds too few pixels for its salience maps to give the
+    K values Top-K pooling keeps, and enlarging it to fit would add exactly the up-sampling
+    traces NPR reads as "generated" (a 1x1 PNG resized to 256 x 256 scored "fake, 0.9957")."""
+    h, w = salience_size(height, width)
+    if h > 0 and w > 0 and h * w >= top_k:
+        return None
+    m = min_input_size(top_k)
+    return (f"{width}x{height} pixels is too small for LFM: the smallest square image it scores is {m}x{m}, the "
+            f"least that leaves {top_k} values in each salience map for its Top-K pooling (K={top_k}); a smaller "
+            "image is not enlarged to fit, since enlarging adds the up-sampling traces NPR reads as generated")
+
+
 def check_input_size(height: int, width: int, top_k: int = 16) -> None:
     h, w = salience_size(height, width)
     if h <= 0 or w <= 0 or h * w < top_k:

@@ -167,8 +167,42 @@ def test_centre_crop_message_names_the_policy_not_a_cli_flag():
     spec = ModelSpec(policy="center-crop", size=64)
     with pytest.raises(ImageError) as e:
         load_tiles(encoded(Image.fromarray(noise(40, 50)), "PNG"), spec)
-    assert "50x40 is smaller than the 64x64 centre crop" in e.value.problem
-    assert "policy 'resize'" in e.value.problem and "--" not in e.value.problem and "\n" not in str(e.value)
+    assert "50x40 pixels is too small for LFM" in e.value.problem  # below the model's minimum: no advice at all
+    with pytest.raises(ImageError) as e:
+        load_tiles(encoded(Image.fromarray(noise(50, 60)), "PNG"), spec)
+    assert "60x50 is smaller than the 64x64 centre crop" in e.value.problem
+    # the advice keeps the image's own pixels: enlarging it (policy resize) adds what NPR reads as generated
+    assert "policy 'none' or 'tiles'" in e.value.problem and "resize" not in e.value.problem
+    assert "--" not in e.value.problem and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("side", [1, 10, 47, 48])
+def test_an_image_below_the_models_minimum_is_refused_under_every_policy(random_onnx, tmp_path, side):
+    """A 1x1 PNG was told "score images this small with policy 'resize'", which scored it "fake,
+    0.9957", and resize scored a 20x20 image without a word: enlarging manufactures the
+    up-sampling traces NPR reads as generated. Below 48x48 (K=16) an image gets an error record
+    naming the minimum and why, under every policy and on every decoding path; never advice to
+    enlarge it (issue 24, item 12)."""
+    from lfm.runtime.detector import Detector
+
+    png = tmp_path / f"{side}.png"
+    png.write_bytes(encoded(Image.fromarray(noise(side, side)), "PNG"))
+    items = {"path": str(png), "bytes": png.read_bytes(), "array": noise(side, side), "image": Image.open(png)}
+    for policy in ("resize", "center-crop", "none", "tiles"):
+        with Detector(random_onnx, policy=policy, size=48, workers=1) as det:
+            records = dict(zip(items, det.predict(list(items.values()))))
+        for kind, record in records.items():
+            if side >= 48:
+                assert record.ok, (policy, kind, record)
+                continue
+            assert record.logit is None and record.score is None, (policy, kind, record)
+            assert record.error.startswith(f"{side}x{side} pixels is too small for LFM: the smallest square image "
+                                           "it scores is 48x48"), (policy, kind, record.error)
+            assert "16 values in each salience map" in record.error and "not enlarged" in record.error
+            assert "'resize'" not in record.error
+    if side < 48:  # the command says the same, under its default policy (resize)
+        r = subprocess.run(INFER + ["--model", str(random_onnx), str(png)], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 1 and "48x48" in json.loads(r.stdout)["error"], r.stderr
 
 
 def tiff_with_bad_tag_offset() -> bytes:

@@ -148,6 +148,21 @@ def test_gpu_decoder_gives_the_cpu_path_records_in_order(mixed_files, policy):
     assert sum(e is not None for _, e in got) == 3  # truncated, missing, empty
 
 
+def test_gpu_decoder_sends_an_image_too_small_to_score_to_the_cpu_paths_refusal(tmp_path):
+    """A plain JPEG below the model's minimum would be enlarged on the device (policy resize)
+    into a confident answer: it goes to the CPU path, which refuses it (issue 24, item 12)."""
+    spec = ModelSpec(input="uint8", layout="NHWC", size=64, policy="resize")
+    rng = np.random.default_rng(3)
+    files = []
+    for side in (20, 47, 48):
+        _image(rng, side, side).save(tmp_path / f"{side}.jpg", quality=90)
+        files.append(str(tmp_path / f"{side}.jpg"))
+    dec = GpuDecoder(spec, 10**8, 64, device="cpu", batch=4, decode_jpegs=pillow_decoder)
+    got = [dec.result(t) for t in [dec.submit(f) for f in files]]
+    assert [e is not None and "the smallest square image it scores is 48x48" in e for _, e in got] == [True, True, False]
+    assert got[2][0].shape == (1, 64, 64, 3) and dec.gpu_decoded == 1 and dec.cpu_decoded == 2
+
+
 @pytest.mark.slow
 def test_detector_decode_gpu_gives_the_thread_path_records(random_onnx, mixed_files, monkeypatch):
     monkeypatch.setattr(detector_module, "nvjpeg_decoder", lambda device: pillow_decoder)

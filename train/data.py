@@ -328,7 +328,8 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image, rng: RngLike = None, path: Optional[str] = None) -> np.ndarray:
         try:
-            img = apply_policy(img, self.policy, self.size)
+            # top_k None: a model in training may be configured for inputs smaller than a deployed one's
+            img = apply_policy(img, self.policy, self.size, top_k=None)
         except ImageError as e:
             raise ImageError(path or e.source, e.problem) from None
         return normalize(np.asarray(img, dtype=np.uint8), self.mean, self.std)
