@@ -15,7 +15,9 @@ and SHA-256 of the file, then:
                is read with the `onnx` package ([export] extra) where it is installed; without
                it, what needs it is named as not read.
   plan:        its sidecar's record: TensorRT version, GPU, precision, optimisation profiles,
-               spec, source model and its checksum. The plan is never deserialised (no TensorRT).
+               spec, source model and its checksum. The plan is never deserialised (no TensorRT):
+               it is taken for an engine when its SHA-256 is its sidecar's, or else when it starts
+               as serialized engines are observed to (``trt_plan.plan_header``); otherwise exit 2.
   checkpoint:  architecture, ours or upstream's, the spec if stored, epoch and metrics if stored
                (needs PyTorch: the [train] extra).
 
@@ -35,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 from lfm.runtime import custom_ops  # noqa: E402  (numpy only)
 from lfm.runtime.backends.base import BackendError  # noqa: E402
 from lfm.runtime.backends.onnxrt import session_options_for  # noqa: E402  (onnxruntime-extensions on use)
-from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, read_sidecar, rebuild_command,  # noqa: E402
-                                           sidecar_path)
+from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
+                                           rebuild_command, recognise_plan, sidecar_path)
 from lfm.runtime.files import file_sha256  # noqa: E402
 from lfm.runtime.spec import ModelSpec  # noqa: E402
 
@@ -101,6 +103,8 @@ def detect_kind(path: str, head: bytes) -> str:
     anything else is tried as ONNX (whose loader then names the problem)."""
     if looks_like_checkpoint(path, head):
         return "checkpoint"
+    if plan_header(head) is not None:
+        return "plan"
     ext = os.path.splitext(path)[1].lower()
     if ext in PLAN_EXTENSIONS:
         return "plan"
@@ -310,8 +314,16 @@ def inspect_plan(path: str, report: dict) -> None:
     try:
         sidecar = read_sidecar(path)  # validated as TrtRunner reads it
     except EngineError as e:
+        sidecar, sidecar_problem = None, str(e)
+    head = first_bytes(path)
+    try:
+        report["recognised_by"] = recognise_plan(path, head, report["sha256"], sidecar)
+    except EngineError as e:  # random bytes named lfm.plan: not reported as an engine
+        raise InspectError(str(e)) from None
+    report["header"] = plan_header(head)
+    if sidecar is None:
         report["sidecar_read"] = False
-        report["warnings"].append(str(e))
+        report["warnings"].append(sidecar_problem)
         return
     report["sidecar_read"] = True
     report["tensorrt"] = sidecar["tensorrt"]
@@ -427,6 +439,13 @@ def _onnx_lines(r: dict) -> list[str]:
 
 def _plan_lines(r: dict) -> list[str]:
     lines = ["  the plan itself was not deserialised (inspect never loads TensorRT)"]
+    header = r["header"]
+    if r["recognised_by"] == "sidecar":
+        lines.append("  recognised as an engine by: its SHA-256, the one its sidecar records")
+    else:
+        built = f"; bytes 24-26 say TensorRT {header['tensorrt']}" if header["tensorrt"] else ""
+        lines.append(f"  recognised as an engine by: its header only (magic {header['magic']!r}{built}; an observed "
+                     "layout, not a documented one): whether TensorRT loads it is not known")
     if not r["sidecar_read"]:
         return lines + [f"  sidecar: {r['sidecar_path']}: not usable (see the warning)"]
     dev, inp, src = r["device"], r["input"], r["source_model"] or {}

@@ -236,15 +236,59 @@ def test_plan_is_reported_from_its_sidecar_never_deserialised(tmp_path, capsys):
     assert inspect_file(other)["kind"] == "plan"
 
 
+def engine_header(major=10, minor=14, patch=1, magic=b"ptrt") -> bytes:
+    """The first bytes a serialized engine is observed to start with (runtime/backends/trt_plan.py)."""
+    head = bytearray(magic + bytes(28))
+    head[24:27] = bytes([major, minor, patch])
+    return bytes(head)
+
+
 def test_modified_plan_or_missing_sidecar_is_warned(tmp_path):
     plan = write_engine(tmp_path)
-    plan.write_bytes(b"something else")
+    plan.write_bytes(engine_header() + b"another engine")  # an engine, not the one its sidecar records
     r = inspect_file(plan)
-    assert r["plan_sha256_matches_sidecar"] is False
+    assert r["plan_sha256_matches_sidecar"] is False and r["recognised_by"] == "header"
     assert any("SHA-256 differs" in w for w in r["warnings"])
     (tmp_path / "lfm.plan.json").unlink()
     r = inspect_file(plan)
     assert r["sidecar_read"] is False and any("sidecar lfm.plan.json is missing" in w for w in r["warnings"])
+
+
+def test_a_plan_is_recognised_by_its_sidecar_or_its_header_else_refused(tmp_path, capsys):
+    """100 kB of random bytes named lfm.plan was reported as a TensorRT plan, exit 0 (issue 24,
+    item 10). An engine is what its sidecar's SHA-256 vouches for, or what starts as serialized
+    engines are observed to; anything else is the one-line error, exit 2."""
+    noise = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    refused = {"random bytes": (tmp_path / "random" / "lfm.plan", noise, "no sidecar lfm.plan.json"),
+               "empty": (tmp_path / "empty" / "lfm.plan", b"", "empty file (0 bytes)"),
+               "short header": (tmp_path / "short" / "lfm.plan", b"ptrt" + bytes(8), "not a TensorRT engine")}
+    for what, (path, data, says) in refused.items():
+        path.parent.mkdir()
+        path.write_bytes(data)
+        assert main([str(path)]) == 2, what
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"error: {path}: ") and says in err, (what, err)
+    random_with_sidecar = write_engine(tmp_path / "random", plan_bytes=b"the engine it was")
+    random_with_sidecar.write_bytes(noise)  # a sidecar beside it vouches for other bytes
+    assert main([str(random_with_sidecar)]) == 2
+    assert "does not match its sidecar lfm.plan.json (SHA-256 differs); rebuild it: python export/to_trt.py" in \
+        capsys.readouterr().err
+    # a plausible header and no sidecar: reported as an engine, the sidecar's absence warned
+    headed = tmp_path / "headed" / "model.bin"  # found by its content, whatever its name
+    headed.parent.mkdir()
+    headed.write_bytes(engine_header(10, 14, 1) + noise)
+    r = inspect_file(headed)
+    assert (r["kind"], r["recognised_by"], r["header"]) == ("plan", "header", {"magic": "ptrt", "tensorrt": "10.14.1"})
+    assert r["sidecar_read"] is False and any("is missing" in w for w in r["warnings"])
+    assert "its header only (magic 'ptrt'; bytes 24-26 say TensorRT 10.14.1" in format_text(r)
+    # random bytes whose sidecar records them: the engine export/to_trt.py wrote, header or not
+    (tmp_path / "vouched").mkdir()
+    vouched = write_engine(tmp_path / "vouched", plan_bytes=noise)
+    r = inspect_file(vouched)
+    assert (r["recognised_by"], r["plan_sha256_matches_sidecar"], r["warnings"]) == ("sidecar", True, [])
+    assert "by: its SHA-256, the one its sidecar records" in format_text(r)
+    cli = run("-m", "lfm.runtime.cli", "inspect", str(refused["random bytes"][0]))
+    assert cli.returncode == 2 and cli.stdout == "" and cli.stderr.count("\n") == 1, cli.stderr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -153,6 +153,29 @@ def test_sidecar_errors_say_what_is_wrong(tmp_path):
         tp.check_plan_bytes("lfm.plan", b"", sidecar)
 
 
+def test_a_plan_is_what_its_sidecar_vouches_for_or_what_starts_as_an_engine():
+    """One function (recognise_plan) tells inspect and the runner what is an engine (issue 24, item 10)."""
+    head = bytearray(b"ftrt" + bytes(60))
+    head[24:27] = bytes([10, 8, 0])
+    assert tp.plan_header(bytes(head)) == {"magic": "ftrt", "tensorrt": "10.8.0"}
+    head[24] = 200  # not a TensorRT major: the magic alone decides, no version is claimed
+    assert tp.plan_header(bytes(head)) == {"magic": "ftrt", "tensorrt": None}
+    assert tp.plan_header(b"ptrt" + bytes(10)) is None and tp.plan_header(b"PTRT" + bytes(60)) is None
+    noise = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    sidecar = make_sidecar(noise)
+    assert tp.recognise_plan("lfm.plan", noise[:32], tp.sha256_bytes(noise), sidecar) == "sidecar"
+    assert tp.recognise_plan("lfm.plan", bytes(head), "0" * 64, None) == "header"
+    with pytest.raises(tp.EngineError, match=r"lfm\.plan: not a TensorRT engine: .*magic 'ptrt' or 'ftrt'\) and has "
+                                             r"no sidecar lfm\.plan\.json; build one with export/to_trt\.py"):
+        tp.recognise_plan("lfm.plan", noise[:32], tp.sha256_bytes(noise), None)
+    # the runner's check: only the engine its sidecar records reaches TensorRT, whatever its header
+    tp.check_plan_bytes("lfm.plan", noise, sidecar)
+    with pytest.raises(tp.EngineError, match=r"does not match its sidecar lfm\.plan\.json \(SHA-256 differs: the plan"):
+        tp.check_plan_bytes("lfm.plan", bytes(head) + noise, sidecar)
+    with pytest.raises(tp.EngineError, match=r"not a TensorRT engine: .*does not match its sidecar .*rebuild it: python"):
+        tp.check_plan_bytes("lfm.plan", noise[1:], sidecar)
+
+
 def test_compatibility_errors_name_both_sides_and_the_rebuild_command():
     sidecar = make_sidecar()
     command = tp.rebuild_command(sidecar)

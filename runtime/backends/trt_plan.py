@@ -6,6 +6,8 @@ used by the exporter (``export/trt_build.py`` writes what ``read_sidecar`` reads
 
 - the sidecar, PLAN.json: read, validate, written atomically; ``check_compatible`` names the
   rebuild command when the TensorRT release or the GPU differ, ``check_plan_bytes`` the SHA-256;
+- the plan itself: ``recognise_plan`` (the sidecar's SHA-256, else what is known of an engine's
+  header, ``plan_header``), used by inspect and, through ``check_plan_bytes``, by the runner;
 - the optimisation profile: ``check_shape`` with the range in its error, ``batch_parts``
   splitting or padding a batch to fit it;
 - the supported versions, declared once in ``TENSORRT_SUPPORT`` below (the README's TensorRT
@@ -236,10 +238,53 @@ def check_compatible(sidecar: dict, trt_version: str, device_name: str, compute_
     return None
 
 
+# A serialized engine's first bytes, as far as they are known without TensorRT. NVIDIA documents
+# no plan format; what follows is observed, not specified, and may change with a release:
+# - bytes 0-3, a magic tag: TensorRT's deserializer checks one first ("Magic tag does not match",
+#   "plan->header.magicTag == rt::kPLAN_MAGIC_TAG" in its errors on non-engines); b"ptrt" is what
+#   third-party tools that sniff engine files look for there; b"ftrt" is reported for other
+#   releases, by word of mouth only (we found no source that reads it);
+# - bytes 24-26, the TensorRT major, minor and patch that built it: an NVIDIA engineer's answer in
+#   NVIDIA/TensorRT issue 3073, which Autoware's tensorrt_common reads to rebuild stale engines.
+# So a header can say "plausibly an engine", never "loadable": the sidecar's SHA-256 (computed by
+# export/to_trt.py from the bytes TensorRT serialized) is the strong evidence, and the runner
+# needs it anyway.
+PLAN_MAGICS = (b"ptrt", b"ftrt")
+PLAN_HEADER_BYTES = 32
+PLAN_VERSION_OFFSET = 24
+
+
+def plan_header(head: bytes) -> dict | None:
+    """What a plan's first bytes say (``{"magic": "ptrt", "tensorrt": "10.14.1" or None}``), or None
+    where they do not start as a serialized engine is observed to (see PLAN_MAGICS)."""
+    if len(head) < PLAN_HEADER_BYTES or head[:4] not in PLAN_MAGICS:
+        return None
+    major, minor, patch = head[PLAN_VERSION_OFFSET:PLAN_VERSION_OFFSET + 3]
+    plausible = 8 <= major <= 20  # TensorRT 8 introduced this layout; a larger byte is not a version
+    return {"magic": head[:4].decode("ascii"), "tensorrt": f"{major}.{minor}.{patch}" if plausible else None}
+
+
+def recognise_plan(plan: str, head: bytes, sha256: str, sidecar: dict | None) -> str:
+    """How a file is known to be a TensorRT engine without TensorRT: "sidecar" (its SHA-256 is the
+    one export/to_trt.py recorded), else "header" (``plan_header``). EngineError, one line, when it
+    is empty or neither holds: nothing else is handed to TensorRT or reported as an engine."""
+    remedy = f"rebuild it: {rebuild_command(sidecar)}" if sidecar is not None else "build one with export/to_trt.py"
+    if not head:
+        raise EngineError(f"{plan}: empty file (0 bytes), not a TensorRT engine; {remedy}")
+    if sidecar is not None and sha256 == sidecar["plan_sha256"]:
+        return "sidecar"
+    if plan_header(head) is not None:
+        return "header"
+    sidecar_name = os.path.basename(sidecar_path(plan))
+    against = (f"does not match its sidecar {sidecar_name} (SHA-256 differs)" if sidecar is not None
+               else f"has no sidecar {sidecar_name}")
+    raise EngineError(f"{plan}: not a TensorRT engine: it does not start as a serialized engine does (magic "
+                      f"{' or '.join(repr(m.decode()) for m in PLAN_MAGICS)}) and {against}; {remedy}")
+
+
 def check_plan_bytes(plan: str, data: bytes, sidecar: dict) -> None:
-    if not data:
-        raise EngineError(f"{plan}: empty file; rebuild it: {rebuild_command(sidecar)}")
-    if sha256_bytes(data) != sidecar["plan_sha256"]:
+    """The runner's check before TensorRT sees the bytes: they are the engine its sidecar records."""
+    if recognise_plan(plan, data[:PLAN_HEADER_BYTES], sha256_bytes(data), sidecar) != "sidecar":
         raise EngineError(f"{plan}: does not match its sidecar {os.path.basename(sidecar_path(plan))} (SHA-256 "
                           f"differs: the plan was modified, truncated or replaced); rebuild it: {rebuild_command(sidecar)}")
 
