@@ -71,7 +71,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, lfm_gflop_per_image, log, machine,  # noqa: E402
                     machine_rates, max_rss_bytes, run_main, summarize,
-                    time_interleaved, usable_cpus, work_folder, write_report)
+                    report_refusal, time_interleaved, usable_cpus, work_folder, write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -858,6 +858,9 @@ def roofline_markdown(rf) -> list[str]:
                         f"{rf['ceiling_images_per_s']:.0f} images/s.", ""]
 
 
+PLOTS = ("bench_throughput.png", "bench_latency.png")
+
+
 def plots(doc, latencies, out_dir: Path) -> list[str]:
     try:
         import matplotlib
@@ -889,7 +892,7 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
             ax.legend(fontsize=8)
         fig.suptitle(f"LFM throughput — {doc['machine']['cpu']}" + (f", {doc['machine']['gpus'][0]['name']}" if doc["machine"]["gpus"] else ""), fontsize=10)
         fig.tight_layout()
-        p = out_dir / "bench_throughput.png"
+        p = out_dir / PLOTS[0]
         fig.savefig(p, dpi=110)
         plt.close(fig)
         made.append(str(p))
@@ -908,7 +911,7 @@ def plots(doc, latencies, out_dir: Path) -> list[str]:
         ax.set_title(f"Latency distribution, engine mode, batch {batch}, {size} px")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         fig.tight_layout()
-        p = out_dir / "bench_latency.png"
+        p = out_dir / PLOTS[1]
         fig.savefig(p, dpi=110)
         plt.close(fig)
         made.append(str(p))
@@ -1105,6 +1108,9 @@ def main(argv=None) -> int:
         return subprocess.run([sys.executable, str(Path(__file__).resolve().parent / script), *rest]).returncode
     args = p.parse_args(argv)
     try:
+        problem = overwrite_problem(args)
+        if problem:
+            raise UsageError(problem)
         if args.replot:
             return replot(Path(args.replot), Path(args.output_dir))
         if args.mode == "fidelity":
@@ -1113,6 +1119,20 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def overwrite_problem(args) -> str | None:
+    """The shared guard: what this run writes into --output-dir (its report and plots; --replot
+    reads BENCH_JSON and rewrites only the Markdown and plots) and whatever is in --work-dir
+    (exported models, images: all replaceable) must not be one of its inputs."""
+    from lfm.runtime.files import files_under, overwrite_refusal
+
+    stem, figures = ("fidelity", ()) if args.mode == "fidelity" and not args.replot else ("bench", PLOTS)
+    names = [f"{stem}.md", *figures] + ([] if args.replot else [f"{stem}.json"])
+    inputs = [("the --checkpoint", args.checkpoint), ("the --model", args.model), ("the --replot results", args.replot),
+              ("the --model's sidecar", args.model and args.model + ".json")]
+    return (report_refusal(args.output_dir, names, inputs)
+            or overwrite_refusal(files_under(args.work_dir) if args.work_dir else [], inputs, "--work-dir"))
 
 
 def bench(args, p, argv) -> int:

@@ -40,8 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, run_main, usable_cpus,  # noqa: E402
-                    work_folder, write_report)
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, report_refusal, run_main,  # noqa: E402
+                    usable_cpus, work_folder, write_report)
 
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 TARGET_RATIO = 0.85
@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     files = sorted(str(p) for p in Path(args.data).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         print(f"error: no images in {args.data} (set --data or LFM_REFERENCE)", file=sys.stderr)
+        return 2
+    problem = report_refusal(args.output_dir, ["batch.json", "batch.md"], [("the --model", args.model), *files])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     with work_folder(None, "lfm-bench-batch-") as work:
         return measure(args, files, work)

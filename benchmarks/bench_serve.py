@@ -65,7 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
+from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, report_refusal, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
+from lfm.runtime.files import files_under  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REJECT_BACKOFF_S = (0.05, 1.0)  # a closed-loop client's first and longest pause after a rejection
@@ -430,6 +431,11 @@ def render_soak_md(result: dict) -> str:
     return "\n".join(md)
 
 
+def report_stem(mode: str) -> str:
+    """The report's file name without extension: bench_serve, bench_serve_overload, bench_serve_soak."""
+    return "bench_serve" + ("" if mode == "levels" else f"_{mode}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_serve.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -465,6 +471,12 @@ def main(argv=None) -> int:
     levels = [int(x) for x in (args.concurrency or ("1,8" if args.quick else "1,8,32,64")).split(",")]
     duration = args.duration or (2.0 if args.quick and args.mode == "levels" else 4.0 if args.quick else 10.0)
     load_start = loadavg()
+    stem = report_stem(args.mode)
+    problem = report_refusal(args.output_dir, [f"{stem}.json", f"{stem}.md"], [("the --model", args.model),
+                             *(files_under(args.images) if args.images else [])])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     from lfm.runtime.detector import Detector
 
@@ -537,7 +549,7 @@ def main(argv=None) -> int:
     else:
         ok = extra["soak"]["growth_ok"] and extra["soak"]["failed"] == 0
     result = {
-        "benchmark": "bench_serve" + ("" if args.mode == "levels" else f"_{args.mode}"),
+        "benchmark": report_stem(args.mode),
         "command": "python benchmarks/bench_serve.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "quick": args.quick,
         "machine": machine(),

@@ -390,6 +390,16 @@ def write_report(out_dir, stem: str, doc: dict, markdown_text: str) -> None:
     print(markdown_text)
 
 
+def report_refusal(out_dir, names, inputs) -> str | None:
+    """The shared output guard (lfm.runtime.files.overwrite_refusal) for a benchmark: the files
+    it writes into OUT_DIR (``names``: STEM.json, STEM.md, plots) must not be one of its inputs."""
+    import os
+
+    from lfm.runtime.files import overwrite_refusal
+
+    return overwrite_refusal([os.path.join(out_dir, n) for n in names], inputs, "--output-dir")
+
+
 @contextlib.contextmanager
 def work_folder(path, prefix: str):
     """PATH as given (created, kept), or a new temp folder PREFIX* that is removed at the end,

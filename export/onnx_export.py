@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from lfm.runtime import custom_ops
 from lfm.runtime.files import file_sha256 as sha256  # noqa: F401  (ox.sha256: the exporter's name for it)
-from lfm.runtime.files import give_default_mode
+from lfm.runtime.files import give_default_mode, write_target
 from lfm.runtime.spec import ModelSpec
 from lfm.train.model import LFM, NPR
 
@@ -245,8 +245,8 @@ def save_atomic(model_proto, path: str | os.PathLike) -> None:
     """Write to a temp file beside ``path``, then rename: a failed export leaves no partial model."""
     import onnx
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = write_target(os.fspath(path))  # through a symlink, as a shell's `> path` would
+    directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     give_default_mode(fd)  # mkstemp's 600 would keep other users' services (Triton) from reading it
     os.close(fd)

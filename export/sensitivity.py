@@ -117,20 +117,17 @@ def main(argv=None) -> int:
     from lfm.export.quantize import QuantizeError, calibration_images, model_spec
 
     from lfm.export.paths import output_problem
+    from lfm.runtime.files import ReplacedAtEnd, overwrite_refusal
 
     args = _parse(argv)
     if not os.path.isfile(args.model):
         print(f"error: {args.model}: no such model file", file=sys.stderr)
         return 2
-    if args.output:
-        problem = output_problem(args.output, "sensitivity.json")
-        if problem is None and os.path.exists(args.output) and os.path.samefile(args.output, args.model):
-            problem = f"{args.output}: is the model itself; give another file for the rows"
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
+    problem = output_problem(args.output, "sensitivity.json") if args.output else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        spec = model_spec(args.model)
         files = calibration_images(args.calib, n=0)
         files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
         calib = files[:args.calib_count]
@@ -138,6 +135,11 @@ def main(argv=None) -> int:
         if not test:
             raise QuantizeError(f"{args.calib}: no image left to test on; give --test DIR or more images")
         test = test[:args.stress_count]
+        problem = overwrite_refusal([args.output], [("the model", args.model), *calib, *test])
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        spec = model_spec(args.model)
         with tempfile.TemporaryDirectory(prefix="lfm-sensitivity-") as tmp:
             groups = make_stress_set(test, os.path.join(tmp, "stress"), spec, synthetic=args.stress_count)
             print(f"{args.model}: {len(calib)} calibration images, {sum(map(len, groups.values()))} test images "
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     for line in summarize(rows):
         print(line)
     if args.output:
-        with open(args.output, "w") as f:
+        with ReplacedAtEnd(args.output) as f:  # renamed into place: a failed write keeps an earlier file
             json.dump([{**r, "report": r["report"].to_dict()} for r in rows], f, indent=1)
     return 0
 

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 
 from lfm.export.paths import output_problem  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, positive_int, run, unit_interval  # noqa: E402
+from lfm.runtime.files import overwrite_refusal, write_target  # noqa: E402
 from lfm.runtime.spec import min_input_size  # noqa: E402
 from lfm.export.quantize import DEFAULT_INT8_LAYERS  # noqa: E402  (numpy and Pillow; onnx only when it quantises)
 
@@ -99,6 +100,18 @@ def check_output_path(path: str) -> None:
         raise ExportError(problem)
 
 
+def written_files(output: str) -> tuple[str, str, str]:
+    """(the model, its report, the rejected model): every file an export may write."""
+    return output, output + ".report.json", os.path.splitext(output)[0] + ".rejected.onnx"
+
+
+def check_overwrite(args, calibration_files=()) -> None:
+    """No file the export writes may be one of its inputs (the checkpoint, a calibration image)."""
+    problem = overwrite_refusal(written_files(args.output), [("the checkpoint", args.checkpoint), *calibration_files])
+    if problem:
+        raise ExportError(problem)
+
+
 def labels_from_paths(files):
     """ForenSynths folder names give labels (1_fake -> 1, 0_real -> 0); None if any is unknown."""
     labels = []
@@ -119,6 +132,15 @@ def export(args) -> int:
     from lfm.train.checkpoint import CheckpointError, load_checkpoint
 
     check_output_path(args.output)
+    if args.int8:  # a bad calibration folder or layer list fails here, before minutes of export
+        from lfm.export.quantize import QuantizeError, parse_int8_layers
+
+        try:
+            int8_layers = parse_int8_layers(args.int8_layers)
+            calib_files, held_out = split_calibration(args)
+        except QuantizeError as e:
+            raise ExportError(str(e)) from None
+    check_overwrite(args, [*calib_files, *held_out] if args.calib else ())
     if args.variant == "plugins" and (args.fp16 or args.int8):
         raise ExportError(f"--variant plugins is exported in fp32 only (not with --{'fp16' if args.fp16 else 'int8'}): "
                           "TensorRT lowers its precision when it builds the engine; export --variant standard for an "
@@ -141,18 +163,10 @@ def export(args) -> int:
         raise ExportError(f"{args.checkpoint}: --variant plugins needs a Top-K pooling model; this one uses "
                           f"pooling={ckpt.model.config.pooling!r}")
     spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
-    if args.int8:  # a bad calibration folder or layer list fails here, before minutes of export
-        from lfm.export.quantize import QuantizeError, parse_int8_layers
-
-        try:
-            int8_layers = parse_int8_layers(args.int8_layers)
-            calib_files, held_out = split_calibration(args)
-        except QuantizeError as e:
-            raise ExportError(str(e)) from None
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     t0 = time.perf_counter()
 
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.output))) as tmp:
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(write_target(args.output))) as tmp:  # renamed from there
         def build(variant: str, path: str):
             proto = ox.torch_to_onnx(ckpt.model, spec, args.input, opset=args.opset, variant=variant)
             if not args.no_simplify:
@@ -238,15 +252,14 @@ def export(args) -> int:
 
         report["seconds"] = round(time.perf_counter() - t0, 2)
         report["passed"] = passed
-        report_path = args.output + ".report.json"
+        _, report_path, rejected = written_files(args.output)
         if passed:
-            os.replace(final, args.output)
+            os.replace(final, write_target(args.output))  # through a symlink, as `> lfm.onnx` would
             save_report(report, report_path)
             variant = ", plugin graph" if args.variant == "plugins" else ""
             print(f"wrote {args.output} ({precision}, {args.input} input{variant}, {os.path.getsize(args.output) / 1e6:.1f} MB) "
                   f"and {report_path} in {report['seconds']:.1f} s")
             return 0
-        rejected = os.path.splitext(args.output)[0] + ".rejected.onnx"
         os.replace(final, rejected)
         save_report(report, report_path)
         why = f" ({report['fidelity']['verdict']})" if "fidelity" in report and not report["fidelity"]["passed"] else ""

@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
+from lfm.runtime.files import files_under, overwrite_refusal  # noqa: E402  (standard library only)
 
 DEFAULT_PREFERRED = (8, 16)
 # As runtime/serve.py's defaults (its DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS; not imported:
@@ -350,7 +351,10 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
 
     if not os.path.isfile(source):
         raise RepositoryError(f"{source}: no such file")
-    problem = name_problem(name) or repository_problem(repository)
+    model_name, pre_name = f"{name}_model", f"{name}_preprocess"
+    replaced = [f for m in (name, model_name, pre_name) for f in files_under(os.path.join(repository, m))] if force else []
+    problem = name_problem(name) or repository_problem(repository) or overwrite_refusal(
+        replaced, [("the model", source), ("the engine's sidecar", source + ".json")], "--repository")
     if problem:  # before the work
         raise RepositoryError(problem)
     is_plan = source.endswith((".plan", ".engine", ".trt"))
@@ -375,7 +379,6 @@ def write_repository(source: str, repository: str, *, name: str = "lfm", max_bat
         if kind == "cpu":
             raise RepositoryError("a TensorRT plan runs on the GPU only; --kind cpu is for ONNX models")
         kind = "gpu"
-    model_name, pre_name = f"{name}_model", f"{name}_preprocess"
     texts = {
         model_name: model_config(model_name, platform, desc, max_batch_size, preferred, max_queue_delay_us,
                                  instances, KINDS[kind], queue_timeout_ms),

@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
-from lfm.runtime.files import file_sha256  # noqa: E402
+from lfm.runtime.files import file_sha256, overwrite_refusal  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -150,15 +150,21 @@ def build(args) -> int:
     from lfm.export import trt_build as tb
     from lfm.runtime.backends.cuda_support import device_info, import_cudart
     from lfm.runtime.backends.trt_plan import sha256_bytes, sidecar_path
+    from lfm.runtime.inputs import expand_paths
 
+    plan = args.output or tb.default_output(args.onnx)
+    tb.check_output(plan)
+    compare_files = list(expand_paths([args.compare_images]).inputs)[:args.compare_count] if args.compare_images else []
+    problem = overwrite_refusal([plan, sidecar_path(plan), plan + ".report.json", tb.rejected_path(plan),
+                                 args.timing_cache], [("the ONNX model", args.onnx), *compare_files])
+    if problem:
+        raise tb.BuildError(problem)
     proto, props = tb.read_onnx(args.onnx)
     spec = tb.model_spec(props)
     inp = tb.input_info(proto, props)
     plugins = tb.plugin_ops(proto)
     model_precision = tb.onnx_precision(proto, props)
     profile = tb.make_profile(inp, args.batch, args.size, spec)
-    plan = args.output or tb.default_output(args.onnx)
-    tb.check_output(plan)
     problem = tb.uint8_input_problem(proto)
     if problem:
         raise tb.BuildError(f"{args.onnx}: {problem}")
@@ -194,9 +200,7 @@ def build(args) -> int:
         shapes = [list(next(iter(f.values())).shape) for f in feeds]
         notes = []
         if args.compare_images:
-            from lfm.runtime.inputs import expand_paths
-
-            files = list(expand_paths([args.compare_images]).inputs)[:args.compare_count]
+            files = compare_files
             image_feeds, notes = tb.image_feeds(files, inp, spec, profile)
             feeds += image_feeds
             shapes += [list(next(iter(f.values())).shape) for f in image_feeds]

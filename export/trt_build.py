@@ -44,7 +44,7 @@ import numpy as np
 
 from lfm.export.paths import output_problem
 from lfm.runtime import custom_ops
-from lfm.runtime.spec import ModelSpec, min_input_size
+from lfm.runtime.spec import ModelSpec, logit_boundary, min_input_size
 from lfm.runtime.backends.trt_plan import (SIDECAR_FORMAT, TENSORRT_SUPPORT, at_least, describe_profile, profile_axes,
                                            tensorrt_problem, tensorrt_untested, trt_release)
 
@@ -425,20 +425,20 @@ def save_build(plan: str, plan_bytes: bytes, sidecar: dict, report: dict) -> str
     Returns the rejected plan's path, or None."""
     import tempfile
 
-    from lfm.runtime.files import give_default_mode
+    from lfm.runtime.files import give_default_mode, write_target
     from lfm.runtime.backends.trt_plan import sidecar_path, write_json_atomic
 
-    directory = os.path.dirname(os.path.abspath(plan))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(plan) + ".", suffix=".tmp", dir=directory)
+    target = write_target(plan)  # through a symlink, as `> lfm.plan` would
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(target) + ".", suffix=".tmp", dir=os.path.dirname(target))
     give_default_mode(fd)  # readable as a plain open() would make it, not mkstemp's 600
     report_path = plan + ".report.json"
+    side_tmp = sidecar_path(plan) + ".new"
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(plan_bytes)
         if report["passed"]:
-            side_tmp = sidecar_path(plan) + ".new"
             write_json_atomic(side_tmp, sidecar)
-            os.replace(tmp, plan)
+            os.replace(tmp, target)
             os.replace(side_tmp, sidecar_path(plan))
             write_json_atomic(report_path, report)
             return None
@@ -446,9 +446,10 @@ def save_build(plan: str, plan_bytes: bytes, sidecar: dict, report: dict) -> str
         os.replace(tmp, rejected)
         write_json_atomic(report_path, report)
         return rejected
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    finally:  # a failure (a full disk, SIGTERM) leaves no temp file behind
+        for leftover in (tmp, side_tmp):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,9 +546,8 @@ def image_feeds(files: list[str], inp: dict, spec: ModelSpec, profile: dict) -> 
 
 
 def logit_threshold(threshold: float) -> float:
-    """The logit at which sigmoid(logit) equals the score threshold."""
-    t = min(max(float(threshold), 1e-12), 1 - 1e-12)
-    return math.log(t / (1 - t))
+    """The logit at which sigmoid(logit) equals the score threshold (``spec.logit_boundary``)."""
+    return logit_boundary(threshold)
 
 
 def judge(precision: str, reference: list, engine: list, threshold: float = 0.5,

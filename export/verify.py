@@ -186,5 +186,8 @@ def format_report(report: dict) -> str:
 
 
 def save_report(report: dict, path: str) -> None:
-    with open(path, "w") as f:
+    """Written beside ``path`` and renamed: a failed write leaves an earlier report as it was."""
+    from lfm.runtime.files import ReplacedAtEnd
+
+    with ReplacedAtEnd(path) as f:
         json.dump(report, f, indent=2)

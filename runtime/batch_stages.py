@@ -120,8 +120,13 @@ def materialize(model_files: dict[str, bytes], model_sha256: str) -> dict[str, s
         path = os.path.join(folder, name)
         if not (os.path.isfile(path) and os.path.getsize(path) == len(data)):
             fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(temp, path)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(temp, path)
+            except BaseException:  # a full disk, a stop: no partial model is left behind
+                if os.path.exists(temp):
+                    os.unlink(temp)
+                raise
         paths[name] = path
     return paths

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lfm.runtime.files import give_default_mode
+from lfm.runtime.files import give_default_mode, write_target
 from lfm.runtime.spec import ModelSpec
 
 from .model import LFM, LFMConfig, build_model
@@ -164,8 +164,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> LoadedCheckp
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename: a crash never leaves
     a half-written checkpoint at ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    path = write_target(os.fspath(path))  # through a symlink, as a shell's `> path` would
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     give_default_mode(fd)  # readable as a plain open() would make it, not mkstemp's 600

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lfm.runtime.cli import ArgumentParser, describe_os_error, run
-from lfm.runtime.files import output_problem
+from lfm.runtime.files import ReplacedAtEnd, output_problem, overwrite_refusal
 from lfm.train.checkpoint import CheckpointError, load_checkpoint
 from lfm.train.data import (BadFileLog, DatasetError, EvalTransform, ImageDataset, check_image_header, collate_skip_bad,
                             find_samples)
@@ -130,9 +130,13 @@ def main(argv=None) -> int:
         return 2
     bad = BadFileLog()  # one warning per skipped file, naming it; its count is the one printed
     try:
-        ckpt = load_checkpoint(args.checkpoint)
         classes = args.classes.split(",") if args.classes else None
         found = find_samples(args.data, classes, check=False)  # checked here, so each skip is counted
+        problem = overwrite_refusal([args.output], [("the checkpoint", args.checkpoint), *(s.path for s in found)])
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        ckpt = load_checkpoint(args.checkpoint)
         samples = readable_samples(found, bad)
     except (CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -167,8 +171,8 @@ def main(argv=None) -> int:
     if args.output:
         report = {"checkpoint": os.path.abspath(args.checkpoint), "data": os.path.abspath(args.data),
                   "spec": spec.to_dict(), "results": results, "skipped": bad.reasons}
-        try:
-            with open(args.output, "w") as f:
+        try:  # beside it, then renamed: a failed write leaves an earlier report as it was
+            with ReplacedAtEnd(args.output) as f:
                 json.dump(report, f, indent=2)
         except OSError as e:
             print(f"error: {args.output}: cannot write the report ({describe_os_error(e)})", file=sys.stderr)

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
+from lfm.runtime.files import files_under, overwrite_refusal
 from lfm.runtime.preprocess import ImageError, is_image_path, open_image
 
 SPLITS = ("train", "val")
@@ -199,6 +200,7 @@ class PhotoSource:
             raise SyntheticError(f"--real-dir {real_dir}: no such directory")
         self.size = size
         self.files: list[str] = []
+        self.read: list[str] = []  # every image file looked at: what --force must not delete
         skipped = []
         for dirpath, dirnames, filenames in os.walk(real_dir):
             dirnames.sort()
@@ -206,6 +208,7 @@ class PhotoSource:
                 path = os.path.join(dirpath, name)
                 if not is_image_path(path):
                     continue
+                self.read.append(path)
                 try:
                     with Image.open(path) as img:
                         w, h = img.size
@@ -297,12 +300,15 @@ def make_synthetic(out, n: int, size: int = 256, real_dir: Optional[str] = None,
         raise SyntheticError(f"--seed must be >= 0, got {seed}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise SyntheticError(f"{out}: exists and is not a directory")
-    if os.path.isdir(out) and os.listdir(out):
-        if not force:
-            raise SyntheticError(f"{out}: directory exists and is not empty (use --force to replace its train/ and val/)")
-        for split in SPLITS:
-            shutil.rmtree(os.path.join(out, split), ignore_errors=True)
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise SyntheticError(f"{out}: directory exists and is not empty (use --force to replace its train/ and val/)")
     photos = PhotoSource(real_dir, size) if real_dir else None
+    replaced = [path for split in SPLITS for path in files_under(os.path.join(out, split))]
+    problem = overwrite_refusal(replaced, photos.read if photos else [], "OUT")
+    if problem:
+        raise SyntheticError(problem)
+    for split in SPLITS:
+        shutil.rmtree(os.path.join(out, split), ignore_errors=True)
 
     counts = plan_counts(n, val_fraction)
     tasks = []

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
+from lfm.runtime.cli import ArgumentParser, run, stop_status, stop_word  # noqa: E402
+from lfm.runtime.files import overwrite_refusal, same_file
 from lfm.runtime.spec import ModelSpec
 from lfm.train.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from lfm.train.data import (
@@ -110,6 +111,18 @@ def split_samples(root, classes, val_split, seed):
     return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
 
 
+def overwrite_problem(out: str, init: str | None, resume: str | None, samples) -> str | None:
+    """The shared guard on what training writes into --out (best.pt, last.pt, the metrics log and
+    its .old): none may be --init, a data file, or a --resume checkpoint other than OUT/last.pt
+    (the state a resumed run continues, loaded before it is replaced)."""
+    last = os.path.join(out, "last.pt")
+    written = [os.path.join(out, name) for name in ("best.pt", "metrics.jsonl", "metrics.jsonl.old")]
+    if not (resume and same_file(resume, last)):
+        written.append(last)
+    inputs = [("the --init checkpoint", init), ("the --resume checkpoint", resume), *(s.path for s in samples)]
+    return overwrite_refusal(written, inputs, "--out")
+
+
 def epoch_indices(labels, n, seed, epoch, rank, world):
     """Class-balanced draws for one epoch (real and fake equally likely), the same on every
     process and then split between them: rank r takes draws r, r + world, ..."""
@@ -169,17 +182,22 @@ def train(argv=None) -> int:
 
     # -- data -----------------------------------------------------------------------------------
     try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as e:
-        print(f"error: {args.out}: cannot create the output folder ({e.strerror})", file=sys.stderr)
-        return 2
-    try:
         classes = args.classes.split(",") if args.classes else None
         train_samples, val_samples = split_samples(args.data, classes, args.val_split, args.seed)
         if args.crop_size:
             check_input_size(args.crop_size, args.crop_size, args.top_k)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    resume = os.path.join(args.out, "last.pt") if args.resume == "auto" else args.resume
+    problem = overwrite_problem(args.out, args.init, resume, train_samples + val_samples)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"error: {args.out}: cannot create the output folder ({e.strerror})", file=sys.stderr)
         return 2
     train_tf = TrainTransform(load_size=args.load_size or None, crop_size=args.crop_size, flip=not args.no_flip,
                               blur_prob=args.blur_prob, blur_sigma=tuple(args.blur_sig),
@@ -212,7 +230,6 @@ def train(argv=None) -> int:
                                       f"pooling={config.pooling}, top_k={config.top_k}")
             model.load_state_dict(init.model.state_dict())
             log0(f"initialised from {args.init} ({init.source})")
-        resume = os.path.join(args.out, "last.pt") if args.resume == "auto" else args.resume
         if resume:
             ckpt = load_checkpoint(resume)
             if ckpt.source != "lfm-deploy" or "optimizer" not in ckpt.raw:
@@ -351,10 +368,10 @@ def train(argv=None) -> int:
 def main(argv=None) -> int:
     try:
         return train(argv)
-    except KeyboardInterrupt:  # checkpoints are written atomically: whatever is on disk is whole
-        print("interrupted: the checkpoints already written (last.pt, best.pt in --out) are complete; "
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM; checkpoints are written atomically: whatever is on disk is whole
+        print(f"{stop_word(stop)}: the checkpoints already written (last.pt, best.pt in --out) are complete; "
               "continue with --resume", file=sys.stderr)
-        return 130
+        return stop_status(stop)
 
 
 if __name__ == "__main__":

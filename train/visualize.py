@@ -34,6 +34,7 @@ too-small images are skipped with a warning naming each; exit status 0 when some
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -47,11 +48,11 @@ import torch
 import torch.nn.functional as F
 
 from lfm.runtime.cli import ArgumentParser, describe_os_error, run
-from lfm.runtime.files import output_problem
+from lfm.runtime.files import files_under, output_problem, overwrite_refusal
 from lfm.runtime.inputs import expand_paths
 from lfm.runtime.preprocess import ImageError, load_array, normalize
 from lfm.runtime.records import Record, RecordWriter
-from lfm.runtime.spec import ModelSpec, check_input_size
+from lfm.runtime.spec import ModelSpec, check_input_size, is_fake
 from lfm.train.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from lfm.train.model import LFM, TopKPool, use_exact_fp32
 
@@ -619,7 +620,7 @@ def cmd_tsne(args, ckpt: LoadedCheckpoint, device) -> int:
         what = f"Top-K pooling, K={cfg.top_k}" if cfg.pooling == "topk" else "global average pooling"
         title = f"{what} ({feats.shape[1]}-D) -- {_short(_ckpt_name(c.path), 36)}"
         panels.append((emb, labels, subsets, sep, title))
-        acc = float(np.mean((1 / (1 + np.exp(-logits)) > c.spec.threshold) == (labels == 1)))
+        acc = float(np.mean(is_fake(1 / (1 + np.exp(-logits)), c.spec.threshold) == (labels == 1)))
         print(f"{c.path}: {cfg.pooling}, {len(kept)} images, {feats.shape[1]}-D; silhouette {sep['silhouette']}, "
               f"probe accuracy {sep['probe_accuracy']} +- {sep['probe_std']}; classifier accuracy {acc:.4f}")
         saved.update({f"embedding_{j}": emb, f"labels_{j}": labels, f"subsets_{j}": np.array(subsets),
@@ -708,6 +709,21 @@ def out_problem(args) -> str | None:
     return problem
 
 
+def overwrite_problem(args) -> str | None:
+    """Why -o would overwrite one of the inputs (the shared guard), or None. gradcam and topk write
+    scores.jsonl, KIND.png, KIND.npz and NNN_STEM.KIND.png into the folder; tsne OUT.png and OUT.npz."""
+    inputs = [("the checkpoint", args.checkpoint), ("the --gap-checkpoint", getattr(args, "gap_checkpoint", None))]
+    if args.command == "tsne":
+        outputs = [args.out, os.path.splitext(args.out)[0] + ".npz"]
+        inputs += files_under(args.data)
+    else:
+        kind = args.command
+        outputs = [os.path.join(args.out, name) for name in ("scores.jsonl", f"{kind}.png", f"{kind}.npz")]
+        outputs += glob.glob(os.path.join(glob.escape(args.out), f"*.{kind}.png"))
+        inputs += expand_paths(args.images).inputs
+    return overwrite_refusal(outputs, inputs, "-o")
+
+
 def file_problem(e: OSError) -> str:
     """An OSError as one line: the path and the system's reason (not Python's "[Errno N] ..."), and what to do."""
     path = e.filename if e.filename is not None else "a file"
@@ -717,7 +733,7 @@ def file_problem(e: OSError) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    problem = out_problem(args)
+    problem = out_problem(args) or overwrite_problem(args)
     if problem:  # before loading anything
         print(f"error: {problem}", file=sys.stderr)
         return 2
