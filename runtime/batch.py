@@ -28,7 +28,7 @@ appears when every shard is complete.
 ray://HOST:10001 (Ray Client).
 
 Exit status: 0 when every input was scored, 1 when any failed or the run could not finish,
-2 for bad arguments or a model that could not be loaded, 130 when interrupted (143 on SIGTERM).
+2 for bad arguments or a model that could not be loaded, 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
-from lfm.runtime.cli import (ArgumentParser, Progress, describe_os_error, positive_int, run,  # noqa: E402
-                             stop_status, stop_word, unit_interval)
+from lfm.runtime.cli import (INTERRUPTED, ArgumentParser, Progress, describe_os_error, positive_int,  # noqa: E402
+                             run, unit_interval)
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES  # noqa: E402
 from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
+from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
 
 MIN_PIXELS = min_input_size() ** 2
 CLUSTER_HINT = "pip install 'lfm-deploy[cluster]'"
@@ -97,10 +98,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problem = output_problem(args.output) or overwrite_problem(args.output, [
-        ("the model", args.model), ("the model's sidecar", args.model + ".json")])
+    problem = output_problem(args.output)
     if problem:
         return fail(problem)
+    local_ray_auth(args.address)  # before Ray is imported: it reads the mode once
     try:  # Ray (and pyarrow, which it brings) only now: the rest of the runtime never imports them
         import ray
         import ray.data  # noqa: F401
@@ -124,9 +125,6 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     if not listing.inputs:
         return fail("no inputs: the lists given hold no paths")
-    problem = overwrite_problem(args.output, listing.inputs)
-    if problem:
-        return fail(problem)
 
     n, size = len(listing.inputs), args.shard_size
     expected = {s: len(shard_range(s, n, size)) for s in range(shard_count(n, size))}
@@ -215,14 +213,6 @@ def output_problem(output: str) -> str | None:
     return None
 
 
-def overwrite_problem(output: str, inputs) -> str | None:
-    """The shared guard: a file already in the output folder (a shard, the manifest, _SUCCESS,
-    all of which a run may replace or remove) must not be the model or an input."""
-    from lfm.runtime.files import files_under, overwrite_refusal
-
-    return None if "://" in output else overwrite_refusal(files_under(output), inputs)
-
-
 def check_manifest(out, manifest: dict) -> str | None:
     """A folder is resumed only by the run that started it; a new folder gets the manifest."""
     earlier = out.read_manifest()
@@ -268,7 +258,8 @@ class Job:
             self.plan = plan
             total = sum(self.expected[s] for s in todo)
             rows = block_rows(total, float(ray.cluster_resources().get("CPU", 1)), self.args.batch_size)
-            return self.stream(self.dataset(todo, plan, rows), total)
+            with drop_stderr_lines(RAY_FALSE_ALARMS, prefix=b"["):
+                return self.stream(self.dataset(todo, plan, rows), total)
         finally:
             if started:
                 ray.shutdown()
@@ -317,11 +308,11 @@ class Job:
                         self.done[shard] = self.out.write_shard(shard, [got[k] for k in sorted(got)], self.model.sha256)
                         self.scored_now += len(got)
                         del pending[shard]
-        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
+        except KeyboardInterrupt:
             bar.close()
-            print(f"{stop_word(stop)}: {len(self.done)} of {len(self.expected)} shards complete in {self.args.output}; "
+            print(f"interrupted: {len(self.done)} of {len(self.expected)} shards complete in {self.args.output}; "
                   "run the same command again to score the rest", file=sys.stderr)
-            return stop_status(stop)
+            return INTERRUPTED
         except OSError as e:  # writing a shard failed (disk full, no permission): not Ray's doing
             bar.close()
             return fail(f"cannot write to {self.args.output}: {first_line(e)}; {len(self.done)} of "
@@ -408,6 +399,31 @@ def decode_memory(rows: int, policy: str, size: int) -> int:
 
 # -- Ray --------------------------------------------------------------------------------------------
 
+# Ray's error-level line that is no error here, dropped from stderr while the scorers run (the
+# only one; docs/batch.md says so): Ray Data creates each pool actor with ObjectRefs of its own
+# (its context, the UDF) as constructor arguments and max_restarts=-1, which Ray core flags once
+# per process (ray-project/ray#53727: a restart fails if those objects are gone). Ray Data holds
+# them while the dataset runs, so a restarted Scorer finds them: test_a_killed_actor_costs_no_record.
+RAY_FALSE_ALARMS = (rb"\[[^\]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: "
+                    rb"'MapWorker\(MapBatches\(Scorer\)\)' and ID: '[0-9a-f]+' "
+                    rb"has constructor arguments in the object store and max_restarts > 0\.")
+
+
+def ray_address(address: str | None) -> str:
+    """The cluster to join: --address, else RAY_ADDRESS (as `ray job submit` sets it), else
+    "local": a Ray started on this machine for this run."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def local_ray_auth(address: str | None) -> None:
+    """A Ray this run starts gets token authentication, as Ray (2.52+) gives a new local cluster
+    by default, without Ray's warning that it did so: RAY_AUTH_MODE=token, unless the user set a
+    mode. Only before Ray is first imported (it reads the mode once); a cluster joined by address
+    keeps its own mode."""
+    if ray_address(address) == "local" and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect(address: str | None) -> bool | str:
     """Join (or start) Ray: True when this run started the connection (and ends it), False when
     the process was already connected (a notebook, a test), else the problem in one line."""
@@ -415,7 +431,7 @@ def connect(address: str | None) -> bool | str:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    address = ray_address(address)
     kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
         ray.init(address=address, logging_level=logging.WARNING, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -363,6 +364,29 @@ def test_the_driver_writes_each_shard_once_and_never_a_short_one(tmp_path, capsy
 
 
 # -- the command line and the lean runtime ---------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_run_on_its_own_ray_prints_no_error_level_line_and_no_auth_warning(random_onnx, tmp_path):
+    """The command as a user runs it, starting its own Ray: Ray's false alarm about the actors'
+    constructor arguments (an E line) and its token-authentication warning are not shown."""
+    pytest.importorskip("ray.data", reason="corpus scoring needs the [cluster] extra (ray[data])")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        noise_image(images / f"q{i}.png", 80, 80, seed=400 + i)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["HOME"] = str(tmp_path)  # Ray keeps its token in ~/.ray: this test's own
+    r = subprocess.run([sys.executable, str(ROOT / "runtime" / "batch.py"), str(random_onnx), str(images),
+                        "--output", str(tmp_path / "out"), "--shard-size", "2"],
+                       capture_output=True, text=True, timeout=280, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("scored 4 of 4 inputs, 0 failed"), r.stderr
+    error_level = [line for line in lines if re.match(r"\[[^\]]* [EF] \d+ \d+\]", line) or " ERROR " in line]
+    assert not error_level, r.stderr
+    assert not [line for line in lines if "oken authentication" in line], r.stderr
+    assert len(read_shards(tmp_path / "out")) == 4
 
 def test_bad_usage_is_one_line_before_any_work(random_onnx, corpus, tmp_path, capsys):
     pytest.importorskip("ray", reason="needs the [cluster] extra")
