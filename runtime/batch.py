@@ -28,7 +28,7 @@ appears when every shard is complete.
 ray://HOST:10001 (Ray Client).
 
 Exit status: 0 when every input was scored, 1 when any failed or the run could not finish,
-2 for bad arguments or a model that could not be loaded, 130 when interrupted.
+2 for bad arguments or a model that could not be loaded, 130 when interrupted (143 on SIGTERM).
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
-from lfm.runtime.cli import (INTERRUPTED, ArgumentParser, Progress, describe_os_error, positive_int,  # noqa: E402
-                             run, unit_interval)
+from lfm.runtime.cli import (ArgumentParser, Progress, describe_os_error, positive_int, run,  # noqa: E402
+                             stop_status, stop_word, unit_interval)
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES  # noqa: E402
 from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
 from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
@@ -98,7 +98,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problem = output_problem(args.output)
+    problem = output_problem(args.output) or overwrite_problem(args.output, [
+        ("the model", args.model), ("the model's sidecar", args.model + ".json")])
     if problem:
         return fail(problem)
     local_ray_auth(args.address)  # before Ray is imported: it reads the mode once
@@ -125,6 +126,9 @@ def main(argv=None) -> int:
         print(f"note: {note}", file=sys.stderr)
     if not listing.inputs:
         return fail("no inputs: the lists given hold no paths")
+    problem = overwrite_problem(args.output, listing.inputs)
+    if problem:
+        return fail(problem)
 
     n, size = len(listing.inputs), args.shard_size
     expected = {s: len(shard_range(s, n, size)) for s in range(shard_count(n, size))}
@@ -211,6 +215,14 @@ def output_problem(output: str) -> str | None:
     if not os.access(target, os.W_OK):
         return f"{output}: folder {target} is not writable"
     return None
+
+
+def overwrite_problem(output: str, inputs) -> str | None:
+    """The shared guard: a file already in the output folder (a shard, the manifest, _SUCCESS,
+    all of which a run may replace or remove) must not be the model or an input."""
+    from lfm.runtime.files import files_under, overwrite_refusal
+
+    return None if "://" in output else overwrite_refusal(files_under(output), inputs)
 
 
 def check_manifest(out, manifest: dict) -> str | None:
@@ -308,11 +320,11 @@ class Job:
                         self.done[shard] = self.out.write_shard(shard, [got[k] for k in sorted(got)], self.model.sha256)
                         self.scored_now += len(got)
                         del pending[shard]
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM
             bar.close()
-            print(f"interrupted: {len(self.done)} of {len(self.expected)} shards complete in {self.args.output}; "
+            print(f"{stop_word(stop)}: {len(self.done)} of {len(self.expected)} shards complete in {self.args.output}; "
                   "run the same command again to score the rest", file=sys.stderr)
-            return INTERRUPTED
+            return stop_status(stop)
         except OSError as e:  # writing a shard failed (disk full, no permission): not Ray's doing
             bar.close()
             return fail(f"cannot write to {self.args.output}: {first_line(e)}; {len(self.done)} of "
