@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -612,6 +613,38 @@ def test_health_endpoints_and_python_backend_fix(server):
             assert [os.path.realpath(p) for p in libs] == [ours]
 
 
+def test_a_cpu_start_prints_no_error_line(server):
+    """Triton's `E` lines read as errors. Those it prints at every start without a CUDA driver,
+    and the one PyTriton's model load causes, are expected: left out, and said once."""
+    start = server.log().split("serving model", 1)[0]
+    errors = [line for line in start.splitlines() if re.match(r"^E\d{4} ", line) or " ERROR" in line]
+    assert not errors, errors
+    assert "Triton's start-up: " in start and "expected error/warning line(s) left out" in start
+
+
+def test_expected_triton_lines_are_left_out_whole_lines_only(capsys):
+    """The filter gets tritonserver's output in chunks as they come (PyTriton reads it
+    unbuffered): lines are put together first; every other line, E ones included, passes."""
+    need_pytriton()
+    from pytriton.server.triton_server import TritonServer
+
+    from lfm.runtime.serve import expected_triton_lines_left_out
+
+    expected = 'E1206 12:20:55.944866 5956 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+    other = 'E1206 12:20:56.000001 5956 server.cc:241] "CudaDriverHelper has been initialized."\n'
+    info = 'I1206 12:20:56.967039 5956 model_lifecycle.cc:472] "loading: lfm:1"\n'
+    server = TritonServer.__new__(TritonServer)  # what the log callback uses of it
+    server._verbose, server._tritonserver_logs = True, ""
+    with expected_triton_lines_left_out() as left_out:
+        record = TritonServer._record_logs.__get__(server)
+    text = (expected + other + info).encode()
+    for chunk in (text[:30], text[30:100], text[100:]):
+        record(chunk)
+    assert capsys.readouterr().out == other + info
+    assert left_out == ["no CUDA driver"]
+    assert TritonServer._record_logs.__name__ == "_record_logs"  # put back once started
+
+
 def test_served_config_bounds_the_queue(server):
     """The model's dynamic batcher has serve.py's queue policy: a bounded queue (of the size
     given) whose excess Triton refuses at once (REJECT), and the default queue timeout."""
@@ -712,6 +745,44 @@ def test_malformed_requests_get_errors_and_server_keeps_answering(server, images
         # still up, still right
         assert server.proc.poll() is None
         assert same(c.score_bytes([good])[0], offline[str(images[0])])
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_http_json_answer_with_a_failed_item_is_strict_json(server, images, offline):
+    """A bad image among good ones over plain HTTP (KServe v2 JSON; the image bytes in Triton's
+    binary extension, as JSON cannot carry them; every output asked for as JSON): the answer
+    parses with a strict parser (Python's accepts NaN unless told not to; JSON.parse, Go and
+    Java refuse it), the good items hold the offline scores, the bad one its error."""
+    import struct
+
+    good = [p.read_bytes() for p in images[:2]]
+    blobs = [good[0], b"not an image", good[1]]
+    body = b"".join(struct.pack("<I", len(b)) + b for b in blobs)  # Triton's BYTES serialisation
+    header = json.dumps({
+        "inputs": [{"name": "image", "shape": [3, 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(body)}}],
+        "outputs": [{"name": n, "parameters": {"binary_data": False}} for n in ("logit", "score", "label", "error")],
+    }).encode()
+    request = urllib.request.Request(server.http_url + "/v2/models/lfm/infer", data=header + body, method="POST",
+                                     headers={"Inference-Header-Content-Length": str(len(header)),
+                                              "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        text = r.read().decode()
+    answer = json.loads(text, parse_constant=_refuse_constant)  # NaN, Infinity: refused, as JSON.parse would
+    out = {o["name"]: o["data"] for o in answer["outputs"]}
+    assert out["error"][1] == "not an image (unrecognised format)" and out["label"][1] == ""
+    assert out["score"][1] == -1.0 and out["logit"][1] == 0.0  # the documented placeholders: never a score
+    for i, path in ((0, images[0]), (2, images[1])):
+        ref = offline[str(path)]
+        assert (out["logit"][i], out["score"][i], out["label"][i], out["error"][i]) == (ref.logit, ref.score,
+                                                                                        ref.label, "")
+    with LfmClient(server.http_url) as c:  # the client's records are unchanged
+        recs = c.score_bytes(blobs)
+    assert recs[1].error == "not an image (unrecognised format)" and recs[1].logit is None and recs[1].score is None
+    assert same(recs[0], offline[str(images[0])]) and same(recs[2], offline[str(images[1])])
 
 
 def test_short_load_with_a_bad_client_among_good_ones(server, images, offline):
