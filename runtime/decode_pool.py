@@ -274,18 +274,24 @@ class DecodePool:
 
     def _replace(self, worker: "_Worker") -> None:
         """A dead worker's first unanswered file (the one it was decoding) becomes an error; the
-        files queued behind it wait for the other workers; a new worker takes its place."""
+        files queued behind it wait for the other workers; a new worker takes its place. A worker
+        that exited with an error status before answering once never got to decode (a script
+        without the __main__ guard, a broken install): no file is blamed, all of them wait, and
+        DecodePoolError ends the pool once that happens to every worker in a row."""
         worker.process.join(timeout=STOP_S)
         if worker.process.is_alive():  # a broken pipe but still running: end it
             worker.process.kill()
             worker.process.join(timeout=STOP_S)
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        never_started = not worker.answered and code is not None and code > 0  # decoding crashes are signals
         requeue = []
         for k, ticket in enumerate(worker.order):
             slot, source, requeues = self._sent.pop(ticket)
             self._free_slot(slot)
-            if k == 0 or requeues >= MAX_REQUEUES:
+            if never_started:
+                requeue.append((ticket, source, requeues))  # bounded: the pool gives up, below
+            elif k == 0 or requeues >= MAX_REQUEUES:
                 self._keep(ticket, None, f"the decoding process died ({how}) while decoding this file; the other "
                                          "files are unaffected: score it again, or with --decode threads")
             else:

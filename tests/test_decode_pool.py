@@ -101,6 +101,7 @@ def test_pool_copies_out_exactly_what_load_tiles_gives(files, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)  # a fault test fails in its own time, never hangs CI
 def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
     good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
     pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2, chunk=2)
@@ -118,6 +119,7 @@ def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, tmp_path, chunk):
     """The files queued behind the one a worker dies on go to the other workers (a FIFO with no
@@ -157,6 +159,7 @@ def test_encoded_bytes_decode_as_their_file_does(files):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_close_leaves_no_shared_memory_and_no_processes(random_onnx, files):
     det = Detector(random_onnx, workers=2, decode="processes")
     det.predict(list(map(str, files)))
@@ -167,12 +170,37 @@ def test_close_leaves_no_shared_memory_and_no_processes(random_onnx, files):
     assert not any(p.is_alive() for p in processes)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_workers_that_cannot_start_end_the_pool_with_one_clear_error(files, tmp_path):
+    """A script without the `if __name__ == "__main__":` guard: every spawned worker re-runs it
+    and exits before decoding anything. That is no file's fault: none gets a "died while decoding"
+    record; the pool gives up after a few such deaths (no endless respawning), says why, and
+    leaves no shared memory behind."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import os\n"
+        "from lfm.runtime.decode_pool import SHM_PREFIX, DecodePool, DecodePoolError\n"
+        "from lfm.runtime.spec import ModelSpec\n"
+        "pool = DecodePool(ModelSpec(input='uint8', layout='NHWC', size=64), 10**8, 64, workers=2)\n"
+        "try:\n"
+        f"    pool.result(pool.submit({str(files[0])!r}))\n"
+        "except DecodePoolError as e:\n"
+        "    print('refused:', e)\n"
+        "print('segments left:', [n for n in os.listdir('/dev/shm') if n.startswith(f'{SHM_PREFIX}{os.getpid()}-')])\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: the decoding processes exit before decoding anything" in r.stdout, r.stdout
+    assert "if __name__ == '__main__':" in r.stdout and "segments left: []" in r.stdout, r.stdout
+
+
 def test_unknown_decode_mode_is_refused(random_onnx):
     with pytest.raises(ValueError, match="decode must be one of"):
         Detector(random_onnx, decode="fpga")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_ctrl_c_with_processes_keeps_records_and_leaves_nothing(random_onnx, files, tmp_path):
     good = [str(p) for p in files if p.exists() and p.stat().st_size > 300]
     listing = tmp_path / "many.txt"
@@ -227,6 +255,7 @@ def test_the_ring_takes_at_most_half_of_the_free_shared_memory(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_workers_leave_sigint_and_sigterm_to_the_parent(files):
     """A group-wide SIGTERM (a server draining its requests) must not cost the files being decoded."""
     good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
