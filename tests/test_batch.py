@@ -67,6 +67,21 @@ def corpus(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def other_onnx(random_onnx, tmp_path_factory) -> Path:
+    """Another model of the same kind (same spec, same name): random_onnx with its last bias
+    one higher, so every logit differs by 1, as an older model left at the same path would."""
+    onnx = pytest.importorskip("onnx", reason="editing a model needs the [export] extra")
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(random_onnx))
+    bias = next(t for t in proto.graph.initializer if t.name == "model.fc.bias")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, bias.name))
+    path = tmp_path_factory.mktemp("other_onnx") / random_onnx.name
+    onnx.save(proto, str(path))
+    return path
+
+
 def read_shards(out: Path) -> list[dict]:
     """Every record in the output folder, shard by shard, in input order."""
     import pyarrow.parquet as pq
@@ -222,6 +237,7 @@ def test_tiles_policy_matches_infer(ray_cluster, random_onnx, tmp_path):
 # -- exactly once when a worker dies ---------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a fault test fails in its own time, never hangs CI
 def test_a_killed_actor_costs_no_record(ray_cluster, random_onnx, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -251,6 +267,7 @@ def test_a_killed_actor_costs_no_record(ray_cluster, random_onnx, tmp_path):
 # -- resume ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a fault test fails in its own time, never hangs CI
 def test_an_interrupted_run_resumes_with_only_its_missing_shards(ray_cluster, random_onnx, corpus, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
@@ -292,9 +309,56 @@ def test_an_interrupted_run_resumes_with_only_its_missing_shards(ray_cluster, ra
     assert "0 shard(s) written, 11 already complete" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_rerun_scores_incomplete_shards_again_and_refuses_any_other_run(ray_cluster, random_onnx, other_onnx,
+                                                                          corpus, tmp_path, capsys):
+    """The manifest's rules one by one: a rerun with another model (same name, other bytes), another
+    listing of the same length, other settings, shard size or format is refused in one line naming
+    what differs. The same command scores again exactly the shards that are not complete: one
+    holding another count (what a filesystem without atomic moves can leave) and one that cannot
+    be read; a complete one is neither rewritten nor sent to the cluster again."""
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(11):
+        noise_image(images / f"d{i:02d}.png", 72, 72, seed=500 + i)
+    out, args = tmp_path / "out", [str(images), str(corpus / "not_an_image.png")]  # 12 inputs: 3 shards of 4
+    options = ("--shard-size", "4", "--batch-size", "2")
+    assert batch(random_onnx, args, out, *options) == 1
+    want = infer_records(random_onnx, args, tmp_path / "infer.jsonl")
+    capsys.readouterr()
+
+    others = [(other_onnx, args, options, "model_sha256"),
+              (random_onnx, args[::-1], options, "listing_sha256"),
+              (random_onnx, args, (*options, "--threshold", "0.7"), "settings"),
+              (random_onnx, args, ("--shard-size", "6", "--batch-size", "2"), "shard_size"),
+              (random_onnx, args, (*options, "--format", "jsonl"), "format")]
+    for model, inputs, flags, differs in others:
+        assert batch(model, inputs, out, *flags) == 2, differs
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "holds the shards of another run" in err and f"({differs}: " in err, err
+    assert_same_records(read_shards(out), want, random_onnx)  # untouched by the refused runs
+
+    shard0 = out / "shard-000000.parquet"
+    table = pq.read_table(shard0)
+    metadata = {**table.schema.metadata, b"lfm.count": b"3"}
+    pq.write_table(table.slice(0, 3).replace_schema_metadata(metadata), shard0)  # 3 records of 4, says so
+    (out / "shard-000001.parquet").write_bytes(b"PAR1 cut off")
+    complete = (out / "shard-000002.parquet").stat()
+    assert batch(random_onnx, args, out, *options) == 1
+    err = capsys.readouterr().err
+    assert "2 shard(s) written, 1 already complete" in err, err
+    assert "delivered twice" not in err, err  # the complete shard's inputs were not scored again
+    after = (out / "shard-000002.parquet").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (complete.st_ino, complete.st_mtime_ns)
+    assert_same_records(read_shards(out), want, random_onnx)
+
+
 # -- the two stages, in this process ----------------------------------------------------------------------------
 
-def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, corpus, tmp_path, monkeypatch):
+def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, other_onnx, corpus, tmp_path, monkeypatch):
     pa = pytest.importorskip("pyarrow", reason="the stages exchange pyarrow tables (the [cluster] extra)")
     import tempfile
 
@@ -310,18 +374,20 @@ def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, corpus, 
                        "error": pa.array([None] * 4 + ["no file matches this pattern"], pa.string())})
     decoded = decode_batch(inputs, policy=spec.policy, size=spec.size, max_pixels=10**8)
     sha = hashlib.sha256(random_onnx.read_bytes()).hexdigest()
-    # No driver file to load (a worker on another node): the model comes as bytes, cached per node.
-    scorer = Scorer({"m.onnx": random_onnx.read_bytes()}, "m.onnx", sha, None, 1, batch_size=2)
-    try:
-        got = scorer(decoded).to_pylist()
-    finally:
-        scorer.detector.close()
-    assert (tmp_path / "lfm-batch-models" / sha / "m.onnx").read_bytes() == random_onnx.read_bytes()
-    assert [g["index"] for g in got] == [0, 1, 2, 3, 4]
-    for g, w in zip(got, want):
-        assert g["error"] == w.error and g["label"] == w.label
-        assert (g["logit"] is None) if w.error else abs(g["logit"] - w.logit) <= 1e-6
-    assert got[4]["error"] == "no file matches this pattern" and got[4]["logit"] is None
+    # No driver file to load (a worker on another node), or another model at the driver's path
+    # there (an older file): the model that was checksummed comes as bytes, cached per node.
+    for driver_path in (None, str(other_onnx)):
+        scorer = Scorer({"m.onnx": random_onnx.read_bytes()}, "m.onnx", sha, driver_path, 1, batch_size=2)
+        try:
+            got = scorer(decoded).to_pylist()
+        finally:
+            scorer.detector.close()
+        assert (tmp_path / "lfm-batch-models" / sha / "m.onnx").read_bytes() == random_onnx.read_bytes()
+        assert [g["index"] for g in got] == [0, 1, 2, 3, 4]
+        for g, w in zip(got, want):
+            assert g["error"] == w.error and g["label"] == w.label
+            assert (g["logit"] is None) if w.error else abs(g["logit"] - w.logit) <= 1e-6, driver_path
+        assert got[4]["error"] == "no file matches this pattern" and got[4]["logit"] is None
 
 
 # -- exactly once on the driver, whatever the cluster hands back ----------------------------------------------
@@ -459,3 +525,58 @@ def test_listing_takes_uris_lists_and_globs_and_shards_deterministically(corpus,
         [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     a = batch_inputs.listing_sha256(got.inputs)
     assert a == batch_inputs.listing_sha256(list(got.inputs)) != batch_inputs.listing_sha256(got.inputs[::-1])
+
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_shard_whose_writing_fails_leaves_no_file(tmp_path, fmt):
+    """Atomic shards: a write that fails midway (here the file-size limit, as a full disk would)
+    leaves neither a shard file, which a rerun would take for complete, nor its temp file."""
+    pytest.importorskip("pyarrow", reason="shards are written with pyarrow (the [cluster] extra)")
+    out = tmp_path / "out"
+    code = (
+        "import resource, signal\n"
+        "from lfm.runtime.batch_shards import OutputFolder\n"
+        f"out = OutputFolder({str(out)!r}, {fmt!r})\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails (EFBIG) instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
+        "records = [(f'/photos/{i:06d}.jpg', i / 7, 0.5, 'real', None) for i in range(5000)]\n"
+        "try:\n"
+        "    out.write_shard(0, records, 'f00d')\n"
+        "except OSError as e:\n"
+        "    print('failed', type(e).__name__)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("failed"), (r.stdout, r.stderr)
+    assert sorted(os.listdir(out)) == []
+
+
+def test_a_rerun_removes_what_an_earlier_run_left_unfinished(tmp_path):
+    """Temp files of a run killed mid-write and its _SUCCESS go (a rerun's _SUCCESS appears only
+    when every shard is complete again); shards, the manifest and other dot files stay."""
+    pytest.importorskip("pyarrow", reason="the output folder is written with pyarrow.fs (the [cluster] extra)")
+    from lfm.runtime.batch_shards import OutputFolder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [".shard-000003.parquet.0123456789ab.partial", "_SUCCESS"]
+    kept = [".DS_Store", "_manifest.json", "shard-000000.parquet"]
+    for name in stale + kept:
+        (out / name).write_text("x")
+    assert OutputFolder(str(out), "parquet").remove_stale() == 2
+    assert sorted(os.listdir(out)) == sorted(kept)
+
+
+def test_on_its_own_ray_a_plan_that_leaves_no_cpu_to_decode_is_refused(capsys):
+    import argparse
+
+    from lfm.runtime.batch import size_pools
+
+    args = argparse.Namespace(actors=2, gpus_per_actor=None, cpus_per_actor=1.0, decode_cpus=1.0, threads=None)
+    refused = size_pools(args, {"CPU": 2.0}, local=True)
+    assert isinstance(refused, str) and "need 3 CPUs; the cluster has 2" in refused
+    # On a cluster that may grow (an autoscaler adds nodes) the plan stands, with a note.
+    assert size_pools(args, {"CPU": 2.0}, local=False) == {"actors": 2, "gpus_per_actor": 0.0, "cpus_per_actor": 1.0,
+                                                            "threads": 1}
+    assert "Ray waits for the autoscaler" in capsys.readouterr().err
+    args.actors = None  # the default: half the CPUs, which leaves the rest to decode
+    assert size_pools(args, {"CPU": 8.0}, local=True)["actors"] == 4
