@@ -17,7 +17,8 @@ images themselves, and adds generated ones:
     jpeg-q75       re-encoded as JPEG, quality 75 and 95 (4:2:0)
     jpeg-q95
     half-png       shrunk 2x (box), stored losslessly: clean content with no up-sampling or
-                   compression trace at the pixel grid (the resize policy then up-samples it)
+                   compression trace at the pixel grid (the resize policy then up-samples it;
+                   a half below the model's minimum, 48 px for K=16, is skipped and counted)
     synthetic      train/make_synthetic.py scenes, real and up-sampled (nearest, bilinear,
                    transposed conv), at the model's size
 
@@ -33,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lfm.runtime.spec import ModelSpec
+from lfm.runtime.spec import ModelSpec, logit_boundary
 
 STRESS_GROUPS = ("held-out", "nearest-2x", "bilinear-2x", "bicubic-2x", "jpeg-q75", "jpeg-q95", "half-png",
                  "synthetic")
@@ -169,7 +170,7 @@ class FidelityReport:
         """``ref``/``test``: logits of the fp32 and the tested model, image by image; ``group_of``:
         each image's group. The decision is score > threshold, as the runtime labels."""
         ref, test, group_of = np.asarray(ref, np.float64), np.asarray(test, np.float64), np.asarray(group_of)
-        boundary = float(np.log(threshold / (1.0 - threshold))) if 0.0 < threshold < 1.0 else 0.0
+        boundary = logit_boundary(threshold)
         groups = {g: GroupFidelity.of(ref[group_of == g], test[group_of == g], boundary)
                   for g in dict.fromkeys(group_of.tolist())}
         return cls(groups, GroupFidelity.of(ref, test, boundary), threshold, dict(skipped or {}))

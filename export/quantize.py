@@ -63,7 +63,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from lfm.runtime.preprocess import ImageError, is_image_path, load_array, normalize
-from lfm.runtime.spec import ModelSpec
+from lfm.runtime.spec import ModelSpec, is_fake, logit_boundary
 
 PROFILES = ("tensorrt", "cpu")
 METHODS = ("percentile", "minmax", "entropy")
@@ -773,7 +773,7 @@ def compare_logits(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5, la
 
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
     d = np.abs(ref - test)
-    a, b = _sigmoid(ref) > threshold, _sigmoid(test) > threshold
+    a, b = is_fake(_sigmoid(ref), threshold), is_fake(_sigmoid(test), threshold)
     out = {"n": int(ref.size), "agreement": float(np.mean(a == b)) if ref.size else float("nan"),
            "disagreements": int(np.sum(a != b)),
            "max_abs_logit_diff": float(d.max()) if ref.size else float("nan"),
@@ -781,8 +781,7 @@ def compare_logits(ref: np.ndarray, test: np.ndarray, threshold: float = 0.5, la
            "fake_rate_ref": float(a.mean()) if ref.size else float("nan"),
            "fake_rate_test": float(b.mean()) if ref.size else float("nan")}
     # Where the reference is not on the fence: |logit| >= CONFIDENT_LOGIT (score outside [0.27, 0.73]).
-    boundary = float(np.log(threshold / (1.0 - threshold))) if 0.0 < threshold < 1.0 else 0.0
-    conf = np.abs(ref - boundary) >= CONFIDENT_LOGIT
+    conf = np.abs(ref - logit_boundary(threshold)) >= CONFIDENT_LOGIT
     out["n_confident"] = int(conf.sum())
     out["agreement_confident"] = float(np.mean(a[conf] == b[conf])) if conf.any() else float("nan")
     if labels is not None:

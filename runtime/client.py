@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 import numpy as np  # noqa: E402
 
 from lfm.runtime.records import FORMATS, Record, in_input_order, sigmoid  # noqa: E402
+from lfm.runtime.spec import is_fake  # noqa: E402
 
 MODEL_NAME = "lfm"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
@@ -274,7 +275,7 @@ class LfmClient:
                 records.append(Record.failed(name, "server returned no logit"))
                 continue
             sc = sigmoid(lg)  # in float64 from the logit, as the runtime's records (a graph's score is float32)
-            lb = _text(label[i]) if label is not None else ("fake" if sc > self.threshold else "real")
+            lb = _text(label[i]) if label is not None else ("fake" if is_fake(sc, self.threshold) else "real")
             records.append(Record(path=name, logit=lg, score=sc, label=lb))
         return records
 

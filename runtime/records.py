@@ -3,7 +3,8 @@
     {"path": str, "logit": float | null, "score": float | null, "label": "real" | "fake" | null,
      "error": str | null}
 
-``score`` is sigmoid(logit); ``label`` is "fake" when the score is above the threshold.
+``score`` is sigmoid(logit); ``label`` is "fake" when the score is strictly above the threshold
+(``spec.is_fake``).
 A failed input keeps its path and carries its error, with the other fields null.
 
 File names need not be valid UTF-8 (a Latin-1 ``caf\xe9.png``); Python holds their odd bytes as
@@ -18,6 +19,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from typing import IO, Callable, Iterable, Iterator, Optional
+
+from .spec import is_fake
 
 FIELDS = ("path", "logit", "score", "label", "error")
 FORMATS = ("jsonl", "csv", "table")
@@ -64,7 +67,7 @@ class Record:
     def from_logit(cls, path: str, logit: float, threshold: float) -> "Record":
         logit = float(logit)
         score = sigmoid(logit)
-        return cls(path=path, logit=logit, score=score, label="fake" if score > threshold else "real")
+        return cls(path=path, logit=logit, score=score, label="fake" if is_fake(score, threshold) else "real")
 
     @classmethod
     def failed(cls, path: str, error: str) -> "Record":

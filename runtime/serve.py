@@ -464,7 +464,7 @@ def parse_args(argv=None):
                          "long; 0: no watchdog")
     rt = p.add_argument_group("runtime (as runtime/infer.py)")
     rt.add_argument("--threshold", metavar="T", type=fraction, default=None,
-                    help="score at or above which an image is 'fake', in [0, 1] (default: the model's)")
+                    help="score above which an image is 'fake', in [0, 1] (default: the model's)")
     rt.add_argument("--policy", choices=POLICIES, default=None,
                     help="preprocessing: resize, center-crop, none (native size) or tiles (default: the model's)")
     rt.add_argument("--size", metavar="PX", type=int, default=None, help="side for resize / center-crop / tiles (default: the model's)")

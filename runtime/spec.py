@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +28,8 @@ class ModelSpec:
                reduced over its tiles; see runtime/preprocess.py ``tile_boxes``).
     size:      side of the square the policy produces (the tile side for "tiles").
     mean, std: per-channel RGB statistics applied after scaling bytes to [0, 1].
-    threshold: score (sigmoid of the logit) at or above which an image is called "fake".
+    threshold: score (sigmoid of the logit) above which an image is called "fake": strictly
+               above, a score equal to it is "real" (``is_fake``, the one decision rule).
     top_k:     values kept per salience map (decides the minimum input size).
     """
 
@@ -67,6 +69,26 @@ class ModelSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# The decision, stated once: every label, metric and fidelity check in the project calls these.
+
+
+def is_fake(score, threshold: float):
+    """An image is "fake" when its score (sigmoid of the logit) is strictly above the threshold;
+    a score equal to the threshold is "real" (upstream's ``y_pred > 0.5``). score: a float or a
+    numpy array (then an array of booleans)."""
+    return score > threshold
+
+
+def logit_boundary(threshold: float) -> float:
+    """The logit whose sigmoid is ``threshold``, for deciding on logits: ``logit > logit_boundary(t)``
+    is ``is_fake(sigmoid(logit), t)`` (threshold 0: every finite logit is fake; 1: none is)."""
+    if threshold <= 0.0:
+        return -math.inf
+    if threshold >= 1.0:
+        return math.inf
+    return math.log(threshold / (1.0 - threshold))
 
 
 # Geometry: which input sizes the network accepts (here, not in train/, so the runtime can

@@ -125,7 +125,8 @@ def small_ckpt_and_images(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("fidelity")
     save_atomic(make_checkpoint(random_lfm(), ModelSpec(size=64)), d / "random.pt")
-    make_synthetic(d / "images", n=24, size=64, seed=2, val_fraction=0.0, jobs=1)
+    # 96 px: their 2x-down-sampled stress variants (48 px) are still large enough to score (K=16)
+    make_synthetic(d / "images", n=24, size=96, seed=2, val_fraction=0.0, jobs=1)
     return d / "random.pt", d / "images"
 
 

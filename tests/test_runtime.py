@@ -131,6 +131,34 @@ def test_expand_paths_keeps_every_argument(tmp_path):
     assert any("left out 1 file" in n for n in exp.notes)
 
 
+def test_one_decision_rule_score_strictly_above_the_threshold_everywhere():
+    """spec.py said a score "at or above" the threshold is fake while every decision was
+    score > threshold (issue 24, item 14): one rule, stated once (spec.is_fake), used by every
+    decision, and no text in the tree says otherwise."""
+    import re
+
+    from lfm.runtime.spec import is_fake, logit_boundary
+    from lfm.train.metrics import binary_metrics
+
+    assert Record.from_logit("a", 0.0, 0.5).label == "real"  # score exactly 0.5: not above
+    assert Record.from_logit("a", 1e-9, 0.5).label == "fake"
+    assert not is_fake(0.5, 0.5) and is_fake(0.5000001, 0.5)
+    logits = np.array([-30.0, -1.0, 0.0, 1e-9, 2.0, 30.0])
+    scores = 1 / (1 + np.exp(-logits))
+    for t in (0.0, 0.2, 0.5, 0.9, 1.0):
+        np.testing.assert_array_equal(logits > logit_boundary(t), is_fake(scores, t), err_msg=str(t))
+    assert binary_metrics([0, 1], [0.5, 0.7], 0.5)["acc"] == 1.0  # the 0.5 is predicted real
+    said = re.compile(r"at or above (which|the threshold)|>= *(self\.)?(spec\.)?threshold|threshold *<= *score",
+                      re.IGNORECASE)
+    here = Path(__file__).resolve()
+    texts = [ROOT / "README.md", ROOT / "demo.sh"] + [
+        p for folder in ("runtime", "export", "train", "kernels", "benchmarks", "docs", "tests", ".ci")
+        for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".sh", ".txt") and p != here]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in texts
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if said.search(line)]
+    assert not found, found
+
+
 def test_record_writers_round_trip():
     records = [Record.from_logit("a.png", 2.0, 0.5), Record.failed("b, \"odd\".png", "no such file"),
                Record.from_logit("c.png", -1000.0, 0.5)]

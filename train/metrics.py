@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lfm.runtime.spec import is_fake
+
 
 def average_precision(y_true, scores) -> float:
     """Area under the precision-recall curve as a step sum, the definition of scikit-learn's
@@ -32,7 +34,7 @@ def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
     """accuracy, AP, accuracy on real images, accuracy on generated images, and counts."""
     y = np.asarray(y_true).astype(int).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
-    pred = (s > threshold).astype(int)
+    pred = is_fake(s, threshold).astype(int)
 
     def acc(mask):
         return float((pred[mask] == y[mask]).mean()) if mask.any() else float("nan")
