@@ -123,7 +123,7 @@ def images(tmp_path_factory) -> list[Path]:
     files = {
         "noise.png": encode(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8), "PNG"),
         "photo.jpg": encode(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "JPEG", quality=90),
-        "padded.bmp": encode(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8), "BMP"),
+        "padded.bmp": encode(rng.integers(0, 256, (60, 50, 3), dtype=np.uint8), "BMP"),  # large enough to score
         "grey.png": encode(rng.integers(0, 256, (70, 70), dtype=np.uint8), "PNG"),
         "alpha.png": encode(rng.integers(0, 256, (64, 128, 4), dtype=np.uint8), "PNG"),
     }
