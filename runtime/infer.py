@@ -11,12 +11,13 @@ above the threshold, else "real") and error (null on success). Every input appea
 mention; an unreadable file gets an error record in its place.
 
 --output FILE: the format follows the extension (.csv, .jsonl, .txt = table) unless --format
-is given. FILE may not be one of the inputs or the model. Records go to a temporary file
-beside FILE that replaces it when the run ends, so an earlier FILE survives a crashed run;
-Ctrl-C stops the run, keeps the records finished so far and exits 130.
+is given. FILE may not be one of the inputs or the model (by any name); a symlink is written
+through to its target. Records go to a temporary file beside FILE that replaces it when the run
+ends, so an earlier FILE survives a crashed or failed run (a full disk), and no temporary file
+is left; Ctrl-C (or SIGTERM) stops the run, keeps the records finished so far and exits 130 (143).
 
 Exit status: 0 when every input was scored, 1 when any failed, 2 for bad arguments or a model
-that could not be loaded, 130 when interrupted.
+that could not be loaded, 130 when interrupted, 143 when terminated (SIGTERM).
 """
 from __future__ import annotations
 
