@@ -477,7 +477,8 @@ def center_crop(pixels, size: int):
     (runtime/preprocess.py: left = (W - size) // 2, top = (H - size) // 2); a view."""
     h, w = pixels.shape[-3], pixels.shape[-2]
     if h < size or w < size:
-        raise ValueError(f"{w}x{h} is smaller than the {size}x{size} centre crop; use policy 'resize'")
+        raise ValueError(f"{w}x{h} is smaller than the {size}x{size} centre crop; score it at its native size with policy "
+                         "'none' or 'tiles'")  # as preprocess.apply_policy: never advise enlarging
     left, top = (w - size) // 2, (h - size) // 2
     return pixels[..., top:top + size, left:left + size, :]
 
