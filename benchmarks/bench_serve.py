@@ -26,13 +26,16 @@ off as a polite client would: 50 ms doubling with each rejection in a row, at mo
 with: measured, throughput fell to a fifth).
 
 --mode overload: open-loop load (Poisson arrivals at a set rate, whatever the answers, as from
-many independent users; 64 sender threads). The capacity C is measured first (closed loop,
+many independent users; 128 sender threads). The capacity C is measured first (closed loop,
 --capacity-concurrency clients); the sustainable rate is R = --load-fraction x C (or --rate R);
 then R and --overload-factor x R (4x) run for --duration s each. Reported per rate: accepted,
 rejected and failed requests (failed = neither an answer equal to the offline one nor an
 explicit rejection: silent failures, the target is 0), p50/p99 latency of accepted requests,
-p50/p99/max latency of rejections. Targets (issue 18): accepted p99 at 4x within 2x the p99 at
-R, rejections under 50 ms, 0 failed.
+p50/p99/max latency of rejections. Targets: rejections under 50 ms, 0 failed (issue 18), and the
+accepted p99 at 4x bounded by what the queue admits: within the queue timeout plus the p99 at R
+(issue 24: the queue holds 32 closed-loop clients, so under overload an accepted request waits
+behind a full queue; issue 18's "within 2x the p99 at R" held only for a queue of 6, which refused
+ordinary concurrency). Without a queue timeout, 2x the p99 at R.
 
 --mode soak: open-loop load at R for --soak-seconds, the resident memory (RSS) of serve.py and
 every process under it (tritonserver, the stubs, the watchdog) sampled every 5 s; growth is the
@@ -66,11 +69,14 @@ from pathlib import Path
 import numpy as np
 
 from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, report_refusal, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
+from lfm.runtime import serve_defaults as defaults  # noqa: E402
 from lfm.runtime.files import files_under  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REJECT_BACKOFF_S = (0.05, 1.0)  # a closed-loop client's first and longest pause after a rejection
-OPEN_LOOP_SENDERS = 64
+# More senders than the server holds requests (queue + a batch in flight per instance: 40 + 2 x 32
+# by default), so a sender is free whenever an arrival is due, whatever the accepted latency
+OPEN_LOOP_SENDERS = 128
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 T0 = time.perf_counter()
 
@@ -400,8 +406,9 @@ def render_overload_md(result: dict) -> str:
         md.append(f"| {r['offered_rps']} | {r['sent']} | {r['accepted']} | {r['rejected']} | {r['failed']} | "
                   f"{r['accepted_rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['reject_p50_ms']} | {r['reject_p99_ms']} | "
                   f"{r['reject_max_ms']} | {r['late_sends']} |")
-    md += ["", f"Targets: accepted p99 at {o['factor']:g}x within 2x the p99 at R: {t['p99_ratio']}x "
-           f"(**{'met' if t['p99_ok'] else 'missed'}**); rejections under 50 ms (p99 {t['reject_p99_ms']} ms): "
+    md += ["", f"Targets: accepted p99 at {o['factor']:g}x within {t['p99_bound_rule']} = {t['p99_bound_ms']} ms "
+           f"({t['p99_ratio']}x the p99 at R): **{'met' if t['p99_ok'] else 'missed'}**; rejections under 50 ms "
+           f"(p99 {t['reject_p99_ms']} ms): "
            f"**{'met' if t['reject_ok'] else 'missed'}**; 0 failed: **{'met' if t['no_failures'] else 'missed'}**.", ""]
     return "\n".join(md)
 
@@ -445,10 +452,10 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=None, help="seconds per level (default 10; --quick 2)")
     p.add_argument("--max-requests", type=int, default=20000, help="at most this many counted requests per level")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    p.add_argument("--instances", type=int, default=2)
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--preferred-batch-sizes", default="8,16")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=defaults.INSTANCES)
+    p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE)
+    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)))
+    p.add_argument("--max-queue-delay-us", type=int, default=defaults.MAX_QUEUE_DELAY_US)
     p.add_argument("--max-queue-size", type=int, default=None, help="serve.py's --max-queue-size (default: serve.py's)")
     p.add_argument("--queue-timeout-ms", type=int, default=None,
                    help="serve.py's --queue-timeout-ms (default: serve.py's)")
@@ -583,10 +590,8 @@ def main(argv=None) -> int:
 
 def serve_settings(max_queue_size, queue_timeout_ms) -> dict:
     """The queue policy the server ran with: the options given, else serve.py's defaults."""
-    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
-
-    return {"max_queue_size": DEFAULT_MAX_QUEUE_SIZE if max_queue_size is None else max_queue_size,
-            "queue_timeout_ms": DEFAULT_QUEUE_TIMEOUT_MS if queue_timeout_ms is None else queue_timeout_ms}
+    return {"max_queue_size": defaults.MAX_QUEUE_SIZE if max_queue_size is None else max_queue_size,
+            "queue_timeout_ms": defaults.QUEUE_TIMEOUT_MS if queue_timeout_ms is None else queue_timeout_ms}
 
 
 def measure_level(url, mport, n, duration, max_requests, blobs, expected) -> dict:
@@ -637,7 +642,11 @@ def measure_overload(args, url, mport, duration, blobs, expected) -> dict:
             f"max {row['reject_max_ms']} ms); failed {row['failed']}; late sends {row['late_sends']}")
     base, over = rows
     ratio = round(over["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] and over["p99_ms"] else None
-    targets = {"p99_ratio": ratio, "p99_ok": ratio is not None and ratio <= 2.0,
+    queue_timeout_ms = serve_settings(args.max_queue_size, args.queue_timeout_ms)["queue_timeout_ms"]
+    bound = (queue_timeout_ms + base["p99_ms"] if queue_timeout_ms else 2.0 * base["p99_ms"]) if base["p99_ms"] else None
+    targets = {"p99_ratio": ratio, "p99_bound_ms": round(bound, 2) if bound else None,
+               "p99_bound_rule": "queue timeout + p99 at R" if queue_timeout_ms else "2 x p99 at R",
+               "p99_ok": bound is not None and over["p99_ms"] is not None and over["p99_ms"] <= bound,
                "reject_p99_ms": over["reject_p99_ms"],
                "reject_ok": over["reject_p99_ms"] is None or over["reject_p99_ms"] < 50.0,
                "no_failures": base["failed"] == 0 and over["failed"] == 0}

@@ -2,7 +2,7 @@
 
     python export/to_triton.py lfm.onnx --repository DIR [--name lfm] [--max-batch-size 32]
                                [--preferred-batch-sizes 8,16] [--max-queue-delay-us 2000]
-                               [--max-queue-size 6] [--queue-timeout-ms 2000]
+                               [--max-queue-size 40] [--queue-timeout-ms 5000]
                                [--instances 2] [--kind auto|cpu|gpu] [--force]
     python export/to_triton.py lfm.plan --repository DIR ...     (TensorRT; reads lfm.plan.json)
 
@@ -55,14 +55,10 @@ import tempfile
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
 
+from lfm.runtime import serve_defaults as defaults  # noqa: E402  (serve.py's batching and queue defaults)
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
 from lfm.runtime.files import files_under, overwrite_refusal  # noqa: E402  (standard library only)
 
-DEFAULT_PREFERRED = (8, 16)
-# As runtime/serve.py's defaults (its DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS; not imported:
-# serve.py needs PyTriton): the queue bound on requests, and the queue timeout's backstop.
-DEFAULT_MAX_QUEUE_SIZE = 6
-DEFAULT_QUEUE_TIMEOUT_MS = 2000
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL",
@@ -342,10 +338,12 @@ def validate_config(text: str, path: str = "config.pbtxt"):
         raise RepositoryError(f"{path}: not a valid Triton ModelConfig ({e})") from None
 
 
-def write_repository(source: str, repository: str, *, name: str = "lfm", max_batch_size: int = 32,
-                     preferred=DEFAULT_PREFERRED, max_queue_delay_us: int = 2000, instances: int = 2,
+def write_repository(source: str, repository: str, *, name: str = "lfm",
+                     max_batch_size: int = defaults.MAX_BATCH_SIZE, preferred=defaults.PREFERRED_BATCH_SIZES,
+                     max_queue_delay_us: int = defaults.MAX_QUEUE_DELAY_US, instances: int = defaults.INSTANCES,
                      kind: str = "auto", max_pixels: int | None = None, force: bool = False,
-                     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS) -> dict:
+                     max_queue_size: int = defaults.MAX_QUEUE_SIZE,
+                     queue_timeout_ms: int = defaults.QUEUE_TIMEOUT_MS) -> dict:
     """Write the three models; returns {"models": {name: dir}, "validated": bool, "notes": [...]}."""
     from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS
 
@@ -467,20 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", "-r", required=True, metavar="DIR",
                    help="model repository to write into; created if missing (required)")
     p.add_argument("--name", default="lfm", help="ensemble name; the others get _model and _preprocess (default: lfm)")
-    p.add_argument("--max-batch-size", type=int, default=32,
-                   help="largest batch Triton forms, capped at a plan's profile (default: 32)")
-    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, DEFAULT_PREFERRED)),
-                   help=f"comma-separated, '' for none (default: {','.join(map(str, DEFAULT_PREFERRED))})")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000,
-                   help="how long dynamic batching waits to fill a batch, microseconds (default: 2000)")
-    p.add_argument("--max-queue-size", type=int, default=DEFAULT_MAX_QUEUE_SIZE,
+    p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE,
+                   help="largest batch Triton forms, capped at a plan's profile (default: %(default)s)")
+    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)),
+                   help="comma-separated, '' for none (default: %(default)s)")
+    p.add_argument("--max-queue-delay-us", type=int, default=defaults.MAX_QUEUE_DELAY_US,
+                   help="how long dynamic batching waits to fill a batch, microseconds (default: %(default)s)")
+    p.add_argument("--max-queue-size", type=int, default=defaults.MAX_QUEUE_SIZE,
                    help="requests lfm_preprocess's queue holds; more are refused at once (HTTP 503 / gRPC UNAVAILABLE); "
-                        f"0: unbounded (default: {DEFAULT_MAX_QUEUE_SIZE})")
-    p.add_argument("--queue-timeout-ms", type=int, default=DEFAULT_QUEUE_TIMEOUT_MS,
+                        "0: unbounded (default: %(default)s)")
+    p.add_argument("--queue-timeout-ms", type=int, default=defaults.QUEUE_TIMEOUT_MS,
                    help="a request still queued after this long is refused, in either model; 0: never "
-                        f"(default: {DEFAULT_QUEUE_TIMEOUT_MS})")
-    p.add_argument("--instances", type=int, default=2,
-                   help="instances of the model and of the preprocessing (default: 2)")
+                        "(default: %(default)s)")
+    p.add_argument("--instances", type=int, default=defaults.INSTANCES,
+                   help="instances of the model and of the preprocessing (default: %(default)s)")
     p.add_argument("--kind", choices=sorted(KINDS), default="auto",
                    help="where the model's instances run: auto (GPU if there is one), cpu, gpu; plans always gpu "
                         "(default: auto)")

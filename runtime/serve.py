@@ -4,7 +4,7 @@
                             [--grpc-port 8001] [--metrics-port 8002] [--instances 2]
                             [--max-batch-size 32] [--preferred-batch-sizes 8,16]
                             [--max-queue-delay-us 2000] [--max-request-bytes 67108864]
-                            [--max-queue-size 6] [--queue-timeout-ms 2000]
+                            [--max-queue-size 40] [--queue-timeout-ms 5000]
                             [--model-name lfm] [--decode threads|processes|gpu] ...
     python runtime/serve.py --checkpoint ckpt.pt ...     (PyTorch, the reference backend)
     python runtime/serve.py --engine lfm.plan ...        (TensorRT, where the runtime has it)
@@ -92,6 +92,7 @@ from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.detector import DECODE_MODES, Detector, default_workers, usable_cpus  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
+from lfm.runtime import serve_defaults as defaults  # noqa: E402
 from lfm.runtime.records import Record  # noqa: E402
 from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
 from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervision,  # noqa: E402
@@ -109,16 +110,9 @@ FAILED_LOGIT, FAILED_SCORE = 0.0, -1.0
 # Newer Triton servers cap HTTP bodies with --http-max-input-size (default 64 MiB); the server
 # PyTriton bundles has no such option, so the model applies the same limit per request.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-DEFAULT_PREFERRED = (8, 16)
-# The dynamic batcher's queue bound. Under overload a request meets --instances batches of up to
-# this many requests in flight and this many queued ahead of it: latency ~ 3 x 6 / throughput.
-# At 4x the sustainable rate on 2 CPU cores (benchmarks/bench_serve.py --mode overload) the
-# accepted p99 was 1.5x the p99 at that rate with 6, 2.6x with 8, 2.8x with 16; 4 refused some
-# requests of 8 closed-loop clients. A GPU, whose batches are cheap, wants at least
-# --max-batch-size here (the queue caps the batches formed). The timeout backstops slow batches.
-DEFAULT_MAX_QUEUE_SIZE = 6
-DEFAULT_QUEUE_TIMEOUT_MS = 2000
-PROBE_TIMEOUT_S = 5.0
+# The health probe waits as long as an accepted request may: the queue's timeout (past it the
+# probe is refused as overloaded, which is no failure), then this for its own batch.
+PROBE_BATCH_S = 5.0
 # PyTriton waits 30 s for tritonserver to exit after SIGINT, then kills it: stay below.
 MAX_EXIT_TIMEOUT_S = 25
 
@@ -432,19 +426,23 @@ def parse_args(argv=None):
     tr = p.add_argument_group("Triton")
     tr.add_argument("--model-name", type=model_name, default=MODEL_NAME, metavar="NAME",
                     help="Triton model name to serve under; clients name it too: runtime/client.py --model NAME")
-    tr.add_argument("--instances", metavar="N", type=at_least_1, default=2,
+    tr.add_argument("--instances", metavar="N", type=at_least_1, default=defaults.INSTANCES,
                     help="model instances, each with its own Detector and backend session")
-    tr.add_argument("--max-batch-size", metavar="N", type=at_least_1, default=32,
+    tr.add_argument("--max-batch-size", metavar="N", type=at_least_1, default=defaults.MAX_BATCH_SIZE,
                     help="largest batch the dynamic batcher forms, counted in images")
-    tr.add_argument("--preferred-batch-sizes", metavar="N,N", default=",".join(map(str, DEFAULT_PREFERRED)),
+    tr.add_argument("--preferred-batch-sizes", metavar="N,N",
+                    default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)),
                     help="dynamic batcher's preferred batch sizes, comma-separated ('' for none)")
-    tr.add_argument("--max-queue-delay-us", metavar="US", type=at_least_0, default=2000,
+    tr.add_argument("--max-queue-delay-us", metavar="US", type=at_least_0,
+                    default=defaults.MAX_QUEUE_DELAY_US,
                     help="how long a request may wait for others to batch with, microseconds")
-    tr.add_argument("--max-queue-size", metavar="N", type=at_least_0, default=DEFAULT_MAX_QUEUE_SIZE,
+    tr.add_argument("--max-queue-size", metavar="N", type=at_least_0, default=defaults.MAX_QUEUE_SIZE,
                     help="requests the dynamic batcher's queue holds; more are refused at once (HTTP 503 / gRPC "
-                         "UNAVAILABLE, 'Exceeds maximum queue size'); 0: unbounded")
-    tr.add_argument("--queue-timeout-ms", metavar="MS", type=at_least_0, default=DEFAULT_QUEUE_TIMEOUT_MS,
-                    help="a request still queued after this long is refused ('Request timeout expired'); 0: never")
+                         "UNAVAILABLE, 'Exceeds maximum queue size'); the default holds "
+                         f"{defaults.CLOSED_LOOP_CLIENTS} clients with a request each; 0: unbounded")
+    tr.add_argument("--queue-timeout-ms", metavar="MS", type=at_least_0, default=defaults.QUEUE_TIMEOUT_MS,
+                    help="a request still queued after this long is refused ('Request timeout expired'): a backstop "
+                         "for a backend that slows down; 0: never")
     tr.add_argument("--allow-timeout-override", action="store_true",
                     help="let a request set its own queue timeout (Triton's 'timeout' request parameter)")
     tr.add_argument("--max-request-bytes", metavar="BYTES", type=at_least_1, default=DEFAULT_MAX_REQUEST_BYTES,
@@ -616,6 +614,15 @@ def dynamic_batcher(args):
                           max_queue_delay_microseconds=args.max_queue_delay_us, default_queue_policy=policy)
 
 
+def probe_timeout(args) -> float:
+    """How long the health probe waits for its answer: as long as an accepted request may take,
+    the queue's timeout (--hang-timeout without one) plus its own batch. Shorter, a server that
+    is only slow looks broken: probes timed out behind a full queue, three in a row were a fault
+    and the server exited 3 under overload (seen with a queue of 40 on a loaded 2-core machine)."""
+    queued_s = args.queue_timeout_ms / 1000 if args.queue_timeout_ms else args.hang_timeout
+    return queued_s + PROBE_BATCH_S
+
+
 def start_supervision(args, url: str, triton, models: list, detector: Detector, on_fault,
                       reference: tuple[bytes, Record] | None = None):
     """The watch on tritonserver, its stubs and serve.py itself (runtime/serve_health.py), with
@@ -624,7 +631,7 @@ def start_supervision(args, url: str, triton, models: list, detector: Detector, 
     probe = None
     if args.health_interval > 0:
         blob, expected = reference or local_reference([detector])
-        probe = InferenceProbe(url, args.model_name, blob, expected, timeout=PROBE_TIMEOUT_S)
+        probe = InferenceProbe(url, args.model_name, blob, expected, timeout=probe_timeout(args))
     return Supervision(model_name=args.model_name, models=models, alive=triton.is_alive, probe=probe,
                        interval=args.health_interval, hang_timeout=args.hang_timeout,
                        watchdog_timeout=args.watchdog_timeout, on_fault=on_fault)

@@ -142,19 +142,14 @@ def offline(random_onnx, images):
         return {str(p): r for p, r in zip(images, det.predict([str(p) for p in images]))}
 
 
-FIXTURE_QUEUE_SIZE = 32  # the shared server's bounded queue (serve.py's default is DEFAULT_MAX_QUEUE_SIZE)
-
-
 @pytest.fixture(scope="module")
 def server(random_onnx, tmp_path_factory):
     need_pytriton()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
     s = Server(random_onnx, log, "--instances", "2", "--max-batch-size", "16", "--preferred-batch-sizes", "4,8",
                "--max-queue-delay-us", "20000", "--max-request-bytes", str(MAX_REQUEST_BYTES),
-               "--max-pixels", str(MAX_PIXELS), "--exit-timeout", "20",
-               # room for every request the load tests keep open (8 clients): shedding has tests of
-               # its own (test_serve_faults.py, the client's unit tests); here it would be a flake
-               "--max-queue-size", str(FIXTURE_QUEUE_SIZE))
+               # the default queue policy: it holds every request the load tests keep open (8 clients)
+               "--max-pixels", str(MAX_PIXELS), "--exit-timeout", "20")
     try:
         yield s.wait_ready()
     finally:
@@ -646,16 +641,17 @@ def test_expected_triton_lines_are_left_out_whole_lines_only(capsys):
 
 
 def test_served_config_bounds_the_queue(server):
-    """The model's dynamic batcher has serve.py's queue policy: a bounded queue (of the size
-    given) whose excess Triton refuses at once (REJECT), and the default queue timeout."""
-    from lfm.runtime.serve import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS, parse_args
-
-    assert parse_args(["--model", "m.onnx"]).max_queue_size == DEFAULT_MAX_QUEUE_SIZE
+    """The model's dynamic batcher has serve.py's default queue policy: a bounded queue whose
+    excess Triton refuses at once (REJECT), and the queue timeout."""
+    from lfm.runtime import serve_defaults as defaults
 
     with urllib.request.urlopen(server.http_url + "/v2/models/lfm/config", timeout=5) as r:
         policy = json.load(r)["dynamic_batching"]["default_queue_policy"]
-    assert policy == {"timeout_action": "REJECT", "default_timeout_microseconds": DEFAULT_QUEUE_TIMEOUT_MS * 1000,
-                      "allow_timeout_override": False, "max_queue_size": FIXTURE_QUEUE_SIZE}
+    assert policy == {"timeout_action": "REJECT", "default_timeout_microseconds": defaults.QUEUE_TIMEOUT_MS * 1000,
+                      "allow_timeout_override": False, "max_queue_size": defaults.MAX_QUEUE_SIZE}
+    deadline = time.monotonic() + 10  # logged just after "serving model", which the fixture waits for
+    while "supervision: watching tritonserver" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "supervision: watching tritonserver" in server.log()
 
 
@@ -1125,18 +1121,16 @@ def test_to_triton_writes_the_queue_policy(random_onnx, tmp_path, capsys):
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from lfm.export.to_triton import DEFAULT_MAX_QUEUE_SIZE, main
-    from lfm.runtime import serve
-
-    assert DEFAULT_MAX_QUEUE_SIZE == serve.DEFAULT_MAX_QUEUE_SIZE  # the same defaults as serve.py
+    from lfm.export.to_triton import main
+    from lfm.runtime import serve_defaults as defaults
     repo = tmp_path / "repo"
     assert main([str(random_onnx), "--repository", str(repo)]) == 0
     pre = _parse_config(repo / "lfm_preprocess" / "config.pbtxt").dynamic_batching.default_queue_policy
     model = _parse_config(repo / "lfm_model" / "config.pbtxt").dynamic_batching.default_queue_policy
-    assert (pre.max_queue_size, pre.default_timeout_microseconds) == (serve.DEFAULT_MAX_QUEUE_SIZE,
-                                                                      serve.DEFAULT_QUEUE_TIMEOUT_MS * 1000)
+    assert (pre.max_queue_size, pre.default_timeout_microseconds) == (defaults.MAX_QUEUE_SIZE,
+                                                                      defaults.QUEUE_TIMEOUT_MS * 1000)
     assert pre.timeout_action == model.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert (model.max_queue_size, model.default_timeout_microseconds) == (0, serve.DEFAULT_QUEUE_TIMEOUT_MS * 1000)
+    assert (model.max_queue_size, model.default_timeout_microseconds) == (0, defaults.QUEUE_TIMEOUT_MS * 1000)
     assert main([str(random_onnx), "--repository", str(repo), "--force", "--max-queue-size", "4",
                  "--queue-timeout-ms", "500"]) == 0
     pre = _parse_config(repo / "lfm_preprocess" / "config.pbtxt").dynamic_batching.default_queue_policy
