@@ -43,8 +43,8 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
-from lfm.runtime.cli import (ArgumentParser, Progress, describe_os_error, positive_int, run,  # noqa: E402
-                             stop_status, stop_word, unit_interval)
+from lfm.runtime.cli import (ArgumentParser, Progress, add_path_arguments, describe_os_error,  # noqa: E402
+                             positive_int, run, stop_status, stop_word, unit_interval)
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES  # noqa: E402
 from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
 from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
@@ -57,8 +57,7 @@ FORMAT_VERSION = 1
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("model", metavar="MODEL", help="exported model (lfm.onnx), a local path or a URI")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders, globs, @LIST, - or URIs (s3://bucket/prefix/, ...)")
+    add_path_arguments(p, "inputs", "INPUT", "image files, folders, globs, URIs (s3://bucket/prefix/, ...)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder (or URI) for the shards")
     p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="shard format")
     p.add_argument("--address", default=None,
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
         return fail(f"{args.model}: {describe_os_error(e) if e.errno else first_line(e)}")
     except (ValueError, RuntimeError) as e:  # the runtime's BackendError and friends name the file already
         return fail(first_line(e))
-    listing = list_inputs(args.inputs)
+    listing = list_inputs(args.inputs, null=args.null)
     for note in listing.notes:
         print(f"note: {note}", file=sys.stderr)
     if not listing.inputs:

@@ -3,8 +3,11 @@
 Inputs are listed as infer.py lists them (files, directories, globs, ``@LIST``, ``-``; every
 mention counts, a name that matches nothing keeps its place as an error record) plus URIs of
 any filesystem pyarrow reads (``s3://``, ``gs://``, ``hdfs://``, ``file://``...), listed through
-``pyarrow.fs`` with no client of ours: a URI naming a folder contributes its image files
-(recursively, sorted), a URI with glob characters its matches, any other URI itself.
+``pyarrow.fs`` with no client of ours and by infer.py's listing rules (``inputs.add_listed``): a
+URI naming a folder contributes its image files (recursively, sorted, hidden names skipped,
+the others counted in a note), a URI with glob characters its matches, any other URI itself. A
+``file://`` URI is listed and read as the local path it names (a symlink loop read once, a
+FIFO refused unread); the records keep the URI.
 
 Shards: input ``i`` (its position in the listing) belongs to shard ``i // shard_size``. The
 listing is deterministic (sorted folders and globs, arguments in order), so a rerun with the
@@ -18,9 +21,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .cli import read_path_arguments
-from .inputs import Expansion, expand_paths
-from .preprocess import is_image_path
+from .cli import path_list_entries, read_path_arguments
+from .inputs import Expansion, add_listed, expand_local, expand_paths, glob_parts
 
 
 def is_uri(path: str) -> bool:
@@ -41,10 +43,11 @@ class Listing:
         self.notes += exp.notes
 
 
-def list_inputs(args: list[str], stdin=None) -> Listing:
-    """The command line's inputs, expanded, in order (see the module's docstring)."""
-    args, list_errors = _read_uri_lists(args)
-    paths, more_errors = read_path_arguments(args, stdin)
+def list_inputs(args: list[str], stdin=None, null: bool = False) -> Listing:
+    """The command line's inputs, expanded, in order (see the module's docstring); ``null``:
+    path lists are NUL-separated (``--null``)."""
+    args, list_errors = _read_uri_lists(args, null)
+    paths, more_errors = read_path_arguments(args, stdin, null)
     list_errors = {**more_errors, **list_errors}  # a remote list's own problem, not "no such local file"
     listing, local = Listing(), []
     for path in paths:
@@ -60,7 +63,7 @@ def list_inputs(args: list[str], stdin=None) -> Listing:
     return listing
 
 
-def _read_uri_lists(args: list[str]) -> tuple[list[str], dict[str, str]]:
+def _read_uri_lists(args: list[str], null: bool) -> tuple[list[str], dict[str, str]]:
     """``@s3://bucket/list.txt``: a path list stored on a remote filesystem, read in place."""
     out, errors = [], {}
     for arg in args:
@@ -72,8 +75,7 @@ def _read_uri_lists(args: list[str]) -> tuple[list[str], dict[str, str]]:
                 errors[arg] = f"cannot read the path list {arg[1:]}: {problem}"
                 out.append(arg)
                 continue
-            out += [line.rstrip("\r") for line in text.split("\n")
-                    if line.strip() and not line.lstrip().startswith("#")]
+            out += path_list_entries(text, null)
         else:
             out.append(arg)
     return out, errors
@@ -117,76 +119,57 @@ def read_uri_bytes(uri: str) -> bytes:
         raise OSError(_first_line(e)) from None
 
 
+def local_path(uri: str) -> str | None:
+    """The local path a ``file://`` URI (or any URI of pyarrow's local filesystem) names, else
+    None (also for a URI pyarrow cannot parse: reading it then says why)."""
+    from pyarrow import fs as pafs
+
+    try:
+        fs, path, _ = filesystem(uri)
+    except Exception:
+        return None
+    return path if isinstance(fs, pafs.LocalFileSystem) else None
+
+
 def expand_uri(uri: str) -> Expansion:
-    """One URI argument as infer.py expands a local path: a folder's image files (recursive,
-    sorted), a glob's matches, a file itself; a folder without images or a glob without
-    matches is an error record in its place."""
+    """One URI argument as infer.py expands a local path, by the same listing rules
+    (``inputs.add_listed``): a folder's image files, a glob's matches, a file itself; a folder
+    without images or a glob without matches is an error record in its place. A local URI
+    (``file://``) is listed by infer.py's own walker, which reads a symlinked folder once; the
+    records keep the URI form."""
     from pyarrow import fs as pafs
 
     exp = Expansion()
     try:
         magic = re.search(r"[*?\[]", uri)
-        if magic:  # URI parsers refuse glob characters: open the folder above them, match below it
-            base_uri = uri[:magic.start()].rsplit("/", 1)[0]
-            fs, base, prefix = filesystem(base_uri)
-            pattern = _glob_regex(base.rstrip("/") + uri[len(base_uri):])
-            matches = [p for p in _files_under(fs, base) if pattern.fullmatch(p)]
-            if not matches:
-                return _error(exp, uri, "no file matches this pattern")
-            exp.inputs += [prefix + p for p in matches]
-            return exp
-        fs, path, prefix = filesystem(uri)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.Directory:
-            files = _files_under(fs, path)
-            images = [p for p in files if is_image_path(p)]
-            if len(files) > len(images):
-                exp.notes.append(f"{uri}: left out {len(files) - len(images)} file(s) without an image extension")
-            if not images:
-                return _error(exp, uri, "directory holds no image files")
-            exp.inputs += [prefix + p for p in images]
+        # URI parsers refuse glob characters: open the folder above them, match below it
+        base_uri = uri[:magic.start()].rsplit("/", 1)[0] if magic else uri
+        fs, base, prefix = filesystem(base_uri)
+        tail = uri[len(base_uri):] if magic else ""
+        if isinstance(fs, pafs.LocalFileSystem):
+            expand_local(base + tail, exp, arg=uri, shown=lambda path: prefix + path)
+        elif magic:
+            add_listed(exp, uri, _files_under(fs, base), glob_parts(tail), _uri_of(prefix, base))
+        elif fs.get_file_info(base).type == pafs.FileType.Directory:
+            add_listed(exp, uri, _files_under(fs, base), None, _uri_of(prefix, base))
         else:
             exp.inputs.append(uri)  # a file, or missing: decoding reports "no such file" in its place
     except Exception as e:  # no credentials, unknown scheme, unreachable store: this argument's record
-        return _error(exp, uri, f"cannot list {uri}: {_first_line(e)}")
+        exp.add_error(uri, f"cannot list {uri}: {_first_line(e)}")
     return exp
 
 
-def _files_under(fs, path: str) -> list[str]:
+def _files_under(fs, path: str) -> list[tuple[str, ...]]:
+    """Every file below a remote folder, as names relative to it (object stores have no symlinks)."""
     from pyarrow import fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File
-                  and not any(part.startswith(".") for part in i.path[len(path):].split("/")))
+    root = path.rstrip("/") + "/"
+    return [tuple(i.path[len(root):].split("/")) for i in infos if i.type == pafs.FileType.File]
 
 
-def _glob_regex(pattern: str) -> re.Pattern:
-    """glob's meaning on a URI path: ``*`` and ``?`` within one folder, ``**/`` any folders."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]+/)*")
-            i += 3
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
-            j = pattern.index("]", i + 1)
-            out.append("[" + pattern[i + 1:j].replace("!", "^", 1) + "]")
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
-def _error(exp: Expansion, uri: str, problem: str) -> Expansion:
-    exp.errors.setdefault(uri, problem)
-    exp.inputs.append(uri)
-    return exp
+def _uri_of(prefix: str, base: str):
+    return lambda parts: prefix + base.rstrip("/") + "/" + "/".join(parts)
 
 
 def _first_line(e: Exception) -> str:

@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from .batch_inputs import is_uri, read_uri_bytes
+from .batch_inputs import is_uri, local_path, read_uri_bytes
 from .preprocess import ImageError, apply_policy, open_image
 
 DECODED = ("index", "error", "pixels", "height", "width")
@@ -45,8 +45,8 @@ def decode_batch(batch, *, policy: str, size: int, max_pixels: int):
 
 def decode_one(path: str, policy: str, size: int, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
     """(uint8 HxWx3 pixels, None) or (None, the problem), worded as infer.py words it."""
-    try:
-        source = read_uri_bytes(path) if is_uri(path) else path
+    try:  # a local URI is read as its path: the runtime's reader refuses a FIFO or device unread
+        source = path if not is_uri(path) else local_path(path) or read_uri_bytes(path)
     except FileNotFoundError:
         return None, "no such file"
     except OSError as e:

@@ -106,21 +106,34 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def read_path_arguments(args: Sequence[str], stdin=None) -> tuple[list[str], dict[str, str]]:
-    """Expand ``-`` (paths from standard input, one per line) and ``@LIST`` (paths from the
-    file LIST, one per line; blank lines and lines starting with # are skipped) into paths,
-    in place. A list that cannot be read comes back in the errors dict under its own argument,
-    so it keeps its place as one error record. An existing file whose name starts with @ is a
-    path, not a list."""
+def add_path_arguments(parser: argparse.ArgumentParser, dest: str = "paths", metavar: str = "PATH",
+                       sources: str = "image files, directories, glob patterns") -> None:
+    """The inputs of every command that scores files: the positional paths (``sources``,
+    ``@LIST`` or ``-``; see ``read_path_arguments``) and ``-0`` / ``--null`` for their lists."""
+    parser.add_argument(dest, nargs="+", metavar=metavar, help=f"{sources}, @LIST or -")
+    parser.add_argument("-0", "--null", action="store_true",
+                        help="the path lists of - and @LIST are separated by NUL bytes, as `find -print0` writes "
+                             "them: every name exact, newlines included")
+
+
+def read_path_arguments(args: Sequence[str], stdin=None, null: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Expand ``-`` (paths from standard input) and ``@LIST`` (paths from the file LIST) into
+    paths, in place: one per line (blank lines and lines starting with # are skipped), or with
+    ``null`` NUL-separated (``find -print0``) and taken exactly (see ``path_list_entries``). A
+    list that cannot be read comes back in the errors dict under its own argument, so it keeps
+    its place as one error record. An existing file whose name starts with @ is a path, not a
+    list."""
     paths: list[str] = []
     errors: dict[str, str] = {}
     for arg in args:
         if arg == "-":
-            paths += _lines((stdin or sys.stdin).read())
+            stream = stdin or sys.stdin
+            raw = getattr(stream, "buffer", None) if null else None  # bytes: no newline or encoding rewrites
+            paths += path_list_entries(raw.read().decode("utf-8", "surrogateescape") if raw else stream.read(), null)
         elif arg.startswith("@") and len(arg) > 1 and not os.path.exists(arg):
-            try:
-                with open(arg[1:], encoding="utf-8", errors="surrogateescape") as f:
-                    paths += _lines(f.read())
+            try:  # newline="" for NUL-separated names: a \r in a name stays as it is
+                with open(arg[1:], encoding="utf-8", errors="surrogateescape", newline="" if null else None) as f:
+                    paths += path_list_entries(f.read(), null)
             except OSError as e:
                 errors[arg] = f"cannot read the path list {arg[1:]}: {describe_os_error(e)}"
                 paths.append(arg)
@@ -129,7 +142,11 @@ def read_path_arguments(args: Sequence[str], stdin=None) -> tuple[list[str], dic
     return paths, errors
 
 
-def _lines(text: str) -> list[str]:
+def path_list_entries(text: str, null: bool = False) -> list[str]:
+    """The paths a list holds: with ``null`` the NUL-separated names exactly as they are (empty
+    ones skipped); else one per line, blank lines and lines starting with # skipped."""
+    if null:
+        return [name for name in text.split("\0") if name]
     return [line.rstrip("\r") for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -182,14 +199,33 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, 
     except BrokenPipeError:
         return quiet_broken_pipe()
     except ModuleNotFoundError as e:
-        message = missing_extra_message(e, prog)
+        stop = stop_inside(e)
+        message = f"{prog}: {stop_word(stop)}" if stop else missing_extra_message(e, prog)
         if message is None:
             raise
         print(message, file=sys.stderr)
-        return 2
+        return stop_status(stop) if stop else 2
+    except Exception as e:
+        stop = stop_inside(e)
+        if stop is None:
+            raise
+        print(f"{prog}: {stop_word(stop)}", file=sys.stderr)
+        return stop_status(stop)
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def stop_inside(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) a library turned into an error of its own, or None: onnxruntime's
+    import, interrupted, raises ImportError("initialization failed") from the KeyboardInterrupt."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def quiet_broken_pipe() -> int:

@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
+from lfm.runtime.preprocess import ImageError, read_image_bytes  # noqa: E402  (Pillow + numpy, no model code)
 from lfm.runtime.records import FORMATS, Record, in_input_order, sigmoid  # noqa: E402
 from lfm.runtime.spec import is_fake  # noqa: E402
 
@@ -228,15 +229,10 @@ class LfmClient:
                 blobs.append((i, f"<{len(item)} bytes>", bytes(item)))
             else:
                 path = os.fspath(item)
-                try:
-                    with open(path, "rb") as f:
-                        blobs.append((i, path, f.read()))
-                except FileNotFoundError:
-                    records[i] = Record.failed(path, "no such file")
-                except IsADirectoryError:
-                    records[i] = Record.failed(path, "is a directory, not an image file")
-                except OSError as e:
-                    records[i] = Record.failed(path, f"cannot read file ({e.strerror or e})")
+                try:  # the runtime's reader: the same messages, and a FIFO or device refused unread
+                    blobs.append((i, path, read_image_bytes(path)))
+                except ImageError as e:
+                    records[i] = Record.failed(path, e.problem)
         for start in range(0, len(blobs), batch_size):
             chunk = blobs[start:start + batch_size]
             self._fill(records, [i for i, _, _ in chunk], [n for _, n, _ in chunk],
@@ -298,11 +294,11 @@ def _message(e) -> str:
 
 
 def parse_args(argv=None):
-    from lfm.runtime.cli import ArgumentParser, positive_int, unit_interval
+    from lfm.runtime.cli import ArgumentParser, add_path_arguments, positive_int, unit_interval
     from lfm.runtime.records import format_for
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories, glob patterns, @LIST or -")
+    add_path_arguments(p)
     p.add_argument("--url", default=DEFAULT_URL, help="server, http://HOST:PORT or grpc://HOST:PORT")
     p.add_argument("--protocol", choices=("http", "grpc"), default=None, help="for a URL without a scheme (default: http)")
     p.add_argument("--model", default=MODEL_NAME, help="Triton model name (serve.py --model-name)")
@@ -328,7 +324,7 @@ def main(argv=None) -> int:
     from lfm.runtime.inputs import expand_paths
 
     args = parse_args(argv)
-    paths, list_errors = read_path_arguments(args.paths)
+    paths, list_errors = read_path_arguments(args.paths, null=args.null)
     expansion = expand_paths(paths, list_errors)
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -25,14 +25,13 @@ the reference JPEGs). CPU decoding stays the default.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from .preprocess import ImageError, load_tiles
+from .preprocess import ImageError, load_tiles, read_image_bytes
 from .spec import ModelSpec, too_small_to_score
 
 DECODE_BATCH = 64  # files per nvJPEG call
@@ -221,11 +220,11 @@ class GpuDecoder:
 
 
 def _read(source) -> bytes | None:
-    """The file's bytes, or None (the CPU path then reads it again and names the problem)."""
+    """The file's bytes, or None (the CPU path then names the problem; a FIFO or device is
+    refused unread there as here)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     try:
-        with open(os.fspath(source), "rb") as f:
-            return f.read()
-    except OSError:
+        return read_image_bytes(source)
+    except ImageError:
         return None

@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
 from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
-from lfm.runtime.cli import (ArgumentParser, describe_os_error, positive_int, read_path_arguments, run,  # noqa: E402
-                             summary_exit, unit_interval, write_records)
+from lfm.runtime.cli import (ArgumentParser, add_path_arguments, describe_os_error, positive_int,  # noqa: E402
+                             read_path_arguments, run, summary_exit, unit_interval, write_records)
 from lfm.runtime.decode_pool import DecodePoolError  # noqa: E402  (standard library + numpy)
 from lfm.runtime.detector import DECODE_MODES, DEFAULT_MAX_MODEL_PIXELS, Detector, default_workers  # noqa: E402
 from lfm.runtime.files import output_problem, overwrite_refusal  # noqa: E402
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     model.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint, ours or upstream's (needs the [train] extra)")
     model.add_argument("--engine", metavar="PLAN", help="TensorRT engine from export/to_trt.py, with its PLAN.json "
                        "sidecar (needs an NVIDIA GPU and the [tensorrt] extra)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories, glob patterns, @LIST or -")
+    add_path_arguments(p)
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="output format (default: from the --output extension, else jsonl)")
     p.add_argument("--output", "-o", metavar="FILE", help="write records here instead of standard output")
@@ -109,7 +109,7 @@ def runner_arguments(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    paths, list_errors = read_path_arguments(args.paths)
+    paths, list_errors = read_path_arguments(args.paths, null=args.null)
     expansion = expand_paths(paths, list_errors)
     for note in expansion.notes:
         print(f"note: {note}", file=sys.stderr)

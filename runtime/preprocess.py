@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from typing import Union
 
@@ -54,6 +55,42 @@ def is_image_path(path: Union[str, os.PathLike]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+# What each kind of non-regular file is called in its error record.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_image_bytes(path: Union[str, os.PathLike]) -> bytes:
+    """The bytes of the image file at ``path``: the one place every decoding path (threads,
+    processes, GPU, Ray, the client) reads a file. Only a regular file is read. A FIFO, socket
+    or device is refused without a blocking open (a FIFO with no writer would block forever,
+    /dev/zero never ends): checked by stat, opened with O_NONBLOCK, and checked again on the
+    open descriptor (the name may have been replaced in between). Raises ImageError."""
+    try:
+        _refuse_special(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            _refuse_special(path, os.fstat(fd).st_mode)
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as e:
+        raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+
+
+def _refuse_special(path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "an unknown kind")
+        raise ImageError(path, f"not a regular file ({kind}); left unread")
+
+
 def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a file path or encoded bytes into a fully loaded RGB image.
 
@@ -61,20 +98,7 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     an image, truncated data, or more than ``max_pixels`` pixels (checked from the header,
     before the pixels are decoded).
     """
-    try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            data = bytes(source)
-        else:
-            with open(source, "rb") as f:
-                data = f.read()
-    except FileNotFoundError:
-        raise ImageError(source, "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(source, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageError(source, "permission denied") from None
-    except OSError as e:
-        raise ImageError(source, f"cannot read file ({e.strerror or e})") from None
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else read_image_bytes(source)
     if not data:
         raise ImageError(source, "empty file (0 bytes)")
     try:

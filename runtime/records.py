@@ -10,13 +10,16 @@ A failed input keeps its path and carries its error, with the other fields null.
 File names need not be valid UTF-8 (a Latin-1 ``caf\xe9.png``); Python holds their odd bytes as
 lone surrogates. JSONL writes them as JSON escapes (``"caf\udce9.png"``; ``os.fsencode`` of the
 decoded string gives the name's bytes back); CSV and table write them as ``caf\xe9.png``, so the
-output stays valid UTF-8 for the programs that read it and every record is written.
+output stays valid UTF-8 for the programs that read it and every record is written. A name may
+also hold a newline: JSONL escapes it and CSV quotes it (both read back exactly); the table,
+for eyes, writes control characters as ``ls -b`` does (``a\nb.png``), one row per record.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import IO, Callable, Iterable, Iterator, Optional
 
@@ -44,6 +47,20 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "backslashreplace").decode(
             "utf-8", "backslashreplace")
+
+
+# Control characters in a table cell, as ``ls -b`` shows them; the others become \xNN or \uNNNN.
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v", "\f": "\\f", "\b": "\\b", "\a": "\\a"}
+
+
+def one_line(text: str) -> str:
+    """``printable(text)`` that also keeps to one line: a name's control characters (newline,
+    tab, ...) and line separators are written as escapes, as ``ls -b`` shows them."""
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in printable(text))
+
+
+def _escape(c: str) -> str:
+    return _CONTROL_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 def _only_escapes(text: str) -> bool:
@@ -116,7 +133,7 @@ class RecordWriter:
             self._csv.writerow({k: ("" if v is None else printable(v) if isinstance(v, str) else v)
                                 for k, v in r.to_dict().items()})
         elif r.ok:
-            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {printable(r.path)}\n")
+            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {one_line(r.path)}\n")
         else:
-            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {printable(r.path)}  ({printable(r.error)})\n")
+            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {one_line(r.path)}  ({one_line(r.error)})\n")
         self.stream.flush()

@@ -151,6 +151,92 @@ def test_unreadable_subdirectory_becomes_an_error_record(monkeypatch, tmp_path):
     assert exp.errors[str(tmp_path / "locked")] == "cannot read directory (Permission denied)"
 
 
+
+# -- files that are not regular files: refused unread, in every decoding path (issue 24, item 4) -------
+
+FIFO_PROBLEM = "not a regular file (a FIFO); left unread"
+
+
+@pytest.fixture
+def special_files():
+    """A folder holding an image, a FIFO and a UNIX socket, all named *.png (a short path: a
+    socket's name must fit in 108 bytes)."""
+    import shutil
+    import socket
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="lfm-special-"))
+    Image.fromarray(noise(70, 70)).save(d / "ok.png")
+    os.mkfifo(d / "fifo.png")  # no writer ever comes: open() for a blocking read waits forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "sock.png"))
+    try:
+        yield d
+    finally:
+        sock.close()
+        shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("decode", ["threads", "processes"])
+def test_a_fifo_socket_or_device_is_an_error_record_not_a_hang(random_onnx, special_files, decode):
+    """A FIFO among the inputs (in a folder or named) hung infer.py forever, deaf to Ctrl-C: now
+    every non-regular file is an error record and the run ends (the timeout fails the old code)."""
+    d = special_files
+    r = subprocess.run(INFER + ["--model", str(random_onnx), "--decode", decode, "--workers", "2", str(d),
+                                str(d / "fifo.png"), "/dev/zero"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    got = [(rec["path"], rec["error"]) for rec in map(json.loads, r.stdout.splitlines())]
+    assert got == [(str(d / "fifo.png"), FIFO_PROBLEM), (str(d / "ok.png"), None),
+                   (str(d / "sock.png"), "not a regular file (a socket); left unread"),
+                   (str(d / "fifo.png"), FIFO_PROBLEM), ("/dev/zero", "not a regular file (a character device); left unread")]
+
+
+def finishes(call, seconds: float = 120):
+    """call()'s result, run in a daemon thread so that a blocking read fails the test, not hangs it."""
+    import threading
+
+    out = {}
+
+    def target():
+        try:
+            out["result"] = call()
+        except BaseException as e:
+            out["error"] = e
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "blocked reading a file that is not a regular file"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_every_decoding_path_reads_files_through_the_one_reader(special_files):
+    """The GPU decoder's reads, the client's (bytes for the server) and batch.py's Ray decode stage
+    (a path and a file:// URI) refuse the FIFO unread, with the thread path's words."""
+    from lfm.runtime.gpu_decode import GpuDecoder
+    from lfm.runtime.preprocess import read_image_bytes
+
+    fifo = str(special_files / "fifo.png")
+    with pytest.raises(ImageError, match="a FIFO"):
+        finishes(lambda: read_image_bytes(fifo))
+    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
+
+    def gpu_decode():
+        dec = GpuDecoder(spec, 10**8, 64, device="cpu", decode_jpegs=lambda tensors: [])
+        return dec.result(dec.submit(fifo))
+    assert finishes(gpu_decode) == (None, FIFO_PROBLEM)
+    pytest.importorskip("tritonclient", reason="the client needs the [serve] extra")
+    from lfm.runtime.client import LfmClient
+
+    records = finishes(lambda: LfmClient("localhost:1").score([fifo, "/dev/zero"]))  # no request is sent
+    assert [r.error for r in records] == [FIFO_PROBLEM, "not a regular file (a character device); left unread"]
+    pytest.importorskip("pyarrow", reason="batch.py's stages need the [cluster] extra")
+    from lfm.runtime.batch_stages import decode_one
+
+    for source in (fifo, f"file://{fifo}"):
+        assert finishes(lambda: decode_one(source, "resize", 64, 10**8)) == (None, FIFO_PROBLEM)
+
 # -- messages: one line, for the reader who gets them, never Python's "[Errno N] ..." --------------
 
 

@@ -531,6 +531,53 @@ def test_listing_takes_uris_lists_and_globs_and_shards_deterministically(corpus,
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_a_shard_whose_writing_fails_leaves_no_file(tmp_path, fmt):
     """Atomic shards: a write that fails midway (here the file-size limit, as a full disk would)
+def loop_tree(root: Path) -> Path:
+    """A folder whose subfolder links back to it (a symlink loop), with a non-image, hidden
+    names, and a top-level file that sorts after the subfolder's name."""
+    d = root / "data"
+    for name in ("top.png", "sub/inner.png", ".git/x.png", ".hidden.png"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_bytes(b"png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_every_form_of_input_is_listed_by_the_same_rules(tmp_path):
+    """A file:// URI of a folder with a symlink loop listed each file 41 times (pyarrow followed
+    the loop 40 levels deep), and so did a glob, while the plain path read it once (issue 24,
+    item 5). Path, glob, @LIST, -, file:// URI and glob URI now give the same inputs, each file
+    once, the loop noted; an object store's listing follows the same rules and order."""
+    import io
+
+    pafs = pytest.importorskip("pyarrow.fs", reason="URIs are listed with pyarrow.fs (the [cluster] extra)")
+    d = loop_tree(tmp_path)
+    (d / "sub" / "up").symlink_to(d, target_is_directory=True)
+    want = [str(d / "top.png"), str(d / "sub" / "inner.png")]  # a folder's files before its subfolders'
+    (tmp_path / "list.txt").write_text(f"{d}\n")
+    forms = {"path": [str(d)], "glob": [f"{d}/**/*.png"], "@LIST": [f"@{tmp_path / 'list.txt'}"], "-": ["-"],
+             "URI": [f"file://{d}"], "glob URI": [f"file://{d}/**/*.png"]}
+    for form, args in forms.items():
+        got = batch_inputs.list_inputs(args, stdin=io.StringIO(f"{d}\n"))
+        expected = [f"file://{p}" for p in want] if "URI" in form else want
+        assert got.inputs == expected and not got.errors, form
+        assert any("symlinked folder(s) lead back to folders already read" in n for n in got.notes), form
+    # An object store (pyarrow's mock filesystem as s3://bucket): no symlinks, the same rules
+    store = pafs._MockFileSystem()
+    for path in ["bucket/data/top.png", "bucket/data/sub/inner.png", "bucket/data/.git/x.png",
+                 "bucket/data/.hidden.png", "bucket/data/notes.txt"]:
+        store.create_dir(path.rsplit("/", 1)[0])
+        with store.open_output_stream(path) as f:
+            f.write(b"png")
+    batch_inputs._FILESYSTEMS["s3://bucket"] = store
+    try:
+        for args in (["s3://bucket/data"], ["s3://bucket/data/**/*.png"]):
+            got = batch_inputs.list_inputs(args)
+            assert got.inputs == ["s3://bucket/data/top.png", "s3://bucket/data/sub/inner.png"], args
+        assert batch_inputs.list_inputs(["s3://bucket/data"]).notes == \
+            ["s3://bucket/data: left out 1 file(s) without an image extension"]
+    finally:
+        del batch_inputs._FILESYSTEMS["s3://bucket"]
+
     leaves neither a shard file, which a rerun would take for complete, nor its temp file."""
     pytest.importorskip("pyarrow", reason="shards are written with pyarrow (the [cluster] extra)")
     out = tmp_path / "out"

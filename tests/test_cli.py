@@ -5,6 +5,7 @@ command and the lean install's one-line messages. Real files, a real ONNX Runtim
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -141,6 +142,41 @@ def test_ctrl_c_keeps_complete_records_and_exits_130(random_onnx, images, tmp_pa
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"interrupted: {len(lines)} of 20000")
 
 
+def test_ctrl_c_while_reading_a_path_list_exits_130_in_one_line(random_onnx, tmp_path):
+    """Ctrl-C while the listing waits on its input (a list in a FIFO, as `@<(find ...)` gives)."""
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    p = subprocess.Popen(INFER + ["--model", str(random_onnx), f"@{fifo}"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    with open(fifo, "w"):  # returns once infer.py has opened the list; it now waits for lines
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and out == "", err
+    assert err.splitlines() == ["infer.py: interrupted"], err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decode", ["threads", "processes"])
+def test_ctrl_c_right_after_the_listing_exits_130_in_one_line(random_onnx, images, tmp_path, decode):
+    """Ctrl-C as the model loads (the listing's note is the last thing printed before it) or
+    as scoring starts: exit 130 and one line, whichever it meets."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not an image: a note on stderr, printed before the model loads")
+    (folder / "a.png").write_bytes(images[0].read_bytes())
+    listing = tmp_path / "many.txt"
+    listing.write_text("\n".join(str(images[i % 4]) for i in range(20000)))
+    with open(tmp_path / "out.jsonl", "w") as out:
+        p = subprocess.Popen(INFER + ["--model", str(random_onnx), str(folder), f"@{listing}", "--decode", decode,
+                                      "--batch-size", "1"], stdout=out, stderr=subprocess.PIPE, text=True)
+        note = p.stderr.readline()
+        p.send_signal(signal.SIGINT)
+        rest = p.stderr.read()
+        p.wait(timeout=120)
+    assert note.startswith("note: ") and p.returncode == 130, note + rest
+    assert len(rest.splitlines()) == 1 and "interrupted" in rest and "Traceback" not in rest, rest
+
+
 @pytest.mark.slow
 def test_closed_pipe_ends_quietly(random_onnx, images, tmp_path):
     listing = tmp_path / "many.txt"
@@ -171,6 +207,31 @@ def test_run_turns_interrupts_and_missing_extras_into_one_line(capsys):
     assert "lfm-deploy[train]" in err[1] and len(err) == 2
     with pytest.raises(ModuleNotFoundError):  # not one of our extras: a real bug, shown as one
         cli.run(needs_other, [], prog="lfm-x")
+
+
+def test_a_ctrl_c_a_library_wraps_in_its_own_error_is_still_one_line_and_130(capsys):
+    """Ctrl-C while onnxruntime is imported (as the model loads) came out as a traceback ending
+    in ImportError("initialization failed"), raised from the KeyboardInterrupt, and exit 1."""
+    def ort_import_interrupted(argv):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    def terminated_in_a_context(argv):
+        try:
+            raise cli.Terminated
+        except KeyboardInterrupt:
+            raise RuntimeError("cleanup failed")  # the stop is its __context__
+
+    assert cli.run(ort_import_interrupted, [], prog="lfm-x") == 130
+    assert cli.run(terminated_in_a_context, [], prog="lfm-x") == 143
+    assert capsys.readouterr().err.splitlines() == ["lfm-x: interrupted", "lfm-x: terminated (SIGTERM)"]
+    def broken_import(argv):
+        raise ImportError("initialization failed")
+
+    with pytest.raises(ImportError):  # an import that fails on its own is not a stop: shown as the bug it is
+        cli.run(broken_import, [], prog="lfm-x")
 
 
 # -- 8. the lean install's console scripts -----------------------------------------------------------
@@ -388,6 +449,48 @@ def test_writer_table_and_csv_survive_odd_names():
         buf.flush()
         assert buf.buffer.getvalue().decode("utf-8").count("\n") == 3
 
+
+
+def test_a_name_with_a_newline_comes_through_a_nul_separated_list_exactly(random_onnx, images, tmp_path):
+    """`find -print0 | infer.py --null -`: a name holding a newline is one input, its record
+    carries the exact name, the table writes it escaped on one row, CSV and JSONL read back
+    exactly (issue 24, item 11). Without --null the list splits it in two."""
+    import csv
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    name = d / "a\nb.png"
+    name.write_bytes(images[0].read_bytes())
+    found = subprocess.run(["find", str(d), "-type", "f", "-print0"], capture_output=True, check=True).stdout
+    r = infer(random_onnx, "--null", "-", input=found.decode())
+    assert r.returncode == 0, r.stderr
+    assert [rec["path"] for rec in records(r.stdout)] == [str(name)]
+    table = infer(random_onnx, "-0", "-", "--format", "table", input=found.decode()).stdout
+    assert table.splitlines()[1:] == [table.splitlines()[1]] and table.splitlines()[1].endswith("/odd/a\\nb.png")
+    rows = list(csv.DictReader(io.StringIO(infer(random_onnx, "-0", "-", "--format", "csv", input=found.decode(),
+                                                 ).stdout, newline="")))
+    assert [row["path"] for row in rows] == [str(name)]
+    (tmp_path / "list0").write_bytes(found + found)  # @LIST too, every mention counted
+    assert [rec["path"] for rec in records(infer(random_onnx, "--null", f"@{tmp_path / 'list0'}").stdout)] == \
+        [str(name)] * 2
+    split = records(infer(random_onnx, "-", input=found.decode().replace("\0", "\n")).stdout)
+    assert len(split) == 2 and all(rec["error"] for rec in split)  # why the flag exists
+
+
+@pytest.mark.parametrize("script", ["infer.py", "client.py", "batch.py"])
+def test_every_command_that_takes_path_lists_takes_null(script):
+    r = subprocess.run([sys.executable, str(ROOT / "runtime" / script), "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "-0, --null" in r.stdout, r.stderr
+
+
+def test_table_rows_stay_one_line_whatever_a_name_holds():
+    buf = io.StringIO()
+    w = RecordWriter(buf, "table")
+    w.write(Record.from_logit("a\nb\tc\rd\x1b\u2028.png", 1.0, 0.5))
+    w.write(Record.failed("x\ny.png", "not an image"))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3 and lines[1].endswith("a\\nb\\tc\\rd\\x1b\\u2028.png") and "x\\ny.png" in lines[2]
 
 def test_argparse_types_name_the_minimum():
     with pytest.raises(argparse.ArgumentTypeError, match="at least 48"):
