@@ -400,8 +400,9 @@ def test_the_driver_writes_each_shard_once_and_never_a_short_one(tmp_path, capsy
     from lfm.runtime.batch_inputs import Listing
     from lfm.runtime.batch_shards import OutputFolder
 
-    def block(*index):  # the scorers' output: (index, logit, score, label, error)
-        return pa.table({"index": pa.array(index, pa.int64()), "logit": pa.array([float(i) for i in index]),
+    def block(*index, again=False):  # the scorers' output: (index, logit, score, label, error)
+        logits = [float(i) + (100.0 if again else 0.0) for i in index]  # a retried task's answer may differ
+        return pa.table({"index": pa.array(index, pa.int64()), "logit": pa.array(logits),
                          "score": pa.array([0.5] * len(index)), "label": pa.array(["real"] * len(index)),
                          "error": pa.array([None] * len(index), pa.string())})
 
@@ -418,10 +419,12 @@ def test_the_driver_writes_each_shard_once_and_never_a_short_one(tmp_path, capsy
                    OutputFolder(str(tmp_path / folder), "parquet"), {0: 2, 1: 2, 2: 1}, {})
 
     complete = job("complete")
-    assert complete.stream(Blocks(block(3, 0), block(1, 0), block(4), block(2, 3), block(1)), 5) is None
+    # Twice: input 3 while its shard waits for input 2 (the first answer stays), 0, 3 and 1 after theirs were written.
+    blocks = Blocks(block(3, 0), block(3, again=True), block(1, 0), block(4), block(2, 3), block(1, again=True))
+    assert complete.stream(blocks, 5) is None
     assert [r["path"] for r in read_shards(tmp_path / "complete")] == list("abcde")
     assert [r["logit"] for r in read_shards(tmp_path / "complete")] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert complete.duplicates == 3 and set(complete.done) == {0, 1, 2}
+    assert complete.duplicates == 4 and set(complete.done) == {0, 1, 2}
     short = job("short")  # input 4 never comes back: its shard is not written, the run says so
     assert short.stream(Blocks(block(0, 1), block(2, 3)), 5) == 1
     assert "1 inputs never came back from the cluster" in capsys.readouterr().err
