@@ -217,11 +217,15 @@ def output_problem(output: str) -> str | None:
 
 
 def overwrite_problem(output: str, inputs) -> str | None:
-    """The shared guard: a file already in the output folder (a shard, the manifest, _SUCCESS,
-    all of which a run may replace or remove) must not be the model or an input."""
-    from lfm.runtime.files import files_under, overwrite_refusal
+    """The shared guard: a file in the output folder that a run may replace or remove (a shard,
+    the manifest, _SUCCESS) must not be the model or an input. (Other files there are refused by
+    check_manifest.)"""
+    from lfm.runtime.batch_shards import written_by_a_run
+    from lfm.runtime.files import overwrite_refusal
 
-    return None if "://" in output else overwrite_refusal(files_under(output), inputs)
+    if "://" in output or not os.path.isdir(output):
+        return None
+    return overwrite_refusal([os.path.join(output, n) for n in os.listdir(output) if written_by_a_run(n)], inputs)
 
 
 def check_manifest(out, manifest: dict) -> str | None:

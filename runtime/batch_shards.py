@@ -30,6 +30,13 @@ EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl"}
 _SHARD_NAME = re.compile(r"^shard-(\d+)\.(parquet|jsonl)$")
 
 
+def written_by_a_run(name: str) -> bool:
+    """Whether a run writes, replaces or removes a file of this name in its output folder: the
+    manifest, _SUCCESS, a shard or a shard's temp file (what the output guard protects inputs from)."""
+    return name in (MANIFEST, SUCCESS) or bool(_SHARD_NAME.match(name)) or (
+        name.startswith(".shard-") and name.endswith(".partial"))
+
+
 class OutputFolder:
     """OUT, on a local disk or any filesystem pyarrow writes (``s3://bucket/scores``)."""
 

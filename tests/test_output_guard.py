@@ -132,8 +132,8 @@ def client_input(d, alias):
     return Built([str(image), "--url", "http://127.0.0.1:9", "-o", str(alias(image))], image)
 
 
-def batch_model_in_output(d, alias):
-    model = blob(d / "out" / "lfm.onnx", "onnx bytes")
+def batch_model_is_the_manifest(d, alias):
+    model = blob(d / "out" / "_manifest.json", "onnx bytes")  # a file of the output folder a run rewrites
     return Built([str(alias(model)), str(png(d / "a.png")), "--output", str(d / "out")], model)
 
 
@@ -213,7 +213,7 @@ CASES = [
     Case("infer", "model", infer_model),
     Case("infer", "input", infer_input),
     Case("client", "input", client_input),
-    Case("batch", "model-in-output-folder", batch_model_in_output),
+    Case("batch", "model-is-the-manifest", batch_model_is_the_manifest),
     Case("visualize", "gradcam-input-in-output-folder", visualize_gradcam_input_in_output),
     Case("visualize", "tsne-checkpoint", visualize_tsne_checkpoint),
     Case("synthetic", "real-dir-in-output", synthetic_real_dir_in_output),
