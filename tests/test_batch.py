@@ -531,9 +531,6 @@ def test_listing_takes_uris_lists_and_globs_and_shards_deterministically(corpus,
 
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
-def test_a_shard_whose_writing_fails_leaves_no_file(tmp_path, fmt):
-    """Atomic shards: a write that fails midway (here the file-size limit, as a full disk would)
 def loop_tree(root: Path) -> Path:
     """A folder whose subfolder links back to it (a symlink loop), with a non-image, hidden
     names, and a top-level file that sorts after the subfolder's name."""
@@ -581,6 +578,9 @@ def test_every_form_of_input_is_listed_by_the_same_rules(tmp_path):
     finally:
         del batch_inputs._FILESYSTEMS["s3://bucket"]
 
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_shard_whose_writing_fails_leaves_no_file(tmp_path, fmt):
+    """Atomic shards: a write that fails midway (here the file-size limit, as a full disk would)
     leaves neither a shard file, which a rerun would take for complete, nor its temp file."""
     pytest.importorskip("pyarrow", reason="shards are written with pyarrow (the [cluster] extra)")
     out = tmp_path / "out"
