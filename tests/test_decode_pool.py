@@ -121,19 +121,19 @@ def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("chunk", [1, 4])
-def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, tmp_path, chunk):
-    """The files queued behind the one a worker dies on go to the other workers (a FIFO with no
-    writer holds a worker in open() until it is killed)."""
+def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, chunk):
+    """A worker that dies holding files costs exactly the first one it had not answered (the one
+    it was decoding); the files queued behind it go to the other workers. The worker is held with
+    SIGSTOP (it answers nothing; a FIFO used to hold it, but FIFOs are no longer opened) until it
+    is killed."""
     good = [p for p in files if p.suffix in (".png", ".jpg") and p.exists() and p.stat().st_size > 300]
-    fifo = tmp_path / "stuck.png"
-    os.mkfifo(fifo)
-    order = [fifo] + good * 2
+    order = good * 2
     pool = DecodePool(SPEC, 10**8, 64, workers=2, depth=2, chunk=chunk)
     try:
-        tickets = [pool.submit(p) for p in order]  # the other worker decodes while one is stuck
-        holder = next(w for w in pool._workers if w.order and w.order[0] == tickets[0])
-        assert len(holder.order) > 1  # files are queued behind the stuck one
-        time.sleep(0.5)  # let it reach open()
+        holder = pool._workers[0]  # the first chunk goes to the first worker
+        os.kill(holder.process.pid, signal.SIGSTOP)
+        tickets = [pool.submit(p) for p in order]  # the other worker decodes while this one is held
+        assert holder.order[0] == tickets[0] and len(holder.order) > 1  # files are queued behind the first
         os.kill(holder.process.pid, signal.SIGKILL)
         arrays, error = pool.result(tickets[0])
         assert arrays is None and "decoding process died (killed by signal 9)" in error
