@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import warnings
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,25 +62,42 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
 
 def read_image_bytes(path: Union[str, os.PathLike]) -> bytes:
     """The bytes of the image file at ``path``: the one place every decoding path (threads,
-    processes, GPU, Ray, the client) reads a file. Only a regular file is read. A FIFO, socket
-    or device is refused without a blocking open (a FIFO with no writer would block forever,
+    processes, GPU, Ray, the client) reads a file; see ``open_image_file``. Raises ImageError."""
+    with open_image_file(path) as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise ImageError(path, _read_problem(e)) from None
+
+
+def open_image_file(path: Union[str, os.PathLike]) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file. A FIFO, socket or device is
+    refused (ImageError) without a blocking open (a FIFO with no writer would block forever,
     /dev/zero never ends): checked by stat, opened with O_NONBLOCK, and checked again on the
-    open descriptor (the name may have been replaced in between). Raises ImageError."""
+    open descriptor (the name may have been replaced in between)."""
     try:
         _refuse_special(path, os.stat(path).st_mode)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                      | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb") as f:
-            _refuse_special(path, os.fstat(fd).st_mode)
-            return f.read()
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
-    except PermissionError:
-        raise ImageError(path, "permission denied") from None
     except OSError as e:
-        raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+        raise ImageError(path, _read_problem(e)) from None
+    f = open(fd, "rb")
+    try:
+        _refuse_special(path, os.fstat(fd).st_mode)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _read_problem(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return f"cannot read file ({e.strerror or e})"
 
 
 def _refuse_special(path, mode: int) -> None:

@@ -237,6 +237,15 @@ def test_every_decoding_path_reads_files_through_the_one_reader(special_files):
     for source in (fifo, f"file://{fifo}"):
         assert finishes(lambda: decode_one(source, "resize", 64, 10**8)) == (None, FIFO_PROBLEM)
 
+
+def test_synthetic_data_skips_a_fifo_among_its_real_photos(special_files):
+    """make_synthetic's --real-dir read every image's header with Image.open(path): a FIFO hung it."""
+    from lfm.train.make_synthetic import PhotoSource
+
+    with pytest.warns(UserWarning, match=r"skipped 2 images: .*fifo\.png \(not a regular file \(a FIFO\)"):
+        source = finishes(lambda: PhotoSource(str(special_files), 64))
+    assert source.files == [str(special_files / "ok.png")]
+
 # -- messages: one line, for the reader who gets them, never Python's "[Errno N] ..." --------------
 
 

@@ -48,7 +48,7 @@ from PIL import Image
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.files import files_under, overwrite_refusal
-from lfm.runtime.preprocess import ImageError, is_image_path, open_image
+from lfm.runtime.preprocess import ImageError, is_image_path, open_image, open_image_file
 
 SPLITS = ("train", "val")
 SUBSETS = ("nearest", "bilinear", "transposed")
@@ -209,11 +209,11 @@ class PhotoSource:
                 if not is_image_path(path):
                     continue
                 self.read.append(path)
-                try:
-                    with Image.open(path) as img:
+                try:  # open_image_file: a FIFO or device is skipped, never opened for a blocking read
+                    with open_image_file(path) as f, Image.open(f) as img:
                         w, h = img.size
                 except Exception as e:  # unreadable header: skip, reported below
-                    skipped.append(f"{path} ({e.__class__.__name__})")
+                    skipped.append(f"{path} ({e.problem if isinstance(e, ImageError) else e.__class__.__name__})")
                     continue
                 if min(w, h) < size:
                     skipped.append(f"{path} ({w}x{h} < {size})")
