@@ -482,6 +482,10 @@ def test_every_command_that_takes_path_lists_takes_null(script):
     r = subprocess.run([sys.executable, str(ROOT / "runtime" / script), "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "-0, --null" in r.stdout, r.stderr
+    if script == "infer.py":  # "-0" must not turn every negative value into an option of its own
+        r = subprocess.run(INFER + ["--model", "m.onnx", "--threshold", "-1", "a.png"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and "--threshold: must lie in [0, 1]" in r.stderr, r.stderr
 
 
 def test_table_rows_stay_one_line_whatever_a_name_holds():
