@@ -113,7 +113,8 @@ def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
         results = [pool.result(t) for t in tickets]
         for path, (arrays, error) in zip(good, results):
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
-        assert victim not in pool.processes() and all(p.is_alive() for p in pool.processes())
+        assert victim not in pool.processes() and len(pool.processes()) == 2  # replaced: as many workers as asked
+        assert all(p.is_alive() for p in pool.processes())
     finally:
         pool.close()
 
@@ -140,6 +141,7 @@ def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, chunk):
         for path, t in zip(order[1:], tickets[1:]):
             arrays, error = pool.result(t)
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
+        assert holder.process not in pool.processes() and len(pool.processes()) == 2  # it was replaced
         assert [pool.result(pool.submit(p))[1] for p in good] == [None] * len(good)  # a replacement works
     finally:
         pool.close()
