@@ -32,10 +32,11 @@ then R and --overload-factor x R (4x) run for --duration s each. Reported per ra
 rejected and failed requests (failed = neither an answer equal to the offline one nor an
 explicit rejection: silent failures, the target is 0), p50/p99 latency of accepted requests,
 p50/p99/max latency of rejections. Targets: rejections under 50 ms, 0 failed (issue 18), and the
-accepted p99 at 4x bounded by what the queue admits: within the queue timeout plus the p99 at R
-(issue 24: the queue holds 32 closed-loop clients, so under overload an accepted request waits
-behind a full queue; issue 18's "within 2x the p99 at R" held only for a queue of 6, which refused
-ordinary concurrency). Without a queue timeout, 2x the p99 at R.
+accepted p99 at 4x within what the queue policy promises an accepted request: the queue timeout,
+then one batch of --max-batch-size images at the measured capacity (issue 24: the queue holds 32
+closed-loop clients, so under overload an accepted request waits behind a full queue and rides a
+large batch; issue 18's "within 2x the p99 at R" held only for a queue of 6, which refused
+ordinary concurrency; it is still reported). Without a queue timeout, 2x the p99 at R.
 
 --mode soak: open-loop load at R for --soak-seconds, the resident memory (RSS) of serve.py and
 every process under it (tritonserver, the stubs, the watchdog) sampled every 5 s; growth is the
@@ -631,6 +632,20 @@ def sustainable_rate(args, url, mport, duration, blobs, expected) -> tuple[dict,
     return capacity, capacity["throughput_rps"] * args.load_fraction, f"{args.load_fraction:g} x capacity"
 
 
+def accepted_p99_bound(args, capacity_rps: float, p99_at_r_ms: float | None) -> tuple[float | None, str]:
+    """What an accepted request may take under overload, in ms, and the rule, in words: at most
+    the queue timeout in the queue (then it is refused), then one batch of up to --max-batch-size
+    images on one instance (instances share the measured capacity). Without a queue timeout,
+    issue 18's 2 x the p99 at R."""
+    queue_timeout_ms = serve_settings(args.max_queue_size, args.queue_timeout_ms)["queue_timeout_ms"]
+    if not queue_timeout_ms:
+        return (round(2.0 * p99_at_r_ms, 2) if p99_at_r_ms else None), "2 x p99 at R"
+    if not capacity_rps:
+        return None, "queue timeout + one largest batch"
+    batch_ms = 1e3 * args.max_batch_size * args.instances / capacity_rps
+    return round(queue_timeout_ms + batch_ms, 2), f"queue timeout + one largest batch ({batch_ms:.0f} ms at capacity)"
+
+
 def measure_overload(args, url, mport, duration, blobs, expected) -> dict:
     capacity, rate, basis = sustainable_rate(args, url, mport, duration, blobs, expected)
     rows = []
@@ -642,10 +657,8 @@ def measure_overload(args, url, mport, duration, blobs, expected) -> dict:
             f"max {row['reject_max_ms']} ms); failed {row['failed']}; late sends {row['late_sends']}")
     base, over = rows
     ratio = round(over["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] and over["p99_ms"] else None
-    queue_timeout_ms = serve_settings(args.max_queue_size, args.queue_timeout_ms)["queue_timeout_ms"]
-    bound = (queue_timeout_ms + base["p99_ms"] if queue_timeout_ms else 2.0 * base["p99_ms"]) if base["p99_ms"] else None
-    targets = {"p99_ratio": ratio, "p99_bound_ms": round(bound, 2) if bound else None,
-               "p99_bound_rule": "queue timeout + p99 at R" if queue_timeout_ms else "2 x p99 at R",
+    bound, rule = accepted_p99_bound(args, capacity["throughput_rps"], base["p99_ms"])
+    targets = {"p99_ratio": ratio, "p99_bound_ms": bound, "p99_bound_rule": rule,
                "p99_ok": bound is not None and over["p99_ms"] is not None and over["p99_ms"] <= bound,
                "reject_p99_ms": over["reject_p99_ms"],
                "reject_ok": over["reject_p99_ms"] is None or over["reject_p99_ms"] < 50.0,

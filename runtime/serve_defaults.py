@@ -11,10 +11,10 @@ How the queue policy was chosen (figures and commands: docs/serving.md, *Load sh
   resends after its own timeout. Beyond it is real overload, refused at once (HTTP 503 / gRPC
   UNAVAILABLE), which is what keeps an accepted request's wait bounded.
 - QUEUE_TIMEOUT_MS: a backstop for a backend that slows down, not the usual way to shed. A full
-  queue drains in MAX_QUEUE_SIZE / throughput: about 1.5 s at the ~28 req/s measured on 2 shared
-  CPU cores, 4 s at the lowest throughput seen there under heavy other load (~10 req/s); the
-  timeout lies above that, so a request admitted is served, not refused after waiting.
-  What a client sees: an accepted request waits at most this long in the queue, then one batch.
+  queue drains in MAX_QUEUE_SIZE / throughput: 1.2 s at the 32 req/s measured on 2 shared CPU
+  cores, 4 s at the ~10 req/s seen there under heavy other load; the timeout lies above that, so
+  a request admitted is served, not refused after waiting. What a client sees: an accepted
+  request waits at most this long in the queue, then rides one batch (at most MAX_BATCH_SIZE).
 """
 from __future__ import annotations
 
