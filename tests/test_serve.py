@@ -653,6 +653,8 @@ def test_served_config_bounds_the_queue(server):
     while "supervision: watching tritonserver" not in server.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "supervision: watching tritonserver" in server.log()
+    # the supervision's documented defaults (docs/serving.md), as a real start reports them
+    assert "inference probe every 1 s; hang timeout 60 s; watchdog 5 s" in server.log()
 
 
 def _descendants(pid: int) -> set[int]:
