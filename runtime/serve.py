@@ -617,8 +617,8 @@ def dynamic_batcher(args):
 def probe_timeout(args) -> float:
     """How long the health probe waits for its answer: as long as an accepted request may take,
     the queue's timeout (--hang-timeout without one) plus its own batch. Shorter, a server that
-    is only slow looks broken: probes timed out behind a full queue, three in a row were a fault
-    and the server exited 3 under overload (seen with a queue of 40 on a loaded 2-core machine)."""
+    is only slow looks broken: probes timed out behind a deep queue, three in a row were a fault
+    and a healthy server exited 3 (reproduced in tests/test_serve_faults.py)."""
     queued_s = args.queue_timeout_ms / 1000 if args.queue_timeout_ms else args.hang_timeout
     return queued_s + PROBE_BATCH_S
 

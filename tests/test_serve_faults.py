@@ -318,6 +318,42 @@ def _big_jpeg() -> bytes:
     return encode(a, "JPEG", quality=85)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(SERVER_TEST_TIMEOUT_S)
+def test_a_slow_server_is_not_a_fault(random_onnx, tmp_path):
+    """A queue deep enough for many clients makes an accepted request wait long on a slow CPU,
+    the health probe's too. That is load, not a broken inference path: the probe must wait as
+    long as the queue lets a request wait. Here one instance takes one request of 16 large JPEGs
+    at a time (~1 s) and 12 closed-loop clients keep ~11 queued ahead of each (~10 s, under the
+    60 s queue timeout) for 25 s: the server keeps serving, no fault. Before: the probe gave up
+    after 5 s, three in a row were a fault, and a healthy server exited 3 (reproduced)."""
+    blobs = [_big_jpeg()] * 16
+    s = Server(random_onnx, tmp_path / "serve.log", "--instances", "1", "--max-batch-size", "16",
+               "--preferred-batch-sizes", "", "--max-queue-delay-us", "0", "--max-queue-size", "100",
+               "--queue-timeout-ms", "60000", "--max-request-bytes", "30000000").wait_ready()
+    stop, outcomes = time.monotonic() + 25, []
+
+    def client(k):
+        with LfmClient(s.grpc_url if k % 2 else s.http_url, timeout=120) as c:
+            while time.monotonic() < stop:
+                try:
+                    outcomes.extend("ok" if r.ok else r.error for r in c.score_bytes(blobs))
+                except ServerError as e:
+                    outcomes.append(f"{type(e).__name__}: {e}")
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        log = s.log()
+        assert s.proc.poll() is None and "fault:" not in log, log[-3000:]
+        assert outcomes and set(outcomes) == {"ok"}, sorted(set(outcomes))
+    finally:
+        s.stop()
+
+
 def _burst(server: Server, blob: bytes, n: int, after_send=None) -> list[tuple[str, float, object]]:
     """n clients, each sending one request of 2 images at the same moment; returns
     (outcome, seconds, records or error) per client."""
