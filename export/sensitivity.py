@@ -129,16 +129,17 @@ def main(argv=None) -> int:
         return 2
     try:
         files = calibration_images(args.calib, n=0)
+        given_test = calibration_images(args.test, n=0) if args.test else []
+        problem = overwrite_refusal([args.output], [("the model", args.model), *files, *given_test])
+        if problem:  # before any other refusal: the output is wrong whatever else is
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
         calib = files[:args.calib_count]
-        test = calibration_images(args.test, n=0) if args.test else files[args.calib_count:]
+        test = given_test or files[args.calib_count:]
         if not test:
             raise QuantizeError(f"{args.calib}: no image left to test on; give --test DIR or more images")
         test = test[:args.stress_count]
-        problem = overwrite_refusal([args.output], [("the model", args.model), *calib, *test])
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
         spec = model_spec(args.model)
         with tempfile.TemporaryDirectory(prefix="lfm-sensitivity-") as tmp:
             groups = make_stress_set(test, os.path.join(tmp, "stress"), spec, synthetic=args.stress_count)

@@ -106,18 +106,18 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def add_path_arguments(parser: argparse.ArgumentParser, dest: str = "paths", metavar: str = "PATH",
+def add_path_arguments(command_parser: argparse.ArgumentParser, dest: str = "paths", metavar: str = "PATH",
                        sources: str = "image files, directories, glob patterns") -> None:
     """The inputs of every command that scores files: the positional paths (``sources``,
     ``@LIST`` or ``-``; see ``read_path_arguments``) and ``-0`` / ``--null`` for their lists."""
-    parser.add_argument(dest, nargs="+", metavar=metavar, help=f"{sources}, @LIST or -")
-    negative_number_options = list(parser._has_negative_number_optionals)
-    parser.add_argument("-0", "--null", action="store_true",
-                        help="the path lists of - and @LIST are separated by NUL bytes, as `find -print0` writes "
-                             "them: every name exact, newlines included")
+    command_parser.add_argument(dest, nargs="+", metavar=metavar, help=f"{sources}, @LIST or -")
+    negative_number_options = list(command_parser._has_negative_number_optionals)
+    command_parser.add_argument("-0", "--null", action="store_true",
+                                help="the path lists of - and @LIST are separated by NUL bytes, as `find -print0` "
+                                     "writes them: every name exact, newlines included")
     # "-0" looks like a number: argparse would from now on take every negative value (--decode-cpus -1)
     # for an option and refuse it as a missing argument, not with the option's own message
-    parser._has_negative_number_optionals[:] = negative_number_options
+    command_parser._has_negative_number_optionals[:] = negative_number_options
 
 
 def read_path_arguments(args: Sequence[str], stdin=None, null: bool = False) -> tuple[list[str], dict[str, str]]:
