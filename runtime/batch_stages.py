@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from .batch_inputs import is_uri, local_path, read_uri_bytes
+from .files import file_sha256
 from .preprocess import ImageError, apply_policy, open_image
 
 DECODED = ("index", "error", "pixels", "height", "width")
@@ -97,16 +98,10 @@ class Scorer:
 
 def same_model(path: str, sha256: str) -> bool:
     """Whether ``path`` holds the model with this checksum (the driver's file, seen from here)."""
-    import hashlib
-
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha256(path) == sha256
     except OSError:
         return False
-    return h.hexdigest() == sha256
 
 
 def materialize(model_files: dict[str, bytes], model_sha256: str) -> dict[str, str]:
