@@ -1,6 +1,6 @@
 """The TensorRT glue against the real TensorRT bindings, cuda-python and Polygraphy, without loading them.
 
-TensorRT cannot be installed here, but its bindings wheels can be read (lfm.export.trt_api): every
+TensorRT cannot be installed here, but its bindings wheels can be read (tests/trt_api.py): every
 ``tensorrt`` / ``tensorrt.plugin`` name the code in runtime/, export/, kernels/ and benchmarks/ uses
 (found by an AST scan, so new code is covered by itself) must exist in the class it is used on, with
 a call shape some overload takes, in every release the project claims:
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import pytest
 
-from lfm.export import trt_api
-from lfm.export.trt_api import (ApiReadError, check_cuda, check_plugin_functions, check_polygraphy, check_uses,
-                                project_uses, read_bindings, read_cuda_bindings, release_key)
+import trt_api  # tests/trt_api.py: test-only tooling, beside this file (pytest puts tests/ on sys.path)
+from trt_api import (ApiReadError, check_cuda, check_plugin_functions, check_polygraphy, check_uses, project_uses,
+                     read_bindings, read_cuda_bindings, release_key)
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("LFM_TRT_WHEELS", Path.home() / ".cache" / "lfm-trt-wheels"))

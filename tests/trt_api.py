@@ -1,5 +1,7 @@
 """TensorRT's Python API as a release ships it, read without loading it, and the project's uses checked against it.
 
+Test-only tooling for tests/test_trt_conformance.py (imported from tests/, never installed with the package).
+
     api = read_bindings("tensorrt_cu13_bindings-11.4.0.106-...whl")   # classes -> members, signatures, plugin API
     uses = project_uses(["runtime", "export", "kernels", "benchmarks"])  # what our code asks of tensorrt
     for finding in check_uses(api, uses): print(finding)               # "export/to_trt.py:101: ... absent in 11.4"
@@ -898,7 +900,7 @@ def _check_expected(api: TrtApi) -> None:
     lost = [f"{c}.{m}" for c, ms in EXPECTED.items() for m in ms if api.member(c, m) is None]
     if lost:
         raise ApiReadError(f"{api.wheel}: the reader lost members every release has ({', '.join(lost)}): "
-                           "the binary's layout changed; see lfm.export.trt_api's docstring")
+                           "the binary's layout changed; see tests/trt_api.py's docstring")
     if api.doc_agreement < MIN_DOC_AGREEMENT:
         raise ApiReadError(f"{api.wheel}: member names agree with TensorRT's docstring symbols in only "
                            f"{100 * api.doc_agreement:.0f} % of registrations (< {100 * MIN_DOC_AGREEMENT:.0f} %)")
