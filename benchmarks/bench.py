@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, lfm_gflop_per_image, log, machine,  # noqa: E402
                     machine_rates, max_rss_bytes, run_main, summarize,
                     report_refusal, time_interleaved, usable_cpus, work_folder, write_report)
+from lfm.runtime.files import first_line  # noqa: E402  (standard library only)
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -251,7 +252,7 @@ def make_engine(name: str, models: Models, threads: int) -> Engine:
         try:
             runner.activate()
         except Exception as e:  # noqa: BLE001
-            raise Unavailable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise Unavailable(f"{type(e).__name__}: {first_line(e, empty='')}") from None
 
         def setup(batch):
             return lambda x: runner.infer({"pixels": x})["logit"]
@@ -405,7 +406,7 @@ def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, file
                     log(f"  {name}: unavailable ({e})")
                     continue
                 except Exception as e:  # noqa: BLE001  (one broken backend must not lose the others' figures)
-                    unavailable[name] = f"failed to build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    unavailable[name] = f"failed to build: {type(e).__name__}: {first_line(e, empty='')}"
                     log(f"  {name}: {unavailable[name]}")
                     continue
             eng.host_added = mem.delta
@@ -425,7 +426,7 @@ def run_engine_mode(names, models, sizes, batches, threads, rounds, warmup, file
                         for _ in range(warmup):
                             out = fn(x[eng.input_kind])
                     except Exception as e:  # noqa: BLE001  (e.g. out of memory at this batch)
-                        log(f"  {eng.name} b{batch}: failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                        log(f"  {eng.name} b{batch}: failed ({type(e).__name__}: {first_line(e, empty='')})")
                         continue
                 logits = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64).reshape(-1)
                 meta[eng.name] = {"host_added_mb": round((eng.host_added + mem.delta) / 2**20, 1), "_logits": logits}
@@ -493,7 +494,7 @@ def run_e2e_mode(names, models, size, batches, threads, rounds, files, repeat) -
                             else {"backend": "onnxruntime", "providers": ["cpu"], "threads": threads})
                 det = Detector(make_runner(source, **opts), batch_size=batch, size=size, policy="resize")
             except (Unavailable, Exception) as e:  # noqa: BLE001
-                unavailable[name] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                unavailable[name] = first_line(e)
                 continue
             if name == "torch":
                 import torch
@@ -1170,7 +1171,7 @@ def profile_int8(models, size: int, threads: int, unavailable: dict) -> dict | N
         model = models.torch_model()[0] if models.checkpoint else build_model()  # MACs: geometry only
         roofline = int8_roofline(models.onnx("int8"), conv_macs(model, size), size, threads)
     except Exception as e:  # noqa: BLE001  (a profiler format change must not lose the timed results)
-        unavailable["int8-profile"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        unavailable["int8-profile"] = f"{type(e).__name__}: {first_line(e, empty='')}"
         return None
     log(f"INT8 roofline: best conv {roofline['best_gmac_per_s']:.0f} GMAC/s, "
         f"ceiling {roofline['ceiling_images_per_s']:.0f} img/s at b{roofline['batch']}")

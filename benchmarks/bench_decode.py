@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, run_main, summarize,  # noqa: E402
                     time_interleaved, work_folder, write_report)
+from lfm.runtime.files import first_line  # noqa: E402  (standard library only)
 
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 REFERENCE_JPEGS = REFERENCE / "cnndetection"
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         check_modes(modes)
         runner = make_model_runner(args) if args.model else None
     except (BackendError, ValueError) as e:
-        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     spec = (runner.spec.replace(size=args.size) if runner is not None
             else ModelSpec(input="uint8", layout="NHWC", size=args.size or 256))

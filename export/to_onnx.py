@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 
 from lfm.export.paths import output_problem  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, positive_int, run, unit_interval  # noqa: E402
-from lfm.runtime.files import overwrite_refusal, write_target  # noqa: E402
+from lfm.runtime.files import first_line, overwrite_refusal, write_target  # noqa: E402
 from lfm.runtime.spec import min_input_size  # noqa: E402
 from lfm.export.quantize import DEFAULT_INT8_LAYERS  # noqa: E402  (numpy and Pillow; onnx only when it quantises)
 
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
         if name == "QuantizeError":
             print(f"error: {e}", file=sys.stderr)
             return 2
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, empty="")
         print(f"error: export failed: {name}: {first} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

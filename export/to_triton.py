@@ -57,7 +57,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 
 from lfm.runtime import serve_defaults as defaults  # noqa: E402  (serve.py's batching and queue defaults)
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
-from lfm.runtime.files import files_under, overwrite_refusal  # noqa: E402  (standard library only)
+from lfm.runtime.files import files_under, first_line, overwrite_refusal  # noqa: E402  (standard library only)
 
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
@@ -94,7 +94,7 @@ def describe_onnx(path: str) -> dict:
     except OSError as e:  # the file itself (permissions, I/O), before onnx sees a byte
         raise _cannot_read(path, e) from None
     except Exception as e:
-        raise RepositoryError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise RepositoryError(f"{path}: not a readable ONNX model ({first_line(e, empty='')})") from None
     for t in proto.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise RepositoryError(f"{path}: weights in external data files; re-export it as one file")

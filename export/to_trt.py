@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
     sys.path.pop(0)
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
-from lfm.runtime.files import file_sha256, overwrite_refusal  # noqa: E402
+from lfm.runtime.files import file_sha256, first_line, overwrite_refusal  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -103,7 +103,7 @@ def build_engine(trt, onnx_path: str, profile: dict, plugins: list, workspace_mi
         parser = trt.OnnxParser(net, logger)
         if not parser.parse_from_file(onnx_path):
             errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
-            first = errors[0].splitlines()[0] if errors else "no reason given"
+            first = first_line(errors[0] if errors else "", empty="no reason given")
             raise BuildError(f"{onnx_path}: TensorRT's ONNX parser refused it ({first})")
         return builder, net, parser
 
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     except Exception as e:  # one line, not a traceback wall, unless asked
         if args.debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, empty="")
         print(f"error: engine build failed: {type(e).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 from lfm.runtime.cli import (ArgumentParser, Progress, add_path_arguments, describe_os_error,  # noqa: E402
                              positive_int, run, stop_status, stop_word, unit_interval)
+from lfm.runtime.files import first_line  # noqa: E402
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES  # noqa: E402
 from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
 from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         out.remove_stale()
         done = out.complete_shards(expected)
     except OSError as e:
-        return fail(f"{args.output}: {str(e).splitlines()[0]}")
+        return fail(f"{args.output}: {first_line(e)}")
     todo = [s for s in expected if s not in done]
     job = Job(args, listing, model, out, expected, done)
     if todo:
@@ -486,11 +487,6 @@ def size_pools(args, resources: dict, local: bool) -> dict | str:
 
 def prog() -> str:
     return os.path.basename(sys.argv[0] or "batch.py")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def fail(message: str, status: int = 2) -> int:

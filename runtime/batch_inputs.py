@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from .cli import path_list_entries, read_path_arguments
+from .files import first_line
 from .inputs import Expansion, add_listed, expand_local, expand_paths, glob_parts
 
 
@@ -71,7 +72,7 @@ def _read_uri_lists(args: list[str], null: bool) -> tuple[list[str], dict[str, s
             try:
                 text = read_uri_bytes(arg[1:]).decode("utf-8", "surrogateescape")
             except OSError as e:
-                problem = "no such file or folder" if isinstance(e, FileNotFoundError) else _first_line(e)
+                problem = "no such file or folder" if isinstance(e, FileNotFoundError) else first_line(e)
                 errors[arg] = f"cannot read the path list {arg[1:]}: {problem}"
                 out.append(arg)
                 continue
@@ -116,7 +117,7 @@ def read_uri_bytes(uri: str) -> bytes:
     except OSError:
         raise
     except Exception as e:  # pyarrow's ArrowInvalid (a malformed URI, an unknown scheme)
-        raise OSError(_first_line(e)) from None
+        raise OSError(first_line(e)) from None
 
 
 def local_path(uri: str) -> str | None:
@@ -155,7 +156,7 @@ def expand_uri(uri: str) -> Expansion:
         else:
             exp.inputs.append(uri)  # a file, or missing: decoding reports "no such file" in its place
     except Exception as e:  # no credentials, unknown scheme, unreachable store: this argument's record
-        exp.add_error(uri, f"cannot list {uri}: {_first_line(e)}")
+        exp.add_error(uri, f"cannot list {uri}: {first_line(e)}")
     return exp
 
 
@@ -170,11 +171,6 @@ def _files_under(fs, path: str) -> list[tuple[str, ...]]:
 
 def _uri_of(prefix: str, base: str):
     return lambda parts: prefix + base.rstrip("/") + "/" + "/".join(parts)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # -- shards ----------------------------------------------------------------------------------------

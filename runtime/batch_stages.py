@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from .batch_inputs import is_uri, local_path, read_uri_bytes
-from .files import file_sha256
+from .files import file_sha256, first_line
 from .preprocess import ImageError, apply_policy, open_image
 
 DECODED = ("index", "error", "pixels", "height", "width")
@@ -51,7 +51,7 @@ def decode_one(path: str, policy: str, size: int, max_pixels: int) -> tuple[np.n
     except FileNotFoundError:
         return None, "no such file"
     except OSError as e:
-        return None, f"cannot read file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return None, f"cannot read file ({first_line(e)})"
     try:
         img = open_image(source, max_pixels)
         if policy != "tiles":  # tiles: the scorer's Detector cuts them from the whole image

@@ -37,6 +37,7 @@ from PIL import Image
 
 from .backends.base import OPTIONS, Runner, SourceError, backend_for, make_runner, source_from_flags
 from .decode_pool import DecodePool
+from .files import first_line
 from .gpu_decode import GpuDecoder, GpuDecodeUnavailable, nvjpeg_decoder
 from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
                          to_tiles)
@@ -376,7 +377,7 @@ class Detector:
                     try:
                         logits[i] = self._infer_chunked(pending[i][1])
                     except Exception as e:
-                        errors[i] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                        errors[i] = first_line(e)
         reduce = np.max if self.tile_reduce == "max" else np.mean
         for i, (name, _, error) in enumerate(pending):
             if error is None and i in errors:

@@ -1,4 +1,4 @@
-"""Output files: where they may be written, and with which permissions (no heavy imports).
+"""Output files: where they may be written, and with which permissions; an error's text in one line (no heavy imports).
 
 ``tempfile.mkstemp`` creates files with mode 600 whatever the umask, so a model, engine or
 checkpoint written to a temp file and renamed would be readable by its owner alone: a Triton
@@ -60,6 +60,17 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def first_line(error: BaseException | str, empty: str | None = None) -> str:
+    """The first line of an error's text, for a one-line message (the rest is often a traceback or
+    a library's dump). With no text: ``empty`` where given, else the exception's type name."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    if empty is not None:
+        return empty
+    return type(error).__name__ if isinstance(error, BaseException) else ""
 
 
 def same_file(a: str, b: str) -> bool:

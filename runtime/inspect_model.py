@@ -39,7 +39,7 @@ from lfm.runtime.backends.base import BackendError  # noqa: E402
 from lfm.runtime.backends.onnxrt import session_options_for  # noqa: E402  (onnxruntime-extensions on use)
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
                                            rebuild_command, recognise_plan, sidecar_path)
-from lfm.runtime.files import file_sha256  # noqa: E402
+from lfm.runtime.files import file_sha256, first_line  # noqa: E402
 from lfm.runtime.spec import ModelSpec  # noqa: E402
 
 KINDS = {"onnx": "ONNX model", "plan": "TensorRT plan", "checkpoint": "PyTorch checkpoint"}
@@ -133,8 +133,7 @@ def inspect_file(path: str | os.PathLike) -> dict:
 
 
 def one_line(error: Exception) -> str:
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
+    first = first_line(error)
     # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
     return first.rsplit(" failed:", 1)[-1].strip() if "ONNXRuntimeError" in first else first
 

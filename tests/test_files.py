@@ -68,3 +68,40 @@ def test_evaluate_checks_its_output_first_and_creates_no_folder(tmp_path):
                         "--data", str(tmp_path), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {out}: folder {out.parent} does not exist", r.stderr
     assert not (tmp_path / "no").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# first_line: the one helper every one-line error message takes its text from (issue 25, item 3)
+
+
+def _chained() -> Exception:
+    try:
+        try:
+            raise KeyError("the cause")
+        except KeyError as cause:
+            raise RuntimeError("the failure\nwith details") from cause
+    except RuntimeError as e:
+        return e
+
+
+@pytest.mark.parametrize("error, empty, expected", [
+    (ValueError("bad size\n  File x.py, line 3\nmore"), None, "bad size"),  # a multi-line message: its first line
+    (OSError("\n  leading blank lines\nrest"), None, "leading blank lines"),  # blank lines before the text are skipped
+    (ValueError(""), None, "ValueError"),  # no text: the type's name
+    (RuntimeError(), None, "RuntimeError"),  # no arguments at all
+    (ValueError("  \n "), "", ""),  # only whitespace, with the caller's own fallback
+    (_chained(), None, "the failure"),  # its own message, not the cause's
+    ("E1: parser error\nE2", "no reason given", "E1: parser error"),  # a library's error text
+    ("", "no reason given", "no reason given"),
+    ("", None, ""),
+])
+def test_first_line_of_an_error(error, empty, expected):
+    from lfm.runtime.files import first_line
+
+    assert first_line(error, empty=empty) == expected
+
+
+def test_an_oserror_keeps_its_errno_text():
+    from lfm.runtime.files import first_line
+
+    assert first_line(FileNotFoundError(2, "No such file or directory", "x.jpg")) == "[Errno 2] No such file or directory: 'x.jpg'"

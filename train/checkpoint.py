@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lfm.runtime.files import give_default_mode, write_target
+from lfm.runtime.files import first_line, give_default_mode, write_target
 from lfm.runtime.spec import ModelSpec
 
 from .model import LFM, LFMConfig, build_model
@@ -73,7 +73,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except pickle.UnpicklingError as e:
         # torch wraps the real reason in advice about weights_only=False, which we never take.
         text = str(e)
-        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else ""
+        reason = first_line(text.split("WeightsUnpickler error:", 1)[-1], empty="")
         if "Unsupported global" in text:
             raise CheckpointError(
                 f"{path}: refused to load: it holds Python objects other than tensors and plain "
@@ -81,8 +81,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({reason})") from None
     except Exception as e:  # the unpickler raises anything from IndexError to RuntimeError on garbage
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({first})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or truncated/corrupt ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     return obj

@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from ..custom_ops import INSTALL_HINT, NPR_OP, OP_TYPES, TOP_K_POOL_OP, npr, parse_scale, top_k_pool, uses_custom_ops
+from ..files import first_line
 from ..spec import ModelSpec
 from .base import BackendError, Runner, provider_list
 
@@ -62,8 +63,7 @@ class OnnxRunner(Runner):
         try:
             self.session = ort.InferenceSession(self.path, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"{self.path}: not a loadable ONNX model ({first})") from None
+            raise BackendError(f"{self.path}: not a loadable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if "lfm.spec" not in meta:
             raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")

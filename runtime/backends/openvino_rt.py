@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..custom_ops import OP_TYPES, uses_custom_ops
+from ..files import first_line
 from ..spec import ModelSpec
 from .base import BackendError, Runner
 
@@ -83,8 +84,7 @@ class OpenVinoRunner(Runner):
         try:
             self.model = self.core.read_model(self.path)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackendError(f"{self.path}: OpenVINO cannot read it ({first})") from None
+            raise BackendError(f"{self.path}: OpenVINO cannot read it ({first_line(e)})") from None
         if not self.model.has_rt_info(["framework", "lfm.spec"]):
             raise BackendError(f"{self.path}: no lfm.spec metadata; export it with export/to_onnx.py")
         self.spec = ModelSpec.from_dict(json.loads(self.model.get_rt_info(["framework", "lfm.spec"]).astype(str)))

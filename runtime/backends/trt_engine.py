@@ -36,6 +36,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..files import first_line
 from ..spec import ModelSpec
 from .base import BackendError, Runner
 from .cuda_support import (INSTALL_HINT, DeviceBuffer, PinnedBuffer, SlotRing, cuda_check, device_info, import_cudart,
@@ -141,7 +142,7 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(logger)
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            why = logger.errors[-1].strip().splitlines()[0] if logger.errors else "TensorRT gave no reason"
+            why = first_line(logger.errors[-1] if logger.errors else "", empty="TensorRT gave no reason")
             raise EngineError(f"{self.plan}: TensorRT could not load the engine ({why}); rebuild it: "
                               f"{rebuild_command(sidecar)}")
         self._bind_io(sidecar)
