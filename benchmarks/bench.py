@@ -243,7 +243,8 @@ def make_engine(name: str, models: Models, threads: int) -> Engine:
             _need("openvino", "needs OpenVINO (pip install -e '.[openvino]')")
         path = models.onnx({"ort": "fp32", "ort-int8": "int8", "ort-plugins": "plugins", "openvino": "fp32",
                             "openvino-f32": "fp32", "openvino-int8": "int8"}[name])
-        from lfm.runtime.runners import OnnxRunner, OpenVinoRunner
+        from lfm.runtime.backends.onnxrt import OnnxRunner
+        from lfm.runtime.backends.openvino_rt import OpenVinoRunner
 
         if name.startswith("openvino"):
             runner = OpenVinoRunner(path, threads=threads, precision="f32" if name == "openvino-f32" else None)
@@ -263,9 +264,9 @@ def make_engine(name: str, models: Models, threads: int) -> Engine:
         _need("tensorrt", "needs TensorRT (pip install tensorrt, on an NVIDIA GPU machine)")
         _cuda()
         plan = models.plan(name.removeprefix("trt-"))
-        from lfm.runtime.runners import make_runner
+        from lfm.runtime.backends import make_runner
 
-        runner = make_runner(engine=plan).activate()
+        runner = make_runner(plan, backend="tensorrt").activate()
 
         def setup(batch):
             return lambda x: runner.infer({"pixels": x})["logit"]
@@ -1029,7 +1030,8 @@ def model_metadata(path: str, kind: str):
     """(spec, precision) of an ONNX graph (its lfm.* metadata) or a TensorRT plan (its sidecar,
     readable without TensorRT); an unusable file is a UsageError naming it."""
     if kind == "onnx":
-        from lfm.runtime.runners import BackendError, OnnxRunner
+        from lfm.runtime.backends import BackendError
+        from lfm.runtime.backends.onnxrt import OnnxRunner
 
         try:
             with OnnxRunner(path, providers=["cpu"], threads=1) as runner:
@@ -1037,7 +1039,7 @@ def model_metadata(path: str, kind: str):
         except BackendError as e:
             raise UsageError(str(e)) from None
     from lfm.runtime.spec import ModelSpec
-    from lfm.runtime.trt_runner import EngineError, read_sidecar
+    from lfm.runtime.backends.trt_plan import EngineError, read_sidecar
 
     try:
         sidecar = read_sidecar(path)

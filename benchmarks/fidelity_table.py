@@ -80,7 +80,8 @@ def logits_of(detector_factory, files: list[str]) -> np.ndarray:
 def run(args) -> int:
     from lfm.export.fidelity import ACCEPTANCE, FidelityReport
     from lfm.runtime.detector import Detector
-    from lfm.runtime.runners import OnnxRunner, OpenVinoRunner
+    from lfm.runtime.backends.onnxrt import OnnxRunner
+    from lfm.runtime.backends.openvino_rt import OpenVinoRunner
 
     reference = Path(args.reference)
     ckpt = reference / "lfm_upstream.pth"
@@ -119,8 +120,8 @@ def run(args) -> int:
 
     def factory(backend: str, path: Path):
         if backend == "ort":
-            return lambda: Detector(runner=OnnxRunner(path, providers=["cpu"], threads=threads), batch_size=8)
-        return lambda: Detector(runner=OpenVinoRunner(path, precision=backend.split()[1], threads=threads), batch_size=8)
+            return lambda: Detector(OnnxRunner(path, providers=["cpu"], threads=threads), batch_size=8)
+        return lambda: Detector(OpenVinoRunner(path, precision=backend.split()[1], threads=threads), batch_size=8)
 
     refs, rows = {}, []
     for split, s in sets.items():

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "results" / "policy_separation.json"))
     args = p.parse_args(argv)
 
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
     from lfm.train.metrics import average_precision
 
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     print(f"{len(files)} images ({int(y.sum())} generated) from {args.data}; model {model}")
     for policy, size, reduce in POLICIES:
         t = time.perf_counter()
-        with Detector(model=model, policy=policy, size=size, tile_reduce=reduce) as det:
+        with Detector(make_runner(model, backend="onnxruntime"), policy=policy, size=size, tile_reduce=reduce) as det:
             records = det.predict(files)
         failed = [r for r in records if not r.ok]
         ok = np.array([r.ok for r in records])

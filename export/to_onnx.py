@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
@@ -314,7 +313,6 @@ def cross_domain(report: dict, fp32_path: str, model_path: str, base_files, work
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         return export(args)
     except ExportError as e:

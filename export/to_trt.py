@@ -40,7 +40,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
@@ -259,7 +258,6 @@ def graph_to_build(onnx_path: str, mode: dict, plan: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     from lfm.export.trt_build import BuildError
 
     try:

@@ -25,7 +25,6 @@ decoded, or that the model refuses, become error records in their place; none is
 from __future__ import annotations
 
 import os
-import warnings
 from collections import deque
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ import numpy as np
 
 from PIL import Image
 
-from .backends.base import OPTIONS, Runner, SourceError, backend_for, make_runner, source_from_flags
+from .backends.base import OPTIONS, Runner, backend_for, make_runner
 from .decode_pool import DecodePool
 from .files import first_line
 from .gpu_decode import GpuDecoder, GpuDecodeUnavailable, nvjpeg_decoder
@@ -110,18 +109,17 @@ class Detector:
     at most this many tiles per image.
 
     The old keywords, which mixed the two (checkpoint=, model=, engine=, runner=, device=,
-    providers=, threads=, backend=, precision=, kernels=, cuda_graphs=), still work and warn
-    (DeprecationWarning, one line naming the new form): kept so existing code runs, deprecated
-    so that one way remains, the runner's options to make_runner and the pipeline's here."""
+    providers=, threads=, backend=, precision=, kernels=, cuda_graphs=), were removed: each is
+    refused with a TypeError naming its replacement."""
 
     def __init__(self, source: str | os.PathLike | Runner | None = None, *, threshold: float | None = None,
                  policy: str | None = None, size: int | None = None, batch_size: int = 16, workers: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
                  tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES, decode: str = "threads",
-                 **old_keywords):
-        if old_keywords:
-            source = _runner_from_old_keywords(source, old_keywords)
-        elif source is None:
+                 **removed_keywords):
+        if removed_keywords:
+            _refuse_removed_keywords(removed_keywords)
+        if source is None:
             raise TypeError("Detector() needs a model: Detector('lfm.onnx'), or Detector(make_runner(path, ...))")
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -424,46 +422,22 @@ def _as_runner(source) -> Runner:
     return source
 
 
-OLD_SOURCES = ("checkpoint", "model", "engine")  # the old keywords naming the model file, by kind
+REMOVED_SOURCES = ("checkpoint", "model", "engine", "runner")  # the model, now positional
 
 
-def _runner_from_old_keywords(source, keywords: dict) -> Runner:
-    """The runner the old signature's keywords name, with a DeprecationWarning naming the new form."""
-    unknown = sorted(set(keywords) - {"runner", "backend", *OLD_SOURCES, *OPTIONS})
+def _refuse_removed_keywords(keywords: dict) -> None:
+    """The keywords that used to build the runner inside the Detector were removed (0.x): one
+    TypeError line naming the form that replaces them."""
+    unknown = sorted(set(keywords) - {"backend", *REMOVED_SOURCES, *OPTIONS})
     if unknown:
         raise TypeError(f"Detector() got an unexpected keyword argument {unknown[0]!r}")
-    runner = keywords.get("runner")
-    paths = {kind: keywords[kind] for kind in OLD_SOURCES if keywords.get(kind) is not None}
-    if (source is not None) + (runner is not None) + bool(paths) > 1:
-        raise ValueError("give the model once: positionally, or as checkpoint=/model=/engine=")
-    options = {k: v for k, v in keywords.items() if k in OPTIONS and v != OPTIONS[k].default}
-    backend = keywords.get("backend")
-    backend = None if backend == "onnxruntime" else backend  # the old default, for every kind of file
-    old = ", ".join((["source"] if source is not None else []) + [f"{k}=..." for k in keywords])
-    if runner is not None:
-        if options or backend:
-            raise ValueError(f"{', '.join([*options, *(['backend'] if backend else [])])}: backend options go to "
-                             "make_runner(path, ...), not beside a runner")
-        new = "Detector(runner)"
+    backend_options = [k for k in keywords if k not in REMOVED_SOURCES]
+    if backend_options:
+        new = (f"Detector(make_runner(path, {', '.join(f'{k}=...' for k in backend_options)})) "
+               "(from lfm.runtime.backends import make_runner)")
     else:
-        if source is not None:
-            paths = {backend_for(source).kind: source}
-        source, backend = source_from_flags(**paths, backend=backend)
-        runner = make_runner(source, backend=backend, **options)
-        new = _new_form(source, backend, options)
-    warnings.warn(f"Detector({old}) is deprecated; use {new}", DeprecationWarning, stacklevel=3)
-    return runner
-
-
-def _new_form(source, backend: str, options: dict) -> str:
-    try:
-        by_extension = backend_for(source).name
-    except SourceError:
-        by_extension = None
-    args = ["path"] + ([f"backend={backend!r}"] if backend != by_extension else []) + [f"{k}=..." for k in options]
-    if len(args) == 1:
-        return "Detector(path)"
-    return f"Detector(make_runner({', '.join(args)})) (from lfm.runtime.backends import make_runner)"
+        new = "Detector(runner)" if "runner" in keywords else "Detector(path)"
+    raise TypeError(f"Detector({', '.join(f'{k}=...' for k in keywords)}) was removed: use {new}")
 
 
 def _name(item) -> str:

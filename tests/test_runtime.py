@@ -34,7 +34,7 @@ def noise_png(path, w=64, h=64, seed=0):
 def test_runtime_imports_no_torch_and_no_training_code():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
-        "import lfm.runtime.detector, lfm.runtime.infer, lfm.runtime.runners, lfm.runtime.inputs\n"
+        "import lfm.runtime.detector, lfm.runtime.infer, lfm.runtime.backends, lfm.runtime.inputs\n"
         "import lfm.runtime.backends.onnxrt, lfm.runtime.backends.openvino_rt, lfm.runtime.backends.pyt\n"
         "import lfm.runtime.backends.trt_engine, lfm.runtime.serve, lfm.runtime.inspect_model\n"
         "assert not any(m == 'lfm.train' or m.startswith('lfm.train.') for m in sys.modules), sorted(sys.modules)\n"
@@ -347,8 +347,6 @@ def test_providers_as_a_string_are_the_clis_comma_separated_form(tmp_path, rando
         make_runner(tmp_path / "m.plan", providers="cuda,cpu")
     with make_runner(random_onnx, providers="cpu") as runner:
         assert runner.providers == ["CPUExecutionProvider"]
-    with pytest.deprecated_call(), Detector(random_onnx, providers="cpu") as det:
-        assert det.runner.providers == ["CPUExecutionProvider"]
     img = noise_png(tmp_path / "img.png")
     run = subprocess.run(INFER + ["--model", str(random_onnx), "--providers", "cpu", str(img)], capture_output=True,
                          text=True)
@@ -420,57 +418,37 @@ def test_detector_takes_a_path_or_a_runner_without_warnings(random_onnx):
         Detector(random_onnx, treshold=0.5)
 
 
-def test_the_old_detector_keywords_work_and_name_the_new_form(random_onnx):
-    import warnings
+def test_the_removed_detector_keywords_are_refused_naming_the_new_form(random_onnx):
+    """The keywords that built the runner inside the Detector (and runtime/runners.py,
+    runtime/trt_runner.py, the old module names) were removed in 0.x: each old form is one
+    TypeError line naming its replacement, never a runner built behind a warning."""
+    import importlib.util
 
-    from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
-    a = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    with Detector(random_onnx) as det:
-        expected = det.predict([a])[0].logit
+    runner = make_runner(random_onnx)
+    make_runner_form = "(from lfm.runtime.backends import make_runner)"
     cases = [
-        (dict(model=str(random_onnx), providers=["cpu"], threads=1),
-         "Detector(model=..., providers=..., threads=...) is deprecated; use Detector(make_runner(path, "
-         "providers=..., threads=...)) (from lfm.runtime.backends import make_runner)"),
-        (dict(model=str(random_onnx), backend="onnxruntime", device="auto"),  # old defaults spelled out
-         "Detector(model=..., backend=..., device=...) is deprecated; use Detector(path)"),
-        (dict(runner=make_runner(random_onnx)), "Detector(runner=...) is deprecated; use Detector(runner)"),
+        (dict(model=str(random_onnx), providers=["cpu"], threads=1), "Detector(model=..., providers=..., threads=...) "
+         f"was removed: use Detector(make_runner(path, providers=..., threads=...)) {make_runner_form}"),
+        (dict(model=str(random_onnx)), "Detector(model=...) was removed: use Detector(path)"),
+        (dict(checkpoint="c.pt"), "Detector(checkpoint=...) was removed: use Detector(path)"),
+        (dict(engine="e.plan", cuda_graphs=True), "Detector(engine=..., cuda_graphs=...) was removed: "
+         f"use Detector(make_runner(path, cuda_graphs=...)) {make_runner_form}"),
+        (dict(runner=runner), "Detector(runner=...) was removed: use Detector(runner)"),
+        (dict(source=random_onnx, backend="openvino", device="auto"), "Detector(backend=..., device=...) was removed: "
+         f"use Detector(make_runner(path, backend=..., device=...)) {make_runner_form}"),
+        (dict(source=random_onnx, threads=1), "Detector(threads=...) was removed: "
+         f"use Detector(make_runner(path, threads=...)) {make_runner_form}"),
     ]
-    for kw, message in cases:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Detector(**kw, batch_size=1) as det:
-                assert det.predict([a])[0].logit == pytest.approx(expected, abs=1e-5)
-        (w,) = [w for w in caught if issubclass(w.category, DeprecationWarning)]
-        assert str(w.message) == message and w.filename == __file__  # points at the caller
-    with pytest.deprecated_call(match=r"use Detector\(make_runner\(path, threads=...\)\)"):
-        Detector(random_onnx, threads=1).close()
-    odd = random_onnx.with_suffix(".missing")  # model=: the flag, not the extension, picks ONNX Runtime
-    with pytest.deprecated_call(match=r"use Detector\(make_runner\(path, backend='onnxruntime'\)\)"), \
-            pytest.raises(BackendError, match=r"random_uint8\.missing: no such file"):
-        Detector(model=str(odd))
-    with pytest.raises(ValueError, match="backend options go to make_runner"):
-        Detector(runner=make_runner(random_onnx), providers=["cpu"])
-    with pytest.raises(ValueError, match="give the model once"):
-        Detector(make_runner(random_onnx), model=str(random_onnx))
-
-
-def test_the_old_module_names_still_import():
-    import warnings
-
-    from lfm.runtime import runners, trt_runner
-    from lfm.runtime.backends import cuda_support, onnxrt, trt_plan
-
-    assert runners.OnnxRunner is onnxrt.OnnxRunner and runners.BACKENDS == ("onnxruntime", "openvino")
-    assert trt_runner.TENSORRT_SUPPORT is trt_plan.TENSORRT_SUPPORT and trt_runner.cuda_check is cuda_support.cuda_check
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        runner = runners.make_runner(engine="lfm.plan", threads=4)  # benchmarks/bench.py's call
-    assert type(runner).__name__ == "TrtRunner" and runner.plan == "lfm.plan"
-    assert "use lfm.runtime.backends.make_runner(path" in str(caught[0].message)
-    with pytest.warns(DeprecationWarning), pytest.raises(runners.BackendError, match="applies to --backend openvino"):
-        runners.make_runner(model="m.onnx", precision="bf16")
+    for keywords, message in cases:
+        with pytest.raises(TypeError) as refused:
+            Detector(**keywords, batch_size=1)
+        assert str(refused.value) == message
+    assert not runner.is_active  # refused before anything starts
+    for module in ("lfm.runtime.runners", "lfm.runtime.trt_runner"):
+        assert importlib.util.find_spec(module) is None, module
 
 
 def test_infer_refuses_a_backend_for_an_engine_in_one_line(tmp_path):

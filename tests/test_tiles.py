@@ -84,6 +84,7 @@ def test_tiles_from_arrays_match_files(random_onnx, tmp_path):
 
 
 def test_detector_takes_the_model_positionally(random_onnx, tmp_path):
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector, source_kind
 
     assert [source_kind(p) for p in ("a.onnx", "b.PLAN", "c.engine", "d.pt", "e.pth")] == \
@@ -91,7 +92,7 @@ def test_detector_takes_the_model_positionally(random_onnx, tmp_path):
     with pytest.raises(ValueError, match="cannot tell the model kind"):
         source_kind("model.bin.gz")
     a = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    with Detector(random_onnx) as det, pytest.deprecated_call(), Detector(model=str(random_onnx)) as ref:
+    with Detector(random_onnx) as det, Detector(make_runner(random_onnx, backend="onnxruntime")) as ref:
         assert det.predict([a])[0].logit == ref.predict([a])[0].logit
-    with pytest.raises(ValueError, match="give the model once"):
+    with pytest.raises(TypeError, match=r"^Detector\(model=\.\.\.\) was removed: use Detector\(path\)$"):
         Detector(random_onnx, model=str(random_onnx))

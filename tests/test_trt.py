@@ -563,9 +563,9 @@ def test_infer_engine_fails_in_one_line_without_torch(tmp_path):
         assert proc.returncode == 2 and "needs TensorRT" in line and "--model" in line
 
 
-def test_trt_runner_module_is_torch_free():
+def test_the_tensorrt_backend_modules_are_torch_free():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import lfm.runtime.backends.trt_engine, lfm.runtime.trt_runner\n"
+            "import lfm.runtime.backends.trt_engine, lfm.runtime.backends.trt_plan\n"
             "assert not any(m.startswith(('lfm.train', 'lfm.export', 'tensorrt', 'polygraphy')) for m in sys.modules)\n"
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
