@@ -542,12 +542,11 @@ PLAIN_LOOP = " plain loop"  # suffix of the row of the loop a user writes first
 def plain_loop(model: str, files: list[str], size: int, threads: int):
     """What a user writes first: for each file, PIL open -> RGB -> bilinear resize -> one
     session.run; returns a callable -> logits. None where the graph does not take uint8 bytes."""
-    import onnxruntime as ort
     from PIL import Image
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    from lfm.runtime.backends.onnxrt import inference_session
+
+    sess = inference_session(model, providers="cpu", threads=threads)
     if sess.get_inputs()[0].type != "tensor(uint8)":
         return None
     name = sess.get_inputs()[0].name
@@ -663,19 +662,19 @@ def int8_roofline(model_path, macs: dict[str, int], size: int, threads: int, bat
     import collections
     import tempfile
 
-    import onnxruntime as ort
+    from lfm.runtime.backends.onnxrt import inference_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "lfm_bench_profile")
+    def profiled_session():
+        return inference_session(model_path, providers="cpu", threads=threads,
+                                 profile_prefix=str(Path(tempfile.gettempdir()) / "lfm_bench_profile"))
+
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    sess = profiled_session()
     name = sess.get_inputs()[0].name
     for _ in range(3):
         sess.run(None, {name: x})
     Path(sess.end_profiling()).unlink(missing_ok=True)  # drop the warm-up events (and their file)
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    sess = profiled_session()
     for _ in range(3):
         sess.run(None, {name: x})
     t = time.perf_counter()

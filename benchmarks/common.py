@@ -215,8 +215,10 @@ def _ort_matmul_session(op: str, weight: np.ndarray, threads: int):
     """An ONNX Runtime session of one `op` node (MatMul or MatMulInteger), input "a" times the
     constant `weight`; None without onnx/onnxruntime."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
         from onnx import TensorProto, helper, numpy_helper
+
+        from lfm.runtime.backends.onnxrt import inference_session
     except ImportError:
         return None
     n = weight.shape[0]
@@ -227,9 +229,7 @@ def _ort_matmul_session(op: str, weight: np.ndarray, threads: int):
                           [helper.make_tensor_value_info("y", out_type, [n, n])], [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, providers="cpu", threads=threads)
 
 
 BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX, Arm's BF16 extension

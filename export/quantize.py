@@ -62,6 +62,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from lfm.runtime.backends.onnxrt import inference_session
 from lfm.runtime.preprocess import ImageError, is_image_path, load_array, normalize
 from lfm.runtime.spec import ModelSpec, is_fake, logit_boundary
 
@@ -194,14 +195,7 @@ def load_batches(files: Sequence[str], spec: ModelSpec, variant: str, batch_size
 
 
 def _session(model, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else os.fspath(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return inference_session(model, providers="cpu", threads=threads, log_severity=3)
 
 
 class _Reader:

@@ -118,21 +118,16 @@ def build_engine(trt, onnx_path: str, profile: dict, plugins: list, workspace_mi
 
 def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str, threshold: float) -> dict:
     """Polygraphy's Comparator: ONNX Runtime (CPU) on the ONNX model against the engine."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from lfm.export.trt_build import TOLERANCES, iteration_verdicts, judge
-    from lfm.runtime.backends.onnxrt import session_options_for
-    from lfm.runtime.custom_ops import uses_custom_ops
+    from lfm.runtime.backends.onnxrt import inference_session
+    from lfm.runtime.detector import usable_cpus
 
-    if uses_custom_ops(onnx_path):
-        def session():
-            import onnxruntime as ort
-
-            return ort.InferenceSession(onnx_path, session_options_for(onnx_path), providers=["CPUExecutionProvider"])
-    else:
-        session = SessionFromOnnx(onnx_path, providers=["CPUExecutionProvider"])
+    cpus = usable_cpus()  # the threads Polygraphy's SessionFromOnnx gives (verify.ort_session; no torch here)
+    session = lambda: inference_session(onnx_path, providers="cpu", threads=cpus, inter_op_threads=cpus)  # noqa: E731
     runners = [OnnxrtRunner(session, name="onnxruntime"), TrtRunner(EngineFromBytes(plan_bytes), name="tensorrt")]
     results = Comparator.run(runners, data_loader=feeds)
     tol = TOLERANCES[precision]

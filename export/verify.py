@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.comparator import Comparator, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
@@ -94,19 +94,14 @@ def feeds(input_variant: str, mean, std, seed: int = 0) -> list[OrderedDict]:
 
 
 def ort_session(onnx_path: str, providers=("CPUExecutionProvider",)):
-    """Polygraphy's ONNX Runtime loader; for a plugin graph, a session with LFM's custom ops."""
-    from lfm.runtime.backends.onnxrt import session_options_for
-    from lfm.runtime.custom_ops import uses_custom_ops
+    """A session loader for Polygraphy's OnnxrtRunner; for a plugin graph, LFM's custom ops
+    registered. Intra- and inter-op threads: the usable cores, as Polygraphy's SessionFromOnnx
+    sets them (ONNX Runtime's default binds threads to cores a container may not have)."""
+    from lfm.runtime.backends.onnxrt import inference_session
+    from lfm.runtime.detector import usable_cpus
 
-    if not uses_custom_ops(onnx_path):
-        return SessionFromOnnx(onnx_path, providers=list(providers))
-
-    def load():
-        import onnxruntime as ort
-
-        return ort.InferenceSession(onnx_path, session_options_for(onnx_path), providers=list(providers))
-
-    return load
+    cpus = usable_cpus()
+    return lambda: inference_session(onnx_path, providers=list(providers), threads=cpus, inter_op_threads=cpus)
 
 
 def verify(onnx_path: str, model: torch.nn.Module, input_variant: str, precision: str, mean, std,

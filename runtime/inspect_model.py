@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 from lfm.runtime import custom_ops  # noqa: E402  (numpy only)
 from lfm.runtime.backends.base import BackendError  # noqa: E402
-from lfm.runtime.backends.onnxrt import session_options_for  # noqa: E402  (onnxruntime-extensions on use)
+from lfm.runtime.backends.onnxrt import inference_session  # noqa: E402  (onnxruntime on use)
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
                                            rebuild_command, recognise_plan, sidecar_path)
 from lfm.runtime.files import file_sha256, first_line  # noqa: E402
@@ -141,14 +141,8 @@ def one_line(error: Exception) -> str:
 def ort_session(path: str):
     """(session, None) or (None, why not). CPU, no graph optimisation: only its description is read.
     A plugin graph gets LFM's custom ops registered, as the runtime's OnnxRunner does."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
     try:
-        options = session_options_for(path, options)
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), None
+        return inference_session(path, providers="cpu", threads=1, optimization="disable"), None
     except BackendError as e:  # a plugin graph without onnxruntime-extensions
         return None, str(e)
     except Exception as e:  # onnxruntime raises its own exception types for bad files

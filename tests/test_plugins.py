@@ -174,6 +174,34 @@ def test_plugin_graph_matches_the_standard_graph_in_onnx_runtime(random_graphs, 
         np.testing.assert_allclose(_run(random_graphs["uint8", "plugins"], pixels), ref, rtol=1e-4, atol=1e-4)
 
 
+def test_the_session_factory_honours_its_options_and_loads_a_plugin_graph(random_graphs):
+    """runtime/backends/onnxrt.inference_session, the one place the project builds an ONNX Runtime
+    session: its options reach the session, the plugin graph loads from a path, bytes or a
+    ModelProto, and scores as the standard graph in a session built here directly (the reference)."""
+    needs_extensions()
+    import onnxruntime as ort
+
+    from lfm.runtime.backends.base import BackendError
+    from lfm.runtime.backends.onnxrt import inference_session
+
+    path = random_graphs["uint8", "plugins"]
+    session = inference_session(path, providers="cpu", threads=2, inter_op_threads=1, optimization="disable",
+                                log_severity=3)
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level) == (2, 1, 3)
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    x = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    reference = ort.InferenceSession(str(random_graphs["uint8", "standard"]), providers=["CPUExecutionProvider"])
+    want = reference.run(["logit"], {"pixels": x})[0]
+    for model in (path, path.read_bytes(), onnx.load(path)):
+        got = inference_session(model, providers=["CPUExecutionProvider"]).run(["logit"], {"pixels": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert inference_session(path).get_session_options().intra_op_num_threads == 0  # ONNX Runtime's default
+    with pytest.raises(BackendError, match="NoSuchExecutionProvider"):
+        inference_session(path, providers="NoSuchExecutionProvider")
+
+
 def test_uint8_graphs_cast_first_and_the_plugin_graph_stays_exact(random_graphs):
     """TensorRT takes a uint8 network input only into a Cast, and its plugins take no uint8: both
     uint8 graphs begin Cast -> Transpose (NCHW), the plugin graph's LfmNpr then takes float32 NCHW

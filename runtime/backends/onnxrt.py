@@ -42,26 +42,15 @@ class OnnxRunner(Runner):
         self.threads = threads
 
     def activate_impl(self):
-        import onnxruntime as ort
-
         if not os.path.isfile(self.path):
             raise BackendError(f"{self.path}: no such file" if not os.path.exists(self.path) else f"{self.path}: not a file")
-        available = ort.get_available_providers()
-        if self.requested_providers:
-            providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in self.requested_providers]
-            missing = [p for p in providers if p not in available]
-            if missing:
-                raise BackendError(f"onnxruntime provider(s) {missing} not available here; available: {available}")
-        else:
-            providers = [p for p in PROVIDER_PREFERENCE if p in available]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # One inference at a time uses every core; decoding threads overlap with it.
-        options.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options = session_options_for(self.path, options)  # a plugin graph: LFM's custom ops registered
         try:
-            self.session = ort.InferenceSession(self.path, options, providers=providers)
+            # One inference at a time uses every core; decoding threads overlap with it.
+            self.session = inference_session(self.path, providers=self.requested_providers,
+                                             threads=self.threads or (os.cpu_count() or 1), inter_op_threads=1,
+                                             optimization="all")
+        except BackendError:
+            raise
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise BackendError(f"{self.path}: not a loadable ONNX model ({first_line(e)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -82,6 +71,63 @@ class OnnxRunner(Runner):
         (x,) = feed.values()
         (logit,) = self.session.run(["logit"], {self.input_name: x})
         return {"logit": logit}
+
+
+# ----------------------------------------------------------------------------------------------
+# The one place the project builds an onnxruntime.InferenceSession
+
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def session_providers(providers) -> list[str]:
+    """ONNX Runtime's provider names for ``providers`` (see ``provider_list``: "cpu", "cuda,cpu", a
+    list, aliases or ONNX Runtime's own names); None: TensorRT, CUDA, CPU, whichever this build has.
+    A provider this build lacks is a BackendError."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    requested = provider_list(providers)
+    if not requested:
+        return [p for p in PROVIDER_PREFERENCE if p in available]
+    names = [PROVIDER_ALIASES.get(p.lower(), p) for p in requested]
+    missing = [p for p in names if p not in available]
+    if missing:
+        raise BackendError(f"onnxruntime provider(s) {missing} not available here; available: {available}")
+    return names
+
+
+def inference_session(model, *, providers=None, threads: int | None = None, inter_op_threads: int | None = None,
+                      optimization: str | None = None, log_severity: int | None = None,
+                      profile_prefix: str | None = None):
+    """An ``onnxruntime.InferenceSession`` on ``model`` (a path, serialized bytes or an onnx
+    ModelProto), with the project's conventions: providers parsed by ``session_providers``; a
+    plugin graph gets LFM's custom ops registered (``session_options_for``). Every option left
+    None keeps ONNX Runtime's default: ``threads`` (intra-op), ``inter_op_threads``,
+    ``optimization`` (a key of OPTIMIZATION_LEVELS), ``log_severity`` (0 verbose .. 4 fatal),
+    ``profile_prefix`` (turns profiling on, files named from it)."""
+    import onnxruntime as ort
+
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    elif isinstance(model, (bytearray, memoryview)):
+        model = bytes(model)
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if inter_op_threads:
+        options.inter_op_num_threads = inter_op_threads
+    if optimization is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    if log_severity is not None:
+        options.log_severity_level = log_severity
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    options = session_options_for(model, options)
+    return ort.InferenceSession(model, options, providers=session_providers(providers))
 
 
 # ----------------------------------------------------------------------------------------------
