@@ -164,6 +164,13 @@ def export(args) -> int:
     spec = ckpt.spec.replace(input=args.input, policy=args.policy, size=args.size, threshold=args.threshold)
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
     t0 = time.perf_counter()
+    # The C++-backed libraries are imported before the temp folder exists: a Ctrl-C or SIGTERM that
+    # lands while one initialises raises inside its C++ init and aborts the process (exit -6 seen
+    # with onnx's nanobind module), which no clean-up survives; once imported, a signal is an exception.
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    if not args.no_simplify:
+        import onnxslim  # noqa: F401
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(write_target(args.output))) as tmp:  # renamed from there
         def build(variant: str, path: str):
