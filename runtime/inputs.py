@@ -52,6 +52,16 @@ def expand_paths(args: list[str], errors: dict[str, str] | None = None) -> Expan
     return exp
 
 
+def image_files(folder: str) -> list[str]:
+    """The image files below ``folder`` by the listing rules (see the module's docstring): a
+    folder's files before its subfolders', each sorted, hidden names skipped, symlinked folders
+    read once; [] when it holds none. For callers that want the files, not records (calibration
+    and stress sets); a subfolder that cannot be read is left out."""
+    exp = Expansion()
+    _list_local(exp, folder, folder, None, str)
+    return [path for path in exp.inputs if path not in exp.errors]
+
+
 def expand_local(path: str, exp: Expansion, arg: str | None = None, shown: Callable[[str], str] = str) -> None:
     """One local path, folder or glob, added to ``exp`` (see the module's docstring). ``arg``:
     the argument as given, which its error record and notes name; ``shown``: how a file found
