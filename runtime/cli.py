@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import math
 import os
 import signal
 import sys
@@ -56,20 +57,23 @@ def version() -> str:
 # -- argument parsing -------------------------------------------------------------------------------
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the module docstring's layout (epilog) and appends "(default: X)" to every option
-    whose help does not already name its default."""
+    """Keeps the module docstring's layout (epilog) and appends every option's default to its
+    help, unless the help already names it (options whose None stands for something, e.g. "the
+    model's", say so themselves): "(default: X)", "(default: off)" for a switch."""
 
     def _get_help_string(self, action):
-        help_text = action.help or ""
-        if ("default" in help_text or action.default in (None, False, argparse.SUPPRESS)
-                or action.option_strings == [] and action.nargs in ("+", "*")):
-            return help_text
-        return f"{help_text} (default: {action.default})" if help_text else f"(default: {action.default})"
+        text = action.help or ""
+        if not action.option_strings or "(default" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0 and action.default is False:  # a store_true switch
+            return f"{text} (default: off)".strip()
+        return f"{text} (default: %(default)s)".strip()
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with ``--version``, defaults in ``--help`` and the program's name as typed
-    (``lfm-infer``, ``lfm infer`` or ``infer.py``)."""
+    """argparse with ``--version``, defaults in ``--help``, the program's name as typed
+    (``lfm-infer``, ``lfm infer`` or ``infer.py``) and a refusal in one line (the usage is one
+    ``--help`` away; a screen of it hides the line that matters)."""
 
     def __init__(self, *args, prog: str | None = None, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -77,33 +81,74 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument("--version", action="version", version=f"%(prog)s ({DIST_NAME} {version()})",
                           help="print the version and exit")
 
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def program_name() -> str:
     return os.path.basename(sys.argv[0] or "lfm")
 
 
-def positive_int(minimum: int = 1, what: str = "value") -> Callable[[str], int]:
-    """argparse type: an int >= minimum, refused in one line naming the minimum."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
+# -- option values: one check per kind, the same refusal in every command ---------------------------
+
+def whole_number(low: int, high: int | None = None) -> Callable[[object], int]:
+    """A check: an int in [low, high] (no upper bound for None), else ValueError in one line."""
+    def check(value) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < low or (high is not None and value > high):
+            expected = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise ValueError(f"must be {expected}, got {value}")
         return value
+    return check
+
+
+def number(low: float = 0.0, high: float = math.inf, what: str = "a number") -> Callable[[object], float]:
+    """A check: a finite float in [low, high] (nan and inf refused), else ValueError in one line."""
+    def check(value) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {what}, got {value!r}") from None
+        if not low <= value <= high or math.isnan(value) or math.isinf(value):
+            bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise ValueError(f"must be {what} {bounds}, got {value:g}")
+        return value
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    return check
+
+
+def argtype(check: Callable[[object], object], name: str = "value") -> Callable[[str], object]:
+    """An argparse ``type`` from a check: its ValueError becomes argparse's one-line refusal
+    ("argument --size: must be at least 48, got 3")."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name
     return parse
 
 
-def unit_interval(text: str) -> float:
-    """argparse type: a float in [0, 1] (thresholds on the sigmoid score)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1] (a score threshold), got {value}")
-    return value
+def positive_int(minimum: int = 1, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number >= minimum (and <= high)."""
+    return argtype(whole_number(minimum, high), "whole number")
+
+
+unit_interval = argtype(number(0.0, 1.0, "a score"), "score")  # thresholds on the sigmoid score
+seconds = argtype(number(0.0, math.inf, "a number of seconds"), "seconds")
 
 
 def add_path_arguments(command_parser: argparse.ArgumentParser, dest: str = "paths", metavar: str = "PATH",
@@ -184,12 +229,39 @@ def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
     return f"error: {prog} needs the Python package {top!r} (the [{extra}] extra), which is not installed: {hint}"
 
 
+class CommandError(Exception):
+    """A failure the user can act on (a bad argument, file or model): ``run`` prints
+    ``error: MESSAGE`` and exits 2. Each command's own errors subclass it (ExportError,
+    BuildError, QuantizeError); their messages are one line by contract."""
+
+
+DEBUG_VARIABLE = "LFM_DEBUG"  # LFM_DEBUG=1: an unexpected error shows its traceback
+
+
+def wants_traceback(argv: Sequence[str] | None) -> bool:
+    """The one rule for tracebacks: LFM_DEBUG=1 in the environment, or --debug on the command
+    line (the commands that take it: export, build)."""
+    return os.environ.get(DEBUG_VARIABLE) == "1" or "--debug" in (sys.argv[1:] if argv is None else argv)
+
+
+def failure_line(error: BaseException, prog: str) -> str:
+    """An unexpected error as one line: what failed, the error's type and the first line of its text."""
+    from .files import first_line
+
+    text = first_line(error, empty="")
+    what = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"error: {prog} failed: {what} (set {DEBUG_VARIABLE}=1 for the traceback)"
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run a command's main() the way users expect of a command-line tool: Ctrl-C stops it
     with one line and exit 130, SIGTERM likewise with 143 (``Terminated``; the command's own
     handler, if any, has already said what was done); a closed pipe (``| head``) ends it quietly
     with 141; a missing optional dependency is one line naming the extra. The output a command
-    wrote before is left complete, and its temp files are removed."""
+    wrote before is left complete, and its temp files are removed. Errors, the one handler of
+    every command: a ``CommandError`` is its message in one line, exit 2; any other exception
+    one line naming it (``failure_line``), exit 1, or its traceback when ``wants_traceback``.
+    An ImportError that is not a stop keeps its traceback: a broken installation, shown whole."""
     prog = prog or program_name()
     try:
         previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
@@ -211,10 +283,16 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None, 
         return stop_status(stop) if stop else 2
     except Exception as e:
         stop = stop_inside(e)
-        if stop is None:
+        if stop is not None:
+            print(f"{prog}: {stop_word(stop)}", file=sys.stderr)
+            return stop_status(stop)
+        if isinstance(e, CommandError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ImportError) or wants_traceback(argv):
             raise
-        print(f"{prog}: {stop_word(stop)}", file=sys.stderr)
-        return stop_status(stop)
+        print(failure_line(e, prog), file=sys.stderr)
+        return 1
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

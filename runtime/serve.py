@@ -65,17 +65,12 @@ object has no attribute '_recursion_count'"): see ``fix_python_backend_libpython
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import glob
 import io
 import logging
 import os
-import re
 import signal
 import socket
 import sys
-import sysconfig
 import threading
 import time
 
@@ -87,175 +82,30 @@ if __package__ in (None, "") and sys.path and os.path.realpath(sys.path[0] or ".
 
 import numpy as np  # noqa: E402
 
-from lfm.runtime.backends import BackendError, backends_for, make_runner, source_from_flags  # noqa: E402
-from lfm.runtime.backends.openvino_rt import OPENVINO_PRECISIONS  # noqa: E402
+from lfm.runtime.backends import BackendError, make_runner  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
-from lfm.runtime.detector import DECODE_MODES, Detector, default_workers, usable_cpus  # noqa: E402
-from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS  # noqa: E402
-from lfm.runtime import serve_defaults as defaults  # noqa: E402
+from lfm.runtime.detector import Detector  # noqa: E402
+from lfm.runtime.options import (ModelArgs, PipelineArgs, PipelineOptions, ServerArgs, default_workers,  # noqa: E402
+                                 parse_and_check, usable_cpus)
 from lfm.runtime.records import Record  # noqa: E402
-from lfm.runtime.spec import POLICIES, check_input_size, min_input_size  # noqa: E402
+from lfm.runtime.serve_defaults import MAX_REQUEST_BYTES, MODEL_NAME  # noqa: E402
 from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervision,  # noqa: E402
                                      WatchedModel)
+from lfm.runtime.serve_triton import (expected_triton_lines_left_out, fix_python_backend_libpython,  # noqa: E402
+                                      own_process_group)
+from lfm.runtime.spec import check_input_size, min_input_size  # noqa: E402
 
 LOG = logging.getLogger("lfm.serve")
 
-MODEL_NAME = "lfm"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
 OUTPUT_NAMES = ("logit", "score", "label", "error")
 # A failed item's logit and score: finite, because Triton's HTTP/JSON answer writes NaN as a bare
 # `NaN`, which JSON does not have (JavaScript's JSON.parse, Go and Java refuse the whole answer);
 # -1 is no sigmoid's value, so a score read without its `error` still shows it is none.
 FAILED_LOGIT, FAILED_SCORE = 0.0, -1.0
-# Newer Triton servers cap HTTP bodies with --http-max-input-size (default 64 MiB); the server
-# PyTriton bundles has no such option, so the model applies the same limit per request.
-DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # The health probe waits as long as an accepted request may: the queue's timeout (past it the
 # probe is refused as overloaded, which is no failure), then this for its own batch.
 PROBE_BATCH_S = 5.0
-# PyTriton waits 30 s for tritonserver to exit after SIGINT, then kills it: stay below.
-MAX_EXIT_TIMEOUT_S = 25
-
-
-# --------------------------------------------------------------------------------------------
-# The Python backend's interpreter
-
-
-def fix_python_backend_libpython() -> str:
-    """Make Triton's Python-backend stub run this interpreter's own libpython.
-
-    Root cause of "'_thread.RLock' object has no attribute '_recursion_count'": PyTriton runs
-    each model instance in Triton's Python-backend stub, a separate executable linked against
-    ``libpython3.X.so.1.0`` and found by the dynamic loader. Its RPATH holds no libpython, so
-    the loader takes the first one on LD_LIBRARY_PATH, else the system's (ld.so.cache), while
-    the stub's sys.path is *this* interpreter's standard library (PyTriton puts its bin folder
-    first on PATH). Where the two differ (here: Debian's libpython3.11 3.11.2 in /usr/lib, found
-    through ld.so.cache, and pyenv's 3.11.7; seen in /proc/<stub>/maps), the stub runs a 3.11.2
-    core under 3.11.7's pure-Python modules. 3.11.7's
-    ``multiprocessing.resource_tracker`` calls ``RLock._recursion_count()``, which the 3.11.2
-    C RLock lacks (added with the resource-tracker reentrancy fix, CPython gh-109593 / PR 109629,
-    in 3.11.6 and 3.12.1; PyTriton issue #51 reports the same error "since 3.11.7, fine on
-    3.11.5"): PyTriton's default serializer, TensorStore,
-    keeps tensors in shared memory through multiprocessing and so fails as soon as a model
-    instance starts. ``PYTRITON_NO_TENSORSTORE=1`` switches to base64 over ZeroMQ, which avoids
-    that one call but keeps the mismatched interpreter (any other difference between the two
-    builds would still bite) and copies every tensor through base64.
-
-    The fix: put the directory holding this interpreter's libpython first on LD_LIBRARY_PATH
-    before Triton starts (PyTriton passes its environment on to tritonserver and the stubs), so
-    the stub links the same build as its standard library; TensorStore then works. Where this
-    interpreter has no shared libpython (a static build), fall back to the switch, with a
-    warning. Returns what was done: "libpython", "no-tensorstore" or "already" (set by the user).
-    """
-    if os.environ.get("PYTRITON_NO_TENSORSTORE"):
-        return "already"
-    soname = f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    if libdir and os.path.isfile(os.path.join(libdir, soname)):
-        paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-        if not paths or os.path.realpath(paths[0]) != os.path.realpath(libdir):
-            os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + [p for p in paths if p != libdir])
-        return "libpython"
-    LOG.warning("this Python (%s) has no shared %s: Triton's Python backend may load another build of "
-                "Python %d.%d; using PyTriton's base64 serializer (PYTRITON_NO_TENSORSTORE=1)",
-                sys.executable, soname, *sys.version_info[:2])
-    os.environ["PYTRITON_NO_TENSORSTORE"] = "1"
-    return "no-tensorstore"
-
-
-@contextlib.contextmanager
-def own_process_group():
-    """Start tritonserver in a process group of its own (its Python-backend stubs and their
-    TensorStore processes follow it). A signal sent to serve.py's whole group (Ctrl-C in a
-    terminal, ``timeout``, ``kill -- -PGID``) then reaches serve.py alone, which stops Triton in
-    order; otherwise the same SIGTERM kills the stubs' TensorStore process at once and the
-    requests in flight fail (seen here). PyTriton starts tritonserver through ``sh``, whose
-    default for ``_new_group`` is set for the duration."""
-    try:
-        import sh
-
-        defaults = sh.Command._call_args
-        previous = defaults["new_group"]
-    except (ImportError, AttributeError, KeyError):  # another sh: leave it be
-        yield False
-        return
-    defaults["new_group"] = True
-    try:
-        yield True
-    finally:
-        defaults["new_group"] = previous
-
-
-# What tritonserver (2.51, as bundled) prints at every start on a machine without a CUDA driver,
-# and what it prints for every model PyTriton loads: expected, not faults. No option removes
-# them: the GPU build creates its CUDA block manager unconditionally and logs the failure at
-# error level, then serves on (core server.cc); PyTriton loads its model with the config in the
-# load request, which 2.51 logs at error level (PyTriton lists it under "benign issues").
-EXPECTED_TRITON_LINES = {
-    '"CudaDriverHelper has not been initialized."': "no CUDA driver",
-    '"Unable to allocate pinned system memory, pinned memory pool will not be available: '
-    'CUDA driver version is insufficient for CUDA runtime version"': "no CUDA driver",
-    '"Failed to set config modification time: model_config_content_name_ is empty"':
-        "a model loaded with its config in the request",
-}
-TRITON_LOG_LINE = re.compile(r"^[EWI]\d{4} \S+ +\d+ \S+:\d+\] (.*)$")
-
-
-def expected_triton_line(line: str) -> str | None:
-    """Why ``line`` (one line of tritonserver's log) is expected here, or None for any other line."""
-    m = TRITON_LOG_LINE.match(line.rstrip("\r\n"))
-    return EXPECTED_TRITON_LINES.get(m.group(1)) if m else None
-
-
-@contextlib.contextmanager
-def expected_triton_lines_left_out():
-    """Leave EXPECTED_TRITON_LINES out of the tritonserver output PyTriton prints, for a server
-    started within; yields the list of the reasons of those left out (serve.py says once what
-    was left out). PyTriton hands its log callback to ``sh`` when tritonserver starts, so the
-    callback is swapped for the duration; it gets unbuffered chunks, put together into lines."""
-    left_out: list[str] = []
-    try:
-        from pytriton.server.triton_server import TritonServer
-
-        record = TritonServer._record_logs
-    except (ImportError, AttributeError):  # another PyTriton: its output as it is
-        yield left_out
-        return
-    pending = [""]
-
-    def record_lines(server, chunk):
-        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
-        *lines, pending[0] = (pending[0] + text).split("\n")
-        for line in lines:
-            why = expected_triton_line(line)
-            if why:
-                left_out.append(why)
-            else:
-                record(server, line + "\n")
-
-    TritonServer._record_logs = record_lines
-    try:
-        yield left_out
-    finally:
-        TritonServer._record_logs = record
-
-
-def stub_libpythons() -> dict[int, list[str]]:
-    """pid -> libpython files mapped by each running Python-backend stub (Linux /proc);
-    a diagnostic for the fix above (tests check the stub maps this interpreter's)."""
-    found = {}
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                argv0 = f.read().split(b"\0")[0]
-            if not argv0.endswith(b"triton_python_backend_stub"):
-                continue
-            with open(cmdline[:-len("cmdline")] + "maps") as f:
-                libs = sorted({line.split()[-1] for line in f if "libpython" in line})
-        except OSError:
-            continue
-        found[int(cmdline.split("/")[2])] = libs
-    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,7 +116,7 @@ class LfmModel:
     """One model instance's inference callable (PyTriton, unbatched signature: a list of
     requests in, one output dict per request out). Each instance owns a Detector."""
 
-    def __init__(self, detector: Detector, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    def __init__(self, detector: Detector, max_request_bytes: int = MAX_REQUEST_BYTES):
         self.detector = detector
         self.max_request_bytes = max_request_bytes
 
@@ -340,192 +190,32 @@ class LfmModel:
 # --------------------------------------------------------------------------------------------
 # Command line
 
-# PyTriton's own rule for model names (Triton.bind refuses others, after Triton has started).
-MODEL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9._-]+$")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The docstring's layout kept, and every option's default in its help: appended as
-    "(default: X)" unless the help already says what the default is (options whose default
-    None stands for something, e.g. "the model's")."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not action.option_strings or "(default" in text or action.default is argparse.SUPPRESS:
-            return text
-        if action.nargs == 0 and action.default is False:  # a store_true flag
-            return f"{text} (default: off)".strip()
-        if action.default is None:
-            return text
-        return f"{text} (default: %(default)s)".strip()
-
-
-def int_in(low: int, high: int | None = None, problem: str = "out of range"):
-    """An argparse type: an integer in [low, high] (no upper bound for None), refused in one
-    line naming the accepted range."""
-    expected = f"{low}..{high}" if high is not None else f">= {low}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value} is {problem} (expected {expected})")
-        return value
-
-    return parse
-
-
-port = int_in(1, 65535, "not a TCP port")
-at_least_1 = int_in(1)
-at_least_0 = int_in(0)
-
-
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is out of range (expected a number in [0, 1])")
-    return value
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is out of range (expected seconds >= 0)")
-    return value
-
-
-def model_name(text: str) -> str:
-    if not MODEL_NAME_PATTERN.match(text) or set(text) == {"."}:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid Triton model name: use letters, digits, "
-                                         "'.', '_' and '-' only")
-    return text
+MODEL = ModelArgs(help={"threads": "backend intra-op threads per instance (default: usable cores / instances)"})
+PIPELINE = PipelineArgs(only=tuple(n for n in PipelineArgs.names if n != "batch_size"),  # the batcher's: --max-batch-size
+                        help={"workers": "decoding threads per instance, or processes with --decode processes "
+                                         "(default: usable cores / instances; threads at most 8)"})
+SERVER = ServerArgs()
 
 
 def parse_args(argv=None):
     doc = __doc__.split("\n\n")
-    p = ArgumentParser(description=doc[0], epilog="\n\n".join(doc[1:3]), formatter_class=HelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="ONNX", help="exported ONNX model (ONNX Runtime, or --backend openvino)")
-    src.add_argument("--engine", metavar="PLAN", help="TensorRT engine (needs an NVIDIA GPU and the [tensorrt] extra)")
-    src.add_argument("--checkpoint", metavar="CKPT", help="PyTorch checkpoint (needs the [train] extra)")
-    net = p.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1",
-                     help="address for HTTP, gRPC and metrics; 0.0.0.0 for every interface")
-    net.add_argument("--http-port", type=port, metavar="PORT", default=8000, help="Triton's HTTP/REST endpoint")
-    net.add_argument("--grpc-port", type=port, metavar="PORT", default=8001, help="Triton's gRPC endpoint")
-    net.add_argument("--metrics-port", type=port, metavar="PORT", default=8002, help="Prometheus metrics, at /metrics")
-    tr = p.add_argument_group("Triton")
-    tr.add_argument("--model-name", type=model_name, default=MODEL_NAME, metavar="NAME",
-                    help="Triton model name to serve under; clients name it too: runtime/client.py --model NAME")
-    tr.add_argument("--instances", metavar="N", type=at_least_1, default=defaults.INSTANCES,
-                    help="model instances, each with its own Detector and backend session")
-    tr.add_argument("--max-batch-size", metavar="N", type=at_least_1, default=defaults.MAX_BATCH_SIZE,
-                    help="largest batch the dynamic batcher forms, counted in images")
-    tr.add_argument("--preferred-batch-sizes", metavar="N,N",
-                    default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)),
-                    help="dynamic batcher's preferred batch sizes, comma-separated ('' for none)")
-    tr.add_argument("--max-queue-delay-us", metavar="US", type=at_least_0,
-                    default=defaults.MAX_QUEUE_DELAY_US,
-                    help="how long a request may wait for others to batch with, microseconds")
-    tr.add_argument("--max-queue-size", metavar="N", type=at_least_0, default=defaults.MAX_QUEUE_SIZE,
-                    help="requests the dynamic batcher's queue holds; more are refused at once (HTTP 503 / gRPC "
-                         "UNAVAILABLE, 'Exceeds maximum queue size'); the default holds "
-                         f"{defaults.CLOSED_LOOP_CLIENTS} clients with a request each; 0: unbounded")
-    tr.add_argument("--queue-timeout-ms", metavar="MS", type=at_least_0, default=defaults.QUEUE_TIMEOUT_MS,
-                    help="a request still queued after this long is refused ('Request timeout expired'): a backstop "
-                         "for a backend that slows down; 0: never")
-    tr.add_argument("--allow-timeout-override", action="store_true",
-                    help="let a request set its own queue timeout (Triton's 'timeout' request parameter)")
-    tr.add_argument("--max-request-bytes", metavar="BYTES", type=at_least_1, default=DEFAULT_MAX_REQUEST_BYTES,
-                    help="larger requests get an error per item, not decoded (default: %(default)s = 64 MiB)")
-    tr.add_argument("--exit-timeout", type=int_in(0, MAX_EXIT_TIMEOUT_S), default=20,
-                    metavar="S", help=f"on SIGTERM, wait this long for in-flight requests, seconds, at most {MAX_EXIT_TIMEOUT_S}")
-    tr.add_argument("--log-verbose", metavar="N", type=at_least_0, default=0, help="Triton's verbose log level")
-    tr.add_argument("--no-self-test", action="store_true",
-                    help="skip the start-up request that checks the server answers as the local Detector does")
-    sv = p.add_argument_group("supervision (a fault stops Triton and exits with status 3; see runtime/serve_health.py)")
-    sv.add_argument("--health-interval", metavar="S", type=seconds, default=1.0,
-                    help="seconds between health probes, one small image through the server's own endpoint; 0: none")
-    sv.add_argument("--hang-timeout", metavar="S", type=seconds, default=60.0,
-                    help="an instance busy with one batch for longer is wedged: a fault")
-    sv.add_argument("--watchdog-timeout", metavar="S", type=seconds, default=5.0,
-                    help="a watchdog process kills tritonserver and serve.py when serve.py is stopped or hung this "
-                         "long; 0: no watchdog")
-    rt = p.add_argument_group("runtime (as runtime/infer.py)")
-    rt.add_argument("--threshold", metavar="T", type=fraction, default=None,
-                    help="score above which an image is 'fake', in [0, 1] (default: the model's)")
-    rt.add_argument("--policy", choices=POLICIES, default=None,
-                    help="preprocessing: resize, center-crop, none (native size) or tiles (default: the model's)")
-    rt.add_argument("--size", metavar="PX", type=int, default=None, help="side for resize / center-crop / tiles (default: the model's)")
-    rt.add_argument("--tile-reduce", choices=("max", "mean"), default="max",
-                    help="--policy tiles: image logit = max or mean of its tiles' logits")
-    rt.add_argument("--max-tiles", metavar="N", type=at_least_1, default=64, help="--policy tiles: at most this many tiles per image")
-    rt.add_argument("--max-pixels", metavar="N", type=at_least_1, default=DEFAULT_MAX_PIXELS,
-                    help="refuse larger images (decompression bombs)")
-    rt.add_argument("--workers", metavar="N", type=at_least_1, default=None,
-                    help="decoding threads per instance, or processes with --decode processes "
-                         "(default: usable cores / instances; threads at most 8)")
-    rt.add_argument("--decode", choices=DECODE_MODES, default="threads",
-                    help="how the 'image' input (encoded bytes) is decoded: in threads; processes = in worker "
-                         "processes into shared memory, --workers per instance, scales with cores: for a GPU host "
-                         "with many cores; gpu = JPEGs by nvJPEG, other files on the CPU (needs CUDA + torchvision; "
-                         "scores differ slightly from CPU decoding)")
-    rt.add_argument("--threads", metavar="N", type=at_least_1, default=None,
-                    help="backend intra-op threads per instance (default: cores / instances)")
-    rt.add_argument("--providers", default=None,
-                    help="--model: comma-separated onnxruntime providers (default: TensorRT, CUDA, CPU as available)")
-    rt.add_argument("--backend", choices=backends_for("model"), default=None,
-                    help="--model: onnxruntime or openvino (default: onnxruntime)")
-    rt.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="auto",
-                    help="--backend openvino: inference precision (auto: the one that keeps the fp32 model's decisions)")
-    rt.add_argument("--device", default="auto", help="--checkpoint: torch device")
-    rt.add_argument("--cuda-graphs", action="store_true",
-                    help="--engine, --checkpoint on a GPU: replay each batch shape as a CUDA graph")
-    rt.add_argument("--kernels", action="store_true",
-                    help="--checkpoint: run through our Triton kernels (TritonLFM, float16; needs a CUDA GPU)")
-    args = p.parse_args(argv)
-    try:
-        args.preferred = [int(s) for s in args.preferred_batch_sizes.split(",") if s.strip()]
-    except ValueError:
-        p.error(f"--preferred-batch-sizes: expected comma-separated integers, got {args.preferred_batch_sizes!r}")
-    if any(b < 1 or b > args.max_batch_size for b in args.preferred):
-        p.error(f"--preferred-batch-sizes must lie in [1, --max-batch-size={args.max_batch_size}]")
-    if args.cuda_graphs and not (args.engine or args.checkpoint):
-        p.error("--cuda-graphs is for --engine or --checkpoint")
-    if args.kernels and not args.checkpoint:
-        p.error("--kernels runs a PyTorch checkpoint through the Triton kernels: give --checkpoint")
-    ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
-    for a, b in [("--http-port", "--grpc-port"), ("--http-port", "--metrics-port"), ("--grpc-port", "--metrics-port")]:
-        if ports[a] == ports[b]:
-            p.error(f"{a} and {b} are both {ports[a]}: each endpoint needs a port of its own")
-    return args
+    p = ArgumentParser(description=doc[0], epilog="\n\n".join(doc[1:3]))
+    for group in (MODEL, SERVER, PIPELINE):
+        group.add_to(p)
+    return parse_and_check(p, argv, MODEL, SERVER, PIPELINE)
 
 
 def runner_kwargs(args, instances: int) -> dict:
-    """make_runner's arguments for one instance: which model, which backend, its options (threads:
-    the cores shared among the instances unless given; only the CPU backends use it)."""
-    source, backend = source_from_flags(args.checkpoint, args.model, args.engine, args.backend)
-    return dict(source=source, backend=backend, device=args.device, precision=args.precision,
-                threads=args.threads or max(1, (os.cpu_count() or 1) // instances),
-                providers=args.providers, kernels=args.kernels,
-                cuda_graphs=args.cuda_graphs)
+    """make_runner's arguments for one instance (threads: the cores shared among the instances
+    unless given; only the CPU backends use it)."""
+    return MODEL.runner_arguments(args, threads=args.threads or max(1, usable_cpus() // instances))
 
 
-def detector_kwargs(args, instances: int) -> dict:
-    """Keyword arguments for one instance's Detector: how its pipeline runs."""
-    return dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.max_batch_size,
-                workers=args.workers or max(1, min(default_workers(args.decode), usable_cpus() // instances)),
-                max_pixels=args.max_pixels, tile_reduce=args.tile_reduce, max_tiles=args.max_tiles,
-                decode=args.decode)
+def pipeline_options(args, instances: int) -> PipelineOptions:
+    """One instance's pipeline: a batch is what the dynamic batcher forms; the decoding workers
+    are shared among the instances unless given."""
+    return PIPELINE.options(args, batch_size=args.max_batch_size, workers=args.workers or max(
+        1, min(default_workers(args.decode), usable_cpus() // instances)))
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
@@ -610,7 +300,7 @@ def dynamic_batcher(args):
         policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, max_queue_size=args.max_queue_size,
                              default_timeout_microseconds=args.queue_timeout_ms * 1000,
                              allow_timeout_override=args.allow_timeout_override)
-    return DynamicBatcher(preferred_batch_size=args.preferred or None,
+    return DynamicBatcher(preferred_batch_size=args.preferred_batch_sizes or None,
                           max_queue_delay_microseconds=args.max_queue_delay_us, default_queue_policy=policy)
 
 
@@ -647,11 +337,11 @@ def serve(args) -> int:
                                      "no-tensorstore": "base64 serializer (no shared libpython)"}[how])
     check_ports_free(args.host, [args.http_port, args.grpc_port, args.metrics_port])
 
-    runner_kw, detector_kw = runner_kwargs(args, args.instances), detector_kwargs(args, args.instances)
+    runner_kw, options = runner_kwargs(args, args.instances), pipeline_options(args, args.instances)
     detectors = []
     try:
         for _ in range(args.instances):
-            detectors.append(Detector(make_runner(**runner_kw), **detector_kw))
+            detectors.append(Detector(make_runner(**runner_kw), options))
         reference = local_reference(detectors)
     except Exception:
         for d in detectors:

@@ -26,3 +26,10 @@ MAX_QUEUE_DELAY_US = 2000  # how long a request may wait for others to batch wit
 CLOSED_LOOP_CLIENTS = 32  # what the queue absorbs without refusing a request (tested)
 MAX_QUEUE_SIZE = 40  # CLOSED_LOOP_CLIENTS + the health probe, with room
 QUEUE_TIMEOUT_MS = 5000
+
+MODEL_NAME = "lfm"  # the Triton model name served (serve.py --model-name) and asked for (client.py --model-name)
+# Newer Triton servers cap HTTP bodies with --http-max-input-size (default 64 MiB); the server
+# PyTriton bundles has no such option, so the model applies the same limit per request.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# PyTriton waits 30 s for tritonserver to exit after SIGINT, then kills it: stay below.
+MAX_EXIT_TIMEOUT_S = 25

@@ -498,6 +498,6 @@ def test_table_rows_stay_one_line_whatever_a_name_holds():
 
 def test_argparse_types_name_the_minimum():
     with pytest.raises(argparse.ArgumentTypeError, match="at least 48"):
-        cli.positive_int(48, "--size")("10")
+        cli.positive_int(48)("10")
     with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\]"):
         cli.unit_interval("5")

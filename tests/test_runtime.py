@@ -304,7 +304,7 @@ def test_make_runner_picks_the_backend_by_extension_or_by_name(tmp_path):
     ("m.onnx", {"cuda_graphs": True}, "cuda_graphs (--cuda-graphs) applies to a TensorRT engine or a PyTorch checkpoint"),
     ("m.onnx", {"kernels": True}, "kernels (--kernels) applies to a PyTorch checkpoint only; it runs a PyTorch "
                                   "checkpoint through the Triton kernels: give --checkpoint"),
-    ("m.onnx", {"precision": "bf16"}, "precision 'bf16' (--precision) applies to --backend openvino only"),
+    ("m.onnx", {"precision": "bf16"}, "precision 'bf16' (--openvino-precision) applies to --backend openvino only"),
     ("m.plan", {"providers": ["cpu"]}, "providers ['cpu'] (--providers) applies to an ONNX model on ONNX Runtime only"),
     ("c.pt", {"precision": "f32"}, "applies to --backend openvino only"),
 ])
@@ -466,7 +466,7 @@ def test_serve_builds_the_runner_apart_from_the_pipeline():
     args = serve.parse_args(["--model", "m.onnx", "--instances", "2", "--threads", "3", "--max-batch-size", "64"])
     assert serve.runner_kwargs(args, 2) == dict(source="m.onnx", backend="onnxruntime", device="auto", precision="auto",
                                                 threads=3, providers=None, kernels=False, cuda_graphs=False)
-    assert serve.detector_kwargs(args, 2)["batch_size"] == 64 and "threads" not in serve.detector_kwargs(args, 2)
+    assert serve.pipeline_options(args, 2).batch_size == 64
     # an option the backend would ignore is refused, as by infer.py (serve.py dropped it silently before)
     args = serve.parse_args(["--engine", "e.plan", "--device", "cuda"])
     with pytest.raises(BackendError, match="device 'cuda' .--device. applies to a PyTorch checkpoint only"):

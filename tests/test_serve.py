@@ -166,7 +166,7 @@ def same(a, b) -> bool:
 
 def test_fix_python_backend_libpython(monkeypatch, restore_env):
     need_pytriton()
-    from lfm.runtime.serve import fix_python_backend_libpython
+    from lfm.runtime.serve_triton import fix_python_backend_libpython
 
     monkeypatch.delenv("PYTRITON_NO_TENSORSTORE", raising=False)
     monkeypatch.setenv("LD_LIBRARY_PATH", "/elsewhere")
@@ -300,21 +300,21 @@ def test_serve_rejects_bad_arguments_and_engine(tmp_path, capsys, restore_env, m
 
 
 @pytest.mark.parametrize("args, problem", [
-    (["--http-port", "99999"], "argument --http-port: 99999 is not a TCP port (expected 1..65535)"),
-    (["--grpc-port", "0"], "argument --grpc-port: 0 is not a TCP port (expected 1..65535)"),
-    (["--metrics-port", "65536"], "argument --metrics-port: 65536 is not a TCP port (expected 1..65535)"),
+    (["--http-port", "99999"], "argument --http-port: must be from 1 to 65535, got 99999"),
+    (["--grpc-port", "0"], "argument --grpc-port: must be from 1 to 65535, got 0"),
+    (["--metrics-port", "65536"], "argument --metrics-port: must be from 1 to 65535, got 65536"),
     (["--http-port", "9000", "--metrics-port", "9000"], "--http-port and --metrics-port are both 9000"),
     (["--grpc-port", "8000"], "--http-port and --grpc-port are both 8000"),
-    (["--instances", "0"], "argument --instances: 0 is out of range (expected >= 1)"),
-    (["--max-batch-size", "0"], "argument --max-batch-size: 0 is out of range (expected >= 1)"),
-    (["--threshold", "1.5"], "argument --threshold: 1.5 is out of range (expected a number in [0, 1])"),
-    (["--threshold", "nan"], "argument --threshold: nan is out of range"),
-    (["--max-tiles", "0"], "argument --max-tiles: 0 is out of range (expected >= 1)"),
-    (["--max-pixels", "0"], "argument --max-pixels: 0 is out of range (expected >= 1)"),
-    (["--workers", "-1"], "argument --workers: -1 is out of range (expected >= 1)"),
-    (["--threads", "0"], "argument --threads: 0 is out of range (expected >= 1)"),
-    (["--log-verbose", "-1"], "argument --log-verbose: -1 is out of range (expected >= 0)"),
-    (["--exit-timeout", "26"], "argument --exit-timeout: 26 is out of range (expected 0..25)"),
+    (["--instances", "0"], "argument --instances: must be at least 1, got 0"),
+    (["--max-batch-size", "0"], "argument --max-batch-size: must be at least 1, got 0"),
+    (["--threshold", "1.5"], "argument --threshold: must be a score in [0, 1], got 1.5"),
+    (["--threshold", "nan"], "argument --threshold: must be a score in [0, 1], got nan"),
+    (["--max-tiles", "0"], "argument --max-tiles: must be at least 1, got 0"),
+    (["--max-pixels", "0"], "argument --max-pixels: must be at least 2304, got 0"),
+    (["--workers", "-1"], "argument --workers: must be at least 1, got -1"),
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["--log-verbose", "-1"], "argument --log-verbose: must be at least 0, got -1"),
+    (["--exit-timeout", "26"], "argument --exit-timeout: must be from 0 to 25, got 26"),
     (["--model-name", "a/b"], "argument --model-name: 'a/b' is not a valid Triton model name"),
 ])
 def test_serve_refuses_out_of_range_options_at_parsing(args, problem, capsys):
@@ -348,7 +348,7 @@ def test_serve_port_out_of_range_is_one_line_exit_2():
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == (
-        "serve.py: error: argument --http-port: 99999 is not a TCP port (expected 1..65535)")
+        "serve.py: error: argument --http-port: must be from 1 to 65535, got 99999 (see serve.py --help)")
 
 
 def _help_blocks(text: str) -> dict[str, str]:
@@ -385,6 +385,8 @@ def test_serve_help_states_every_default():
             "--max-tiles", "--model-name", "--no-self-test", "--kernels"} <= options
     for option in sorted(options):
         value = defaults[option[2:].replace("-", "_")]
+        if isinstance(value, list):  # parsed from its text form, as the default is written
+            value = ",".join(map(str, value))
         help_text = " ".join(blocks[option].split())
         if value is None:
             assert "(default: " in help_text, help_text
@@ -477,12 +479,12 @@ def test_decode_option_reaches_detector_kwargs(capsys):
     then counts decoding processes; threads by default; anything else is refused at parsing."""
     need_pytriton()
     from lfm.runtime import serve
-    from lfm.runtime.detector import DECODE_MODES
+    from lfm.runtime.options import DECODE_MODES
 
-    assert serve.detector_kwargs(serve.parse_args(["--model", "m.onnx"]), 2)["decode"] == "threads"
+    assert serve.pipeline_options(serve.parse_args(["--model", "m.onnx"]), 2).decode == "threads"
     for mode in DECODE_MODES:
-        kw = serve.detector_kwargs(serve.parse_args(["--model", "m.onnx", "--decode", mode, "--workers", "3"]), 2)
-        assert (kw["decode"], kw["workers"]) == (mode, 3)
+        options = serve.pipeline_options(serve.parse_args(["--model", "m.onnx", "--decode", mode, "--workers", "3"]), 2)
+        assert (options.decode, options.workers) == (mode, 3)
     with pytest.raises(SystemExit) as e:
         serve.parse_args(["--model", "m.onnx", "--decode", "fast"])
     assert e.value.code == 2
@@ -596,7 +598,7 @@ def test_health_endpoints_and_python_backend_fix(server):
     assert {i["name"]: i["data_type"] for i in config["input"]} == {"image": "TYPE_STRING", "pixels": "TYPE_UINT8"}
     assert [o["name"] for o in config["output"]] == ["logit", "score", "label", "error"]
     # The root-cause fix: the Python-backend stubs run this interpreter's own libpython.
-    from lfm.runtime.serve import stub_libpythons
+    from lfm.runtime.serve_triton import stub_libpythons
 
     libdir = sysconfig.get_config_var("LIBDIR")
     ours = os.path.realpath(os.path.join(libdir, f"libpython{sys.version_info[0]}.{sys.version_info[1]}.so.1.0"))
@@ -623,7 +625,7 @@ def test_expected_triton_lines_are_left_out_whole_lines_only(capsys):
     need_pytriton()
     from pytriton.server.triton_server import TritonServer
 
-    from lfm.runtime.serve import expected_triton_lines_left_out
+    from lfm.runtime.serve_triton import expected_triton_lines_left_out
 
     expected = 'E1206 12:20:55.944866 5956 server.cc:241] "CudaDriverHelper has not been initialized."\n'
     other = 'E1206 12:20:56.000001 5956 server.cc:241] "CudaDriverHelper has been initialized."\n'
@@ -835,7 +837,7 @@ def test_zz_sigterm_finishes_in_flight_requests(server):
     """Last in this file: stops the module's server. Slow requests (6 JPEGs of 2000 x 2000 each,
     ~0.4 s of decoding per request on one core) are in flight when SIGTERM arrives, sent to the
     server's whole process group (the harder case: tritonserver and its stubs must not get it
-    directly, see serve.own_process_group); every request completes, then the process exits 0
+    directly, see serve_triton.own_process_group); every request completes, then the process exits 0
     and frees its ports."""
     y, x = np.mgrid[0:2000, 0:2000]
     a = np.stack([x * 255 // 2000, y * 255 // 2000, (x + y) % 256], -1).astype(np.uint8)
@@ -1214,7 +1216,7 @@ def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline
     pytriton = need_pytriton()
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from lfm.export.to_triton import write_repository
-    from lfm.runtime.serve import fix_python_backend_libpython
+    from lfm.runtime.serve_triton import fix_python_backend_libpython
 
     repo = tmp_path / "repo"
     write_repository(str(random_onnx), str(repo), instances=1, max_queue_delay_us=100)

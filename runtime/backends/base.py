@@ -129,7 +129,7 @@ OPTIONS: dict[str, Option] = {
                      "TensorRT engine runs on its GPU"),
     "providers": Option(None, "--providers"),
     "threads": Option(None, "--threads", strict=False),  # a hint: the GPU backends schedule their own work
-    "precision": Option("auto", "--precision", "the other backends compute in the precision the model was exported "
+    "precision": Option("auto", "--openvino-precision", "the other backends compute in the precision the model was exported "
                         "or built in"),
     "kernels": Option(False, "--kernels", "it runs a PyTorch checkpoint through the Triton kernels: give --checkpoint"),
     "cuda_graphs": Option(False, "--cuda-graphs"),
@@ -213,11 +213,13 @@ def make_runner(source: str | os.PathLike, *, backend: str | None = None, device
     entry = backend_for(source, backend)
     given = {"device": device, "providers": provider_list(providers), "threads": threads, "precision": precision,
              "kernels": kernels, "cuda_graphs": cuda_graphs}
-    _refuse_unused(entry, given)
+    check_runner_options(entry, given)
     return entry.runner_class()(os.fspath(source), **{k: v for k, v in given.items() if k in entry.options})
 
 
-def _refuse_unused(entry: Backend, given: dict) -> None:
+def check_runner_options(entry: Backend, given: dict) -> None:
+    """Refuse (BackendError, one line) an option that ``entry`` would silently ignore; the command
+    line's ModelArgs runs this while parsing, make_runner again when the runner is made."""
     for name, value in given.items():
         option = OPTIONS[name]
         if name in entry.options or not option.strict or value == option.default:
