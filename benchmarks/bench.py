@@ -951,6 +951,7 @@ UPSTREAM_CHECKPOINT = REFERENCE / "lfm_upstream.pth"
 
 def build_parser() -> argparse.ArgumentParser:
     from lfm.runtime.cli import ArgumentParser  # --version, the name as typed (lfm bench)
+    from lfm.runtime.options import ModelArgs
 
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="backends: " + ", ".join(ALL_BACKENDS) + "; trt (with --model lfm.plan)")
@@ -977,7 +978,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also profile the INT8 graph with ONNX Runtime's profiler: per-convolution time, GMAC/s and "
                         "the images/s ceiling (default: off)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per configuration, each 3 calls (default: 8; --quick: 3)")
-    p.add_argument("--threads", type=int, default=usable_cpus(), help="CPU threads (default: the usable CPUs, here %(default)s)")
     p.add_argument("--checkpoint", default=None,
                    help=f"the checkpoint to export and time (default: upstream's, {UPSTREAM_CHECKPOINT}; where it is "
                         "absent, a seeded random-weight model)")
@@ -990,6 +990,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where exported models go, kept after the run (default: a temp folder, removed at the end)")
     p.add_argument("--replot", metavar="BENCH_JSON", default=None,
                    help="only redraw the plots (and bench.md) of a results file into --output-dir (default: none)")
+    ModelArgs(only=("threads",), defaults={"threads": usable_cpus()},
+              help={"threads": "CPU threads (default: the usable CPUs, here %(default)s)"}).add_to(p)
     return p
 
 

@@ -43,57 +43,44 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; import the installed package
     sys.path.pop(0)
 
-from lfm.runtime.cli import (ArgumentParser, Progress, add_path_arguments, describe_os_error,  # noqa: E402
-                             positive_int, run, stop_status, stop_word, unit_interval)
+from lfm.runtime.cli import (ArgumentParser, Progress, add_path_arguments, argtype, describe_os_error,  # noqa: E402
+                             number, positive_int, run, stop_status, stop_word)
 from lfm.runtime.files import first_line  # noqa: E402
-from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES  # noqa: E402
-from lfm.runtime.spec import POLICIES, min_input_size  # noqa: E402
+from lfm.runtime.options import ModelArgs, OutputArgs, PipelineArgs, parse_and_check  # noqa: E402
 from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
 
-MIN_PIXELS = min_input_size() ** 2
 CLUSTER_HINT = "pip install 'lfm-deploy[cluster]'"
 FORMAT_VERSION = 1
+
+
+PIPELINE = PipelineArgs(only=("threshold", "policy", "size", "tile_reduce", "max_tiles", "max_pixels", "batch_size"),
+                        help={"batch_size": "images per model call (and per decoding step)"})
+BACKEND = ModelArgs(only=("threads",), help={"threads": "ONNX Runtime threads per actor (default: --cpus-per-actor, "
+                                                        "at least 1)"})
+OUTPUT = OutputArgs(("parquet", "jsonl"), defaults={"format": "parquet"}, required=True, metavar="DIR",
+                    help={"output": "folder (or URI) for the shards", "format": "shard format"})
+RESOURCE = argtype(number(0.0, math.inf, "a number"))  # CPUs or GPUs reserved: 0 or more, fractions allowed
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("model", metavar="MODEL", help="exported model (lfm.onnx), a local path or a URI")
     add_path_arguments(p, "inputs", "INPUT", "image files, folders, globs, URIs (s3://bucket/prefix/, ...)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder (or URI) for the shards")
-    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="shard format")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster: auto, ray://HOST:10001 or HOST:PORT (default: $RAY_ADDRESS if set, else a "
-                        "Ray started on this machine for this run)")
-    p.add_argument("--actors", type=positive_int(1, "--actors"), default=None,
-                   help="scoring actors, one model each (default: one per GPU, else half the CPUs)")
-    p.add_argument("--gpus-per-actor", type=float, default=None,
-                   help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor")
-    p.add_argument("--threads", type=positive_int(1, "--threads"), default=None,
-                   help="ONNX Runtime threads per actor (default: --cpus-per-actor, at least 1)")
-    p.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decoding task")
-    p.add_argument("--batch-size", type=positive_int(1, "--batch-size"), default=16,
-                   help="images per model call (and per decoding step)")
-    p.add_argument("--shard-size", type=positive_int(1, "--shard-size"), default=10000,
-                   help="inputs per output shard: the unit written at once and skipped on a rerun")
-    p.add_argument("--threshold", type=unit_interval, default=None,
-                   help="score above which an image is 'fake' (default: the model's, 0.5)")
-    p.add_argument("--policy", choices=POLICIES, default=None, help="preprocessing policy (default: the model's)")
-    p.add_argument("--size", type=positive_int(1, "--size"), default=None,
-                   help="side for resize / center-crop / tiles (default: the model's)")
-    p.add_argument("--tile-reduce", choices=("max", "mean"), default="max", help="--policy tiles: image logit")
-    p.add_argument("--max-tiles", type=positive_int(1, "--max-tiles"), default=DEFAULT_MAX_TILES,
-                   help="--policy tiles: at most this many tiles per image")
-    p.add_argument("--max-pixels", type=positive_int(MIN_PIXELS, "--max-pixels"), default=DEFAULT_MAX_PIXELS,
-                   help="refuse image files with more pixels, before decoding (decompression bombs)")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                   help="a progress line on stderr: auto = when stderr is a terminal")
-    args = p.parse_args(argv)
-    for flag in ("gpus_per_actor", "cpus_per_actor", "decode_cpus"):
-        value = getattr(args, flag)
-        if value is not None and not (value >= 0 and math.isfinite(value)):
-            p.error(f"--{flag.replace('_', '-')} must be a number >= 0, got {value}")
-    return args
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--address", default=None,
+                     help="Ray cluster: auto, ray://HOST:10001 or HOST:PORT (default: $RAY_ADDRESS if set, else a "
+                          "Ray started on this machine for this run)")
+    ray.add_argument("--actors", type=positive_int(1), default=None,
+                     help="scoring actors, one model each (default: one per GPU, else half the CPUs)")
+    ray.add_argument("--gpus-per-actor", type=RESOURCE, default=None,
+                     help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    ray.add_argument("--cpus-per-actor", type=RESOURCE, default=1.0, help="CPUs reserved per actor")
+    ray.add_argument("--decode-cpus", type=RESOURCE, default=1.0, help="CPUs reserved per decoding task")
+    ray.add_argument("--shard-size", type=positive_int(1), default=10000,
+                     help="inputs per output shard: the unit written at once and skipped on a rerun")
+    for group in (BACKEND, PIPELINE, OUTPUT):
+        group.add_to(p)
+    return parse_and_check(p, argv, BACKEND, PIPELINE, OUTPUT)
 
 
 def main(argv=None) -> int:
@@ -165,6 +152,7 @@ class Model:
     sha256: str
     settings: dict
     describe: str
+    spec: object = None  # the effective ModelSpec (overrides applied): how the decoding tasks prepare inputs
 
 
 def load_model(args) -> Model:
@@ -188,16 +176,12 @@ def load_model(args) -> Model:
         pass
     sha256 = hashlib.sha256(files[name]).hexdigest()
     local = args.model if not is_uri(args.model) else materialize(files, sha256)[name]
-    with Detector(local, **detector_options(args)) as det:
+    with Detector(local, PIPELINE.options(args)) as det:
         spec, describe = det.spec, det.runner.describe()
     settings = {"threshold": spec.threshold, "policy": spec.policy, "size": spec.size, "tile_reduce": args.tile_reduce,
                 "max_tiles": args.max_tiles, "max_pixels": args.max_pixels}
-    return Model(name, None if is_uri(args.model) else os.path.abspath(args.model), files, sha256, settings, describe)
-
-
-def detector_options(args) -> dict:
-    return dict(threshold=args.threshold, policy=args.policy, size=args.size, batch_size=args.batch_size,
-                tile_reduce=args.tile_reduce, max_tiles=args.max_tiles, max_pixels=args.max_pixels)
+    return Model(name, None if is_uri(args.model) else os.path.abspath(args.model), files, sha256, settings, describe,
+                 spec)
 
 
 # -- the output folder ------------------------------------------------------------------------------
@@ -294,14 +278,17 @@ class Job:
         # request also keeps Ray Data from fusing them into the scorers (it fuses stages whose
         # resource requests are equal): each stage is sized on its own.
         ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=step, num_cpus=self.args.decode_cpus,
-                            memory=decode_memory(rows, spec["policy"], spec["size"]),
-                            fn_kwargs=dict(policy=spec["policy"], size=spec["size"], max_pixels=self.args.max_pixels))
-        options = {**detector_options(self.args), "threshold": spec["threshold"], "policy": spec["policy"],
-                   "size": spec["size"]}
+                            memory=decode_memory(rows, spec["policy"], spec["size"], self.args.max_tiles),
+                            fn_kwargs=dict(spec=self.model.spec, max_pixels=self.args.max_pixels,
+                                           max_tiles=self.args.max_tiles))
+        # the driver's resolved spec, so every actor runs as the manifest says; one decoding worker: the
+        # actors get arrays decoded by the Ray tasks
+        options = PIPELINE.options(self.args, threshold=spec["threshold"], policy=spec["policy"], size=spec["size"],
+                                   workers=1)
         return ds.map_batches(
             Scorer, batch_format="pyarrow", batch_size=step, compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
-            fn_constructor_args=(self.model.files, self.model.name, self.model.sha256, self.model.path, plan["threads"]),
-            fn_constructor_kwargs=options, num_cpus=plan["cpus_per_actor"], num_gpus=plan["gpus_per_actor"] or None)
+            fn_constructor_args=(self.model.files, self.model.name, self.model.sha256, self.model.path, plan["threads"],
+                                 options), num_cpus=plan["cpus_per_actor"], num_gpus=plan["gpus_per_actor"] or None)
 
     def stream(self, ds, total: int) -> int | None:
         """Collect records as they come back; write each shard as soon as it is whole."""
@@ -403,13 +390,15 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": as meant
 
 
-def decode_memory(rows: int, policy: str, size: int) -> int:
+def decode_memory(rows: int, policy: str, size: int, max_tiles: int) -> int:
     """Memory a decoding task needs: its worker process (Python, numpy, Pillow, pyarrow: about
     110 MB measured) and its output, a block of prepared pixels (Ray Data cuts blocks at 128 MB),
-    twice (numpy's and the Arrow copy); native-size policies counted at 2048 x 2048 per image."""
-    from lfm.runtime.detector import DEFAULT_MAX_MODEL_PIXELS
+    twice (numpy's and the Arrow copy); an image's tiles counted at max_tiles full tiles, a
+    native-size image (policy none) at 2048 x 2048."""
+    from lfm.runtime.options import DEFAULT_MAX_MODEL_PIXELS
 
-    pixels = size * size if policy in ("resize", "center-crop") else DEFAULT_MAX_MODEL_PIXELS
+    pixels = {"resize": size * size, "center-crop": size * size, "tiles": max_tiles * size * size}.get(
+        policy, DEFAULT_MAX_MODEL_PIXELS)
     return 160 * 2**20 + min(rows * pixels * 3, 128 * 2**20) * 2
 
 

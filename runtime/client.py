@@ -28,6 +28,7 @@ error starts with "rejected: " (``is_rejected(record)``); the command counts the
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -41,9 +42,9 @@ import numpy as np  # noqa: E402
 
 from lfm.runtime.preprocess import ImageError, read_image_bytes  # noqa: E402  (Pillow + numpy, no model code)
 from lfm.runtime.records import FORMATS, Record, in_input_order, sigmoid  # noqa: E402
+from lfm.runtime.serve_defaults import MODEL_NAME  # noqa: E402
 from lfm.runtime.spec import is_fake  # noqa: E402
 
-MODEL_NAME = "lfm"
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -294,26 +295,26 @@ def _message(e) -> str:
 
 
 def parse_args(argv=None):
-    from lfm.runtime.cli import ArgumentParser, add_path_arguments, positive_int, unit_interval
+    from lfm.runtime.cli import ArgumentParser, add_path_arguments, seconds
+    from lfm.runtime.options import OutputArgs, PipelineArgs, Renamed, ServerArgs, parse_and_check
     from lfm.runtime.records import format_for
 
+    server = ServerArgs(only=("model_name",), help={"model_name": "Triton model name (serve.py --model-name)"})
+    pipeline = PipelineArgs(only=("threshold", "batch_size"), defaults={"batch_size": 8}, help={
+        "batch_size": "images per request",
+        "threshold": "relabel every record from its score at this threshold (default: the server's labels, at the "
+                     "model's own threshold)"})
+    output = OutputArgs(FORMATS, help={"output": "write records here instead of standard output (replaced when the "
+                                                 "run ends; never an input)"})
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     add_path_arguments(p)
     p.add_argument("--url", default=DEFAULT_URL, help="server, http://HOST:PORT or grpc://HOST:PORT")
     p.add_argument("--protocol", choices=("http", "grpc"), default=None, help="for a URL without a scheme (default: http)")
-    p.add_argument("--model", default=MODEL_NAME, help="Triton model name (serve.py --model-name)")
-    p.add_argument("--batch-size", type=positive_int(1, "--batch-size"), default=8, help="images per request")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    p.add_argument("--threshold", type=unit_interval, default=None,
-                   help="for a model without a 'label' output only (the to_triton.py ensemble): score above which "
-                        "an image is 'fake' (default: its config's lfm.threshold, else 0.5)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="output format (default: from the --output extension, else jsonl)")
-    p.add_argument("--output", "-o", metavar="FILE",
-                   help="write records here instead of standard output (replaced when the run ends; never an input)")
-    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
-                   help="a progress line on stderr: auto = when stderr is a terminal")
-    args = p.parse_args(argv)
+    p.add_argument("--timeout", type=seconds, default=60.0, help="seconds per request")
+    p.add_argument("--model", action=Renamed, replacement="--model-name", help=argparse.SUPPRESS)
+    for group in (server, pipeline, output):
+        group.add_to(p)
+    args = parse_and_check(p, argv, server, pipeline, output)
     args.format = format_for(args.output, args.format)
     return args
 
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
     try:
-        client = LfmClient(args.url, protocol=args.protocol, model=args.model, timeout=args.timeout,
+        client = LfmClient(args.url, protocol=args.protocol, model=args.model_name, timeout=args.timeout,
                            threshold=args.threshold)
         client.output_names()
     except (ValueError, ServerError, ImportError) as e:

@@ -358,35 +358,47 @@ def test_a_rerun_scores_incomplete_shards_again_and_refuses_any_other_run(ray_cl
 
 # -- the two stages, in this process ----------------------------------------------------------------------------
 
-def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, other_onnx, corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("policy", ["resize", "tiles"])
+def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, other_onnx, corpus, tmp_path, monkeypatch,
+                                                           policy):
+    """The decoding stage gives exactly the arrays the Detector's decoders give (load_tiles: the
+    policy applied once, tiles cut there), and the scorer scores them as they are: logits equal,
+    not close, to the Detector's on the files (the same runner settings and batches)."""
     pa = pytest.importorskip("pyarrow", reason="the stages exchange pyarrow tables (the [cluster] extra)")
     import tempfile
 
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.batch_stages import Scorer, decode_batch
     from lfm.runtime.detector import Detector
+    from lfm.runtime.options import PipelineOptions
+    from lfm.runtime.preprocess import load_tiles
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's model cache goes here
     paths = [str(corpus / "im00.png"), str(corpus / "not_an_image.png"), str(corpus / "sub" / "alpha.png"), "gone.png"]
-    with Detector(random_onnx) as det:
+    options = PipelineOptions(policy=policy, size=48 if policy == "tiles" else None, batch_size=2, workers=1)
+    with Detector(make_runner(random_onnx, threads=1), options) as det:
         want, spec = det.predict(paths), det.spec
     inputs = pa.table({"index": pa.array(range(5), pa.int64()),
                        "path": pa.array([os.fsencode(p) for p in paths + ["x*"]], pa.binary()),
                        "error": pa.array([None] * 4 + ["no file matches this pattern"], pa.string())})
-    decoded = decode_batch(inputs, policy=spec.policy, size=spec.size, max_pixels=10**8)
+    decoded = decode_batch(inputs, spec=spec, max_pixels=10**8, max_tiles=64)
+    for i in (0, 2):
+        row = decoded.slice(i, 1).to_pylist()[0]
+        arrays = np.frombuffer(row["pixels"], np.uint8).reshape(row["count"], row["height"], row["width"], 3)
+        np.testing.assert_array_equal(arrays, load_tiles(paths[i], spec, 10**8, 64))
+    assert policy != "tiles" or decoded.column("count").to_pylist()[0] > 1
     sha = hashlib.sha256(random_onnx.read_bytes()).hexdigest()
     # No driver file to load (a worker on another node), or another model at the driver's path
     # there (an older file): the model that was checksummed comes as bytes, cached per node.
     for driver_path in (None, str(other_onnx)):
-        scorer = Scorer({"m.onnx": random_onnx.read_bytes()}, "m.onnx", sha, driver_path, 1, batch_size=2)
+        scorer = Scorer({"m.onnx": random_onnx.read_bytes()}, "m.onnx", sha, driver_path, 1, options)
         try:
             got = scorer(decoded).to_pylist()
         finally:
             scorer.detector.close()
         assert (tmp_path / "lfm-batch-models" / sha / "m.onnx").read_bytes() == random_onnx.read_bytes()
         assert [g["index"] for g in got] == [0, 1, 2, 3, 4]
-        for g, w in zip(got, want):
-            assert g["error"] == w.error and g["label"] == w.label
-            assert (g["logit"] is None) if w.error else abs(g["logit"] - w.logit) <= 1e-6, driver_path
+        assert [(g["error"], g["label"], g["logit"]) for g in got[:4]] == [(w.error, w.label, w.logit) for w in want]
         assert got[4]["error"] == "no file matches this pattern" and got[4]["logit"] is None
 
 

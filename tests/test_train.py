@@ -114,7 +114,7 @@ def test_evaluate_matches_upstream_logits(upstream_ckpt, reference_dir, tmp_path
         os.symlink(reference_dir / "cnndetection" / name, d / name)
         by_subset.setdefault(subset, []).append((int(label), float(logit)))
     report = tmp_path / "eval.json"
-    r = run(EVALUATE + [str(upstream_ckpt), "--data", str(data), "--workers", "0", "-o", str(report)])
+    r = run(EVALUATE + [str(upstream_ckpt), "--data", str(data), "--workers", "1", "-o", str(report)])
     assert r.returncode == 0, r.stderr
     results = json.load(open(report))["results"]
     assert set(results) == set(by_subset) | {"mean"}

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from lfm.runtime.cli import ArgumentParser, describe_os_error, run
 from lfm.runtime.files import ReplacedAtEnd, output_problem, overwrite_refusal
+from lfm.runtime.options import ModelArgs, OutputArgs, PipelineArgs, parse_and_check, usable_cpus
 from lfm.train.checkpoint import CheckpointError, load_checkpoint
 from lfm.train.data import (BadFileLog, DatasetError, EvalTransform, ImageDataset, check_image_header, collate_skip_bad,
                             find_samples)
@@ -105,21 +106,31 @@ def plain_warnings():
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
-def main(argv=None) -> int:
+PIPELINE = PipelineArgs(only=("policy", "size", "threshold", "batch_size", "workers"),
+                        defaults={"batch_size": 32, "workers": min(4, usable_cpus())}, help={
+                            "policy": "eval preprocessing: resize, center-crop or none (default: the checkpoint's, "
+                                      "upstream's is resize to 256)",
+                            "workers": "data-loading processes"})
+BACKEND = ModelArgs(only=("device",))
+OUTPUT = OutputArgs(only=("output",), help={"output": "JSON file for the figures (default: print only)"})
+
+
+def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="our ckpt.pt or upstream's .pth")
     p.add_argument("--data", required=True, help="root/<subset>/{0_real,1_fake}/* or root/{0_real,1_fake}/*")
     p.add_argument("--classes", default=None, help="comma-separated subsets to evaluate (default: all)")
-    p.add_argument("--policy", choices=("resize", "center-crop", "none"), default=None,
-                   help="eval preprocessing (default: the checkpoint's, upstream's is resize to 256)")
-    p.add_argument("--size", type=int, default=None, help="side for resize/center-crop (default: the checkpoint's)")
-    p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (faster; default: exact fp32)")
-    p.add_argument("--output", "-o", default=None, help="JSON file for the figures (default: print only)")
-    args = p.parse_args(argv)
+    for group in (BACKEND, PIPELINE, OUTPUT):
+        group.add_to(p)
+    args = parse_and_check(p, argv, BACKEND, PIPELINE, OUTPUT)
+    if args.policy == "tiles":  # the training pipeline's transforms give one tensor per image
+        p.error("--policy tiles is not evaluated here: use resize, center-crop or none (infer.py scores tiles)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     plain_warnings()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
