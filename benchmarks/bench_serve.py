@@ -137,7 +137,8 @@ def default_model(work: Path) -> str:
     log(f"no {ckpt}: exporting a random-weight LFM (same speed, meaningless scores)")
     import torch
 
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.runtime.spec import ModelSpec
     from lfm.train.model import build_model
 
@@ -444,7 +445,7 @@ def report_stem(mode: str) -> str:
     return "bench_serve" + ("" if mode == "levels" else f"_{mode}")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench_serve.py", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="ONNX model to serve (default: upstream's, exported to a temp folder)")
@@ -475,7 +476,114 @@ def main(argv=None) -> int:
     p.add_argument("--soak-seconds", type=float, default=None, help="soak: seconds of load (default 180; --quick 60)")
     p.add_argument("--quick", action="store_true", help="levels 1 and 8, 2 s each; overload 4 s per rate; soak 60 s")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def offline_reference(model: str, blobs, quick: bool):
+    """The same files through the Detector in this process: (records by path, its images/s for
+    scale, the model's spec); None when a reference image fails offline."""
+    from lfm.runtime.detector import Detector
+
+    with Detector(model) as det:
+        expected = {r.path: r for r in det.predict([name for name, _ in blobs])}
+        bad = [r for r in expected.values() if not r.ok]
+        if bad:
+            log(f"error: {len(bad)} reference images fail offline, e.g. {bad[0]}")
+            return None
+        t = time.perf_counter()
+        rounds = 3 if quick else 5
+        for _ in range(rounds):
+            det.predict([name for name, _ in blobs])
+        return expected, rounds * len(blobs) / (time.perf_counter() - t), det.spec
+
+
+def serve_command(args, model: str, http: int, grpc: int, mport: int) -> list[str]:
+    """serve.py on loopback with the server options this benchmark was given."""
+    cmd = [sys.executable, str(ROOT / "runtime" / "serve.py"), "--model", model, "--host", "127.0.0.1",
+           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(mport),
+           "--instances", str(args.instances), "--max-batch-size", str(args.max_batch_size),
+           "--preferred-batch-sizes", args.preferred_batch_sizes, "--max-queue-delay-us", str(args.max_queue_delay_us)]
+    for flag, value in (("--threads", args.threads), ("--max-queue-size", args.max_queue_size),
+                        ("--queue-timeout-ms", args.queue_timeout_ms)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd
+
+
+def wait_until_serving(proc, server_log: Path, http: int, timeout_s: float = 180) -> bool:
+    """True once the server answers ready and has logged its model; False if it died or took too long."""
+    from lfm.runtime.client import LfmClient
+
+    deadline = time.monotonic() + timeout_s
+    with LfmClient(f"http://127.0.0.1:{http}", timeout=5) as c:
+        while not (c.ready() and "serving model" in server_log.read_text(errors="replace")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log("error: server did not start:\n" + server_log.read_text(errors="replace")[-3000:])
+                return False
+            time.sleep(0.25)
+    return True
+
+
+def stop_server(proc) -> None:
+    """SIGTERM (serve.py's orderly stop), a kill after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    log(f"server exited with {proc.returncode}")
+
+
+def measure(args, url, mport, serve_pid, levels, duration, blobs, expected) -> tuple[list, dict]:
+    """The mode's measurement against the running server: (level rows, the overload or soak block)."""
+    if args.mode == "levels":
+        return [measure_level(url, mport, n, duration, args.max_requests, blobs, expected) for n in levels], {}
+    if args.mode == "overload":
+        return [], {"overload": measure_overload(args, url, mport, duration, blobs, expected)}
+    return [], {"soak": measure_soak(args, url, mport, serve_pid, duration, blobs, expected)}
+
+
+def passed(mode: str, rows: list, extra: dict) -> bool:
+    """The pass condition of each mode: levels, no failure nor mismatch; overload, its three targets; soak,
+    memory growth under the target and no failure."""
+    if mode == "levels":
+        return bool(rows) and all(r["failed"] == 0 and r["mismatched"] == 0 for r in rows)
+    if mode == "overload":
+        return all(extra["overload"]["targets"][k] for k in ("p99_ok", "reject_ok", "no_failures"))
+    return extra["soak"]["growth_ok"] and extra["soak"]["failed"] == 0
+
+
+def settings_block(args, model: str, spec, n_files: int, levels, duration) -> dict:
+    """What the run was: model, images, protocol, levels and the server's batching and queue options."""
+    return {
+        "model": "upstream checkpoint, uint8 fp32 graph" if not args.model else os.path.basename(model),
+        "spec": {"input": spec.input, "policy": spec.policy, "size": spec.size},
+        "images": f"{n_files} files" + (" (reference cnndetection JPEGs)" if not args.images else ""),
+        "protocol": args.protocol, "levels": levels, "seconds_per_level": duration, "warmup_s": 1.0,
+        "max_requests_per_level": args.max_requests, "images_per_request": 1,
+        "server": {"instances": args.instances, "max_batch_size": args.max_batch_size,
+                   "preferred_batch_sizes": args.preferred_batch_sizes,
+                   "max_queue_delay_us": args.max_queue_delay_us, "threads_per_instance": args.threads or "cores / instances",
+                   **serve_settings(args.max_queue_size, args.queue_timeout_ms)},
+        "loopback": "127.0.0.1 only; client and server on the same cores",
+    }
+
+
+def write_report(result: dict, mode: str, output_dir: str) -> None:
+    """STEM.json and STEM.md in --output-dir."""
+    stem = result["benchmark"]
+    render = {"levels": render_md, "overload": render_overload_md, "soak": render_soak_md}[mode]
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(render(result))
+    log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}; pass: {result['pass']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     levels = [int(x) for x in (args.concurrency or ("1,8" if args.quick else "1,8,32,64")).split(",")]
     duration = args.duration or (2.0 if args.quick and args.mode == "levels" else 4.0 if args.quick else 10.0)
     load_start = loadavg()
@@ -486,106 +594,44 @@ def main(argv=None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
 
-    from lfm.runtime.detector import Detector
-
     work = Path(tempfile.mkdtemp(prefix="lfm-bench-serve-"))
     model = args.model or default_model(work)
     files = (sorted(p for p in Path(args.images).iterdir() if p.is_file()) if args.images else default_images(work))
     blobs = [(str(f), f.read_bytes()) for f in files]
-
-    # Offline reference: the same files through the Detector, and its throughput for scale.
-    with Detector(model) as det:
-        expected = {r.path: r for r in det.predict([name for name, _ in blobs])}
-        bad = [r for r in expected.values() if not r.ok]
-        if bad:
-            log(f"error: {len(bad)} reference images fail offline, e.g. {bad[0]}")
-            return 2
-        t = time.perf_counter()
-        rounds = 3 if args.quick else 5
-        for _ in range(rounds):
-            det.predict([name for name, _ in blobs])
-        offline_ips = rounds * len(blobs) / (time.perf_counter() - t)
-        spec = det.spec
+    reference = offline_reference(model, blobs, args.quick)
+    if reference is None:
+        return 2
+    expected, offline_ips, spec = reference
     log(f"offline Detector: {offline_ips:.1f} images/s ({len(blobs)} files, batch 16, decoding included)")
 
     http, grpc, mport = free_ports(3)
-    cmd = [sys.executable, str(ROOT / "runtime" / "serve.py"), "--model", model, "--host", "127.0.0.1",
-           "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(mport),
-           "--instances", str(args.instances), "--max-batch-size", str(args.max_batch_size),
-           "--preferred-batch-sizes", args.preferred_batch_sizes, "--max-queue-delay-us", str(args.max_queue_delay_us)]
-    for flag, value in (("--threads", args.threads), ("--max-queue-size", args.max_queue_size),
-                        ("--queue-timeout-ms", args.queue_timeout_ms)):
-        if value is not None:
-            cmd += [flag, str(value)]
+    cmd = serve_command(args, model, http, grpc, mport)
     server_log = work / "serve.log"
     log("starting: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=open(server_log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"grpc://127.0.0.1:{grpc}" if args.protocol == "grpc" else f"http://127.0.0.1:{http}"
-    rows, extra = [], {}
     try:
-        from lfm.runtime.client import LfmClient
-
-        deadline = time.monotonic() + 180
-        with LfmClient(f"http://127.0.0.1:{http}", timeout=5) as c:
-            while not (c.ready() and "serving model" in server_log.read_text(errors="replace")):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log("error: server did not start:\n" + server_log.read_text(errors="replace")[-3000:])
-                    return 1
-                time.sleep(0.25)
-        if args.mode == "levels":
-            rows = [measure_level(url, mport, n, duration, args.max_requests, blobs, expected) for n in levels]
-        elif args.mode == "overload":
-            extra["overload"] = measure_overload(args, url, mport, duration, blobs, expected)
-        else:
-            extra["soak"] = measure_soak(args, url, mport, proc.pid, duration, blobs, expected)
+        if not wait_until_serving(proc, server_log, http):
+            return 1
+        rows, extra = measure(args, url, mport, proc.pid, levels, duration, blobs, expected)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log(f"server exited with {proc.returncode}")
+        stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
 
-    server_settings = serve_settings(args.max_queue_size, args.queue_timeout_ms)
-    if args.mode == "levels":
-        ok = bool(rows) and all(r["failed"] == 0 and r["mismatched"] == 0 for r in rows)
-    elif args.mode == "overload":
-        ok = all(extra["overload"]["targets"][k] for k in ("p99_ok", "reject_ok", "no_failures"))
-    else:
-        ok = extra["soak"]["growth_ok"] and extra["soak"]["failed"] == 0
+    ok = passed(args.mode, rows, extra)
     result = {
-        "benchmark": report_stem(args.mode),
+        "benchmark": stem,
         "command": "python benchmarks/bench_serve.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "quick": args.quick,
         "machine": machine(),
         "load_average": {"start": load_start, "end": loadavg()},
-        "settings": {
-            "model": "upstream checkpoint, uint8 fp32 graph" if not args.model else os.path.basename(model),
-            "spec": {"input": spec.input, "policy": spec.policy, "size": spec.size},
-            "images": f"{len(blobs)} files" + (" (reference cnndetection JPEGs)" if not args.images else ""),
-            "protocol": args.protocol, "levels": levels, "seconds_per_level": duration, "warmup_s": 1.0,
-            "max_requests_per_level": args.max_requests, "images_per_request": 1,
-            "server": {"instances": args.instances, "max_batch_size": args.max_batch_size,
-                       "preferred_batch_sizes": args.preferred_batch_sizes,
-                       "max_queue_delay_us": args.max_queue_delay_us, "threads_per_instance": args.threads or "cores / instances",
-                       **server_settings},
-            "loopback": "127.0.0.1 only; client and server on the same cores",
-        },
+        "settings": settings_block(args, model, spec, len(blobs), levels, duration),
         "offline_detector_ips": round(offline_ips, 2),
         "results": rows,
         **extra,
         "pass": ok,
     }
-    stem = result["benchmark"]
-    render = {"levels": render_md, "overload": render_overload_md, "soak": render_soak_md}[args.mode]
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(render(result))
-    log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}; pass: {ok}")
+    write_report(result, args.mode, args.output_dir)
     return 0 if ok else 1
 
 

@@ -77,25 +77,9 @@ def logits_of(detector_factory, files: list[str]) -> np.ndarray:
     return np.array([r.logit for r in recs], np.float64)
 
 
-def run(args) -> int:
-    from lfm.export.fidelity import ACCEPTANCE, FidelityReport
-    from lfm.runtime.detector import Detector
-    from lfm.runtime.backends.onnxrt import OnnxRunner
-    from lfm.runtime.backends.openvino_rt import OpenVinoRunner
-
-    reference = Path(args.reference)
-    ckpt = reference / "lfm_upstream.pth"
-    if not ckpt.is_file() or not (reference / "cnndetection").is_dir():
-        print(f"error: --mode fidelity needs upstream's checkpoint and images in {reference} (../shared/reference)",
-              file=sys.stderr)
-        return 2
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-fidelity-"))
-    work.mkdir(parents=True, exist_ok=True)
-    threads = args.threads
-    log(f"fidelity: work dir {work}")
-    sets = test_sets(reference, work)
-
-    # (name, backend, input, precision label, model file, split or None, runner factory)
+def export_models(ckpt: Path, work: Path, sets: dict) -> tuple[list, dict]:
+    """Every model the table measures, exported with the CLI: ([(backend, input, precision label, model
+    file, the split it was calibrated for or None)], {model file: its export check})."""
     models, exports = [], {}
     for inp in ("uint8", "float"):
         fp32 = work / f"fp32_{inp}.onnx"
@@ -116,12 +100,23 @@ def run(args) -> int:
                 models.append(("ort", inp, label, out, split))
                 if profile == "cpu" and not layers:
                     models.append(("openvino auto", inp, label, out, split))
-    log(f"{len(models)} backend x model x split combinations; scoring")
+    return models, exports
 
-    def factory(backend: str, path: Path):
-        if backend == "ort":
-            return lambda: Detector(OnnxRunner(path, providers=["cpu"], threads=threads), batch_size=8)
-        return lambda: Detector(OpenVinoRunner(path, precision=backend.split()[1], threads=threads), batch_size=8)
+
+def detector_factory(backend: str, path: Path, threads):
+    """A callable opening a Detector (batch 8) on ONNX Runtime's CPU provider or OpenVINO at a precision."""
+    from lfm.runtime.backends.onnxrt import OnnxRunner
+    from lfm.runtime.backends.openvino_rt import OpenVinoRunner
+    from lfm.runtime.detector import Detector
+
+    if backend == "ort":
+        return lambda: Detector(OnnxRunner(path, providers=["cpu"], threads=threads), batch_size=8)
+    return lambda: Detector(OpenVinoRunner(path, precision=backend.split()[1], threads=threads), batch_size=8)
+
+
+def score_models(models: list, exports: dict, sets: dict, work: Path, threads) -> list[dict]:
+    """One row per split x model: its logits against the fp32 graph of the same input variant, judged."""
+    from lfm.export.fidelity import ACCEPTANCE, FidelityReport
 
     refs, rows = {}, []
     for split, s in sets.items():
@@ -130,11 +125,11 @@ def run(args) -> int:
             files += fs
             group_of += [g] * len(fs)
         for inp in ("uint8", "float"):
-            refs[split, inp] = logits_of(factory("ort", work / f"fp32_{inp}.onnx"), files)
+            refs[split, inp] = logits_of(detector_factory("ort", work / f"fp32_{inp}.onnx", threads), files)
         for backend, inp, label, path, only in models:
             if only not in (None, split):
                 continue
-            runner = factory(backend, path)
+            runner = detector_factory(backend, path, threads)
             with runner() as det:
                 used = det.runner.describe()
             test = refs[split, inp] if (backend, label) == ("ort", "fp32") else logits_of(runner, files)
@@ -146,13 +141,16 @@ def run(args) -> int:
             o = rep.overall
             log(f"  {split} {backend:<14} {inp:<5} {label:<22} flips {o.flips:>3}/{o.n} sure {o.sure_flips} "
                 f"median {o.median_abs_dlogit:.3f} max {o.max_abs_dlogit:.2f}")
+    return rows
 
-    log("timing: batch 8, 224 px, interleaved")
+
+def time_models(models: list, threads, rounds: int) -> dict:
+    """{(backend, input, precision): images/s of one backend call on a batch of 8 at 224 px}, interleaved."""
     speed_models = {}
     for backend, inp, label, path, only in models:
         if only not in (None, "A"):
             continue  # one split's INT8 models stand for both: same graph, other ranges
-        det = factory(backend, path)()
+        det = detector_factory(backend, path, threads)()
         rng = np.random.default_rng(0)
         pixels = rng.integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
         if inp == "float":
@@ -164,10 +162,31 @@ def run(args) -> int:
         runner = det.runner
         runner.infer(feed)
         speed_models[(backend, inp, label)] = (det, lambda r=runner, f=feed: r.infer(f))
-    times = time_interleaved({k: fn for k, (_, fn) in speed_models.items()}, rounds=args.rounds or 6)
-    speed = {k: summarize(t, 8)["images_per_s"] for k, t in times.items()}
+    times = time_interleaved({k: fn for k, (_, fn) in speed_models.items()}, rounds=rounds)
     for det, _ in speed_models.values():
         det.close()
+    return {k: summarize(t, 8)["images_per_s"] for k, t in times.items()}
+
+
+def run(args) -> int:
+    from lfm.export.fidelity import ACCEPTANCE
+
+    reference = Path(args.reference)
+    ckpt = reference / "lfm_upstream.pth"
+    if not ckpt.is_file() or not (reference / "cnndetection").is_dir():
+        print(f"error: --mode fidelity needs upstream's checkpoint and images in {reference} (../shared/reference)",
+              file=sys.stderr)
+        return 2
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lfm-fidelity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    threads = args.threads
+    log(f"fidelity: work dir {work}")
+    sets = test_sets(reference, work)
+    models, exports = export_models(ckpt, work, sets)
+    log(f"{len(models)} backend x model x split combinations; scoring")
+    rows = score_models(models, exports, sets, work, threads)
+    log("timing: batch 8, 224 px, interleaved")
+    speed = time_models(models, threads, args.rounds or 6)
     base = speed[("ort", "uint8", "fp32")]
     for row in rows:
         key = (row["backend"], row["input"], row["precision"])

@@ -297,6 +297,60 @@ def _typeinfo_type(symbol: str) -> tuple[str, ...] | None:
     return _mangled_type(symbol, 4)[0] if symbol.startswith("_ZTI") else None
 
 
+@dataclass
+class _Frame:
+    """What ``_PybindReader._walk`` has read of one function since its last registration."""
+    arg_name: str | None  # the name literal the caller passed (an out-of-line pybind11 template's argument)
+    names: list = field(default_factory=list)  # identifier strings since the last registration, with their register
+    window: list | None = None  # a class definition: strings and typeinfos since type_record()
+    sig: str | None = None
+    types: tuple | None = None
+    doc: str | None = None
+    fresh: dict = field(default_factory=dict)  # register -> literal loaded since the last call: that call's argument
+    calls: int = 0  # calls so far in this frame: a register loaded since the last call is an argument
+
+    def name_for(self, register: int = _RSI, argument: bool = False) -> str | None:
+        """The registered name among the literals loaded since the last registration. GCC loads
+        py::arg names into rax to store them; a name passed to an out-of-line pybind11 call is
+        loaded straight into its argument register (``argument``); a name used two or three
+        times in line (sibling lookup, function record, add_class_method) goes into a
+        callee-saved register first, or is loaded again for each use. So: for a call's argument,
+        the literal just loaded into its register; then a literal loaded more than once; then
+        the first literal in a callee-saved register; then the last one not
+        in rax; then the last one; then the caller's argument."""
+        own = [(s, r) for s, r in self.names if not _INTERNAL_STRING.match(s)]
+        if argument and self.fresh.get(register):
+            return self.fresh[register]
+        counts = {s: sum(1 for t, _ in own if t == s) for s, _ in own}
+        repeated = [s for s, _ in own if counts[s] >= 2 and counts[s] == max(counts.values())]
+        if repeated:  # loaded for each of its uses
+            return repeated[0]
+        kept = [s for s, r in own if r in _CALLEE_SAVED]
+        if kept:
+            return kept[0]
+        if self.fresh.get(register):
+            return self.fresh[register]
+        not_rax = [s for s, r in own if r != 0]
+        return (not_rax or [s for s, _ in own] or [self.arg_name])[-1]
+
+    def mark_base(self) -> None:
+        """type_record::add_base(record, typeid(Base) in rsi, caster): the typeinfo loaded into rsi
+        for this call (else the last one) names a base."""
+        tis = [i for i, e in enumerate(self.window) if e[0] == "ti"]
+        in_rsi = [i for i in tis if self.window[i][2] == _RSI and self.window[i][3] == self.calls - 1]
+        pick = (in_rsi or tis or [None])[-1]
+        if pick is not None:
+            self.window[pick] = ("base", self.window[pick][1])
+
+    def class_definition(self) -> tuple[str | None, list, list]:
+        """At generic_type::initialize: (the class's name, the typeinfos, the bases) read since type_record()."""
+        window = self.window or []
+        strings = [e[1] for e in window if e[0] == "str" and not _INTERNAL_STRING.match(e[1])]
+        tis = [e[1] for e in window if e[0] == "ti"]
+        bases = [e[1] for e in window if e[0] == "base" and e[1]]
+        return strings[-1] if strings else self.name_for(-1), tis, bases
+
+
 class _PybindReader:
     """Walks the binding functions' code (see the module docstring) and collects the API."""
 
@@ -371,112 +425,90 @@ class _PybindReader:
         """Interpret one function. ``arg_name``: the name literal its caller passed (a pybind11
         template called out of line receives the name as an argument); ``template``: T when this
         is a class_<T>/enum_<T> member."""
-        names: list[tuple[str, int]] = []  # identifier strings since the last registration, with their register
-        window: list | None = None  # a class definition: strings and typeinfos since type_record()
-        sig = types = doc = None
-
-        fresh: dict[int, str] = {}  # register -> literal loaded since the last call: that call's argument
-
-        def name_for(register: int = _RSI, argument: bool = False) -> str | None:
-            """The registered name among the literals loaded since the last registration. GCC loads
-            py::arg names into rax to store them; a name passed to an out-of-line pybind11 call is
-            loaded straight into its argument register (``argument``); a name used two or three
-            times in line (sibling lookup, function record, add_class_method) goes into a
-            callee-saved register first, or is loaded again for each use. So: for a call's argument,
-            the literal just loaded into its register; then a literal loaded more than once; then
-            the first literal in a callee-saved register; then the last one not
-            in rax; then the last one; then the caller's argument."""
-            own = [(s, r) for s, r in names if not _INTERNAL_STRING.match(s)]
-            if argument and fresh.get(register):
-                return fresh[register]
-            counts = {s: sum(1 for t, _ in own if t == s) for s, _ in own}
-            repeated = [s for s, _ in own if counts[s] >= 2 and counts[s] == max(counts.values())]
-            if repeated:  # loaded for each of its uses
-                return repeated[0]
-            kept = [s for s, r in own if r in _CALLEE_SAVED]
-            if kept:
-                return kept[0]
-            if fresh.get(register):
-                return fresh[register]
-            not_rax = [s for s, r in own if r != 0]
-            return (not_rax or [s for s, _ in own] or [arg_name])[-1]
-
-        calls = 0  # calls so far in this frame: a register loaded since the last call is an argument
+        frame = _Frame(arg_name)
         for ev in self.events(addr, size):
-            kind = ev[0]
-            if kind == "call":
-                calls += 1
-            if kind == "str":
-                self.module_strings.add(ev[1])
-                names.append((ev[1], ev[2]))
-                if not _INTERNAL_STRING.match(ev[1]):
-                    fresh[ev[2]] = ev[1]
-                if window is not None:
-                    window.append(("str", ev[1]))
-            elif kind == "ti":
-                if window is not None:  # None: a typeinfo the reader cannot name (a local class)
-                    window.append(("ti", ev[1], ev[2], calls))
-            elif kind == "sig":
-                sig = ev[1]
-            elif kind == "doc":
-                doc = ev[2]
-            elif kind == "types":
-                types = (ev[1], ev[2])
-            elif kind == "call":
-                symbol, target, fsize = ev[1], ev[2], ev[3]
-                if "type_recordC" in symbol:
-                    window = []
-                elif "8add_base" in symbol and window:  # add_base(record, typeid(Base) in rsi, caster)
-                    tis = [i for i, e in enumerate(window) if e[0] == "ti"]
-                    in_rsi = [i for i in tis if window[i][2] == _RSI and window[i][3] == calls - 1]
-                    pick = (in_rsi or tis or [None])[-1]
-                    if pick is not None:
-                        window[pick] = ("base", window[pick][1])
-                elif "generic_type10initialize" in symbol:
-                    strings = [e[1] for e in (window or []) if e[0] == "str" and not _INTERNAL_STRING.match(e[1])]
-                    tis = [e[1] for e in (window or []) if e[0] == "ti"]
-                    bases = [e[1] for e in (window or []) if e[0] == "base" and e[1]]
-                    self._define_class(strings[-1] if strings else name_for(-1), tis, bases, template, ctor_options)
-                    window, names = None, []
-                elif "16add_class_method" in symbol:
-                    self._check_doc(doc, name_for(), names)
-                    self._add(name_for(), "method", sig, types, template)
-                    if doc and doc != name_for():  # the docstring's own name: a member of this class too
-                        self._add(doc, "method", None, None, template)
-                    names, sig, types, doc = [], None, None, None
-                elif "def_property_static_impl" in symbol:
-                    self._check_doc(doc, name_for(), names)
-                    self._add(name_for(), "property", None, None, template)
-                    names, doc = [], None
-                elif symbol.startswith("_ZN8pybind115enum_I") and "5valueEPKc" in symbol:
-                    self._check_doc(doc, name_for(argument=True), names)
-                    self._add(name_for(argument=True), "enum", None, None, _template_type(symbol))
-                    names, doc = [], None
-                elif "13export_valuesEv" in symbol:
-                    self._export_values()
-                elif _followed(symbol) and target not in stack and len(stack) < 2:
-                    if not _is_ctor(symbol) and symbol.startswith("_ZN8pybind116class_I"):
-                        self._bases_from_member(symbol)
-                    passed = name_for(_RDX if _is_ctor(symbol) else _RSI, argument=True)
-                    before = self.registrations
-                    self._walk(target, fsize, passed, _template_type(symbol), stack + (target,),
-                               _template_options(symbol) if _is_ctor(symbol) else None)
-                    defines = _definition_kind(symbol)
-                    if defines and self.registrations == before:  # registered deeper than we read: by its name argument
-                        self._add(passed, defines, None, None, _template_type(symbol))
-                    doc = None
-                    if not _is_ctor(symbol):
-                        names = []
-                    sig = types = None
-                elif symbol.startswith("_ZN8pybind117module_10add_object"):  # m.def(name, f): a module function
-                    name = name_for()
-                    if name:
-                        m = self.module_members.setdefault(name, Member(name, "function"))
-                        if sig:
-                            self.raw_signatures.setdefault(id(m), []).append((sig, types))
-                            self.signed.append(m)
-                    names, sig, types = [], None, None
-                fresh = {}
+            if ev[0] == "call":
+                frame.calls += 1
+                self._call(frame, ev[1], ev[2], ev[3], template, stack, ctor_options)
+                frame.fresh = {}
+            else:
+                self._literal(frame, ev)
+
+    def _literal(self, frame: _Frame, ev: tuple) -> None:
+        """A string, typeinfo, signature, docstring or types array the function loads."""
+        kind = ev[0]
+        if kind == "str":
+            self.module_strings.add(ev[1])
+            frame.names.append((ev[1], ev[2]))
+            if not _INTERNAL_STRING.match(ev[1]):
+                frame.fresh[ev[2]] = ev[1]
+            if frame.window is not None:
+                frame.window.append(("str", ev[1]))
+        elif kind == "ti":
+            if frame.window is not None:  # None: a typeinfo the reader cannot name (a local class)
+                frame.window.append(("ti", ev[1], ev[2], frame.calls))
+        elif kind == "sig":
+            frame.sig = ev[1]
+        elif kind == "doc":
+            frame.doc = ev[2]
+        elif kind == "types":
+            frame.types = (ev[1], ev[2])
+
+    def _call(self, frame: _Frame, symbol: str, target: int, fsize: int, template: tuple | None, stack: tuple,
+              ctor_options: list | None) -> None:
+        """A call: a pybind11 registration (class, method, property, enum value, module function),
+        or a pybind11 template to read in turn."""
+        if "type_recordC" in symbol:
+            frame.window = []
+        elif "8add_base" in symbol and frame.window:
+            frame.mark_base()
+        elif "generic_type10initialize" in symbol:
+            self._define_class(*frame.class_definition(), template, ctor_options)
+            frame.window, frame.names = None, []
+        elif "16add_class_method" in symbol:
+            self._check_doc(frame.doc, frame.name_for(), frame.names)
+            self._add(frame.name_for(), "method", frame.sig, frame.types, template)
+            if frame.doc and frame.doc != frame.name_for():  # the docstring's own name: a member of this class too
+                self._add(frame.doc, "method", None, None, template)
+            frame.names, frame.sig, frame.types, frame.doc = [], None, None, None
+        elif "def_property_static_impl" in symbol:
+            self._check_doc(frame.doc, frame.name_for(), frame.names)
+            self._add(frame.name_for(), "property", None, None, template)
+            frame.names, frame.doc = [], None
+        elif symbol.startswith("_ZN8pybind115enum_I") and "5valueEPKc" in symbol:
+            self._check_doc(frame.doc, frame.name_for(argument=True), frame.names)
+            self._add(frame.name_for(argument=True), "enum", None, None, _template_type(symbol))
+            frame.names, frame.doc = [], None
+        elif "13export_valuesEv" in symbol:
+            self._export_values()
+        elif _followed(symbol) and target not in stack and len(stack) < 2:
+            self._follow(frame, symbol, target, fsize, stack)
+        elif symbol.startswith("_ZN8pybind117module_10add_object"):  # m.def(name, f): a module function
+            name = frame.name_for()
+            if name:
+                m = self.module_members.setdefault(name, Member(name, "function"))
+                if frame.sig:
+                    self.raw_signatures.setdefault(id(m), []).append((frame.sig, frame.types))
+                    self.signed.append(m)
+            frame.names, frame.sig, frame.types = [], None, None
+
+    def _follow(self, frame: _Frame, symbol: str, target: int, fsize: int, stack: tuple) -> None:
+        """Read a pybind11 template called out of line (class_<T>::def, a constructor, ...), passing it
+        the name literal loaded for it; a definition registered deeper than the reader goes is
+        registered by that name."""
+        if not _is_ctor(symbol) and symbol.startswith("_ZN8pybind116class_I"):
+            self._bases_from_member(symbol)
+        passed = frame.name_for(_RDX if _is_ctor(symbol) else _RSI, argument=True)
+        before = self.registrations
+        self._walk(target, fsize, passed, _template_type(symbol), stack + (target,),
+                   _template_options(symbol) if _is_ctor(symbol) else None)
+        defines = _definition_kind(symbol)
+        if defines and self.registrations == before:  # registered deeper than we read: by its name argument
+            self._add(passed, defines, None, None, _template_type(symbol))
+        frame.doc = None
+        if not _is_ctor(symbol):
+            frame.names = []
+        frame.sig = frame.types = None
 
     def _check_doc(self, doc, name, names):
         """Keep (docstring's member name, chosen name): their agreement measures the reading."""
