@@ -879,7 +879,7 @@ def center_crop_onnx(random_onnx, tmp_path_factory) -> Path:
     """conftest's model with the spec of `to_onnx.py --policy center-crop --size 128` in its
     metadata (the graph takes any size; only the spec differs)."""
     onnx = pytest.importorskip("onnx", reason="rewriting ONNX metadata needs the [export] extra")
-    from lfm.export.onnx_export import read_metadata, save_atomic, set_metadata
+    from lfm.export.onnx_files import read_metadata, save_atomic, set_metadata
     from lfm.runtime.spec import ModelSpec
 
     proto = onnx.load(str(random_onnx))
@@ -914,9 +914,9 @@ def test_center_crop_model_starts_under_a_chosen_model_name(center_crop_onnx, tm
         assert same(got[0], ref[0]) and got[1].error == ref[1].error
         with LfmClient(s.http_url) as c:
             assert c.live() and not c.ready()  # nothing is served as 'lfm'
-        (tmp_path / "photo.png").write_bytes(photo)  # client.py's --model NAME reaches it too
+        (tmp_path / "photo.png").write_bytes(photo)  # client.py --model-name NAME reaches it too
         res = subprocess.run([sys.executable, str(ROOT / "runtime" / "client.py"), str(tmp_path / "photo.png"),
-                              "--url", s.http_url, "--model", "lfm_cc128"], capture_output=True, text=True, timeout=120)
+                              "--url", s.http_url, "--model-name", "lfm_cc128"], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         row = json.loads(res.stdout)
         assert (row["logit"], row["score"], row["label"]) == (ref[0].logit, ref[0].score, ref[0].label)
