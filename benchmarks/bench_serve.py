@@ -70,7 +70,6 @@ from pathlib import Path
 import numpy as np
 
 from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, report_refusal, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
-from lfm.runtime import serve_defaults as defaults  # noqa: E402
 from lfm.runtime.files import files_under  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -446,22 +445,17 @@ def report_stem(mode: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_serve.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lfm.runtime.cli import ArgumentParser
+    from lfm.runtime.options import ModelArgs, ServerArgs, parse_and_check
+
+    p = ArgumentParser(prog="bench_serve.py", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--model", help="ONNX model to serve (default: upstream's, exported to a temp folder)")
     p.add_argument("--images", help="folder of images to send (default: the reference JPEGs)")
     p.add_argument("--concurrency", default=None, help="comma-separated client counts (default 1,8,32,64)")
     p.add_argument("--duration", type=float, default=None, help="seconds per level (default 10; --quick 2)")
     p.add_argument("--max-requests", type=int, default=20000, help="at most this many counted requests per level")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    p.add_argument("--instances", type=int, default=defaults.INSTANCES)
-    p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE)
-    p.add_argument("--preferred-batch-sizes", default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)))
-    p.add_argument("--max-queue-delay-us", type=int, default=defaults.MAX_QUEUE_DELAY_US)
-    p.add_argument("--max-queue-size", type=int, default=None, help="serve.py's --max-queue-size (default: serve.py's)")
-    p.add_argument("--queue-timeout-ms", type=int, default=None,
-                   help="serve.py's --queue-timeout-ms (default: serve.py's)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per instance (serve.py's default)")
     p.add_argument("--mode", choices=("levels", "overload", "soak"), default="levels",
                    help="closed-loop levels; open-loop overload at the sustainable rate and at 4x; or a soak with RSS "
                         "sampled (default: levels)")
@@ -476,7 +470,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--soak-seconds", type=float, default=None, help="soak: seconds of load (default 180; --quick 60)")
     p.add_argument("--quick", action="store_true", help="levels 1 and 8, 2 s each; overload 4 s per rate; soak 60 s")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
-    return p.parse_args(argv)
+    # serve.py's own batching, queue and thread flags, passed on to it as they are
+    server = ServerArgs(only=("instances", "max_batch_size", "preferred_batch_sizes", "max_queue_delay_us",
+                              "max_queue_size", "queue_timeout_ms"))
+    backend = ModelArgs(only=("threads",), help={"threads": "ONNX Runtime threads per instance (default: serve.py's, "
+                                                            "cores / instances)"})
+    for group in (server, backend):
+        group.add_to(p)
+    return parse_and_check(p, argv, server, backend)
 
 
 def offline_reference(model: str, blobs, quick: bool):
@@ -502,7 +503,7 @@ def serve_command(args, model: str, http: int, grpc: int, mport: int) -> list[st
     cmd = [sys.executable, str(ROOT / "runtime" / "serve.py"), "--model", model, "--host", "127.0.0.1",
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(mport),
            "--instances", str(args.instances), "--max-batch-size", str(args.max_batch_size),
-           "--preferred-batch-sizes", args.preferred_batch_sizes, "--max-queue-delay-us", str(args.max_queue_delay_us)]
+           "--preferred-batch-sizes", ",".join(map(str, args.preferred_batch_sizes)), "--max-queue-delay-us", str(args.max_queue_delay_us)]
     for flag, value in (("--threads", args.threads), ("--max-queue-size", args.max_queue_size),
                         ("--queue-timeout-ms", args.queue_timeout_ms)):
         if value is not None:
@@ -635,10 +636,9 @@ def main(argv=None) -> int:
     return 0 if ok else 1
 
 
-def serve_settings(max_queue_size, queue_timeout_ms) -> dict:
-    """The queue policy the server ran with: the options given, else serve.py's defaults."""
-    return {"max_queue_size": defaults.MAX_QUEUE_SIZE if max_queue_size is None else max_queue_size,
-            "queue_timeout_ms": defaults.QUEUE_TIMEOUT_MS if queue_timeout_ms is None else queue_timeout_ms}
+def serve_settings(max_queue_size: int, queue_timeout_ms: int) -> dict:
+    """The queue policy the server ran with (the flags' defaults are serve.py's: one table)."""
+    return {"max_queue_size": max_queue_size, "queue_timeout_ms": queue_timeout_ms}
 
 
 def measure_level(url, mport, n, duration, max_requests, blobs, expected) -> dict:
