@@ -49,7 +49,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .preprocess import ImageError, load_tiles
+from .preprocess import load_tiles_or_problem
 from .spec import ModelSpec
 
 SHM_PREFIX = "lfm-decode-"  # /dev/shm names of our rings: lfm-decode-<pid>-<random>
@@ -67,7 +67,8 @@ class DecodePoolError(RuntimeError):
 
 
 class DecodePool:
-    """Worker processes decoding paths or encoded bytes with ``load_tiles(source, spec, max_pixels, max_tiles)``."""
+    """Worker processes decoding paths or encoded bytes with ``load_tiles(source, spec, max_pixels, max_tiles)``;
+    a files-only ``decoders.Decoder`` (the Detector puts it behind ``decoders.FilesApart``)."""
 
     def __init__(self, spec: ModelSpec, max_pixels: int, max_tiles: int, workers: int, depth: int = DEPTH,
                  chunk: int = CHUNK, hold: int = 0):
@@ -386,12 +387,9 @@ def _decode_into(ring, offset, slot_bytes, source, spec, max_pixels, max_tiles, 
     """(ticket, shape, None, None) with the pixels in the slot, (ticket, None, arrays, None) for
     arrays larger than a slot or sent without one (offset None), or (ticket, None, None, problem):
     the thread path's messages."""
-    try:
-        arrays = load_tiles(source, spec, max_pixels, max_tiles)
-    except ImageError as e:
-        return ticket, None, None, e.problem
-    except Exception as e:  # a decoder bug must cost one record, not the run
-        return ticket, None, None, f"{type(e).__name__}: {e}"
+    arrays, problem = load_tiles_or_problem(source, spec, max_pixels, max_tiles)
+    if problem is not None:
+        return ticket, None, None, problem
     if offset is None or arrays.nbytes > slot_bytes:
         return ticket, None, arrays, None
     ring[offset:offset + arrays.nbytes] = arrays.reshape(-1)

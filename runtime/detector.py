@@ -10,24 +10,24 @@
     Detector(make_runner("lfm.onnx", backend="openvino", threads=4), batch_size=32)
 
 ``predict`` takes a list (any iterable) of items: paths (str or PathLike), encoded bytes,
-uint8 HxWx3 RGB arrays, or PIL images; an NxHxWx3 uint8 array counts as N images. A single
+uint8 HxWx3 RGB arrays, PIL images, or ``preprocess.Prepared`` arrays (already prepared by the
+model's policy: scored as they are); an NxHxWx3 uint8 array counts as N images. A single
 path, bytes object, image or HxWx3 array passed to ``predict`` is refused with a TypeError
 (iterating it would score its characters or rows): use ``predict([item])`` or ``predict_one``.
 Every item mentioned gets its own record, duplicates included; an item of an unknown type
 gets an error record in its place, never an exception that loses the others' records.
 
-Decoding and preprocessing run in worker threads (Pillow releases the GIL), or with
-``decode="processes"`` files (paths or bytes) are decoded in worker processes into shared memory
-(``decode_pool``; scales with cores), a bounded window ahead of the backend, so the backend does
-not wait on image decoding. Images that cannot be
-decoded, or that the model refuses, become error records in their place; none is dropped.
+Decoding and preprocessing run in a ``decoders.Decoder``, a bounded window ahead of the backend,
+so the backend does not wait on image decoding: worker threads (Pillow releases the GIL), or
+with ``decode="processes"`` files (paths or bytes) are decoded in worker processes into shared
+memory (``decode_pool``; scales with cores). Images that cannot be decoded, or that the model
+refuses, become error records in their place; none is dropped.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
 from contextlib import closing
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, Union
 
 import numpy as np
@@ -35,15 +35,14 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import OPTIONS, Runner, backend_for, make_runner
-from .decode_pool import DecodePool
+from .decoders import Decoder, make_decoder
 from .files import first_line
-from .gpu_decode import GpuDecoder, GpuDecodeUnavailable, nvjpeg_decoder
-from .preprocess import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, ImageError, apply_policy, load_tiles, normalize, to_rgb,
-                         to_tiles)
+from .gpu_decode import GpuDecodeUnavailable, nvjpeg_decoder
+from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, Prepared, normalize
 from .records import Record
 from .spec import check_input_size, min_input_size
 
-Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image]
+Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, Prepared]
 
 # Pixels the model sees in one call (images x height x width). Activations take about 0.5 kB per
 # input pixel in fp32 (conv1's 64 maps and their neighbours): 4.2 MP is about 2 GB. Under policy
@@ -144,10 +143,9 @@ class Detector:
         self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
         self.decode, self.workers = decode, workers or default_workers(decode)
         self.closed = False
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="lfm-decode")
-        self._processes: DecodePool | None = None  # decode="processes": started on the first path
-        if gpu_decoder is not None:  # decode="gpu": the same ticket interface as the processes
-            self._processes = GpuDecoder(self.spec, max_pixels, max_tiles, decode_jpegs=gpu_decoder)
+        # hold: room to lend what predict_iter holds (the read-ahead window and the batch forming)
+        self.decoder: Decoder = make_decoder(decode, self.spec, max_pixels, max_tiles, self.workers,
+                                             hold=5 * self.batch_size, gpu_jpegs=gpu_decoder)
 
     @staticmethod
     def _gpu_decoder_check():
@@ -163,9 +161,7 @@ class Detector:
         if self.closed:
             return
         self.closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._processes is not None:
-            self._processes.close()
+        self.decoder.close()
         self.runner.deactivate()
 
     def __enter__(self):
@@ -246,70 +242,31 @@ class Detector:
 
     def _release(self, lent: list[int]) -> None:
         for t in lent:
-            self._processes.release(t)
+            self.decoder.release(t)
         lent.clear()
 
     def _decoded(self, items: Iterable[Item], lend: bool = False
                  ) -> Iterator[tuple[str, np.ndarray | None, str | None, int | None]]:
-        """(name, arrays, error, lent ticket) per item, in order. lend: results of the decoding
-        processes may be views of their shared memory, valid until ``_processes.release(ticket)``
-        (the ticket is given where that is so, else None)."""
+        """(name, arrays, error, lent ticket) per item, in order. lend: the arrays may be views of
+        the decoder's memory (the processes' shared ring), valid until ``decoder.release(ticket)``
+        (the ticket is given with lend, else None)."""
         window = deque()
         ahead = 4 * self.batch_size  # bounded read-ahead: memory stays flat on long lists
         try:
             for item in items:
-                window.append(self._start_decode(item))
+                window.append((_name(item), self.decoder.submit(item)))
                 if len(window) >= ahead:
                     yield self._finish_decode(*window.popleft(), lend)
             while window:
                 yield self._finish_decode(*window.popleft(), lend)
         finally:  # stopped early (Ctrl-C, an abandoned iterator): results nobody will read are dropped
-            for name, handle in window:
-                if isinstance(handle, int):
-                    self._processes.discard(handle)
-                else:
-                    handle.cancel()
+            for _, ticket in window:
+                self.decoder.discard(ticket)
 
-    def _start_decode(self, item: Item):
-        """(name, handle): a ticket of the decoding processes (decode="processes") or of the GPU
-        decoder (decode="gpu") for a file's path or encoded bytes, else a future of the decoding
-        threads (arrays and PIL images are decoded already)."""
-        name = _name(item)
-        if self.decode == "threads" or not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
-            return name, self._pool.submit(self._decode_here, name, item)
-        if self.decode == "processes":
-            if self._processes is None:
-                # room to lend what predict_iter holds: the read-ahead window and the batch forming
-                self._processes = DecodePool(self.spec, self.max_pixels, self.max_tiles, self.workers,
-                                             hold=5 * self.batch_size)
-        return name, self._processes.submit(item)
-
-    def _finish_decode(self, name: str, handle, lend: bool = False):
-        if not isinstance(handle, int):
-            return (*handle.result(), None)
-        lend = lend and isinstance(self._processes, DecodePool)
-        arrays, error = self._processes.result(handle, lend=True) if lend else self._processes.result(handle)
-        ticket = handle if lend else None
-        return (name, None, error, ticket) if error is not None else (*self._checked(name, arrays), ticket)
-
-    def _decode_here(self, name: str, item: Item) -> tuple[str, np.ndarray | None, str | None]:
-        try:
-            if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
-                img = Image.fromarray(_check_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
-                if self.spec.policy == "tiles":
-                    arrays = to_tiles(img, self.spec.size, self.max_tiles, self.spec.top_k)
-                else:
-                    arrays = np.asarray(apply_policy(img, self.spec.policy, self.spec.size, self.spec.top_k))[None]
-            elif isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
-                arrays = load_tiles(item, self.spec, self.max_pixels, self.max_tiles)
-            else:
-                return name, None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
-                                    "a uint8 HxWx3 array or a PIL image")
-            return self._checked(name, arrays)
-        except ImageError as e:
-            return name, None, e.problem
-        except Exception as e:  # a decoder bug must cost one record, not the run
-            return name, None, f"{type(e).__name__}: {e}"
+    def _finish_decode(self, name: str, ticket: int, lend: bool = False):
+        arrays, error = self.decoder.result(ticket, lend=lend)
+        checked = (name, None, error) if error is not None else self._checked(name, arrays)
+        return (*checked, ticket if lend else None)
 
     def _checked(self, name: str, arrays: np.ndarray) -> tuple[str, np.ndarray | None, str | None]:
         """Decoded arrays, or the problem the model would have with them, named here rather than
@@ -449,19 +406,16 @@ def _name(item) -> str:
         return getattr(item, "filename", "") or f"<image {item.width}x{item.height} {item.mode}>"
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
+    if isinstance(item, Prepared):
+        shape = getattr(item.arrays, "shape", ())
+        return item.name or f"<prepared {'x'.join(map(str, shape))}>"
     return f"<{type(item).__name__}>"
 
 
 def _refuse_single_item(items) -> None:
     """predict("a.png") would score the characters "a", ".", ...: refuse one item passed alone."""
-    single = (isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
+    single = (isinstance(items, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, Prepared))
               or isinstance(items, np.ndarray) and items.ndim != 4)
     if single:
         raise TypeError(f"predict() takes a list of items, got a single {type(items).__name__}; "
                         "use predict([item]) or predict_one(item)")
-
-
-def _check_array(a: np.ndarray) -> np.ndarray:
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ImageError(_name(a), f"expected a uint8 HxWx3 RGB array, got {a.dtype} {list(a.shape)}")
-    return a

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .preprocess import ImageError, load_tiles, read_image_bytes
+from .preprocess import ImageError, load_tiles_or_problem, read_image_bytes
 from .spec import ModelSpec, too_small_to_score
 
 DECODE_BATCH = 64  # files per nvJPEG call
@@ -81,7 +81,8 @@ def gpu_jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
 
 
 class GpuDecoder:
-    """Paths (or encoded bytes) to uint8 arrays, nvJPEG in batches with a per-file CPU fallback.
+    """Paths (or encoded bytes) to uint8 arrays, nvJPEG in batches with a per-file CPU fallback;
+    a files-only ``decoders.Decoder`` (the Detector puts it behind ``decoders.FilesApart``).
 
     decode_jpegs: list of uint8 1-D tensors -> list of uint8 [3, H, W] tensors (default: nvJPEG
     on ``device``); injectable, so the routing is testable without a GPU."""
@@ -105,12 +106,17 @@ class GpuDecoder:
             self._flush()
         return ticket
 
-    def result(self, ticket: int) -> tuple[np.ndarray | None, str | None]:
+    def result(self, ticket: int, lend: bool = False) -> tuple[np.ndarray | None, str | None]:
+        """The ticket's (arrays, None) or (None, problem), once; host arrays of its own (never
+        lent: ``release`` does nothing)."""
         if ticket not in self._done:
             if all(t != ticket for t, _ in self._pending):
                 raise KeyError(f"unknown or already collected ticket {ticket}")
             self._flush()
         return self._done.pop(ticket)
+
+    def release(self, ticket: int) -> None:
+        pass
 
     def discard(self, ticket: int) -> None:
         if self._done.pop(ticket, None) is None:
@@ -211,12 +217,7 @@ class GpuDecoder:
 
     def _on_cpu(self, source) -> tuple[np.ndarray | None, str | None]:
         self.cpu_decoded += 1
-        try:
-            return load_tiles(source, self.spec, self.max_pixels, self.max_tiles), None
-        except ImageError as e:
-            return None, e.problem
-        except Exception as e:  # a decoder bug must cost one record, not the run
-            return None, f"{type(e).__name__}: {e}"
+        return load_tiles_or_problem(source, self.spec, self.max_pixels, self.max_tiles)
 
 
 def _read(source) -> bytes | None:

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import warnings
+from dataclasses import dataclass
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -267,6 +268,38 @@ def load_tiles(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PI
         return to_tiles(img, spec.size, max_tiles, spec.top_k)
     except ImageError as e:
         raise ImageError(source, e.problem) from None
+
+
+def load_tiles_or_problem(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
+                          max_tiles: int = DEFAULT_MAX_TILES) -> tuple[np.ndarray | None, str | None]:
+    """``load_tiles`` with its failure as a value, for every decoder (threads, processes, GPU
+    fallback, Ray): (arrays, None), or (None, the problem as a record words it). Any other
+    exception is a decoder bug, which costs this input only, never the run."""
+    try:
+        return load_tiles(source, spec, max_pixels, max_tiles), None
+    except ImageError as e:
+        return None, e.problem
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image already prepared for the model: uint8 [N, h, w, 3], what ``load_tiles`` gives
+    under the model's policy (N = 1, or its tiles). The Detector scores it as it is: neither
+    decoded nor resized nor tiled again (``runtime/batch.py``'s decoding tasks hand these to its
+    scorers). ``name``: the record's path (default: a description of the arrays)."""
+
+    arrays: np.ndarray
+    name: str = ""
+
+    def checked(self) -> np.ndarray:
+        """The arrays, if they are a stack of RGB uint8 images; else ImageError."""
+        a = self.arrays
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != 3 or not len(a):
+            got = f"{a.dtype} {list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ImageError(self.name or "<prepared>", f"expected prepared uint8 [N, h, w, 3] arrays, got {got}")
+        return a
 
 
 def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

@@ -235,7 +235,7 @@ def test_every_decoding_path_reads_files_through_the_one_reader(special_files):
     from lfm.runtime.batch_stages import decode_one
 
     for source in (fifo, f"file://{fifo}"):
-        assert finishes(lambda: decode_one(source, "resize", 64, 10**8)) == (None, FIFO_PROBLEM)
+        assert finishes(lambda: decode_one(source, spec, 10**8, 64)) == (None, FIFO_PROBLEM)
 
 
 def test_synthetic_data_skips_a_fifo_among_its_real_photos(special_files):

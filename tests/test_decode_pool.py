@@ -76,10 +76,8 @@ def test_processes_give_the_thread_path_records_in_order(random_onnx, files):
         by_threads = det.predict(items)
     with Detector(random_onnx, batch_size=3, workers=2, decode="processes") as det:
         by_processes = det.predict(items)
-        tickets = [h for _, h in map(det._start_decode, items)]  # which items went to the processes (int tickets)
-        for t in tickets:
-            det._processes.discard(t) if isinstance(t, int) else t.cancel()
-    went_to_processes = [isinstance(t, int) for t in tickets]
+        went_to_processes = [det.decoder.decoder_for(i) is det.decoder.files for i in items]
+        assert isinstance(det.decoder.files, DecodePool)
     assert went_to_processes == [isinstance(i, (str, bytes)) for i in items]  # paths and bytes; arrays stay
     assert [r.path for r in by_processes] == [r.path for r in by_threads]
     assert [r.logit for r in by_processes] == [r.logit for r in by_threads]  # equal, not close
@@ -165,7 +163,7 @@ def test_encoded_bytes_decode_as_their_file_does(files):
 def test_close_leaves_no_shared_memory_and_no_processes(random_onnx, files):
     det = Detector(random_onnx, workers=2, decode="processes")
     det.predict(list(map(str, files)))
-    processes = det._processes.processes()
+    processes = det.decoder.files.processes()
     assert our_segments(os.getpid()) and all(p.is_alive() for p in processes)
     det.close()
     assert our_segments(os.getpid()) == []
@@ -326,11 +324,12 @@ def test_detector_with_lent_slots_gives_the_thread_records_over_many_batches(ran
         want = det.predict(items)
     with Detector(random_onnx, batch_size=5, workers=2, decode="processes") as det:
         got = det.predict(items)
-        assert det._processes._hold > 0 and not det._processes._held  # it lent, and all came back
+        pool = det.decoder.files
+        assert pool._hold > 0 and not pool._held and not det.decoder._routes  # it lent, and all came back
         stopped = det.predict_iter(items)
         next(stopped)
         stopped.close()  # an abandoned iterator gives its slots back too
-        assert not det._processes._held
+        assert not pool._held and not det.decoder._routes
         assert [r.logit for r in det.predict(items[:30])] == [r.logit for r in want[:30]]
     assert [(r.path, r.logit, r.error) for r in got] == [(r.path, r.logit, r.error) for r in want]
 

@@ -171,7 +171,7 @@ def test_detector_decode_gpu_gives_the_thread_path_records(random_onnx, mixed_fi
         by_threads = det.predict(items)
     with Detector(random_onnx, batch_size=3, workers=2, decode="gpu") as det:
         by_gpu = det.predict(items)
-        assert det._processes.gpu_decoded == 4  # the 3 plain JPEG files and the JPEG's bytes (serve.py's input)
+        assert det.decoder.files.gpu_decoded == 4  # the 3 plain JPEG files and the JPEG's bytes (serve.py's input)
     assert [r.path for r in by_gpu] == [r.path for r in by_threads]
     assert [r.logit for r in by_gpu] == [r.logit for r in by_threads]
     assert [r.error for r in by_gpu] == [r.error for r in by_threads]
@@ -203,7 +203,7 @@ def test_nvjpeg_scores_stay_close_to_cpu_decoded_scores(random_onnx):
         cpu = det.predict(files)
     with Detector(random_onnx, batch_size=32, decode="gpu") as det:
         gpu = det.predict(files)
-        assert det._processes.gpu_decoded > 0
+        assert det.decoder.files.gpu_decoded > 0
     assert [r.error for r in gpu] == [r.error for r in cpu]
     dlogit = max(abs(a.logit - b.logit) for a, b in zip(cpu, gpu) if a.error is None)
     flips = sum(a.label != b.label for a, b in zip(cpu, gpu) if a.error is None)
