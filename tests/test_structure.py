@@ -1,4 +1,5 @@
-"""The project's shape: no import cycle, one registry behind which each backend is one module, a stated job per module.
+"""The project's shape: no import cycle, imports that run downward, no function over 100 lines
+(outside kernels/), one registry behind which each backend is one module, a stated job per module.
 
 The import graph is read with ast, never by importing: the project's modules are the .py files
 under train/, runtime/, export/, kernels/ and benchmarks/, named as the package names them
@@ -260,6 +261,148 @@ def test_an_import_in_a_class_body_runs_at_import(tmp_path):
     cycle = ["lfm.runtime.a", "lfm.runtime.b", "lfm.runtime.a"]
     assert find_cycles(import_graph(tmp_path, ("runtime",), module_level=True)) == [cycle]
     assert module_level_edges(cycle, tmp_path) == ["lfm.runtime.a -> lfm.runtime.b", "lfm.runtime.b -> lfm.runtime.a"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Imports run downward: commands -> Detector -> backends -> spec/preprocess/records/files
+
+# runtime/'s modules by layer, lowest first (names under lfm.runtime). A module imports modules of
+# its own layer and of those below it, never above (at module level or inside functions); a new
+# module fails the test until it is placed here.
+RUNTIME_LAYERS = (
+    ("foundation", "__init__ spec preprocess records files inputs cli custom_ops serve_defaults stderr_filter "
+                   "gpu_input"),
+    ("backends", "backends backends.base backends.cuda_support backends.onnxrt backends.openvino_rt backends.pyt "
+                 "backends.trt_engine backends.trt_plan"),
+    ("pipeline", "options decode_pool gpu_decode decoders detector"),  # the Detector, its options and decoders
+    ("commands", "infer inspect_model serve serve_health serve_triton client batch batch_inputs batch_shards "
+                 "batch_stages"),
+)
+# The stages: each may import those before it (train/, kernels/ and export/ only runtime's layers below
+# its commands); benchmarks/ drives them all.
+STAGES = ("runtime", "train", "kernels", "export", "benchmarks")
+# The runtime's only imports of a later stage, each inside a function (the lean runtime never
+# loads torch, the model or the kernels unless asked to), and why.
+RUNTIME_IMPORTS_UP = {
+    ("lfm.runtime.backends.pyt", "lfm.train.checkpoint"): "the torch backend (--checkpoint) loads the checkpoint",
+    ("lfm.runtime.backends.pyt", "lfm.train.model"): "the torch backend sets the model's exact fp32 mode",
+    ("lfm.runtime.backends.pyt", "lfm.kernels.triton_lfm"): "the torch backend's --kernels: the Triton forward pass",
+    ("lfm.runtime.gpu_decode", "lfm.kernels.resize"): "--decode gpu resizes with the Pillow-exact Triton kernel",
+    ("lfm.runtime.inspect_model", "lfm.train.checkpoint"): "`lfm inspect ckpt.pt` reads a checkpoint",
+}
+
+
+def runtime_layer(name: str, layers=RUNTIME_LAYERS) -> int | None:
+    """The index of a runtime module's layer; None when the table does not place it."""
+    rel = "__init__" if name == "lfm.runtime" else name.removeprefix("lfm.runtime.")
+    return next((i for i, (_, names) in enumerate(layers) if rel in names.split()), None)
+
+
+def _stage(name: str) -> str:
+    return name.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]], layers=RUNTIME_LAYERS, allowed=RUNTIME_IMPORTS_UP) -> list[str]:
+    """Every import that runs upward, and every runtime module the table does not place."""
+    commands = len(layers) - 1
+    found = []
+    for name in sorted(graph):
+        edges = graph[name]
+        # a package's __init__ runs with each of its modules: an edge of its own only when nothing under it is imported
+        targets = sorted(t for t in edges if not any(o.startswith(t + ".") for o in edges))
+        stage, own = _stage(name), runtime_layer(name, layers)
+        if stage == "runtime" and own is None:
+            found.append(f"{name} is in no layer of RUNTIME_LAYERS (place it)")
+            continue
+        for t in targets:
+            if _stage(t) == "runtime":
+                up = runtime_layer(t, layers)
+                up = commands if up is None else up
+                if stage == "runtime" and up > own or stage in ("train", "kernels", "export") and up == commands:
+                    where = f"{layers[own][0]} layer" if stage == "runtime" else f"{stage}/"
+                    found.append(f"{name} ({where}) imports {t} ({layers[up][0]} layer)")
+            elif stage == "runtime" and (name, t) not in allowed:
+                found.append(f"{name} (runtime/) imports {t} ({_stage(t)}/), not in RUNTIME_IMPORTS_UP")
+            elif stage != "runtime" and STAGES.index(_stage(t)) > STAGES.index(stage):
+                found.append(f"{name} ({stage}/) imports {t} ({_stage(t)}/, a later stage)")
+    return found
+
+
+def test_imports_run_downward():
+    graph = import_graph()
+    assert {"lfm.runtime.detector", "lfm.runtime.spec", "lfm.export.to_onnx"} <= set(graph)  # the walk saw the project
+    placed = {n for _, names in RUNTIME_LAYERS for n in names.split()}
+    present = {"__init__" if m == "lfm.runtime" else m.removeprefix("lfm.runtime.") for m in graph
+               if _stage(m) == "runtime"}
+    assert placed <= present, f"RUNTIME_LAYERS places modules that are gone: {sorted(placed - present)}"
+    found = upward_imports(graph)
+    assert not found, "imports that run upward:\n" + "\n".join(found)
+
+
+def test_the_runtime_imports_a_later_stage_only_as_listed_and_only_inside_functions():
+    graph, eager = import_graph(), import_graph(module_level=True)
+    for (name, target), why in RUNTIME_IMPORTS_UP.items():
+        assert target in graph.get(name, ()), f"{name} no longer imports {target}: remove it from RUNTIME_IMPORTS_UP"
+        assert target not in eager[name], f"{name} imports {target} at module level ({why}: import it where it is used)"
+
+
+def test_an_upward_import_and_an_unplaced_module_are_found(tmp_path):
+    _write(tmp_path, {
+        "runtime/__init__.py": "",
+        "runtime/spec.py": "def size():\n    from .detector import Detector\n",  # lazily, still upward
+        "runtime/detector.py": "from .spec import size\nfrom lfm.export.x import y\n",
+        "runtime/infer.py": "from lfm.runtime.detector import Detector\n",
+        "runtime/extra.py": "",
+        "export/__init__.py": "",
+        "export/x.py": "from lfm.runtime.infer import main\nfrom lfm.benchmarks import common\ny = 1\n",
+        "benchmarks/common.py": "from lfm.runtime import infer\n",
+    })
+    layers = (("foundation", "__init__ spec"), ("pipeline", "detector"), ("commands", "infer"))
+    graph = import_graph(tmp_path, ("runtime", "export", "benchmarks"))
+    assert upward_imports(graph, layers, allowed={}) == [
+        "lfm.export.x (export/) imports lfm.benchmarks.common (benchmarks/, a later stage)",
+        "lfm.export.x (export/) imports lfm.runtime.infer (commands layer)",
+        "lfm.runtime.detector (runtime/) imports lfm.export.x (export/), not in RUNTIME_IMPORTS_UP",
+        "lfm.runtime.extra is in no layer of RUNTIME_LAYERS (place it)",
+        "lfm.runtime.spec (foundation layer) imports lfm.runtime.detector (pipeline layer)",
+    ]
+    assert "lfm.runtime.detector (runtime/) imports lfm.export.x (export/), not in RUNTIME_IMPORTS_UP" not in \
+        upward_imports(graph, layers, allowed={("lfm.runtime.detector", "lfm.export.x"): "a reason"})
+
+
+# ----------------------------------------------------------------------------------------------
+# Short functions
+
+FUNCTION_LINES = 100  # the longest a function or method may be, def line to last line, outside kernels/
+SHORT_FUNCTION_DIRS = ("runtime", "export", "train", "benchmarks")  # kernels/ keeps its long Triton kernels
+
+
+def long_functions(root: Path = ROOT, dirs=SHORT_FUNCTION_DIRS, limit: int = FUNCTION_LINES) -> list[str]:
+    """'file:line name (N lines)' for every function or method (nested ones too) over ``limit`` lines."""
+    found = []
+    for path in project_modules(root, dirs).values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return sorted(found)
+
+
+def test_no_function_is_longer_than_100_lines_outside_kernels():
+    found = long_functions()
+    assert not found, f"functions over {FUNCTION_LINES} lines (split them):\n" + "\n".join(found)
+
+
+def test_a_function_of_101_lines_is_found(tmp_path):
+    body = "    x = 0\n" * 98
+    _write(tmp_path, {"train/a.py": f"def ok():\n{body}    return x\n",  # 100 lines
+                      "train/b.py": f"class C:\n    def long(self):\n{textwrap.indent(body, '    ')}        x += 1\n"
+                                    "        return x\n",  # 101 lines
+                      "kernels/k.py": f"def kernel():\n{body}    x += 1\n    return x\n"})
+    assert long_functions(tmp_path, ("train", "kernels"), 100) == ["kernels/k.py:1 kernel (101 lines)",
+                                                                   "train/b.py:2 long (101 lines)"]
+    assert long_functions(tmp_path, ("train",), 100) == ["train/b.py:2 long (101 lines)"]
 
 
 # ----------------------------------------------------------------------------------------------
