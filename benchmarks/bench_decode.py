@@ -27,7 +27,6 @@ cannot run here is one line on stderr and exit status 2. Reports: OUT_DIR/bench_
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -87,8 +86,10 @@ def generated_jpegs(folder: Path, n: int = 64, side: int | None = None) -> list[
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from lfm.runtime.cli import ArgumentParser
+    from lfm.runtime.options import ModelArgs, PipelineArgs, parse_and_check
+
+    p = ArgumentParser(prog="bench_decode.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=400, help="files per pass (the JPEGs listed repeatedly)")
     p.add_argument("--workers", default="1,2", help="worker counts to time, comma-separated")
     p.add_argument("--modes", default="threads,processes",
@@ -97,15 +98,16 @@ def parse_args(argv=None):
                    help="time generated square JPEGs of this side (e.g. 1024) instead of the reference JPEGs")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--block", type=int, default=2, help="timed passes per case and round (after one uncounted pass)")
-    p.add_argument("--size", type=int, default=None, help="the spec's resize side (None: the model's; 256 without --model)")
-    p.add_argument("--batch-size", type=int, default=16, help="the pipeline's batch size")
     p.add_argument("--model", default=None,
                    help="also time files to scores with this model (.onnx, .pt/.pth checkpoint or .plan) via make_runner")
-    p.add_argument("--kernels", action="store_true", help="a checkpoint through the Triton kernels (a CUDA GPU)")
-    p.add_argument("--device", default="auto", help="a checkpoint's PyTorch device: auto | cpu | cuda[:N]")
-    p.add_argument("--threads", type=int, default=None, help="a CPU backend's intra-op threads (None: its default)")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help=OUTPUT_DIR_HELP)
-    return p.parse_args(argv)
+    pipeline = PipelineArgs(only=("size", "batch_size"), help={
+        "size": "the spec's resize side (default: the model's; 256 without --model)"})
+    backend = ModelArgs(only=("kernels", "device", "threads"), help={"threads": "a CPU backend's intra-op threads "
+                                                                                "(default: its own)"})
+    for group in (pipeline, backend):
+        group.add_to(p)
+    return parse_and_check(p, argv, pipeline, backend)
 
 
 def main(argv=None) -> int:
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
 
 def check_modes(modes) -> None:
     """ValueError (one line) for an unknown decoding mode, or mode gpu where nvJPEG cannot run."""
-    from lfm.runtime.detector import DECODE_MODES
+    from lfm.runtime.options import DECODE_MODES
     from lfm.runtime.gpu_decode import nvjpeg_decoder
 
     for m in modes:
