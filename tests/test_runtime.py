@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfm.runtime.inputs import expand_paths
+from lfm.runtime.inputs import expand_paths, image_files
 from lfm.runtime.preprocess import ImageError, apply_policy, load_array, normalize, open_image
 from lfm.runtime.records import Record, RecordWriter
 from lfm.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
@@ -129,6 +129,23 @@ def test_expand_paths_keeps_every_argument(tmp_path):
     assert exp.errors == {str(tmp_path / "*.nothing"): "no file matches this pattern",
                           str(tmp_path / "emptydir"): "directory holds no image files"}
     assert any("left out 1 file" in n for n in exp.notes)
+
+
+def test_image_files_lists_a_folder_by_the_listing_rules_and_other_files_in_their_place(tmp_path):
+    """The one folder walker (issue 25, item 3): calibration, stress sets and training data all list
+    folders with image_files; training also wants the files without an image extension, to name
+    each one it skips."""
+    for rel in ("b.png", "a.JPG", "notes.txt", ".hidden.png", "sub/c.png", "sub/z.txt", "sub/.cache/d.png",
+                "shared/e.webp"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "sub" / "link").symlink_to(tmp_path / "shared")  # shared/ is read once, first by its own name
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)
+    names = lambda paths: [Path(p).relative_to(tmp_path).as_posix() for p in paths]  # noqa: E731
+    assert names(image_files(str(tmp_path))) == ["a.JPG", "b.png", "shared/e.webp", "sub/c.png"]
+    assert names(image_files(str(tmp_path), other_files=True)) == ["a.JPG", "b.png", "notes.txt", "shared/e.webp",
+                                                                     "sub/c.png", "sub/z.txt"]
+    assert image_files(str(tmp_path / "missing")) == [] == image_files(str(tmp_path / "b.png"))
 
 
 def test_one_decision_rule_score_strictly_above_the_threshold_everywhere():
@@ -456,7 +473,8 @@ def test_infer_refuses_a_backend_for_an_engine_in_one_line(tmp_path):
     run = subprocess.run(INFER + ["--engine", str(tmp_path / "x.plan"), "--backend", "openvino", str(img)],
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stdout == ""
-    assert run.stderr == "error: backend 'openvino' (--backend) runs --model files, not --engine; --engine runs on tensorrt\n"
+    assert run.stderr == ("infer.py: error: backend 'openvino' (--backend) runs --model files, not --engine; --engine "
+                          "runs on tensorrt (see infer.py --help)\n")
 
 
 def test_serve_builds_the_runner_apart_from_the_pipeline():
@@ -467,7 +485,9 @@ def test_serve_builds_the_runner_apart_from_the_pipeline():
     assert serve.runner_kwargs(args, 2) == dict(source="m.onnx", backend="onnxruntime", device="auto", precision="auto",
                                                 threads=3, providers=None, kernels=False, cuda_graphs=False)
     assert serve.pipeline_options(args, 2).batch_size == 64
-    # an option the backend would ignore is refused, as by infer.py (serve.py dropped it silently before)
-    args = serve.parse_args(["--engine", "e.plan", "--device", "cuda"])
+    # an option the backend would ignore is refused, as by infer.py (serve.py dropped it silently before):
+    # while parsing, by the options layer, and by make_runner for a caller in code
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--engine", "e.plan", "--device", "cuda"])
     with pytest.raises(BackendError, match="device 'cuda' .--device. applies to a PyTorch checkpoint only"):
-        make_runner(**serve.runner_kwargs(args, 2))
+        make_runner("e.plan", backend="tensorrt", device="cuda")
