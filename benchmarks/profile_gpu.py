@@ -112,24 +112,24 @@ def cudnn_head(stage: Stages, x, conv1):
     return stage("cudnn", "relu 1", lambda: F.relu(y), [y])
 
 
-def triton_head(stage: Stages, x, net):
+def triton_head(stage: Stages, x, triton_model):
     """The triton pipeline up to layer 2: the fused stem (NPR + conv1 + pool + ReLU)."""
     from lfm.kernels.npr_stem import npr_stem
 
     b, n = x.shape[0], x.shape[1]
     return stage("triton", "stem (Triton: NPR+conv1+pool+relu)",
-                 lambda: npr_stem(x, net.stem_weight, net.stem_bias).permute(0, 3, 1, 2),
+                 lambda: npr_stem(x, triton_model.stem_weight, triton_model.stem_bias).permute(0, 3, 1, 2),
                  [x], 2.0 * 255 * 255 * 64 * 9 * b * (n / 256) ** 2)
 
 
-def shared_tail(stage: Stages, net, h) -> None:
+def shared_tail(stage: Stages, triton_model, h) -> None:
     """Layers 2-4 (cuDNN convolutions; pool and ReLU each pipeline's way), salience, Top-K, fc."""
     import torch.nn.functional as F
 
     from lfm.kernels.max_pool_relu import max_pool_relu
     from lfm.kernels.top_k_pool import top_k_pool
 
-    convs = net.snet.convs
+    convs = triton_model.snet.convs
     for i in (1, 2, 3):
         conv = convs[i]
         y = conv(h)
@@ -141,16 +141,17 @@ def shared_tail(stage: Stages, net, h) -> None:
             h = stage("cudnn", f"relu {i + 1}", lambda t=y: F.relu(t), [y])
         else:
             h = stage("shared", f"relu {i + 1}", lambda t=y: F.relu(t), [y])
-    maps = net.salience(h)
-    maps = stage("shared", "salience 512->64 (cuDNN)", lambda: net.salience(h), [h, net.salience.weight],
-                 conv_flop(net.salience, maps))
-    feats = stage("shared", "top_k_pool (Triton)", lambda: top_k_pool(maps, net.k), [maps])
-    stage("shared", "fc 1024->1", lambda: net.fc(feats), [feats, net.fc.weight], 2.0 * feats.numel())
+    salience = triton_model.salience
+    maps = stage("shared", "salience 512->64 (cuDNN)", lambda: salience(h), [h, salience.weight],
+                 conv_flop(salience, salience(h)))
+    feats = stage("shared", "top_k_pool (Triton)", lambda: top_k_pool(maps, triton_model.k), [maps])
+    stage("shared", "fc 1024->1", lambda: triton_model.fc(feats), [feats, triton_model.fc.weight], 2.0 * feats.numel())
 
 
 def write_report(doc: dict, output_dir: Path) -> None:
     """profile_gpu.json and profile_gpu.md in --output-dir; the table on stdout."""
-    rows, total, whole, b, n = doc["rows"], doc["sum_of_stages_ms"], doc["triton_pipeline_whole_ms"], doc["batch"], doc["size"]
+    rows, total, whole = doc["rows"], doc["sum_of_stages_ms"], doc["triton_pipeline_whole_ms"]
+    b, n = doc["batch"], doc["size"]
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "profile_gpu.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = ["# Where the GPU time goes (`python benchmarks/profile_gpu.py`)", "",
@@ -174,17 +175,17 @@ def main(argv=None) -> int:
         print("profile_gpu: no CUDA device visible to torch", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
-    model, net = load_models(args.checkpoint)
+    model, triton_model = load_models(args.checkpoint)
     conv1 = folded_conv1(model)
     b, n = args.batch, args.size
     x = torch.randint(0, 256, (b, n, n, 3), dtype=torch.uint8, device="cuda")
     stage = Stages()
     with torch.inference_mode():
         cudnn_out = cudnn_head(stage, x, conv1)
-        h = triton_head(stage, x, net)
+        h = triton_head(stage, x, triton_model)
         assert h.shape == cudnn_out.shape, (h.shape, cudnn_out.shape)
-        shared_tail(stage, net, h)
-        whole = timed(lambda: net(x))
+        shared_tail(stage, triton_model, h)
+        whole = timed(lambda: triton_model(x))
     total = {p: sum(r["ms"] for r in stage.rows if r["pipeline"] in (p, "shared")) for p in ("cudnn", "triton")}
     write_report({"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": torch.cuda.get_device_name(0),
                   "torch": torch.__version__, "batch": b, "size": n, "rows": stage.rows, "sum_of_stages_ms": total,
