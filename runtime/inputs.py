@@ -52,14 +52,16 @@ def expand_paths(args: list[str], errors: dict[str, str] | None = None) -> Expan
     return exp
 
 
-def image_files(folder: str) -> list[str]:
+def image_files(folder: str, other_files: bool = False) -> list[str]:
     """The image files below ``folder`` by the listing rules (see the module's docstring): a
     folder's files before its subfolders', each sorted, hidden names skipped, symlinked folders
     read once; [] when it holds none. For callers that want the files, not records (calibration
-    and stress sets); a subfolder that cannot be read is left out."""
-    exp = Expansion()
-    _list_local(exp, folder, folder, None, str)
-    return [path for path in exp.inputs if path not in exp.errors]
+    and stress sets, training data); a subfolder that cannot be read is left out. With
+    ``other_files``, the files without an image extension too, in their place, for a caller
+    that reports each (training's data check names every file it skips, and why)."""
+    files, _ = _walk(folder, None, lambda e: None)
+    kinds = ("image", "other") if other_files else ("image",)
+    return [os.path.join(folder, *parts) for parts in sorted(files, key=_listing_order) if _kind(None, parts) in kinds]
 
 
 def expand_local(path: str, exp: Expansion, arg: str | None = None, shown: Callable[[str], str] = str) -> None:

@@ -166,6 +166,25 @@ def test_header_level_bad_files_skipped_and_named(tmp_path):
     assert ".DS_Store" not in messages[0]
 
 
+def test_samples_are_listed_by_the_runtime_listing_rules(tmp_path):
+    """find_samples lists each label folder with the runtime's one walker (issue 25, item 3):
+    symlinked folders followed (as ImageFolder does), each real folder read once, hidden names
+    skipped, a folder's files before its subfolders'."""
+    for k in range(2):
+        write_image(tmp_path / "elsewhere" / f"s{k}.png", seed=k)
+    real = [write_image(tmp_path / "data" / "0_real" / name, seed=10 + k) for k, name in enumerate(("b.png", "a.png"))]
+    fake = write_image(tmp_path / "data" / "1_fake" / "deep" / "f.png", seed=20)
+    write_image(tmp_path / "data" / "1_fake" / ".thumbs" / "t.png", seed=21)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "data" / "0_real" / "linked")
+    os.symlink(tmp_path / "data" / "0_real", tmp_path / "data" / "0_real" / "linked" / "back")  # a loop: read once
+    samples = find_samples(tmp_path / "data")
+    assert [(s.path, s.label) for s in samples] == [
+        (real[1], 0), (real[0], 0),
+        (str(tmp_path / "data" / "0_real" / "linked" / "s0.png"), 0),
+        (str(tmp_path / "data" / "0_real" / "linked" / "s1.png"), 0),
+        (fake, 1)]
+
+
 def make_dataset_with_truncated(root):
     expected = make_layout(root)
     png = write_image(os.path.join(root, "cat", "1_fake", "trunc.png"), seed=7, w=64, h=64)

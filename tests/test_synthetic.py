@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lfm.train.data import find_samples
-from lfm.train.make_synthetic import SUBSETS, SyntheticError, main, make_synthetic
+from lfm.train.make_synthetic import SUBSETS, PhotoSource, SyntheticError, main, make_synthetic
 
 
 def load(path) -> np.ndarray:
@@ -173,6 +173,20 @@ def test_real_dir_crops_user_images(tmp_path):
         assert size_mode(p)[0] == (32, 32)
     for p in images(out, "train", "nearest", "1_fake"):
         assert np.abs(npr(load(p))).max() == 0
+
+
+def test_real_dir_is_listed_by_the_runtime_listing_rules(tmp_path):
+    """--real-dir is read with the runtime's one walker (issue 25, item 3): hidden names skipped
+    (a thumbnail cache is not a photo), symlinked folders followed, each real folder read once."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "photos"
+    for rel in ("b.png", "sub/a.png", ".thumbs/t.png", "../elsewhere/e.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(src / rel)
+    (src / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "back").symlink_to(src)  # a loop: read once
+    photos = PhotoSource(str(src), 32)
+    assert photos.files == photos.read == [str(src / "b.png"), str(src / "linked" / "e.png"), str(src / "sub" / "a.png")]
 
 
 def test_cli_prints_counts_and_errors(tmp_path, capsys):

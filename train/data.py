@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageFilter, UnidentifiedImageError
 from torch.utils.data import Dataset, WeightedRandomSampler
 
+from lfm.runtime.inputs import image_files
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageError, apply_policy, is_image_path, normalize, open_image
 from lfm.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES
 
@@ -72,9 +73,11 @@ def find_samples(root: PathLike, classes: Optional[Sequence[str]] = None, check:
     Layouts (checked in this order):
       * flat:  ``root/{0_real,1_fake}/*``           -> subset = basename of root
       * class: ``root/<class>/{0_real,1_fake}/*``    -> subset = class folder name
-    Files are found recursively under each 0_real/1_fake folder (as ImageFolder does); hidden
-    files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are ignored. Order is
-    deterministic: class name, then label, then path, all sorted.
+    Files are found recursively under each 0_real/1_fake folder (as ImageFolder does) by the
+    runtime's listing rules (``lfm.runtime.inputs.image_files``): hidden files and folders
+    (``.DS_Store``, ``.ipynb_checkpoints``) are ignored, symlinked folders followed, each real
+    folder read once. Order is deterministic: class name, then label, then path (a folder's
+    files before its subfolders', each sorted).
 
     ``classes`` keeps only those class folders (for the flat layout the one class is the
     root's basename). ``check`` opens every file's header (no pixel decode) and skips,
@@ -113,7 +116,7 @@ def find_samples(root: PathLike, classes: Optional[Sequence[str]] = None, check:
     samples, bad, n_files = [], [], 0
     for name, label_dirs in groups.items():
         for label, folder in label_dirs:
-            for path in _walk_files(folder):
+            for path in image_files(folder, other_files=True):  # the others: skipped, and named
                 n_files += 1
                 reason = check_image_header(path) if check else None
                 if reason is None:
@@ -178,15 +181,6 @@ def _subdirs(folder: str) -> list[str]:
 def _label_dirs(folder: str) -> list[tuple[int, str]]:
     return [(label, os.path.join(folder, name)) for label, name in enumerate(LABEL_DIRS)
             if os.path.isdir(os.path.join(folder, name))]
-
-
-def _walk_files(folder: str):
-    """Every non-hidden file below folder, in sorted order."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield os.path.join(dirpath, name)
 
 
 def check_image_header(path: PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:

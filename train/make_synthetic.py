@@ -48,7 +48,8 @@ from PIL import Image
 
 from lfm.runtime.cli import ArgumentParser, run  # noqa: E402
 from lfm.runtime.files import files_under, overwrite_refusal
-from lfm.runtime.preprocess import ImageError, is_image_path, open_image, open_image_file
+from lfm.runtime.inputs import image_files
+from lfm.runtime.preprocess import ImageError, open_image, open_image_file
 
 SPLITS = ("train", "val")
 SUBSETS = ("nearest", "bilinear", "transposed")
@@ -193,7 +194,8 @@ def _transposed2x(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 class PhotoSource:
-    """Random square crops of the images under a folder, never up-scaled."""
+    """Random square crops of the images under a folder (by the runtime's listing rules: recursively,
+    hidden names skipped, symlinked folders read once), never up-scaled."""
 
     def __init__(self, real_dir: str, size: int):
         if not os.path.isdir(real_dir):
@@ -202,23 +204,18 @@ class PhotoSource:
         self.files: list[str] = []
         self.read: list[str] = []  # every image file looked at: what --force must not delete
         skipped = []
-        for dirpath, dirnames, filenames in os.walk(real_dir):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if not is_image_path(path):
-                    continue
-                self.read.append(path)
-                try:  # open_image_file: a FIFO or device is skipped, never opened for a blocking read
-                    with open_image_file(path) as f, Image.open(f) as img:
-                        w, h = img.size
-                except Exception as e:  # unreadable header: skip, reported below
-                    skipped.append(f"{path} ({e.problem if isinstance(e, ImageError) else e.__class__.__name__})")
-                    continue
-                if min(w, h) < size:
-                    skipped.append(f"{path} ({w}x{h} < {size})")
-                else:
-                    self.files.append(path)
+        for path in image_files(real_dir):
+            self.read.append(path)
+            try:  # open_image_file: a FIFO or device is skipped, never opened for a blocking read
+                with open_image_file(path) as f, Image.open(f) as img:
+                    w, h = img.size
+            except Exception as e:  # unreadable header: skip, reported below
+                skipped.append(f"{path} ({e.problem if isinstance(e, ImageError) else e.__class__.__name__})")
+                continue
+            if min(w, h) < size:
+                skipped.append(f"{path} ({w}x{h} < {size})")
+            else:
+                self.files.append(path)
         if skipped:
             warnings.warn(f"--real-dir: skipped {len(skipped)} images: {', '.join(skipped)}")
         if not self.files:
