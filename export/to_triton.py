@@ -7,7 +7,7 @@
     python export/to_triton.py lfm.plan --repository DIR ...     (TensorRT; reads lfm.plan.json)
 
 For NVIDIA's Triton containers (nvcr.io/nvidia/tritonserver:<yy.mm>-py3), which bring the
-onnxruntime, tensorrt and python backends. Three models, named from --name (default lfm):
+onnxruntime, tensorrt and python backends. Four models, named from --name (default lfm):
 
     DIR/lfm_model/       the model itself: config.pbtxt (platform onnxruntime_onnx or tensorrt_plan,
                          dynamic batching, instance group) and 1/model.onnx | 1/model.plan;
@@ -15,12 +15,14 @@ onnxruntime, tensorrt and python backends. Three models, named from --name (defa
                          fp32 [3,-1,-1]; logit and score fp32, [batch] reshaped to [batch, 1])
     DIR/lfm_preprocess/  python backend, 1/model.py: encoded image bytes -> the model's input, by
                          the runtime's own decoding and preprocessing (lfm.runtime.preprocess, the
-                         spec from the model's metadata, kept in config.pbtxt parameters). A bad
-                         image fails its own request only (python-backend per-request errors).
-    DIR/lfm/             ensemble: image BYTES [1] -> lfm_preprocess -> lfm_model -> logit, score;
-                         the same name and input as runtime/serve.py's model, so
-                         runtime/client.py works against either (label = score > lfm.threshold,
-                         a parameter of this config).
+                         spec from the model's metadata, kept in config.pbtxt parameters), and
+                         each image's error: a bad image costs only its own answer.
+    DIR/lfm_postprocess/ python backend, 1/model.py: logit + error -> the serving contract's
+                         outputs (lfm.runtime.serve_contract), labelled at the model's threshold
+                         (lfm.threshold, a parameter of this config, from the model's spec).
+    DIR/lfm/             ensemble: image BYTES [1] -> lfm_preprocess -> lfm_model -> lfm_postprocess
+                         -> logit, score (FP64), label, error (BYTES): the same name, input and
+                         outputs as runtime/serve.py's model, so runtime/client.py reads both alike.
 
 Load shedding, as runtime/serve.py does it: the ensemble's first step, lfm_preprocess, holds
 at most --max-queue-size requests in its dynamic batcher's queue and refuses more at once (HTTP
@@ -29,9 +31,9 @@ both models refuse a request still queued after --queue-timeout-ms. lfm_model's 
 size bound of its own: what reaches it was admitted, and preprocessed, already (a bound there
 would throw that work away); its inflow is bounded by lfm_preprocess's instances and batches.
 
-The preprocessing model imports the lfm package: install it in the container first, e.g.
-``pip install --no-deps /path/to/lfm-deploy pillow`` (numpy is there already); the model
-refuses to load, naming the problem, without it. Every config.pbtxt written is parsed back into
+The python-backend models import the lfm package: install it in the container first, e.g.
+``pip install --no-deps /path/to/lfm-deploy pillow`` (numpy is there already); they refuse to
+load, naming the problem, without it. Every config.pbtxt written is parsed back into
 Triton's ModelConfig protobuf when tritonclient is installed (the [serve] extra).
 
 --engine plans: the input, precision and optimisation profile come from the sidecar that
@@ -52,19 +54,24 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: don't let export/'s modules shadow libraries
     sys.path.pop(0)
 
 from lfm.runtime import serve_defaults as defaults  # noqa: E402  (serve.py's batching and queue defaults)
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
 from lfm.runtime.files import files_under, first_line, overwrite_refusal  # noqa: E402  (standard library only)
+from lfm.runtime.serve_contract import OUTPUTS as SERVED_OUTPUTS  # noqa: E402  (numpy only)
 
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64", 9: "TYPE_BOOL",
                   10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
 NUMPY_TO_TRITON = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-OUTPUTS = ("logit", "score")
+OUTPUTS = ("logit", "score")  # the graph's
+# What the ensemble answers: the serving contract's outputs (serve_contract), as Triton types
+CONTRACT_OUTPUTS = tuple((o, {np.float64: "TYPE_FP64", np.bytes_: "TYPE_STRING"}[dtype]) for o, dtype in SERVED_OUTPUTS)
 
 
 class RepositoryError(ValueError):
@@ -217,37 +224,59 @@ def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us
     if spec.policy in ("resize", "center-crop"):  # fixed size after the policy
         in_dims = [spec.size, spec.size, 3] if in_type == "TYPE_UINT8" else [3, spec.size, spec.size]
     return "\n".join([
-        "# LFM: encoded image bytes -> the model's input (lfm.runtime.preprocess). Written by export/to_triton.py.",
+        "# LFM: encoded image bytes -> the model's input (lfm.runtime.preprocess) and each image's error. "
+        "Written by export/to_triton.py.",
         f"name: {_q(name)}",
         'backend: "python"',
         f"max_batch_size: {max_batch}",
         "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
-        "output [\n" + _tensor(in_name, in_type, in_dims) + "\n]",
+        "output [\n" + _tensor(in_name, in_type, in_dims) + ",\n" + _tensor("error", "TYPE_STRING", [1]) + "\n]",
         _batching(preferred, delay_us, max_queue_size, queue_timeout_ms),
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
         _parameters({"lfm.spec": spec.to_json(), "lfm.max_pixels": max_pixels}),
     ]) + "\n"
 
 
-def ensemble_config(name: str, model_name: str, pre_name: str, desc: dict, max_batch: int) -> str:
-    (in_name, _, _) = desc["inputs"][0]
-    outs = desc["outputs"]
-    out_maps = "".join(f"\n      output_map {{ key: {_q(o)} value: {_q(o)} }}" for o, _, _ in outs)
+def postprocess_config(name: str, desc: dict, max_batch: int, instances: int) -> str:
+    """The ensemble's last step: the model's logit and the preprocessing's error -> the serving
+    contract's outputs (serve_contract), labelled at the model's threshold (lfm.threshold)."""
+    logit_type = next(t for o, t, _ in desc["outputs"] if o == "logit")
     return "\n".join([
-        f"# LFM: image bytes -> {pre_name} -> {model_name} -> logit, score. Written by export/to_triton.py.",
+        "# LFM: logit + preprocessing error -> logit, score, label, error (lfm.runtime.serve_contract). "
+        "Written by export/to_triton.py.",
+        f"name: {_q(name)}",
+        'backend: "python"',
+        f"max_batch_size: {max_batch}",
+        "input [\n" + _tensor("logit", logit_type, [1]) + ",\n" + _tensor("error", "TYPE_STRING", [1]) + "\n]",
+        "output [\n" + ",\n".join(_tensor(o, t, [1]) for o, t in CONTRACT_OUTPUTS) + "\n]",
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
+        _parameters({"lfm.threshold": desc["spec"].threshold}),
+    ]) + "\n"
+
+
+def _step(model: str, inputs: dict, outputs: dict) -> str:
+    """One ensemble step: the model's tensors (keys) to and from the ensemble's (values)."""
+    maps = [f"input_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in inputs.items()]
+    maps += [f"output_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in outputs.items()]
+    return f"    {{\n      model_name: {_q(model)}\n      model_version: -1" + "".join(f"\n      {m}" for m in maps) + "\n    }"
+
+
+def ensemble_config(name: str, model_name: str, pre_name: str, post_name: str, desc: dict, max_batch: int) -> str:
+    (in_name, _, _) = desc["inputs"][0]
+    steps = [_step(pre_name, {"image": "image"}, {in_name: "preprocessed", "error": "preprocess_error"}),
+             _step(model_name, {in_name: "preprocessed"}, {"logit": "model_logit"}),
+             _step(post_name, {"logit": "model_logit", "error": "preprocess_error"},
+                   {o: o for o, _ in CONTRACT_OUTPUTS})]
+    return "\n".join([
+        f"# LFM: image bytes -> {pre_name} -> {model_name} -> {post_name} -> logit, score, label, error. "
+        "Written by export/to_triton.py.",
         f"name: {_q(name)}",
         'platform: "ensemble"',
         f"max_batch_size: {max_batch}",
         "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
-        # the ensemble's outputs as Triton's API sees the model's: [batch, 1]
-        "output [\n" + ",\n".join(_tensor(o, t, [1]) for o, t, _ in outs) + "\n]",
-        "ensemble_scheduling {\n  step [\n"
-        f"    {{\n      model_name: {_q(pre_name)}\n      model_version: -1\n"
-        f"      input_map {{ key: \"image\" value: \"image\" }}\n"
-        f"      output_map {{ key: {_q(in_name)} value: \"preprocessed\" }}\n    }},\n"
-        f"    {{\n      model_name: {_q(model_name)}\n      model_version: -1\n"
-        f"      input_map {{ key: {_q(in_name)} value: \"preprocessed\" }}{out_maps}\n    }}\n  ]\n}}",
-        _parameters({"lfm.spec": desc["spec"].to_json(), "lfm.threshold": desc["spec"].threshold}),
+        "output [\n" + ",\n".join(_tensor(o, t, [1]) for o, t in CONTRACT_OUTPUTS) + "\n]",
+        "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}",
+        _parameters({"lfm.spec": desc["spec"].to_json()}),
     ]) + "\n"
 
 
@@ -257,12 +286,14 @@ PREPROCESS_MODEL_PY = '''\
 
 Encoded image bytes (input "image", BYTES [batch, 1]) -> the LFM model's input, with the
 runtime's own decoding and preprocessing: lfm.runtime.preprocess (Pillow: EXIF orientation,
-any mode to RGB, the pixel limit against decompression bombs, then the model's size policy).
-The spec comes from this model's config.pbtxt parameters (lfm.spec, lfm.max_pixels).
+any mode to RGB, the pixel limit against decompression bombs, then the model's size policy),
+and output "error" (BYTES [batch, 1]): b"" for an image prepared, else its problem, as
+runtime/serve.py words it. A failed image gets a black placeholder in the model's input (its
+logit is dropped by the postprocessing step), so it costs only its own answer, never its
+request's or the other requests' batched with it. The spec comes from this model's
+config.pbtxt parameters (lfm.spec, lfm.max_pixels).
 
 Needs the lfm package in the container's Python: pip install --no-deps /path/to/lfm-deploy pillow.
-Each request is answered on its own: an image that cannot be decoded fails its request (an
-error response naming the problem), never the other requests batched with it.
 """
 import json
 
@@ -270,8 +301,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
-    from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_array, normalize
-    from lfm.runtime.spec import ModelSpec, check_input_size
+    from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, load_tiles_or_problem, normalize
+    from lfm.runtime.spec import ModelSpec, check_input_size, min_input_size
 except ImportError as e:  # pragma: no cover - the container lacks the package
     raise ImportError(f"LFM preprocessing needs the lfm package in Triton's Python ({e}); "
                       "install it with: pip install --no-deps /path/to/lfm-deploy pillow") from None
@@ -287,33 +318,85 @@ class TritonPythonModel:
         self.max_pixels = int(params.get("lfm.max_pixels", DEFAULT_MAX_PIXELS))
         self.output_name = config["output"][0]["name"]
         self.output_dtype = pb_utils.triton_string_to_numpy(config["output"][0]["data_type"])
+        side = self.spec.size if self.spec.policy in ("resize", "center-crop") else min_input_size(self.spec.top_k)
+        self.placeholder = (side, side, 3)  # a failed image's place when no image of its request succeeded
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            try:
-                out = self._prepare(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, out)]))
-            except (ImageError, ValueError, TypeError) as e:
-                message = e.problem if isinstance(e, ImageError) else str(e)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
+            pixels, errors = self._prepare(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(self.output_name, pixels), pb_utils.Tensor("error", errors)]))
         return responses
 
     def _prepare(self, blobs):
-        arrays = []
-        for blob in blobs.reshape(-1):
-            if not isinstance(blob, (bytes, bytearray)):
-                raise TypeError(f"expected encoded image bytes, got {type(blob).__name__}")
-            a = load_array(bytes(blob), self.spec, self.max_pixels)
-            check_input_size(a.shape[0], a.shape[1], self.spec.top_k)
-            arrays.append(a)
-        if len({a.shape for a in arrays}) > 1:
-            raise ValueError("images of one request preprocess to different sizes (policy none): "
-                             "send them in separate requests")
+        prepared = [self._one(blob) for blob in blobs.reshape(-1)]
+        shape = next((a.shape for a, _ in prepared if a is not None), self.placeholder)
+        arrays, errors = [], []
+        for a, problem in prepared:
+            if a is not None and a.shape != shape:  # policy none: one batch holds one size
+                a, problem = None, (f"{a.shape[1]}x{a.shape[0]} at its native size, another image of this request "
+                                    f"{shape[1]}x{shape[0]} (policy none): send it in a request of its own")
+            arrays.append(np.zeros(shape, np.uint8) if a is None else a)
+            errors.append([problem.encode() if problem else b""])
         batch = np.stack(arrays)
-        if self.spec.input == "uint8":
-            return batch.astype(self.output_dtype, copy=False)
-        return normalize(batch, self.spec.mean, self.spec.std).astype(self.output_dtype, copy=False)
+        if self.spec.input != "uint8":
+            batch = normalize(batch, self.spec.mean, self.spec.std)
+        return batch.astype(self.output_dtype, copy=False), np.array(errors, dtype=object)
+
+    def _one(self, blob):
+        """(the image's model input, None) or (None, its problem)."""
+        if not isinstance(blob, (bytes, bytearray)):
+            return None, f"expected encoded image bytes, got {type(blob).__name__}"
+        arrays, problem = load_tiles_or_problem(bytes(blob), self.spec, self.max_pixels)
+        if problem is not None:
+            return None, problem
+        try:
+            check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
+        except ValueError as e:
+            return None, str(e)
+        return arrays[0], None
+
+    def finalize(self):
+        pass
+'''
+
+
+# The python-backend model written as DIR/<name>_postprocess/1/model.py.
+POSTPROCESS_MODEL_PY = '''\
+"""LFM postprocessing for Triton's python backend (written by export/to_triton.py).
+
+The model's logit (FP32 [batch, 1]) and the preprocessing's error (BYTES [batch, 1]) -> the
+serving contract's outputs, as runtime/serve.py answers (lfm.runtime.serve_contract): logit and
+score FP64, label b"fake" | b"real" at the model's threshold (this config's lfm.threshold, from
+the model's spec), error; a failed image's logit and score are the contract's placeholders.
+
+Needs the lfm package in the container's Python: pip install --no-deps /path/to/lfm-deploy pillow.
+"""
+import json
+
+import triton_python_backend_utils as pb_utils
+
+try:
+    from lfm.runtime.serve_contract import OUTPUT_NAMES, outputs, records_from_logits
+except ImportError as e:  # pragma: no cover - the container lacks the package
+    raise ImportError(f"LFM postprocessing needs the lfm package in Triton's Python ({e}); "
+                      "install it with: pip install --no-deps /path/to/lfm-deploy pillow") from None
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.threshold = float(config["parameters"]["lfm.threshold"]["string_value"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            logits = pb_utils.get_input_tensor_by_name(request, "logit").as_numpy()
+            errors = pb_utils.get_input_tensor_by_name(request, "error").as_numpy()
+            out = outputs(records_from_logits(logits, errors, self.threshold))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, out[n]) for n in OUTPUT_NAMES]))
+        return responses
 
     def finalize(self):
         pass
@@ -344,13 +427,14 @@ def write_repository(source: str, repository: str, *, name: str = "lfm",
                      kind: str = "auto", max_pixels: int | None = None, force: bool = False,
                      max_queue_size: int = defaults.MAX_QUEUE_SIZE,
                      queue_timeout_ms: int = defaults.QUEUE_TIMEOUT_MS) -> dict:
-    """Write the three models; returns {"models": {name: dir}, "validated": bool, "notes": [...]}."""
+    """Write the four models; returns {"models": {name: dir}, "validated": bool, "notes": [...]}."""
     from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS
 
     if not os.path.isfile(source):
         raise RepositoryError(f"{source}: no such file")
-    model_name, pre_name = f"{name}_model", f"{name}_preprocess"
-    replaced = [f for m in (name, model_name, pre_name) for f in files_under(os.path.join(repository, m))] if force else []
+    model_name, pre_name, post_name = f"{name}_model", f"{name}_preprocess", f"{name}_postprocess"
+    models = (name, model_name, pre_name, post_name)
+    replaced = [f for m in models for f in files_under(os.path.join(repository, m))] if force else []
     problem = name_problem(name) or repository_problem(repository) or overwrite_refusal(
         replaced, [("the model", source), ("the engine's sidecar", source + ".json")], "--repository")
     if problem:  # before the work
@@ -382,7 +466,8 @@ def write_repository(source: str, repository: str, *, name: str = "lfm",
                                  instances, KINDS[kind], queue_timeout_ms),
         pre_name: preprocess_config(pre_name, desc, max_batch_size, preferred, max_queue_delay_us, instances,
                                     max_pixels or DEFAULT_MAX_PIXELS, max_queue_size, queue_timeout_ms),
-        name: ensemble_config(name, model_name, pre_name, desc, max_batch_size),
+        post_name: postprocess_config(post_name, desc, max_batch_size, instances),
+        name: ensemble_config(name, model_name, pre_name, post_name, desc, max_batch_size),
     }
     parsed = {m: validate_config(t, os.path.join(repository, m, "config.pbtxt")) for m, t in texts.items()}
 
@@ -399,7 +484,8 @@ def write_repository(source: str, repository: str, *, name: str = "lfm",
     model_file = os.path.join(model_name, "1", "model.plan" if is_plan else "model.onnx")
     try:
         _install(repository, texts, copies={model_file: source},
-                 sources={os.path.join(pre_name, "1", "model.py"): PREPROCESS_MODEL_PY})
+                 sources={os.path.join(pre_name, "1", "model.py"): PREPROCESS_MODEL_PY,
+                          os.path.join(post_name, "1", "model.py"): POSTPROCESS_MODEL_PY})
     except OSError as e:  # disk full, permissions changed under us: one line, never Python's "[Errno N]"
         raise RepositoryError(f"{repository}: writing the models failed ({describe_os_error(e)}); check "
                               "its free space and permissions, then run again with --force") from None
@@ -464,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="MODEL", help="lfm.onnx (export/to_onnx.py) or lfm.plan (export/to_trt.py)")
     p.add_argument("--repository", "-r", required=True, metavar="DIR",
                    help="model repository to write into; created if missing (required)")
-    p.add_argument("--name", default="lfm", help="ensemble name; the others get _model and _preprocess (default: lfm)")
+    p.add_argument("--name", default="lfm", help="ensemble name; the others get _model, _preprocess and _postprocess (default: lfm)")
     p.add_argument("--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE,
                    help="largest batch Triton forms, capped at a plan's profile (default: %(default)s)")
     p.add_argument("--preferred-batch-sizes", default=",".join(map(str, defaults.PREFERRED_BATCH_SIZES)),

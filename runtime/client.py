@@ -2,11 +2,14 @@
 repository export/to_triton.py writes): one record per input, as runtime/infer.py writes them.
 
     python runtime/client.py PATHS... [--url http://127.0.0.1:8000 | grpc://127.0.0.1:8001]
-                             [--model lfm] [--batch-size 8] [--format jsonl|csv|table] [-o FILE]
+                             [--model-name lfm] [--batch-size 8] [--format jsonl|csv|table] [-o FILE]
 
 Files are read here and sent as encoded bytes (input ``image``, BYTES); the server decodes and
-preprocesses them. PATHS are files, directories and globs, as for infer.py. Exit status: 0
-every input scored, 1 some failed, 2 the server could not be reached or has no such model.
+preprocesses them. PATHS are files, directories and globs, as for infer.py. Both servers answer
+with one contract (``serve_contract``: logit, score, label at the model's own threshold, error
+per image), which the records carry as they come; --threshold T relabels each record from its
+score instead ("fake" when score > T, as ``spec.is_fake``). Exit status: 0 every input scored,
+1 some failed, 2 the server could not be reached or has no such model.
 
 Python API (tritonclient only: no torch, no model file needed here):
 
@@ -41,7 +44,8 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 import numpy as np  # noqa: E402
 
 from lfm.runtime.preprocess import ImageError, read_image_bytes  # noqa: E402  (Pillow + numpy, no model code)
-from lfm.runtime.records import FORMATS, Record, in_input_order, sigmoid  # noqa: E402
+from lfm.runtime.records import FORMATS, Record, in_input_order  # noqa: E402
+from lfm.runtime.serve_contract import OUTPUT_NAMES  # noqa: E402  (numpy only)
 from lfm.runtime.serve_defaults import MODEL_NAME  # noqa: E402
 from lfm.runtime.spec import is_fake  # noqa: E402
 
@@ -97,8 +101,7 @@ class LfmClient:
                  timeout: float = 60.0, threshold: float | None = None):
         self.protocol, self.address = parse_url(url, protocol)
         self.model, self.timeout = model, timeout
-        self._threshold_given = threshold is not None
-        self.threshold = 0.5 if threshold is None else threshold
+        self.threshold = threshold  # None: the server's labels; else each record relabelled from its score
         try:
             if self.protocol == "grpc":
                 import tritonclient.grpc as tc
@@ -147,8 +150,9 @@ class LfmClient:
         return False
 
     def output_names(self) -> list[str]:
-        """The model's outputs among logit, score, label, error (serve.py has all four; the
-        ensemble of export/to_triton.py has logit and score)."""
+        """The serving contract's outputs (serve_contract: logit, score, label, error), which
+        serve.py and export/to_triton.py's repository both answer with; ServerError for a model
+        without them."""
         if self._outputs is None:
             try:
                 meta = self._client.get_model_metadata(self.model)
@@ -158,22 +162,13 @@ class LfmClient:
                 raise ServerError(f"cannot reach {self.protocol}://{self.address} ({_reason(e)}); is the server "
                                   "running there?") from None
             names = [o.name for o in meta.outputs] if self.protocol == "grpc" else [o["name"] for o in meta["outputs"]]
-            self._outputs = [n for n in ("logit", "score", "label", "error") if n in names]
-            if "logit" not in self._outputs:
-                raise ServerError(f"model {self.model!r} has no 'logit' output (outputs: {names})")
-            if "label" not in self._outputs and not self._threshold_given:
-                self.threshold = self._config_threshold()
+            missing = [n for n in OUTPUT_NAMES if n not in names]
+            if missing:
+                raise ServerError(f"model {self.model!r} lacks the output(s) {', '.join(missing)} (it has "
+                                  f"{', '.join(names)}): not LFM's serving contract; a repository written by an "
+                                  "older export/to_triton.py: write it again")
+            self._outputs = list(OUTPUT_NAMES)
         return self._outputs
-
-    def _config_threshold(self) -> float:
-        """The 'lfm.threshold' parameter of the model's config (export/to_triton.py writes it), else 0.5."""
-        try:
-            config = self._client.get_model_config(self.model)
-            params = config.config.parameters if self.protocol == "grpc" else config.get("parameters", {})
-            value = params["lfm.threshold"].string_value if self.protocol == "grpc" else params["lfm.threshold"]["string_value"]
-            return float(value)
-        except Exception:
-            return self.threshold
 
     # -- inference ---------------------------------------------------------------------------
     def infer(self, name: str, data: np.ndarray, datatype: str) -> dict[str, np.ndarray]:
@@ -258,22 +253,20 @@ class LfmClient:
             records[i] = r
 
     def _records(self, out: dict[str, np.ndarray], names: Sequence[str]) -> list[Record]:
-        logit = out["logit"].reshape(-1).astype(np.float64)
-        label = out["label"].reshape(-1) if "label" in out else None
-        error = out["error"].reshape(-1) if "error" in out else None
+        """The server's answer per image (serve_contract), as records; with ``threshold`` set,
+        each label is decided again from the score (``spec.is_fake``: score > threshold)."""
+        logit, score = (out[n].reshape(-1).astype(np.float64) for n in ("logit", "score"))
+        label, error = (out[n].reshape(-1) for n in ("label", "error"))
         records = []
         for i, name in enumerate(names):
-            err = _text(error[i]) if error is not None else ""
-            if err:
-                records.append(Record.failed(name, err))
-                continue
-            lg = float(logit[i])
-            if not math.isfinite(lg):
-                records.append(Record.failed(name, "server returned no logit"))
-                continue
-            sc = sigmoid(lg)  # in float64 from the logit, as the runtime's records (a graph's score is float32)
-            lb = _text(label[i]) if label is not None else ("fake" if is_fake(sc, self.threshold) else "real")
-            records.append(Record(path=name, logit=lg, score=sc, label=lb))
+            if _text(error[i]):
+                records.append(Record.failed(name, _text(error[i])))
+            elif not (math.isfinite(logit[i]) and 0.0 <= score[i] <= 1.0):
+                records.append(Record.failed(name, "server returned no score"))
+            else:
+                relabelled = None if self.threshold is None else ("fake" if is_fake(score[i], self.threshold) else "real")
+                records.append(Record(path=name, logit=float(logit[i]), score=float(score[i]),
+                                      label=relabelled or _text(label[i])))
         return records
 
 

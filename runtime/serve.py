@@ -88,6 +88,7 @@ from lfm.runtime.detector import Detector  # noqa: E402
 from lfm.runtime.options import (ModelArgs, PipelineArgs, PipelineOptions, ServerArgs, default_workers,  # noqa: E402
                                  parse_and_check, usable_cpus)
 from lfm.runtime.records import Record  # noqa: E402
+from lfm.runtime.serve_contract import OUTPUTS, outputs  # noqa: E402
 from lfm.runtime.serve_defaults import MAX_REQUEST_BYTES, MODEL_NAME  # noqa: E402
 from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervision,  # noqa: E402
                                      WatchedModel)
@@ -98,11 +99,6 @@ from lfm.runtime.spec import check_input_size, min_input_size  # noqa: E402
 LOG = logging.getLogger("lfm.serve")
 
 IMAGE_INPUT, PIXELS_INPUT = "image", "pixels"
-OUTPUT_NAMES = ("logit", "score", "label", "error")
-# A failed item's logit and score: finite, because Triton's HTTP/JSON answer writes NaN as a bare
-# `NaN`, which JSON does not have (JavaScript's JSON.parse, Go and Java refuse the whole answer);
-# -1 is no sigmoid's value, so a score read without its `error` still shows it is none.
-FAILED_LOGIT, FAILED_SCORE = 0.0, -1.0
 # The health probe waits as long as an accepted request may: the queue's timeout (past it the
 # probe is refused as overloaded, which is no failure), then this for its own batch.
 PROBE_BATCH_S = 5.0
@@ -170,21 +166,8 @@ class LfmModel:
 
     @staticmethod
     def _outputs(plan: list, records: list[Record]) -> dict[str, np.ndarray]:
-        n = len(plan)
-        logit = np.full((n, 1), FAILED_LOGIT, dtype=np.float64)
-        score = np.full((n, 1), FAILED_SCORE, dtype=np.float64)
-        label = np.full((n, 1), b"", dtype=object)
-        error = np.full((n, 1), b"", dtype=object)
-        for i, slot in enumerate(plan):
-            if isinstance(slot, str):
-                error[i, 0] = slot.encode()
-                continue
-            r = records[slot]
-            if r.ok:
-                logit[i, 0], score[i, 0], label[i, 0] = r.logit, r.score, r.label.encode()
-            else:
-                error[i, 0] = r.error.encode()
-        return {"logit": logit, "score": score, "label": label, "error": error}
+        """The serving contract's outputs (serve_contract): a record per item, refused ones included."""
+        return outputs([Record.failed("", slot) if isinstance(slot, str) else records[slot] for slot in plan])
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,10 +361,7 @@ def serve(args) -> int:
             infer_func=models,
             inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
                     Tensor(name=PIXELS_INPUT, dtype=np.uint8, shape=(-1, -1, 3), optional=True)],
-            outputs=[Tensor(name="logit", dtype=np.float64, shape=(1,)),
-                     Tensor(name="score", dtype=np.float64, shape=(1,)),
-                     Tensor(name="label", dtype=np.bytes_, shape=(1,)),
-                     Tensor(name="error", dtype=np.bytes_, shape=(1,))],
+            outputs=[Tensor(name=name, dtype=dtype, shape=(1,)) for name, dtype in OUTPUTS],  # serve_contract
             config=ModelConfig(max_batch_size=args.max_batch_size, batcher=dynamic_batcher(args)),
             strict=True,
         )

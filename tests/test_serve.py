@@ -1048,6 +1048,23 @@ def test_decode_processes_fault_exit_leaves_no_decoders_nor_shared_memory(random
 # export/to_triton.py
 
 
+def _raw_answers(address: str, model: str, images: list[Path]) -> tuple:
+    """A server's model outputs (name, datatype, shape) and its raw answer to one request: a bad
+    image, two good ones and an empty file."""
+    import tritonclient.http as tc
+
+    client = tc.InferenceServerClient(address)
+    try:
+        outputs = [(o["name"], o["datatype"], o["shape"]) for o in client.get_model_metadata(model)["outputs"]]
+        blobs = np.array([[b"junk"], [images[0].read_bytes()], [b""], [images[1].read_bytes()]], dtype=object)
+        request = tc.InferInput("image", list(blobs.shape), "BYTES")
+        request.set_data_from_numpy(blobs)
+        result = client.infer(model, [request], outputs=[tc.InferRequestedOutput(n) for n, _, _ in outputs])
+        return outputs, {n: result.as_numpy(n).tolist() for n, _, _ in outputs}
+    finally:
+        client.close()
+
+
 def _parse_config(path: Path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -1062,10 +1079,12 @@ def test_to_triton_repository(random_onnx, tmp_path):
     repo = tmp_path / "repo"
     assert main([str(random_onnx), "--repository", str(repo), "--max-batch-size", "16",
                  "--preferred-batch-sizes", "4,8", "--instances", "3", "--kind", "cpu"]) == 0
-    assert sorted(p.name for p in repo.iterdir()) == ["lfm", "lfm_model", "lfm_preprocess"]
+    assert sorted(p.name for p in repo.iterdir()) == ["lfm", "lfm_model", "lfm_postprocess", "lfm_preprocess"]
     assert (repo / "lfm_model" / "1" / "model.onnx").read_bytes() == random_onnx.read_bytes()
     assert (repo / "lfm_preprocess" / "1" / "model.py").is_file() and (repo / "lfm" / "1").is_dir()
-    model, pre, ens = (_parse_config(repo / m / "config.pbtxt") for m in ("lfm_model", "lfm_preprocess", "lfm"))
+    assert (repo / "lfm_postprocess" / "1" / "model.py").is_file()
+    model, pre, post, ens = (_parse_config(repo / m / "config.pbtxt")
+                             for m in ("lfm_model", "lfm_preprocess", "lfm_postprocess", "lfm"))
     from tritonclient.grpc import model_config_pb2 as mc
 
     assert model.platform == "onnxruntime_onnx" and model.max_batch_size == 16
@@ -1077,13 +1096,21 @@ def test_to_triton_repository(random_onnx, tmp_path):
     spec = json.loads(model.parameters["lfm.spec"].string_value)
     assert spec["input"] == "uint8" and spec["size"] == 64
     assert pre.backend == "python" and [(i.name, i.data_type) for i in pre.input] == [("image", mc.TYPE_STRING)]
-    assert [(o.name, list(o.dims)) for o in pre.output] == [("pixels", [64, 64, 3])]
+    assert [(o.name, list(o.dims)) for o in pre.output] == [("pixels", [64, 64, 3]), ("error", [1])]
+    assert post.backend == "python" and [i.name for i in post.input] == ["logit", "error"]
+    assert float(post.parameters["lfm.threshold"].string_value) == 0.5  # the model's spec's
     assert ens.platform == "ensemble" and ens.input[0].data_type == mc.TYPE_STRING
     steps = ens.ensemble_scheduling.step
-    assert [s.model_name for s in steps] == ["lfm_preprocess", "lfm_model"]
-    assert dict(steps[0].output_map) == {"pixels": "preprocessed"} and dict(steps[1].input_map) == {"pixels": "preprocessed"}
-    assert sorted(steps[1].output_map.values()) == sorted(o.name for o in ens.output) == ["logit", "score"]
-    assert float(ens.parameters["lfm.threshold"].string_value) == 0.5
+    assert [s.model_name for s in steps] == ["lfm_preprocess", "lfm_model", "lfm_postprocess"]
+    assert dict(steps[0].output_map) == {"pixels": "preprocessed", "error": "preprocess_error"}
+    assert dict(steps[1].input_map) == {"pixels": "preprocessed"} and dict(steps[1].output_map) == {"logit": "model_logit"}
+    assert dict(steps[2].input_map) == {"logit": "model_logit", "error": "preprocess_error"}
+    # the serving contract, as serve.py's model declares it: logit and score FP64, label and error BYTES
+    assert [(o.name, o.data_type, list(o.dims)) for o in ens.output] == [
+        ("logit", mc.TYPE_FP64, [1]), ("score", mc.TYPE_FP64, [1]), ("label", mc.TYPE_STRING, [1]),
+        ("error", mc.TYPE_STRING, [1])]
+    assert [(o.name, o.data_type) for o in post.output] == [(o.name, o.data_type) for o in ens.output]
+    assert dict(steps[2].output_map) == {o.name: o.name for o in ens.output}
     # an existing repository is not overwritten without --force
     assert main([str(random_onnx), "--repository", str(repo)]) == 2
     assert main([str(random_onnx), "--repository", str(repo), "--force"]) == 0
@@ -1110,7 +1137,8 @@ def test_to_triton_plan_from_sidecar(random_onnx, tmp_path, capsys):
     assert model.default_model_filename == "model.plan" and (repo / "lfm_model" / "1" / "model.plan").is_file()
     assert [(g.kind) for g in model.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     assert [(i.name, i.data_type, list(i.dims)) for i in model.input] == [("image", mc.TYPE_FP32, [3, -1, -1])]
-    assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [("image", mc.TYPE_FP32, [3, 224, 224])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [("image", mc.TYPE_FP32, [3, 224, 224]),
+                                                                          ("error", mc.TYPE_STRING, [1])]
     assert list(model.dynamic_batching.preferred_batch_size) == [8, 16]
     assert main([str(plan), "--repository", str(tmp_path / "r2"), "--kind", "cpu"]) == 2
     (tmp_path / "lfm.plan.json").unlink()
@@ -1148,8 +1176,11 @@ def test_to_triton_writes_the_queue_policy(random_onnx, tmp_path, capsys):
     assert e.value.code == 2 and "--max-queue-size and --queue-timeout-ms must be >= 0" in capsys.readouterr().err
 
 
-def _load_preprocess_model(path: Path):
-    """Import the written model.py with a stand-in for Triton's triton_python_backend_utils."""
+def _load_python_model(repo: Path, name: str):
+    """The written model.py of ``name``, imported with a stand-in for Triton's
+    triton_python_backend_utils and initialised with its written config.pbtxt."""
+    from google.protobuf import json_format
+
     pb = types.ModuleType("triton_python_backend_utils")
 
     class Tensor:
@@ -1172,47 +1203,66 @@ def _load_preprocess_model(path: Path):
     pb.triton_string_to_numpy = {"TYPE_UINT8": np.uint8, "TYPE_FP32": np.float32}.__getitem__
     sys.modules["triton_python_backend_utils"] = pb
     try:
-        spec = importlib.util.spec_from_file_location("lfm_preprocess_model", path)
+        spec = importlib.util.spec_from_file_location(f"{name}_model", repo / name / "1" / "model.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         del sys.modules["triton_python_backend_utils"]
-    return module, Tensor
+    config = _parse_config(repo / name / "config.pbtxt")
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))})
+    return model, config, Tensor
 
 
-def test_to_triton_preprocess_model_matches_runtime(random_onnx, images, tmp_path):
-    """The written python-backend model, run with a stand-in pb_utils: per-request outputs equal
-    the runtime's preprocessing, and a bad image fails its own request only."""
+def test_to_triton_python_models_answer_each_image(random_onnx, images, tmp_path):
+    """The written python-backend models, run with a stand-in pb_utils. Preprocessing: the
+    runtime's arrays, and a bad image is its own error (a placeholder in the batch), never its
+    request's. Postprocessing: logit, score (float64, sigmoid of the logit), label at the model's
+    threshold, error, as infer.py's records have them."""
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from lfm.export.to_triton import write_repository
     from lfm.runtime.preprocess import load_array
+    from lfm.runtime.records import Record
     from lfm.runtime.spec import ModelSpec
 
     repo = tmp_path / "repo"
     write_repository(str(random_onnx), str(repo))
-    module, Tensor = _load_preprocess_model(repo / "lfm_preprocess" / "1" / "model.py")
-    config = _parse_config(repo / "lfm_preprocess" / "config.pbtxt")
-    from google.protobuf import json_format
-
-    model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))})
+    pre, config, Tensor = _load_python_model(repo, "lfm_preprocess")
     blobs = [p.read_bytes() for p in images]
     requests = [{"image": Tensor("image", np.array([[b] for b in blobs[:2]], dtype=object))},
-                {"image": Tensor("image", np.array([[b"junk"]], dtype=object))},
-                {"image": Tensor("image", np.array([[blobs[2]]], dtype=object))}]
-    responses = model.execute(requests)
+                {"image": Tensor("image", np.array([[b"junk"], [blobs[2]], [b""]], dtype=object))},
+                {"image": Tensor("image", np.array([[b"junk"]], dtype=object))}]
+    responses = pre.execute(requests)
     spec = ModelSpec.from_dict(json.loads(config.parameters["lfm.spec"].string_value))
-    assert responses[0].error is None and responses[2].error is None
-    np.testing.assert_array_equal(responses[0].output_tensors[0].array, np.stack([load_array(b, spec) for b in blobs[:2]]))
-    np.testing.assert_array_equal(responses[2].output_tensors[0].array, load_array(blobs[2], spec)[None])
-    assert responses[1].error.msg == "not an image (unrecognised format)"
+    assert all(r.error is None for r in responses)
+    (p0, e0), (p1, e1), (p2, e2) = ([t.array for t in r.output_tensors] for r in responses)
+    np.testing.assert_array_equal(p0, np.stack([load_array(b, spec) for b in blobs[:2]]))
+    np.testing.assert_array_equal(p1[1], load_array(blobs[2], spec))
+    assert not p1[0].any() and not p1[2].any() and p2.shape == (1, 64, 64, 3)  # placeholders, the model's size
+    assert e0.tolist() == [[b""], [b""]] and e2.tolist() == [[b"not an image (unrecognised format)"]]
+    assert e1.tolist() == [[b"not an image (unrecognised format)"], [b""], [b"empty file (0 bytes)"]]
+
+    post, config, Tensor = _load_python_model(repo, "lfm_postprocess")
+    logits = np.array([[0.25], [-3.5], [7.0]], np.float32)
+    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e1)}])
+    out = {t.name: t.array for t in response.output_tensors}
+    assert list(out) == ["logit", "score", "label", "error"]
+    assert out["logit"].dtype == out["score"].dtype == np.float64
+    want = Record.from_logit("", float(logits[1, 0]), 0.5)  # infer.py's record of that logit
+    assert (out["logit"][1, 0], out["score"][1, 0]) == (want.logit, want.score) and want.label == "real"
+    assert out["label"].tolist() == [[b""], [b"real"], [b""]] and out["error"].tolist() == e1.tolist()
+    assert out["score"][[0, 2], 0].tolist() == [-1.0, -1.0]  # failed: no sigmoid's value
+    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e0.repeat(2)[:3, None])}])
+    assert [t.array.tolist() for t in response.output_tensors if t.name == "label"] == [[[b"fake"], [b"real"], [b"fake"]]]
 
 
 def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline, tmp_path, restore_env):
     """The repository in a real tritonserver (PyTriton's bundled binary, which has the python
     backend but not the onnxruntime one): lfm_model is swapped for a python model running the
-    same ONNX file with onnxruntime; the ensemble and the preprocessing model are as written.
-    Logits equal the runtime's; a bad image fails its own request."""
+    same ONNX file with onnxruntime; the ensemble, the preprocessing and the postprocessing models
+    are as written. One serving contract: the same outputs as serve.py's model (names, types,
+    shapes) and the same answers to the same request, a bad image its own error beside good ones;
+    records equal the runtime's, labels the server's; --threshold relabels from the score."""
     pytriton = need_pytriton()
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from lfm.export.to_triton import write_repository
@@ -1259,10 +1309,24 @@ def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline
             if not c.wait_ready(START_TIMEOUT_S):
                 pytest.fail("tritonserver not ready:\n" + (tmp_path / "tritonserver.log").read_text()[-4000:])
             records = c.score([str(p) for p in images], batch_size=2)
-            junk, after = c.score([b"junk", str(images[0])], batch_size=1)
+            junk, after, empty = c.score([b"junk", str(images[0]), b""], batch_size=3)  # one request
         for r in records + [after]:
             assert same(r, offline[r.path]), (r, offline[r.path])
-        assert junk.error.endswith("not an image (unrecognised format)")
+        assert (junk.error, empty.error) == ("not an image (unrecognised format)", "empty file (0 bytes)")
+        served = Server(random_onnx, tmp_path / "serve.log").wait_ready()  # the module's server is stopped by now
+        try:
+            assert _raw_answers(f"127.0.0.1:{http}", "lfm", images) == _raw_answers(f"127.0.0.1:{served.http}", "lfm",
+                                                                                    images)
+        finally:
+            served.stop()
+        scores = [r.score for r in records]
+        threshold = sorted(scores)[len(scores) // 2]  # one score on it ("real": not above), others either side
+        with LfmClient(f"grpc://127.0.0.1:{grpc}", threshold=threshold) as c:
+            relabelled = c.score([str(p) for p in images], batch_size=2)
+        assert [r.label for r in relabelled] == ["fake" if s > threshold else "real" for s in scores]
+        assert [(r.logit, r.score) for r in relabelled] == [(r.logit, r.score) for r in records]
+        with pytest.raises(ServerError, match="lacks the output.s. label, error"):
+            LfmClient(f"http://127.0.0.1:{http}", model="lfm_model").output_names()  # not the contract
     finally:
         proc.send_signal(signal.SIGINT)
         try:
