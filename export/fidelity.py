@@ -34,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lfm.export.onnx_files import model_spec, run_logits
+from lfm.runtime.inputs import image_files
 from lfm.runtime.spec import ModelSpec, logit_boundary
 
 STRESS_GROUPS = ("held-out", "nearest-2x", "bilinear-2x", "bicubic-2x", "jpeg-q75", "jpeg-q95", "half-png",
@@ -113,11 +115,7 @@ def make_stress_set(files: Sequence[str], out_dir: str | os.PathLike, spec: Mode
         root = os.path.join(out_dir, "synthetic")
         make_synthetic(root, n=max(2, synthetic), size=spec.size if spec.policy != "none" else 256, seed=seed,
                        val_fraction=0.0, jobs=1)
-        found = []
-        for r, dirs, names in os.walk(root):
-            dirs.sort()
-            found += [os.path.join(r, n) for n in sorted(names) if n.endswith(".png")]
-        out["synthetic"] = found
+        out["synthetic"] = image_files(root)
     return out
 
 
@@ -248,8 +246,6 @@ def cross_domain_report(fp32_path: str, model_path: str, base_files: Sequence[st
     """Score the fp32 model and ``model_path`` on the stress set derived from up to ``per_group``
     of ``base_files`` (written under ``work_dir``) plus ``per_group`` synthetic images. Returns the
     report and the images counted per group (scored, skipped)."""
-    from lfm.export.quantize import model_spec, run_logits
-
     spec = spec or model_spec(fp32_path)
     groups = make_stress_set(list(base_files)[:per_group], work_dir, spec, synthetic=per_group, seed=seed)
     files, group_of = [], []

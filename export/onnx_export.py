@@ -1,4 +1,5 @@
-"""PyTorch LFM -> ONNX: the graph wrappers, the export, simplification and metadata.
+"""PyTorch LFM -> ONNX: the graph wrappers, the export, simplification and metadata (checking and
+writing the file: export/onnx_files.py).
 
 Two input variants, both with dynamic batch, height and width and outputs ``logit`` [B] and
 ``score`` [B] (sigmoid of the logit):
@@ -30,8 +31,6 @@ import torch
 import torch.nn as nn
 
 from lfm.runtime import custom_ops
-from lfm.runtime.files import file_sha256 as sha256  # noqa: F401  (ox.sha256: the exporter's name for it)
-from lfm.runtime.files import give_default_mode, write_target
 from lfm.runtime.spec import ModelSpec
 from lfm.train.model import LFM, NPR
 
@@ -188,20 +187,6 @@ def metadata(spec: ModelSpec, *, precision: str, source: str | None, source_sha2
     return props
 
 
-def set_metadata(model_proto, props: dict[str, str]) -> None:
-    del model_proto.metadata_props[:]
-    for k, v in props.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = k, v
-
-
-def read_metadata(path_or_proto) -> dict[str, str]:
-    import onnx
-
-    proto = path_or_proto if hasattr(path_or_proto, "metadata_props") else onnx.load(os.fspath(path_or_proto), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 def torch_to_onnx(model: LFM, spec: ModelSpec, input_variant: str, opset: int = MIN_OPSET, variant: str = "standard"):
     """Export the wrapped model; returns the onnx ModelProto (not yet checked or simplified).
     ``variant="plugins"``: NPR and Top-K pooling as LFM's custom nodes (see PluginLFM)."""
@@ -231,29 +216,3 @@ def simplify(model_proto):
     import onnxslim
 
     return onnxslim.slim(model_proto)
-
-
-def check(model_proto):
-    """Full onnx.checker pass and strict shape inference; returns the inferred proto."""
-    import onnx
-
-    onnx.checker.check_model(model_proto, full_check=True)
-    return onnx.shape_inference.infer_shapes(model_proto, check_type=True, strict_mode=True)
-
-
-def save_atomic(model_proto, path: str | os.PathLike) -> None:
-    """Write to a temp file beside ``path``, then rename: a failed export leaves no partial model."""
-    import onnx
-
-    path = write_target(os.fspath(path))  # through a symlink, as a shell's `> path` would
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    give_default_mode(fd)  # mkstemp's 600 would keep other users' services (Triton) from reading it
-    os.close(fd)
-    try:
-        onnx.save(model_proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -62,8 +62,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lfm.runtime.backends.onnxrt import inference_session
-from lfm.runtime.preprocess import ImageError, is_image_path, load_array, normalize
+from lfm.export.onnx_files import check, cpu_session, load_batches, model_variant, run_logits, save_atomic, set_metadata, spec_of
+from lfm.runtime.cli import CommandError
+from lfm.runtime.inputs import image_files
 from lfm.runtime.spec import ModelSpec, is_fake, logit_boundary
 
 PROFILES = ("tensorrt", "cpu")
@@ -81,20 +82,12 @@ MAX_RANGE_LAYERS = ("conv3", "conv4")
 DEFAULT_HEADROOM = 2.0
 
 
-class QuantizeError(ValueError):
+class QuantizeError(CommandError, ValueError):
     """A calibration set or model that cannot be quantised; the message names it."""
 
 
 # --------------------------------------------------------------------------------------------
 # Calibration images
-
-
-def _image_files(folder: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and is_image_path(f)]
-    return found
 
 
 _SYNTHETIC_DIRS: list[str] = []
@@ -124,7 +117,7 @@ def calibration_images(calib_dir: str | os.PathLike | None = None, synthetic: bo
         _SYNTHETIC_DIRS.append(out)
         n_total = max(2, int(np.ceil(max(n, 2) / 0.8)))  # train split = 80 %
         make_synthetic(out, n=n_total, size=size, seed=seed, jobs=1)
-        files = _image_files(os.path.join(out, "train"))
+        files = image_files(os.path.join(out, "train"))
         return _even_sample(files, n)
     if calib_dir is None:
         raise QuantizeError("no calibration images: give a folder of images (--calib DIR) or --calib-synthetic")
@@ -133,7 +126,7 @@ def calibration_images(calib_dir: str | os.PathLike | None = None, synthetic: bo
         raise QuantizeError(f"{folder}: calibration folder does not exist")
     if not os.path.isdir(folder):
         raise QuantizeError(f"{folder}: calibration path is not a folder")
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise QuantizeError(f"{folder}: calibration folder holds no image files (looked recursively for "
                             f"{', '.join(sorted({'.png', '.jpg', '.jpeg', '.webp', '.bmp'}))}, ...)")
@@ -148,54 +141,7 @@ def _even_sample(files: list[str], n: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Model inputs
-
-
-def model_variant(model_proto) -> str:
-    """'uint8' or 'float': the model's own input format (metadata lfm.input, checked against the
-    graph input's dtype). It decides how calibration images are fed, whatever spec.input says."""
-    import onnx
-
-    props = {p.key: p.value for p in model_proto.metadata_props}
-    elem = model_proto.graph.input[0].type.tensor_type.elem_type
-    from_graph = "uint8" if elem == onnx.TensorProto.UINT8 else "float"
-    variant = props.get("lfm.input") or from_graph
-    if variant != from_graph:
-        raise QuantizeError(f"model metadata says input {variant!r} but the graph input is {from_graph}")
-    return variant
-
-
-def load_batches(files: Sequence[str], spec: ModelSpec, variant: str, batch_size: int = 8,
-                 skipped: list | None = None) -> list[tuple[list[int], np.ndarray]]:
-    """Decode and prepare files as the runtime does: [(indices, batch)], batch uint8 NHWC or
-    normalised float32 NCHW. Consecutive images of one shape share a batch (policy 'none'
-    gives each image its own size). Unreadable files are skipped and listed in ``skipped``."""
-    batches, cur, cur_idx = [], [], []
-
-    def flush():
-        if cur:
-            x = np.stack(cur)
-            batches.append((list(cur_idx), x if variant == "uint8" else normalize(x, spec.mean, spec.std)))
-            cur.clear()
-            cur_idx.clear()
-
-    for i, f in enumerate(files):
-        try:
-            a = load_array(f, spec)
-        except ImageError as e:
-            if skipped is not None:  # the caller counts and reports them, one line each
-                skipped.append(str(e))
-            continue
-        if cur and (a.shape != cur[0].shape or len(cur) == batch_size):
-            flush()
-        cur.append(a)
-        cur_idx.append(i)
-    flush()
-    return batches
-
-
-def _session(model, threads: int | None = None):
-    return inference_session(model, providers="cpu", threads=threads, log_severity=3)
+# Feeding ORT's own calibrators
 
 
 class _Reader:
@@ -361,7 +307,7 @@ def _with_outputs(model, names: Iterable[str]):
 def channel_stats(model, input_name: str, batches: Sequence[np.ndarray], tensors: Sequence[str]) -> dict:
     """Per-channel maximum (axis 1 of NCHW) of each tensor over the batches, and whether every
     value was an integer (the exact |NPR| of bytes)."""
-    sess = _session(_with_outputs(model, tensors))
+    sess = cpu_session(_with_outputs(model, tensors))
     stats = {t: None for t in tensors}
     integer = {t: True for t in tensors}
     for x in batches:
@@ -470,7 +416,7 @@ class _Stats:
 
 
 def _collect(model, input_name, batches, tensors) -> _Stats:
-    sess = _session(_with_outputs(model, tensors))
+    sess = cpu_session(_with_outputs(model, tensors))
     st = _Stats()
     for x in batches:
         for t, v in zip(tensors, sess.run(list(tensors), {input_name: x})):
@@ -567,107 +513,41 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     int8_layers: the layers quantised ("all", or names from LAYER_NAMES); the others stay fp32.
     headroom: the outputs of MAX_RANGE_LAYERS are ranged at headroom x their calibration maximum.
     """
-    import onnx
-    from onnxruntime.quantization import QuantType
-
-    from .onnx_export import check, save_atomic, set_metadata
-
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     if profile not in PROFILES:
         raise QuantizeError(f"unknown profile {profile!r}; expected one of {PROFILES}")
     if method not in METHODS:
         raise QuantizeError(f"unknown calibration method {method!r}; expected one of {METHODS}")
-    fp32_path = os.fspath(fp32_path)
-    if not os.path.isfile(fp32_path):
-        raise QuantizeError(f"{fp32_path}: no such model file")
-    model = onnx.load(fp32_path)
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("lfm.precision", "fp32") != "fp32":
-        raise QuantizeError(f"{fp32_path}: is already {props['lfm.precision']}, expected an fp32 model")
-    if spec is None:
-        spec = ModelSpec.from_dict(json.loads(props["lfm.spec"])) if "lfm.spec" in props else ModelSpec()
-    variant = model_variant(model)
-    spec = spec.replace(input=variant)
-    input_name = model.graph.input[0].name
-
-    act = activation_type or ("int8" if profile == "tensorrt" else "uint8")
-    if profile == "tensorrt" and act != "int8":
-        raise QuantizeError("the tensorrt profile needs int8 activations (TensorRT accepts only int8 Q/DQ)")
-    act_qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[act]
-    if op_types is None:
-        # cpu: Relu is quantised so that ORT drops it into QLinearConv (zero point 0 = ReLU's clamp).
-        op_types = ("Conv", "MaxPool", "Relu") if profile == "cpu" else ("Conv", "MaxPool")
-    if quantize_fc:
-        op_types = tuple(op_types) + tuple(t for t in ("Gemm", "MatMul") if t not in op_types)
-
-    layers = quant_layers(model)
-    int8_layers = parse_int8_layers(int8_layers)
-    calib_files = list(calib_files)
-    if not calib_files:
-        raise QuantizeError("no calibration images given")
-    skipped: list[str] = []
-    t_load = time.perf_counter()
-    loaded = load_batches(calib_files, spec, variant, batch_size, skipped)
-    batches = [x for _, x in loaded]
-    n_images = sum(len(i) for i, _ in loaded)
-    if n_images == 0:
-        raise QuantizeError(f"none of the {len(calib_files)} calibration images could be read (first: {skipped[0]})")
-    t_load = time.perf_counter() - t_load
-    say(f"calibration: {n_images} images ({len(skipped)} skipped), {spec.policy} {spec.size}, {variant} input")
+    model, props, spec = _open_fp32(fp32_path, spec)
+    act, op_types = _activation_type(profile, activation_type), _op_types(profile, op_types, quantize_fc)
+    layers, int8_layers = quant_layers(model), parse_int8_layers(int8_layers)
+    calib = _calibration_batches(calib_files, spec, batch_size)
+    say(f"calibration: {calib.count} images ({len(calib.skipped)} skipped), {spec.policy} {spec.size}, {spec.input} input")
 
     # 1-2: exact fp32 rewrites.
-    folded = fold_input_scale(model) if fold_scale else []
-    chains = equalizable_chains(model) if equalization else []
-    first_conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
-    watch = [c.tensor for c in chains] + ([first_conv.input[0]] if first_conv is not None else [])
-    cstats = channel_stats(model, input_name, batches, watch) if watch else {"max": {}, "integer": {}}
-    eq_summary = equalize(model, chains, cstats["max"], alpha) if chains else {}
+    folded, eq_summary, exact = _exact_rewrites(model, calib.batches, fold_scale, equalization, alpha,
+                                                exact_first_layer and "conv1" in int8_layers)
     if eq_summary:
         say(f"equalised {len(eq_summary)} layer pairs (alpha {alpha})")
-
     excluded = set(nodes_to_exclude) | {n for layer in layers if layer.name not in int8_layers for n in layer.nodes}
     if not quantize_fc:
         excluded |= {n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")}
-    tensors = _quantized_activations(model, op_types, excluded)
-    targets = [t for t in _range_targets(model, op_types, excluded, profile) if t in tensors]
-    exact = None
-    if (first_conv is not None and exact_first_layer and "conv1" in int8_layers
-            and cstats["integer"].get(first_conv.input[0])
-            and cstats["max"][first_conv.input[0]].min() >= 0):
-        exact = first_conv.input[0]  # |NPR| of bytes: integers 0..255 -> scale 1, zero point 0
-
+    # 3: activation ranges.
     t_cal = time.perf_counter()
-    if method == "entropy":
-        ranges = _ort_calibrate(model, input_name, batches, method, tensors, op_types)
-        stats = None
-    else:
-        stats = _collect(model, input_name, batches, tensors)
-        ranges = _ranges(stats, tensors, method, percentile)
+    tensors = _quantized_activations(model, op_types, excluded)
+    ranges, headroom_tensors = _activation_ranges(model, calib.batches, tensors, op_types, method, percentile,
+                                                  [layer for layer in layers if layer.name in int8_layers], headroom)
     if exact is not None:
-        ranges[exact] = (0.0, 127.0 if act == "int8" else 255.0)
-    headroom_tensors = []
-    for layer in layers:
-        t = layer.relu_output(model)
-        if layer.name in MAX_RANGE_LAYERS and layer.name in int8_layers and t in ranges and headroom > 0:
-            lo, hi = ranges[t]
-            ranges[t] = (lo, headroom * (stats.hi[t] if stats is not None else hi))
-            headroom_tensors.append(t)
+        ranges[exact] = (0.0, 127.0 if act == "int8" else 255.0)  # |NPR| of bytes: integers 0..255
     t_cal = time.perf_counter() - t_cal
+    # 4: the QDQ model.
+    t_q = time.perf_counter()
+    qmodel = _quantize_static(model, ranges, profile=profile, act=act, op_types=op_types, excluded=excluded,
+                              per_channel=per_channel, reduce_range=reduce_range, extra_options=extra_options)
+    t_q = time.perf_counter() - t_q
 
-    build = dict(profile=profile, act_qtype=act_qtype, op_types=op_types, excluded=excluded,
-                 per_channel=per_channel, reduce_range=reduce_range, extra_options=extra_options)
-    with tempfile.TemporaryDirectory(prefix="lfm-quant-") as tmp:
-        prepared = os.path.join(tmp, "prepared.onnx")
-        onnx.save(model, prepared)
-        quantized = os.path.join(tmp, "int8.onnx")
-        t_q = time.perf_counter()
-        _build(prepared, quantized, ranges, tmp=tmp, **build)
-        t_q = time.perf_counter() - t_q
-        qmodel = onnx.load(quantized)
-
-    summary = qdq_summary(qmodel)
-    calibration = {"count": n_images, "skipped": len(skipped), "method": method,
+    calibration = {"count": calib.count, "skipped": len(calib.skipped), "method": method,
                    "percentile": percentile if method == "percentile" else None,
                    "size": spec.size, "policy": spec.policy, "profile": profile, "activations": act,
                    "weights": "int8 symmetric per-channel" if per_channel else "int8 symmetric per-tensor",
@@ -676,19 +556,133 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
                    "int8_layers": list(int8_layers), "fp32_layers": [n for n in LAYER_NAMES if n not in int8_layers],
                    "headroom": headroom if headroom_tensors else None,
                    "excluded": sorted(excluded), "op_types": list(op_types)}
-    new_props = dict(props)
-    new_props["lfm.precision"] = "int8"
-    new_props["lfm.calibration"] = json.dumps(calibration, sort_keys=True)
-    new_props["lfm.quantizer"] = f"onnxruntime {__import__('onnxruntime').__version__} quantize_static QDQ"
-    qmodel = check(qmodel)
-    set_metadata(qmodel, new_props)
-    save_atomic(qmodel, out_path)
-    return {**calibration, "skipped_files": skipped, "qdq": summary, "tensorrt_compatible": summary["tensorrt_compatible"],
+    summary = _save_int8(qmodel, props, calibration, out_path)
+    targets = [t for t in _range_targets(model, op_types, excluded, profile) if t in tensors]
+    return {**calibration, "skipped_files": calib.skipped, "qdq": summary,
+            "tensorrt_compatible": summary["tensorrt_compatible"],
             "equalized": {k: [round(a, 4), round(b, 4)] for k, (a, b) in eq_summary.items()},
             "ranges": {t: [round(lo, 5), round(hi, 5)] for t, (lo, hi) in ranges.items() if t in targets or t == exact},
-            "seconds": {"load": round(t_load, 2), "calibrate": round(t_cal, 2),
+            "seconds": {"load": round(calib.seconds, 2), "calibrate": round(t_cal, 2),
                         "quantize": round(t_q, 2), "total": round(time.perf_counter() - t0, 2)},
             "path": os.fspath(out_path)}
+
+
+def _open_fp32(fp32_path, spec: ModelSpec | None):
+    """(model, its metadata, the spec its calibration images are prepared by: ``spec`` or the
+    model's own, with the model's input variant)."""
+    import onnx
+
+    fp32_path = os.fspath(fp32_path)
+    if not os.path.isfile(fp32_path):
+        raise QuantizeError(f"{fp32_path}: no such model file")
+    model = onnx.load(fp32_path)
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("lfm.precision", "fp32") != "fp32":
+        raise QuantizeError(f"{fp32_path}: is already {props['lfm.precision']}, expected an fp32 model")
+    return model, props, (spec or spec_of(props)).replace(input=model_variant(model))
+
+
+def _activation_type(profile: str, requested: str | None) -> str:
+    act = requested or ("int8" if profile == "tensorrt" else "uint8")
+    if profile == "tensorrt" and act != "int8":
+        raise QuantizeError("the tensorrt profile needs int8 activations (TensorRT accepts only int8 Q/DQ)")
+    return act
+
+
+def _op_types(profile: str, op_types: Sequence[str] | None, quantize_fc: bool) -> tuple[str, ...]:
+    if op_types is None:
+        # cpu: Relu is quantised so that ORT drops it into QLinearConv (zero point 0 = ReLU's clamp).
+        op_types = ("Conv", "MaxPool", "Relu") if profile == "cpu" else ("Conv", "MaxPool")
+    if quantize_fc:
+        op_types = tuple(op_types) + tuple(t for t in ("Gemm", "MatMul") if t not in op_types)
+    return tuple(op_types)
+
+
+@dataclass
+class _Calibration:
+    batches: list  # prepared input batches
+    count: int  # images read
+    skipped: list  # "path: problem" for each image left out
+    seconds: float
+
+
+def _calibration_batches(calib_files: Sequence[str], spec: ModelSpec, batch_size: int) -> _Calibration:
+    calib_files = list(calib_files)
+    if not calib_files:
+        raise QuantizeError("no calibration images given")
+    t0, skipped = time.perf_counter(), []
+    loaded = load_batches(calib_files, spec, spec.input, batch_size, skipped)
+    count = sum(len(i) for i, _ in loaded)
+    if count == 0:
+        raise QuantizeError(f"none of the {len(calib_files)} calibration images could be read (first: {skipped[0]})")
+    return _Calibration([x for _, x in loaded], count, skipped, time.perf_counter() - t0)
+
+
+def _exact_rewrites(model, batches, fold_scale: bool, equalization: bool, alpha: float, exact_first_layer: bool):
+    """Steps 1-2 (exact in fp32), in place: (Convs the input scale was folded into, the
+    equalisation's {tensor: (min s, max s)}, the first Conv's input when it holds the integers
+    0..255 and may be quantised exactly, else None)."""
+    input_name = model.graph.input[0].name
+    folded = fold_input_scale(model) if fold_scale else []
+    chains = equalizable_chains(model) if equalization else []
+    first_conv = next((n for n in model.graph.node if n.op_type == "Conv"), None)
+    watch = [c.tensor for c in chains] + ([first_conv.input[0]] if first_conv is not None else [])
+    cstats = channel_stats(model, input_name, batches, watch) if watch else {"max": {}, "integer": {}}
+    eq_summary = equalize(model, chains, cstats["max"], alpha) if chains else {}
+    exact = None
+    if (first_conv is not None and exact_first_layer and cstats["integer"].get(first_conv.input[0])
+            and cstats["max"][first_conv.input[0]].min() >= 0):
+        exact = first_conv.input[0]  # |NPR| of bytes: integers 0..255 -> scale 1, zero point 0
+    return folded, eq_summary, exact
+
+
+def _activation_ranges(model, batches, tensors, op_types, method: str, percentile: float,
+                       int8_layers: Sequence[QuantLayer], headroom: float):
+    """Step 3: {tensor: (lo, hi)} by ``method``, the outputs of the int8 MAX_RANGE_LAYERS at
+    ``headroom`` x their calibration maximum; and the tensors given that headroom."""
+    input_name = model.graph.input[0].name
+    if method == "entropy":
+        ranges = _ort_calibrate(model, input_name, batches, method, tensors, op_types)
+        stats = None
+    else:
+        stats = _collect(model, input_name, batches, tensors)
+        ranges = _ranges(stats, tensors, method, percentile)
+    headroom_tensors = []
+    for layer in int8_layers:
+        t = layer.relu_output(model)
+        if layer.name in MAX_RANGE_LAYERS and t in ranges and headroom > 0:
+            lo, hi = ranges[t]
+            ranges[t] = (lo, headroom * (stats.hi[t] if stats is not None else hi))
+            headroom_tensors.append(t)
+    return ranges, headroom_tensors
+
+
+def _quantize_static(model, ranges, *, profile, act, op_types, excluded, per_channel, reduce_range, extra_options):
+    """Step 4: ORT's quantize_static on the rewritten model with the ranges given; the QDQ proto."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    act_qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[act]
+    with tempfile.TemporaryDirectory(prefix="lfm-quant-") as tmp:
+        prepared = os.path.join(tmp, "prepared.onnx")
+        onnx.save(model, prepared)
+        quantized = os.path.join(tmp, "int8.onnx")
+        _build(prepared, quantized, ranges, tmp=tmp, profile=profile, act_qtype=act_qtype, op_types=op_types,
+               excluded=excluded, per_channel=per_channel, reduce_range=reduce_range, extra_options=extra_options)
+        return onnx.load(quantized)
+
+
+def _save_int8(qmodel, props: dict, calibration: dict, out_path) -> dict:
+    """Check the QDQ model, describe it in its metadata (precision, calibration, quantiser) and
+    write it atomically; returns its Q/DQ summary."""
+    import onnxruntime
+
+    summary = qdq_summary(qmodel)
+    qmodel = check(qmodel)
+    set_metadata(qmodel, {**props, "lfm.precision": "int8", "lfm.calibration": json.dumps(calibration, sort_keys=True),
+                          "lfm.quantizer": f"onnxruntime {onnxruntime.__version__} quantize_static QDQ"})
+    save_atomic(qmodel, out_path)
+    return summary
 
 
 def qdq_summary(path_or_proto) -> dict:
@@ -725,35 +719,6 @@ def qdq_summary(path_or_proto) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # Accuracy against the fp32 model
-
-
-def model_spec(model_path) -> ModelSpec:
-    """The preprocessing spec an exported model carries in its metadata (``lfm.spec``)."""
-    import onnx
-
-    model = onnx.load(os.fspath(model_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    return ModelSpec.from_dict(json.loads(props["lfm.spec"])) if "lfm.spec" in props else ModelSpec()
-
-
-def run_logits(model_path, files: Sequence[str], spec: ModelSpec | None = None, batch_size: int = 8,
-               threads: int | None = None, skipped: list | None = None) -> tuple[np.ndarray, list[int]]:
-    """Logits of an ONNX model on files (prepared per its own metadata); returns (logits, indices
-    read). Unreadable files are left out and, with ``skipped``, listed there ("path: problem")."""
-    import onnx
-
-    model = onnx.load(os.fspath(model_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if spec is None:
-        spec = ModelSpec.from_dict(json.loads(props["lfm.spec"])) if "lfm.spec" in props else ModelSpec()
-    variant = model_variant(model)
-    sess = _session(model_path, threads)
-    name = sess.get_inputs()[0].name
-    logits, idx = [], []
-    for i, x in load_batches(files, spec.replace(input=variant), variant, batch_size, skipped):
-        logits.append(sess.run(["logit"], {name: x})[0].astype(np.float64))
-        idx += i
-    return (np.concatenate(logits) if logits else np.zeros(0)), idx
 
 
 def _sigmoid(x):

@@ -32,7 +32,8 @@ def sensitivity(fp32_path: str, calib_files: Sequence[str], test_groups: dict[st
     configuration; ``quant_options`` go to ``quantize_int8``."""
     import onnx
 
-    from lfm.export.quantize import quant_layers, quantize_int8, run_logits
+    from lfm.export.onnx_files import run_logits
+    from lfm.export.quantize import quant_layers, quantize_int8
 
     model = onnx.load(fp32_path, load_external_data=False)
     layers = quant_layers(model)
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
     import tempfile
 
     from lfm.export.fidelity import make_stress_set
-    from lfm.export.quantize import QuantizeError, calibration_images, model_spec
+    from lfm.export.onnx_files import model_spec
+    from lfm.export.quantize import QuantizeError, calibration_images
 
     from lfm.export.paths import output_problem
     from lfm.runtime.files import ReplacedAtEnd, overwrite_refusal

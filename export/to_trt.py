@@ -124,7 +124,7 @@ def compare(trt, onnx_path: str, plan_bytes: bytes, feeds: list, precision: str,
 
     from lfm.export.trt_build import TOLERANCES, iteration_verdicts, judge
     from lfm.runtime.backends.onnxrt import inference_session
-    from lfm.runtime.detector import usable_cpus
+    from lfm.runtime.options import usable_cpus
 
     cpus = usable_cpus()  # the threads Polygraphy's SessionFromOnnx gives (verify.ort_session; no torch here)
     session = lambda: inference_session(onnx_path, providers="cpu", threads=cpus, inter_op_threads=cpus)  # noqa: E731
@@ -252,26 +252,15 @@ def graph_to_build(onnx_path: str, mode: dict, plan: str):
 
 
 def main(argv=None) -> int:
+    """The build; errors are cli.run's to report: BuildError in one line, exit 2."""
     args = parse_args(argv)
-    from lfm.export.trt_build import BuildError
-
     try:
         from polygraphy.logger import G_LOGGER
 
         G_LOGGER.module_severity = G_LOGGER.WARNING  # Polygraphy's INFO lines add nothing to our own
     except ImportError:
         pass
-    try:
-        return build(args)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # one line, not a traceback wall, unless asked
-        if args.debug:
-            raise
-        first = first_line(e, empty="")
-        print(f"error: engine build failed: {type(e).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+    return build(args)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import numpy as np
 
 from lfm.export.paths import output_problem
 from lfm.runtime import custom_ops
+from lfm.runtime.cli import CommandError
 from lfm.runtime.spec import ModelSpec, logit_boundary, min_input_size
 from lfm.runtime.backends.trt_plan import (SIDECAR_FORMAT, TENSORRT_SUPPORT, at_least, describe_profile, profile_axes,
                                            tensorrt_problem, tensorrt_untested, trt_release)
@@ -58,8 +59,8 @@ SCRIPT = "export/to_trt.py"
 INSTALL = "pip install -e '.[tensorrt]' (CUDA 13 driver) or '.[tensorrt-cu12]' (CUDA 12 driver)"
 
 
-class BuildError(RuntimeError):
-    """A one-line, user-facing build failure."""
+class BuildError(CommandError, RuntimeError):
+    """A one-line, user-facing build failure (exit 2)."""
 
 
 @dataclass(frozen=True)

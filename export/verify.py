@@ -98,7 +98,7 @@ def ort_session(onnx_path: str, providers=("CPUExecutionProvider",)):
     registered. Intra- and inter-op threads: the usable cores, as Polygraphy's SessionFromOnnx
     sets them (ONNX Runtime's default binds threads to cores a container may not have)."""
     from lfm.runtime.backends.onnxrt import inference_session
-    from lfm.runtime.detector import usable_cpus
+    from lfm.runtime.options import usable_cpus
 
     cpus = usable_cpus()
     return lambda: inference_session(onnx_path, providers=list(providers), threads=cpus, inter_op_threads=cpus)

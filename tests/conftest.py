@@ -69,7 +69,8 @@ def random_onnx(tmp_path_factory) -> Path:
     uint8 fp32 ONNX graph: a real model for runtime tests that need no reference data."""
     pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.runtime.spec import ModelSpec
 
     model = random_lfm(var_high=2.0)

@@ -378,7 +378,8 @@ def test_bench_model_float_input_graph_gets_normalised_floats(tmp_path):
     import onnxruntime as ort
 
     from conftest import random_lfm
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.runtime.preprocess import normalize
     from lfm.runtime.spec import ModelSpec
 

@@ -173,21 +173,22 @@ def test_export_rejects_a_broken_int8_model_and_force_keeps_it(small_ckpt_and_im
 
 def test_export_refuses_too_few_calibration_images_before_exporting(small_ckpt_and_images, tmp_path, capsys):
     from lfm.export import to_onnx
+    from lfm.runtime.cli import run
 
     ckpt, images = small_ckpt_and_images
     few = tmp_path / "few"
     few.mkdir()
     for p in sorted(images.rglob("*.png"))[:6]:
         (few / p.name).write_bytes(p.read_bytes())
-    rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(few)])
+    rc = run(to_onnx.main, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(few)])
     err = capsys.readouterr()
     assert rc == 2 and "at least 8 calibration images" in err.err
     assert "verification" not in err.out  # refused before the fp32 export ran
-    rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(tmp_path / "nope")])
+    rc = run(to_onnx.main, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(tmp_path / "nope")])
     err = capsys.readouterr()
     assert rc == 2 and "does not exist" in err.err and "verification" not in err.out
-    rc = to_onnx.main([str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(images),
-                       "--int8-layers", "conv5"])
+    rc = run(to_onnx.main, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8", "--calib", str(images),
+                            "--int8-layers", "conv5"])
     err = capsys.readouterr()
     assert rc == 2 and "int8 layers conv5" in err.err and "verification" not in err.out
 

@@ -33,7 +33,8 @@ def test_onnx_model_and_checkpoint_are_world_readable(tmp_path, umask_022):
     pytest.importorskip("torch", reason="building a model needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
     from conftest import random_lfm
-    from lfm.export.onnx_export import save_atomic as save_onnx, torch_to_onnx
+    from lfm.export.onnx_export import torch_to_onnx
+    from lfm.export.onnx_files import save_atomic as save_onnx
     from lfm.runtime.spec import ModelSpec
     from lfm.train.checkpoint import make_checkpoint, save_atomic as save_ckpt
 

@@ -46,7 +46,8 @@ def models(tmp_path_factory):
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from PIL import Image
 
-    from lfm.export.onnx_export import check, metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.export.quantize import quantize_int8
 
     d = tmp_path_factory.mktemp("inspect")

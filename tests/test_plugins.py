@@ -109,14 +109,15 @@ def random_model():
 def random_graphs(random_model, tmp_path_factory):
     """Both variants of a random-weight model, both inputs: {(input, variant): path}."""
     from lfm.export import onnx_export as ox
+    from lfm.export.onnx_files import check, set_metadata
 
     d = tmp_path_factory.mktemp("graphs")
     out = {}
     for input_variant in ("uint8", "float"):
         spec = ModelSpec(input=input_variant, size=64)
         for variant in ("standard", "plugins"):
-            proto = ox.check(ox.simplify(ox.torch_to_onnx(random_model, spec, input_variant, variant=variant)))
-            ox.set_metadata(proto, ox.metadata(spec, precision="fp32", source=None, source_sha256=None, variant=variant))
+            proto = check(ox.simplify(ox.torch_to_onnx(random_model, spec, input_variant, variant=variant)))
+            set_metadata(proto, ox.metadata(spec, precision="fp32", source=None, source_sha256=None, variant=variant))
             out[input_variant, variant] = d / f"{input_variant}_{variant}.onnx"
             onnx.save(proto, out[input_variant, variant])
     return out
@@ -264,8 +265,9 @@ def test_openvino_refuses_a_plugin_graph_in_one_line(random_graphs):
 @pytest.mark.parametrize("flag", [["--fp16"], ["--int8", "--calib-synthetic"]])
 def test_plugin_variant_refuses_fp16_and_int8(flag, tmp_path, capsys):
     from lfm.export import to_onnx
+    from lfm.runtime.cli import run
 
-    rc = to_onnx.main([str(tmp_path / "unused.pt"), "-o", str(tmp_path / "m.onnx"), "--variant", "plugins", *flag])
+    rc = run(to_onnx.main, [str(tmp_path / "unused.pt"), "-o", str(tmp_path / "m.onnx"), "--variant", "plugins", *flag])
     err = capsys.readouterr().err
     assert rc == 2 and "fp32 only" in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
@@ -273,9 +275,10 @@ def test_plugin_variant_refuses_fp16_and_int8(flag, tmp_path, capsys):
 
 def test_plugin_variant_refuses_a_gap_model(tmp_path, capsys):
     from lfm.export import to_onnx
+    from lfm.runtime.cli import run
 
     save_atomic(make_checkpoint(build_model(pooling="gap"), ModelSpec()), tmp_path / "gap.pt")
-    rc = to_onnx.main([str(tmp_path / "gap.pt"), "-o", str(tmp_path / "m.onnx"), "--variant", "plugins"])
+    rc = run(to_onnx.main, [str(tmp_path / "gap.pt"), "-o", str(tmp_path / "m.onnx"), "--variant", "plugins"])
     err = capsys.readouterr().err
     assert rc == 2 and "needs a Top-K pooling model" in err and len(err.strip().splitlines()) == 1, err
 

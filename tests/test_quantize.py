@@ -15,9 +15,10 @@ import onnx.numpy_helper as nh
 import pytest
 import torch
 
-from lfm.export.onnx_export import check, metadata, read_metadata, save_atomic, set_metadata, simplify, torch_to_onnx
+from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+from lfm.export.onnx_files import check, read_metadata, run_logits, save_atomic, set_metadata
 from lfm.export.quantize import (QuantizeError, calibration_images, compare_logits, int8_report, qdq_summary,
-                                 quantize_int8, run_logits)
+                                 quantize_int8)
 from lfm.runtime.spec import ModelSpec
 from lfm.train.make_synthetic import make_synthetic
 from lfm.train.model import build_model

@@ -805,14 +805,15 @@ def test_fp16_conversion_for_tensorrt_runs_in_onnx_runtime_within_the_fp16_toler
     from conftest import random_lfm
     from lfm.export import onnx_export as ox
     from lfm.export import trt_build as tb
+    from lfm.export.onnx_files import check, set_metadata
     from lfm.runtime import custom_ops
     from lfm.runtime.backends.onnxrt import OnnxRunner
 
     if variant == "plugins":
         pytest.importorskip("onnxruntime_extensions", reason="ONNX Runtime runs the plugin graph through it")
     spec = ModelSpec(input=input_variant, size=64)
-    proto = ox.check(ox.simplify(ox.torch_to_onnx(random_lfm(), spec, input_variant, variant=variant)))
-    ox.set_metadata(proto, ox.metadata(spec, precision="fp32", source=None, source_sha256=None, variant=variant))
+    proto = check(ox.simplify(ox.torch_to_onnx(random_lfm(), spec, input_variant, variant=variant)))
+    set_metadata(proto, ox.metadata(spec, precision="fp32", source=None, source_sha256=None, variant=variant))
     fp32_path = save(proto, tmp_path / "fp32.onnx")
     half = tb.fp16_model(onnx.load(fp32_path))
     fp16_path = save(half, tmp_path / "fp16.onnx")
