@@ -29,9 +29,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from .backends.base import (BackendError, backend_for, backends_for, check_runner_options, provider_list,
+from .backends.base import (OPENVINO_PRECISIONS, BackendError, backend_for, backends_for, check_runner_options, provider_list,
                             source_from_flags)
-from .backends.openvino_rt import OPENVINO_PRECISIONS
 from . import serve_defaults
 from .cli import argtype, number, one_of, positive_int, seconds, whole_number
 from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES
@@ -171,8 +170,8 @@ class ArgGroup:
         self.defaults = dict(defaults or {})
         self.help = dict(help or {})
 
-    def add_to(self, parser: argparse.ArgumentParser):
-        group = parser.add_argument_group(self.title) if self.title else parser
+    def add_to(self, command_parser: argparse.ArgumentParser):
+        group = command_parser.add_argument_group(self.title) if self.title else command_parser
         for name in self.taken:
             self.declare(group, name)
         return group
@@ -221,8 +220,8 @@ class ModelArgs(ArgGroup):
         super().__init__(only, defaults, help)
         self.required = required
 
-    def add_to(self, parser: argparse.ArgumentParser):
-        group = parser.add_argument_group(self.title)
+    def add_to(self, command_parser: argparse.ArgumentParser):
+        group = command_parser.add_argument_group(self.title)
         sources = [n for n in self.taken if n in self.SOURCES]
         if sources:
             exclusive = group.add_mutually_exclusive_group(required=self.required)
@@ -395,12 +394,12 @@ class ServerArgs(ArgGroup):
     TITLES = {"network": "network", "Triton": "Triton",
               "supervision": "supervision (a fault stops Triton and exits with status 3; see runtime/serve_health.py)"}
 
-    def add_to(self, parser: argparse.ArgumentParser):
+    def add_to(self, command_parser: argparse.ArgumentParser):
         groups = {}
         for name in self.taken:
             where, kwargs = self.FLAGS[name]
             if where not in groups:
-                groups[where] = parser.add_argument_group(self.TITLES[where])
+                groups[where] = command_parser.add_argument_group(self.TITLES[where])
             kwargs = {**kwargs, **({"default": self.defaults[name]} if name in self.defaults else {})}
             groups[where].add_argument(flag_name(name), **kwargs)
         return groups
@@ -424,18 +423,18 @@ class Renamed(argparse.Action):
         super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
         self.replacement = replacement
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} is now {self.replacement}")
+    def __call__(self, command_parser, namespace, values, option_string=None):
+        command_parser.error(f"{option_string} is now {self.replacement}")
 
 
-def parse_and_check(parser: argparse.ArgumentParser, argv, *groups: ArgGroup) -> argparse.Namespace:
+def parse_and_check(command_parser: argparse.ArgumentParser, argv, *groups: ArgGroup) -> argparse.Namespace:
     """Parse, then run each group's checks across flags: a refusal is argparse's one line, exit 2."""
-    args = parser.parse_args(argv)
+    args = command_parser.parse_args(argv)
     for group in groups:
         try:
             group.check(args)
         except ValueError as e:
-            parser.error(str(e))
+            command_parser.error(str(e))
     return args
 
 

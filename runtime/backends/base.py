@@ -114,6 +114,9 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
 )}
 
 
+OPENVINO_PRECISIONS = ("auto", "f32", "bf16", "f16")  # --openvino-precision; here so the CLI needs no backend module
+
+
 @dataclass(frozen=True)
 class Option:
     """A make_runner keyword: its default, its CLI flag, and what to do instead where it is refused."""

@@ -14,9 +14,8 @@ import numpy as np
 from ..custom_ops import OP_TYPES, uses_custom_ops
 from ..files import first_line
 from ..spec import ModelSpec
-from .base import BackendError, Runner
+from .base import OPENVINO_PRECISIONS, BackendError, Runner
 
-OPENVINO_PRECISIONS = ("auto", "f32", "bf16", "f16")
 
 
 def openvino_precision(spec: ModelSpec, model_precision: str, requested: str | None = "auto") -> tuple[str, str]:
