@@ -270,8 +270,8 @@ def test_an_import_in_a_class_body_runs_at_import(tmp_path):
 # its own layer and of those below it, never above (at module level or inside functions); a new
 # module fails the test until it is placed here.
 RUNTIME_LAYERS = (
-    ("foundation", "__init__ spec preprocess records files inputs cli custom_ops serve_defaults stderr_filter "
-                   "gpu_input"),
+    ("foundation", "__init__ spec preprocess records files inputs cli custom_ops serve_defaults serve_contract "
+                   "stderr_filter gpu_input"),
     ("backends", "backends backends.base backends.cuda_support backends.onnxrt backends.openvino_rt backends.pyt "
                  "backends.trt_engine backends.trt_plan"),
     ("pipeline", "options decode_pool gpu_decode decoders detector"),  # the Detector, its options and decoders
@@ -501,3 +501,10 @@ def test_a_new_backend_is_one_module_and_one_registry_line(tmp_path, monkeypatch
     images = [np.full((64, 64, 3), v, np.uint8) for v in (10, 200)]
     with Detector(str(tmp_path / "bias.mean"), batch_size=1) as det:
         assert [round(r.logit) for r in det.predict(images)] == [-90, 100]
+
+
+def test_serve_py_stays_a_command_not_a_library():
+    """Issue 25's target: serve.py at most 500 lines; its options live in runtime/options.py, the
+    Triton process plumbing in serve_triton.py, the supervision in serve_health.py."""
+    lines = (ROOT / "runtime" / "serve.py").read_text().count("\n")
+    assert lines <= 500, f"runtime/serve.py has {lines} lines: move a part into a module of its own"
