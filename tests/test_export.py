@@ -243,8 +243,9 @@ def test_infer_says_what_precision_the_backend_ran(exported, reference_dir, caps
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("scored 8 of 8 inputs") and last.endswith(
         "openvino CPU, inference precision f32 (hint f32: auto: float-input graph)"), last
-    assert main(["--model", str(exported["uint8"]), "--precision", "bf16", str(reference_dir / "images")]) == 2
-    assert "applies to --backend openvino only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused while parsing, before the model loads
+        main(["--model", str(exported["uint8"]), "--openvino-precision", "bf16", str(reference_dir / "images")])
+    assert e.value.code == 2 and "applies to --backend openvino only" in capsys.readouterr().err
 
 
 def test_openvino_precision_choice():
