@@ -360,17 +360,16 @@ def torch_cuda_engine(name: str, models: Models) -> Engine:
 
 def image_files(work: Path, quick: bool) -> tuple[list[str], str]:
     """The e2e and calibration images: the reference JPEGs, or generated ones without them."""
+    from lfm.runtime import inputs  # the project's walker (this module's image_files is the benchmark's choice)
+
     cnn = REFERENCE / "cnndetection"
     if cnn.is_dir():
-        from lfm.runtime.preprocess import is_image_path
-
-        return sorted(str(f) for f in cnn.iterdir() if is_image_path(f)), str(cnn)
+        return inputs.image_files(str(cnn)), str(cnn)
     from lfm.train.make_synthetic import make_synthetic
 
     out = work / "synthetic"
     make_synthetic(out, n=32 if quick else 128, size=256, seed=0, val_fraction=0.0, force=True, jobs=1)
-    files = sorted(str(p) for p in out.rglob("*.png"))
-    return files, str(out)
+    return inputs.image_files(str(out)), str(out)
 
 
 def batch_of(base: np.ndarray, batch: int) -> np.ndarray:

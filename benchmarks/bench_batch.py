@@ -78,7 +78,9 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: bench_batch.py needs the [cluster] extra: pip install 'lfm-deploy[cluster]'", file=sys.stderr)
         return 2
-    files = sorted(str(p) for p in Path(args.data).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    from lfm.runtime.inputs import image_files
+
+    files = image_files(args.data)
     if not files:
         print(f"error: no images in {args.data} (set --data or LFM_REFERENCE)", file=sys.stderr)
         return 2

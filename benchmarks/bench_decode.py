@@ -184,7 +184,11 @@ def engine_place(runner) -> str:
 
 def input_files(tmp: Path, generated_side: int | None) -> tuple[list[Path], str]:
     """The distinct files to list repeatedly, and where they come from."""
-    files = sorted(REFERENCE_JPEGS.glob("*.jpg")) if REFERENCE_JPEGS.is_dir() and not generated_side else []
+    from lfm.runtime.inputs import image_files
+
+    # The JPEGs only (not the folder's PNGs): this times JPEG decoding, which mode gpu hands to nvJPEG.
+    listed = [] if generated_side else image_files(str(REFERENCE_JPEGS))
+    files = [Path(f) for f in listed if Path(f).suffix.lower() in (".jpg", ".jpeg")]
     if files:
         return files, str(REFERENCE_JPEGS)
     source = f"generated {generated_side} px JPEGs" if generated_side else "generated (reference JPEGs absent)"

@@ -150,9 +150,11 @@ def default_model(work: Path) -> str:
 
 
 def default_images(work: Path) -> list[Path]:
+    from lfm.runtime.inputs import image_files
+
     ref = REFERENCE / "cnndetection"
     if ref.is_dir():
-        files = sorted(p for p in ref.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = [Path(f) for f in image_files(str(ref))]
         if files:
             return files
     from PIL import Image
@@ -594,10 +596,16 @@ def main(argv=None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from lfm.runtime.inputs import image_files
+
+    given = [Path(f) for f in image_files(args.images)] if args.images else []
+    if args.images and not given:
+        print(f"error: {args.images}: holds no image files", file=sys.stderr)
+        return 2
 
     work = Path(tempfile.mkdtemp(prefix="lfm-bench-serve-"))
     model = args.model or default_model(work)
-    files = (sorted(p for p in Path(args.images).iterdir() if p.is_file()) if args.images else default_images(work))
+    files = given or default_images(work)
     blobs = [(str(f), f.read_bytes()) for f in files]
     reference = offline_reference(model, blobs, args.quick)
     if reference is None:

@@ -46,11 +46,9 @@ def export(ckpt: str, out: Path, *extra: str) -> dict:
 
 def test_sets(reference: Path, work: Path) -> dict:
     from lfm.export.fidelity import STRESS_GROUPS, make_stress_set
+    from lfm.runtime.inputs import image_files
     from lfm.runtime.spec import ModelSpec
     from lfm.train.make_synthetic import make_synthetic
-
-    def pngs(d: Path) -> list[str]:
-        return sorted(str(p) for p in d.rglob("*.png"))
 
     spec = ModelSpec()
     derived = [g for g in STRESS_GROUPS if g != "synthetic"]
@@ -58,9 +56,9 @@ def test_sets(reference: Path, work: Path) -> dict:
         make_synthetic(work / "syn_calib", n=96, size=256, seed=1, val_fraction=0.0, jobs=1)
     if not (work / "syn_test").exists():
         make_synthetic(work / "syn_test", n=96, size=256, seed=11, val_fraction=0.0, jobs=1)
-    cnn = sorted(str(p) for p in (reference / "cnndetection").iterdir() if p.suffix in (".jpg", ".png"))
-    a = make_stress_set(pngs(reference / "images"), work / "stressA", spec, groups=derived)
-    a["synthetic"] = pngs(work / "syn_test")
+    cnn = image_files(str(reference / "cnndetection"))
+    a = make_stress_set(image_files(str(reference / "images")), work / "stressA", spec, groups=derived)
+    a["synthetic"] = image_files(str(work / "syn_test"))
     b = make_stress_set(cnn, work / "stressB", spec, groups=derived)
     return {"A": {"calib": str(reference / "cnndetection"), "test": a,
                   "what": "calibrated on the cnndetection JPEGs, tested on PNG photos, their variants, synthetic PNGs"},

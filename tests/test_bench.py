@@ -286,6 +286,38 @@ def test_serve_and_batch_modes_run_their_scripts_with_the_other_options(argv, wa
     assert _bench_module().script_mode(argv) == want
 
 
+def test_benchmarks_list_image_folders_through_the_one_walker():
+    """bench, bench_batch, bench_decode, bench_serve and fidelity_table had listings of their own
+    (iterdir, rglob, glob with suffix filters); they use lfm.runtime.inputs.image_files, so a
+    folder lists the same images here as in every command. A glob for files of another kind
+    (bench_batch's shard-*.parquet) stays."""
+    import ast
+
+    from lfm.runtime.preprocess import is_image_path
+
+    def other_kind(pattern) -> bool:
+        return isinstance(pattern, ast.Constant) and not is_image_path(pattern.value) and not pattern.value.endswith("*")
+
+    own = [f"{path.name}:{n.lineno} .{n.func.attr}({', '.join(ast.unparse(a) for a in n.args)})"
+           for path in sorted((ROOT / "benchmarks").glob("*.py")) for n in ast.walk(ast.parse(path.read_text()))
+           if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+           and (n.func.attr == "iterdir" or n.func.attr in ("glob", "rglob") and not (n.args and other_kind(n.args[0])))]
+    assert not own, own
+
+
+def test_bench_serve_images_folder_without_images_is_one_line_and_exit_2(tmp_path, random_onnx):
+    """--images lists the folder's image files (the runtime's rules); one holding none is refused
+    before a server starts (it used to start one with nothing to send, or fail on a non-image)."""
+    for holds in ([], ["notes.txt"]):
+        images = tmp_path / f"images{len(holds)}"
+        images.mkdir()
+        for name in holds:
+            (images / name).write_text("not an image")
+        r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_serve.py"), "--images", str(images),
+                            "--model", str(random_onnx), "--quick", "--output-dir", str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stderr) == (2, f"error: {images}: holds no image files\n"), r.stderr[-2000:]
+
 def test_plain_loop_answers_as_the_detector_on_real_files(tmp_path, random_onnx):
     """e2e mode's baseline loop (PIL, resize, one session.run per file; from bench_e2e.py) scores
     files as the runtime's Detector does, so their speeds compare like with like."""
