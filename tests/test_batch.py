@@ -2,7 +2,7 @@
 
 One local Ray (2 CPUs) serves the module; the command joins it as a notebook would. Real
 files, a real ONNX Runtime session in each actor, real Parquet and JSONL shards: the records
-equal infer.py's (logits within 1e-6), bad files are records, a killed actor costs no record,
+equal infer.py's (logits equal, not close), bad files are records, a killed actor costs no record,
 an interrupted run resumes with only its missing shards, and the lean runtime never imports Ray.
 """
 from __future__ import annotations
@@ -114,8 +114,9 @@ def assert_same_records(got: list[dict], want: list[dict], model: Path) -> None:
     for g, w in zip(got, want):
         assert g["error"] == w["error"], g["path"]
         assert g["label"] == w["label"], g["path"]
-        if w["error"] is None:
-            assert abs(g["logit"] - w["logit"]) <= 1e-6 and abs(g["score"] - w["score"]) <= 1e-6, g["path"]
+        if w["error"] is None:  # equal, not close: the same load_tiles pixels reach the same graph; ONNX
+            # Runtime's CPU kernels give an image the same logit whatever its batch and thread count
+            assert (g["logit"], g["score"]) == (w["logit"], w["score"]), (g["path"], g["logit"] - w["logit"])
         else:
             assert g["logit"] is None and g["score"] is None
         assert g["model_sha256"] == sha
