@@ -9,6 +9,9 @@
     from lfm.runtime.backends import make_runner   # backend options: which runner, and how it runs
     Detector(make_runner("lfm.onnx", backend="openvino", threads=4), batch_size=32)
 
+    from lfm.runtime.options import PipelineOptions   # how the pipeline runs, one frozen object
+    Detector("lfm.onnx", PipelineOptions(policy="tiles", size=256, decode="processes"))
+
 ``predict`` takes a list (any iterable) of items: paths (str or PathLike), encoded bytes,
 uint8 HxWx3 RGB arrays, PIL images, or ``preprocess.Prepared`` arrays (already prepared by the
 model's policy: scored as they are); an NxHxWx3 uint8 array counts as N images. A single
@@ -37,43 +40,13 @@ from PIL import Image
 from .backends.base import OPTIONS, Runner, backend_for, make_runner
 from .decoders import Decoder, make_decoder
 from .files import first_line
+from .options import PipelineOptions
 from .gpu_decode import GpuDecodeUnavailable, nvjpeg_decoder
-from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES, Prepared, normalize
+from .preprocess import Prepared, normalize
 from .records import Record
 from .spec import check_input_size, min_input_size
 
 Item = Union[str, os.PathLike, bytes, np.ndarray, Image.Image, Prepared]
-
-# Pixels the model sees in one call (images x height x width). Activations take about 0.5 kB per
-# input pixel in fp32 (conv1's 64 maps and their neighbours): 4.2 MP is about 2 GB. Under policy
-# "none" an image is scored at its native size, so a larger image is refused (its own record)
-# rather than taking the machine's memory; batches are split to stay under the bound too.
-DEFAULT_MAX_MODEL_PIXELS = 2048 * 2048
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on (a container's cpuset, taskset), not the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(decode: str = "threads") -> int:
-    """Decoding workers by default: a process per usable core (the parent's own work is a few
-    per cent of a core per worker); threads at most 8 (they share one GIL for everything but
-    Pillow's own loops)."""
-    cores = usable_cpus()
-    return max(1, cores if decode == "processes" else min(8, cores))
-
-
-# How files (paths or encoded bytes) are decoded: "threads", "processes" (decode_pool), or "gpu":
-# JPEGs by nvJPEG in batches (gpu_decode; other files on the CPU path, per file). Arrays and PIL
-# images are decoded already: only the policy applies, on the threads.
-DECODE_MODES = ("threads", "processes", "gpu")
-
-
-TILE_REDUCTIONS = ("max", "mean")
 
 
 class DetectorClosed(RuntimeError):
@@ -90,7 +63,9 @@ class Detector:
     ``lfm.runtime.backends``) for backend options, or any Runner. The Detector activates it and
     deactivates it on ``close()``.
 
-    The rest says how the pipeline runs:
+    options: how the pipeline runs, a ``PipelineOptions`` (lfm.runtime.options; checked when it
+    is made, as the command line checks its flags), or its fields as keywords, which replace
+    those of ``options``:
     threshold, policy, size: override the model's own spec (defaults: the model's).
     batch_size: images per runner call; workers: decoding threads or processes (default: one
     process per usable core, or up to 8 threads: ``default_workers``).
@@ -111,25 +86,13 @@ class Detector:
     providers=, threads=, backend=, precision=, kernels=, cuda_graphs=), were removed: each is
     refused with a TypeError naming its replacement."""
 
-    def __init__(self, source: str | os.PathLike | Runner | None = None, *, threshold: float | None = None,
-                 policy: str | None = None, size: int | None = None, batch_size: int = 16, workers: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_model_pixels: int = DEFAULT_MAX_MODEL_PIXELS,
-                 tile_reduce: str = "max", max_tiles: int = DEFAULT_MAX_TILES, decode: str = "threads",
-                 **removed_keywords):
-        if removed_keywords:
-            _refuse_removed_keywords(removed_keywords)
+    def __init__(self, source: str | os.PathLike | Runner | None = None, options: PipelineOptions | None = None,
+                 **fields):
+        options = _pipeline_options(options, fields)  # every value checked there, as on the command line
         if source is None:
             raise TypeError("Detector() needs a model: Detector('lfm.onnx'), or Detector(make_runner(path, ...))")
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        if tile_reduce not in TILE_REDUCTIONS:
-            raise ValueError(f"tile_reduce must be one of {TILE_REDUCTIONS}, got {tile_reduce!r}")
-        if max_tiles < 1:
-            raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-        if max_pixels < 1 or max_model_pixels < 1:
-            raise ValueError(f"max_pixels and max_model_pixels must be >= 1, got {max_pixels}, {max_model_pixels}")
+        threshold, policy, size, decode = options.threshold, options.policy, options.size, options.decode
+        max_pixels, max_tiles = options.max_pixels, options.max_tiles
         gpu_decoder = self._gpu_decoder_check() if decode == "gpu" else None  # refused before the runner starts
         self.runner = (make_runner(source) if isinstance(source, (str, os.PathLike)) else _as_runner(source)).activate()
         # The model's own spec, with the caller's overrides on top.
@@ -138,10 +101,11 @@ class Detector:
             self.runner.deactivate()
             raise ValueError(f"size {self.spec.size} is too small: the model (top-k K={self.spec.top_k}) needs inputs "
                              f"of at least {min_input_size(self.spec.top_k)} x {min_input_size(self.spec.top_k)} pixels")
-        self.batch_size = batch_size
-        self.max_pixels, self.max_model_pixels = max_pixels, max_model_pixels
-        self.tile_reduce, self.max_tiles = tile_reduce, max_tiles
-        self.decode, self.workers = decode, workers or default_workers(decode)
+        self.options = options
+        self.batch_size = options.batch_size
+        self.max_pixels, self.max_model_pixels = max_pixels, options.max_model_pixels
+        self.tile_reduce, self.max_tiles = options.tile_reduce, max_tiles
+        self.decode, self.workers = decode, options.decode_workers
         self.closed = False
         # hold: room to lend what predict_iter holds (the read-ahead window and the batch forming)
         self.decoder: Decoder = make_decoder(decode, self.spec, max_pixels, max_tiles, self.workers,
@@ -382,6 +346,17 @@ def _as_runner(source) -> Runner:
 REMOVED_SOURCES = ("checkpoint", "model", "engine", "runner")  # the model, now positional
 
 
+def _pipeline_options(options: PipelineOptions | None, fields: dict) -> PipelineOptions:
+    """The options the Detector runs with: ``options`` (default: PipelineOptions()) with the
+    keyword fields on top, so Detector(path, batch_size=32) and Detector(path, options) both work."""
+    removed = {k: v for k, v in fields.items() if k not in PipelineOptions.__dataclass_fields__}
+    if removed:
+        _refuse_removed_keywords(removed)
+    if options is not None and not isinstance(options, PipelineOptions):
+        raise TypeError(f"Detector(source, options): options must be a PipelineOptions, got {type(options).__name__}")
+    return (options or PipelineOptions()).replace(**fields) if fields else (options or PipelineOptions())
+
+
 def _refuse_removed_keywords(keywords: dict) -> None:
     """The keywords that used to build the runner inside the Detector were removed (0.x): one
     TypeError line naming the form that replaces them."""
@@ -419,3 +394,4 @@ def _refuse_single_item(items) -> None:
     if single:
         raise TypeError(f"predict() takes a list of items, got a single {type(items).__name__}; "
                         "use predict([item]) or predict_one(item)")
+
