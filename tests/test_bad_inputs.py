@@ -357,7 +357,7 @@ def test_evaluate_counts_every_skipped_file_once(tmp_path):
     (data / "1_fake" / "odd.tif").write_bytes(tiff_with_bad_tag_offset())
     report = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, str(ROOT / "train" / "evaluate.py"), str(ckpt), "--data", str(data),
-                        "--workers", "0", "-o", str(report)], capture_output=True, text=True, timeout=600)
+                        "--workers", "1", "-o", str(report)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "4 files skipped" in r.stdout and "7 images" in r.stdout, r.stdout
     lines = r.stderr.strip().splitlines()

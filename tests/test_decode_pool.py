@@ -195,7 +195,7 @@ def test_workers_that_cannot_start_end_the_pool_with_one_clear_error(files, tmp_
 
 
 def test_unknown_decode_mode_is_refused(random_onnx):
-    with pytest.raises(ValueError, match="decode must be one of"):
+    with pytest.raises(ValueError, match="decode: must be one of threads, processes, gpu, got 'fpga'"):
         Detector(random_onnx, decode="fpga")
 
 
@@ -275,15 +275,15 @@ def test_workers_leave_sigint_and_sigterm_to_the_parent(files):
 
 def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch, random_onnx):
     """A 16-core GPU host decodes with 16 processes (threads stop at 8); a container's cpuset counts, not the machine."""
-    import lfm.runtime.detector as detector_module
+    import lfm.runtime.options as options_module  # default_workers lives in the options layer
 
-    monkeypatch.setattr(detector_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert detector_module.default_workers("processes") == 16
-    assert detector_module.default_workers("threads") == detector_module.default_workers() == 8
+    monkeypatch.setattr(options_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert options_module.default_workers("processes") == 16
+    assert options_module.default_workers("threads") == options_module.default_workers() == 8
     with Detector(random_onnx, decode="processes") as det:
         assert det.workers == 16  # started lazily: no process is spawned here
-    monkeypatch.setattr(detector_module.os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    assert detector_module.default_workers("processes") == detector_module.default_workers("threads") == 1
+    monkeypatch.setattr(options_module.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert options_module.default_workers("processes") == options_module.default_workers("threads") == 1
 
 
 def test_lent_results_are_views_until_released_and_then_their_slots_serve_again(files):

@@ -462,13 +462,13 @@ def test_self_test_agreement_rule(random_onnx, monkeypatch):
         return make_runner(random_onnx, threads=1)
 
     # --max-pixels below the self-test image: both sides refuse it with the same error
-    with Detector(runner(), workers=1, max_pixels=1000) as served, Detector(runner(), workers=1, max_pixels=1000) as local:
+    with Detector(runner(), workers=1, max_pixels=5000) as served, Detector(runner(), workers=1, max_pixels=5000) as local:
         _in_process_server(monkeypatch, served)
         message = self_test("http://127.0.0.1:1", local)
     assert message.startswith("self-test: server and local Detector agree (both refuse the test image: ")
-    assert "exceeds the limit of 1000" in message
+    assert "exceeds the limit of 5000" in message
     # the server refuses what the local Detector scores: a failure
-    with Detector(runner(), workers=1, max_pixels=1000) as served, Detector(runner(), workers=1) as local:
+    with Detector(runner(), workers=1, max_pixels=5000) as served, Detector(runner(), workers=1) as local:
         _in_process_server(monkeypatch, served)
         with pytest.raises(RuntimeError, match="start-up self-test failed"):
             self_test("http://127.0.0.1:1", local)
