@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfm.train.metrics import average_precision, binary_metrics
+from lfm.train.metrics import average_precision, binary_metrics, roc_auc
 
 
 def ap_by_definition(y, s):
@@ -40,3 +40,24 @@ def test_binary_metrics():
     m = binary_metrics([0, 0, 1, 1, 1], [0.2, 0.7, 0.9, 0.4, 0.5])
     assert m["real_acc"] == 0.5 and m["fake_acc"] == pytest.approx(1 / 3)  # 0.5 is not above 0.5
     assert m["acc"] == pytest.approx(2 / 5) and (m["n_real"], m["n_fake"]) == (2, 3)
+
+
+def test_roc_auc_equals_scikit_learns_with_and_without_ties():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (the [viz] extra)")
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        y = rng.integers(0, 2, 30)
+        y[:2] = (0, 1)
+        s = rng.integers(0, 6, 30).astype(float) if i % 2 else rng.normal(size=30)  # ties, then none
+        assert roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_ranking_metrics_use_the_logits_where_the_sigmoid_ties_them():
+    """sigmoid(40) == sigmoid(50) == 1.0 in float64: ranked by scores a real image at 40 ties a
+    generated one at 50; the logits order them."""
+    logits = np.array([40.0, 50.0, -3.0])
+    y, scores = [0, 1, 0], 1 / (1 + np.exp(-logits))
+    assert scores[0] == scores[1] == 1.0
+    assert binary_metrics(y, scores)["auc"] == 0.75
+    assert binary_metrics(y, scores, logits=logits)["auc"] == 1.0 == binary_metrics(y, scores, logits=logits)["ap"]

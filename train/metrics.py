@@ -30,18 +30,42 @@ def average_precision(y_true, scores) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def binary_metrics(y_true, scores, threshold: float = 0.5) -> dict:
-    """accuracy, AP, accuracy on real images, accuracy on generated images, and counts."""
+def roc_auc(y_true, scores) -> float:
+    """Area under the ROC curve, the definition of scikit-learn's ``roc_auc_score``: the chance
+    that a random generated image scores above a random real one, ties counting one half
+    (Mann-Whitney U over average ranks). NaN unless both classes are present."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size)
+    ranks[order] = np.arange(1, s.size + 1)
+    _, first, count = np.unique(s[order], return_index=True, return_counts=True)
+    for start, n in zip(first[count > 1], count[count > 1]):  # tied scores share their average rank
+        ranks[order[start:start + n]] = start + (n + 1) / 2
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_metrics(y_true, scores, threshold: float = 0.5, logits=None) -> dict:
+    """accuracy, AP, ROC AUC, accuracy on real images, accuracy on generated images, and counts.
+    logits: rank by them for AP and AUC where given (the sigmoid rounds every logit above about
+    37 to a score of 1.0, tying images the logits tell apart)."""
     y = np.asarray(y_true).astype(int).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     pred = is_fake(s, threshold).astype(int)
+    rank = s if logits is None else np.asarray(logits, dtype=np.float64).ravel()
 
     def acc(mask):
         return float((pred[mask] == y[mask]).mean()) if mask.any() else float("nan")
 
     return {
         "acc": acc(np.ones_like(y, dtype=bool)) if y.size else float("nan"),
-        "ap": average_precision(y, s),
+        "ap": average_precision(y, rank),
+        "auc": roc_auc(y, rank),
         "real_acc": acc(y == 0),
         "fake_acc": acc(y == 1),
         "n": int(y.size),
