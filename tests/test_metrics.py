@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfm.train.metrics import average_precision, binary_metrics, roc_auc
+from lfm.train.metrics import average_precision, binary_metrics, equal_error_rate, roc_auc, roc_curve
 
 
 def ap_by_definition(y, s):
@@ -61,3 +61,36 @@ def test_ranking_metrics_use_the_logits_where_the_sigmoid_ties_them():
     assert scores[0] == scores[1] == 1.0
     assert binary_metrics(y, scores)["auc"] == 0.75
     assert binary_metrics(y, scores, logits=logits)["auc"] == 1.0 == binary_metrics(y, scores, logits=logits)["ap"]
+
+
+def test_roc_curve_equals_scikit_learns_with_and_without_ties():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (the [viz] extra)")
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        y = rng.integers(0, 2, 30)
+        y[:2] = (0, 1)
+        s = rng.integers(0, 6, 30).astype(float) if i % 2 else rng.normal(size=30)
+        fpr, tpr, thresholds = roc_curve(y, s)
+        ref_fpr, ref_tpr, ref_thresholds = metrics.roc_curve(y, s, drop_intermediate=False)
+        np.testing.assert_allclose(fpr, ref_fpr, atol=1e-15)
+        np.testing.assert_allclose(tpr, ref_tpr, atol=1e-15)
+        np.testing.assert_array_equal(thresholds[1:], ref_thresholds[1:])  # the first: inf here, max + 1 in older releases
+    with pytest.raises(ValueError):
+        roc_curve([1, 1], [0.2, 0.3])
+
+
+def test_equal_error_rate_is_where_the_two_error_rates_meet():
+    """Without cross-class ties the joined ROC curve is a staircase, so the crossing is the least
+    max(FPR, FNR) over scikit-learn's operating points: an independent computation."""
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (the [viz] extra)")
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        y = rng.integers(0, 2, 40)
+        y[:2] = (0, 1)
+        s = rng.normal(size=40) + y
+        fpr, tpr, _ = metrics.roc_curve(y, s, drop_intermediate=False)
+        assert equal_error_rate(y, s) == pytest.approx(np.min(np.maximum(fpr, 1 - tpr)), abs=1e-12)
+    assert equal_error_rate([0, 1], [0.5, 0.5]) == 0.5  # one tie: the diagonal, crossed at its middle
+    assert equal_error_rate([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert equal_error_rate([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert np.isnan(equal_error_rate([0, 0], [0.1, 0.2]))

@@ -50,6 +50,38 @@ def roc_auc(y_true, scores) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) as scikit-learn's ``roc_curve(drop_intermediate=False)``: one point
+    per distinct score, highest first, after a first point (0, 0) at threshold +inf; a point's
+    rates count the images scoring at or above its threshold. Needs both classes (ValueError)."""
+    y = np.asarray(y_true).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if y.shape != s.shape or n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_curve needs labels and scores of one length, with both classes present")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], y.size - 1]
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, s[last]]
+
+
+def equal_error_rate(y_true, scores) -> float:
+    """The rate at which false positives (real called generated) and false negatives (generated
+    called real) are equal, on the ROC curve joined by straight lines: where FNR - FPR, which only
+    falls along the curve, crosses 0. With no tied scores across the classes this is the least,
+    over thresholds, of max(FPR, FNR). NaN unless both classes are present."""
+    try:
+        fpr, tpr, _ = roc_curve(y_true, scores)
+    except ValueError:
+        return float("nan")
+    gap = (1.0 - tpr) - fpr  # 1 at (0, 0), -1 at (1, 1)
+    i = int(np.nonzero(gap <= 0)[0][0])  # the first point at or past the crossing (i >= 1)
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
 def binary_metrics(y_true, scores, threshold: float = 0.5, logits=None) -> dict:
     """accuracy, AP, ROC AUC, accuracy on real images, accuracy on generated images, and counts.
     logits: rank by them for AP and AUC where given (the sigmoid rounds every logit above about
