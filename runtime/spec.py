@@ -91,6 +91,44 @@ def logit_boundary(threshold: float) -> float:
     return math.log(threshold / (1.0 - threshold))
 
 
+# Where a threshold came from, said the same way by every command that shows it (infer's summary,
+# serve's start-up line, inspect). export/calibrate.py writes spec.extra["calibration"].
+
+
+def calibration_of(spec: ModelSpec) -> dict | None:
+    """The threshold calibration a model carries (export/calibrate.py), or None."""
+    calibration = spec.extra.get("calibration") if isinstance(spec.extra, dict) else None
+    return calibration if isinstance(calibration, dict) else None
+
+
+def calibration_summary(calibration: dict) -> str:
+    """'calibrated on 120 real images: FPR <= 4.9% at 95% confidence' (or, without a bound, the
+    share of those images called fake)."""
+    n = calibration.get("n_real", "?")
+    bound, confidence = calibration.get("fpr_upper_bound"), calibration.get("confidence")
+    if isinstance(bound, (int, float)) and isinstance(confidence, (int, float)):
+        return f"calibrated on {n} real images: FPR <= {bound:.1%} at {confidence:.0%} confidence"
+    achieved = calibration.get("achieved_fpr")
+    rate = f"{achieved:.1%}" if isinstance(achieved, (int, float)) else "?"
+    return (f"calibrated on {n} real images: {calibration.get('false_positives', '?')} of them called fake ({rate}), "
+            "no confidence bound")
+
+
+def threshold_text(spec: ModelSpec) -> str:
+    """The threshold in use and, where the model was calibrated, on what: 'threshold 0.87
+    (calibrated on 120 real images: FPR <= 4.9% at 95% confidence)'; a threshold given instead
+    of the calibrated one says so."""
+    text = f"threshold {spec.threshold:.4g}"
+    calibration = calibration_of(spec)
+    if calibration is None:
+        return text
+    calibrated = calibration.get("threshold")
+    if calibrated != spec.threshold:
+        shown = f"{calibrated:.4g}" if isinstance(calibrated, (int, float)) else "?"
+        return f"{text} (given; the model's calibrated threshold {shown} is not used)"
+    return f"{text} ({calibration_summary(calibration)})"
+
+
 # Geometry: which input sizes the network accepts (here, not in train/, so the runtime can
 # name the problem before a backend fails on it).
 
