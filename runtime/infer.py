@@ -35,6 +35,7 @@ from lfm.runtime.files import output_problem, overwrite_refusal  # noqa: E402
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.options import ModelArgs, OutputArgs, PipelineArgs, parse_and_check  # noqa: E402
 from lfm.runtime.records import FORMATS, format_for, in_input_order  # noqa: E402
+from lfm.runtime.spec import threshold_text  # noqa: E402
 
 MODEL, PIPELINE, OUTPUT = ModelArgs(), PipelineArgs(), OutputArgs(FORMATS)
 
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
         except DecodePoolError as e:  # the decoding processes cannot start (an earlier output file is kept)
             print(f"error: {e}", file=sys.stderr)
             return 2
-    return summary_exit(result, len(expansion.inputs), args.output, detector.runner.describe())
+    return summary_exit(result, len(expansion.inputs), args.output,
+                        f"{detector.runner.describe()}; {threshold_text(detector.spec)}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from lfm.runtime.backends.onnxrt import inference_session  # noqa: E402  (onnxru
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
                                            rebuild_command, recognise_plan, sidecar_path)
 from lfm.runtime.files import file_sha256, first_line  # noqa: E402
-from lfm.runtime.spec import ModelSpec  # noqa: E402
+from lfm.runtime.spec import ModelSpec, calibration_of, threshold_text  # noqa: E402
 
 KINDS = {"onnx": "ONNX model", "plan": "TensorRT plan", "checkpoint": "PyTorch checkpoint"}
 ONNX_EXTENSIONS = (".onnx",)
@@ -474,9 +474,31 @@ def _checkpoint_lines(r: dict) -> list[str]:
     return lines
 
 
+def _threshold_lines(spec: dict | None) -> list[str]:
+    """Where the threshold came from, when export/calibrate.py fitted it (spec.extra["calibration"])."""
+    calibration = calibration_of(ModelSpec.from_dict(spec)) if spec else None
+    if calibration is None:
+        return []
+    c = calibration
+
+    def rate(key):
+        return f"{c[key]:.1%}" if isinstance(c.get(key), (int, float)) else "-"
+
+    def figure(key):
+        return f"{c[key]:.4f}" if isinstance(c.get(key), (int, float)) else "-"
+
+    return [f"  {threshold_text(ModelSpec.from_dict(spec))}",
+            f"  calibrated: {c.get('method')}, target FPR {rate('target_fpr')}, {c.get('false_positives')} of "
+            f"{c.get('n_real')} real images called fake ({rate('achieved_fpr')}); on {c.get('n_fake')} generated: "
+            f"TPR {rate('tpr')}, AP {figure('ap')}, AUC {figure('auc')}, EER {rate('eer')}; {c.get('skipped', 0)} "
+            f"left out; was {c.get('previous_threshold')}; {c.get('date')}, lfm {c.get('lfm_version')}",
+            f"  calibration data sha256 {c.get('data_sha256')}, model sha256 {c.get('model_sha256')}"]
+
+
 def format_text(r: dict) -> str:
     lines = [f"{r['path']}: {r['kind_name']}", f"  size: {_size(r['size_bytes'])}", f"  sha256: {r['sha256']}"]
     lines += {"onnx": _onnx_lines, "plan": _plan_lines, "checkpoint": _checkpoint_lines}[r["kind"]](r)
+    lines += _threshold_lines(r.get("spec"))
     lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 

@@ -94,7 +94,7 @@ from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervi
                                      WatchedModel)
 from lfm.runtime.serve_triton import (expected_triton_lines_left_out, fix_python_backend_libpython,  # noqa: E402
                                       own_process_group)
-from lfm.runtime.spec import check_input_size, min_input_size  # noqa: E402
+from lfm.runtime.spec import check_input_size, min_input_size, threshold_text  # noqa: E402
 
 LOG = logging.getLogger("lfm.serve")
 
@@ -331,9 +331,9 @@ def serve(args) -> int:
             d.close()
         raise
     spec = detectors[0].spec
-    LOG.info("model: %s (%s), spec: input %s, policy %s, size %d, threshold %g; %d instance(s), decoding in %s",
+    LOG.info("model: %s (%s), spec: input %s, policy %s, size %d, %s; %d instance(s), decoding in %s",
              args.model or args.engine or args.checkpoint, detectors[0].runner.name, spec.input, spec.policy,
-             spec.size, spec.threshold, args.instances,
+             spec.size, threshold_text(spec), args.instances,
              {"threads": f"{detectors[0].workers} thread(s)", "processes": f"{detectors[0].workers} process(es)",
               "gpu": "nvJPEG (JPEGs; other files on the CPU)"}[args.decode] + " per instance")
 
