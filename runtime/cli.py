@@ -478,6 +478,8 @@ SUBCOMMANDS = {
     "synthetic": ("lfm.train.make_synthetic", "write a small labelled synthetic image set (needs [train])"),
     "bench": ("lfm.benchmarks.bench", "latency, throughput and fidelity of every backend (from a source checkout)"),
     "batch": ("lfm.runtime.batch", "score a corpus on Ray Data: Parquet shards, resumable, exactly once (needs [cluster])"),
+    "calibrate": ("lfm.export.calibrate", "fit the threshold to your own real images: a target false-positive rate, "
+                                          "met at a confidence bound"),
 }
 
 
@@ -512,6 +514,7 @@ infer, train, evaluate, export, build, serve, client, inspect, visualize, synthe
     _entry(name) for name in ("infer", "train", "evaluate", "export", "build", "serve", "client", "inspect",
                               "visualize", "synthetic", "bench", "triton-repo", "sensitivity"))
 batch = _entry("batch")
+calibrate = _entry("calibrate")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,4 +540,8 @@ def _dispatch(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m lfm.runtime.cli`: this file runs as __main__, a second copy of the module whose
+    # CommandError is not the one commands raise; dispatch from the package's copy
+    from lfm.runtime.cli import main as package_main
+
+    sys.exit(package_main())

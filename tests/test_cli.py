@@ -502,3 +502,12 @@ def test_argparse_types_name_the_minimum():
         cli.positive_int(48)("10")
     with pytest.raises(argparse.ArgumentTypeError, match=r"\[0, 1\]"):
         cli.unit_interval("5")
+
+
+def test_python_m_lfm_runtime_cli_handles_a_commands_error_as_lfm_does(tmp_path):
+    """`python -m lfm.runtime.cli` runs cli.py as __main__, a second copy of the module: a command's
+    CommandError (raised from the package's cli) must still be its one line and exit 2, not an
+    unexpected failure (exit 1)."""
+    r = subprocess.run([sys.executable, "-m", "lfm.runtime.cli", "export", str(tmp_path / "none.pt"), "-o",
+                        str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'none.pt'}: no such file\n", r.stderr
