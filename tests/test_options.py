@@ -41,8 +41,10 @@ COMMANDS = {
               + ("--max-model-pixels", "--workers", "--decode", "--threads", "--model-name")),
     "batch": (["m.onnx", "x.png", "--output", "out"], PIPELINE + ("--threads", "--progress")),
     "client": (["x.png"], ("--threshold", "--batch-size", "--progress", "--model-name")),
-    "evaluate": (["ckpt.pt", "--data", "d"], ("--threshold", "--size", "--batch-size", "--policy", "--workers")),
+    "evaluate": (["ckpt.pt", "--data", "d"], PIPELINE + ("--max-model-pixels", "--workers", "--threads")),
     "bench": ([], ("--threads",)),
+    "calibrate": (["m.onnx", "--real", "r", "--target-fpr", "0.05", "-o", "o.onnx"],
+                  ("--batch-size", "--max-pixels", "--workers", "--decode", "--threads", "--progress")),
 }
 CASES = [(command, flag) for command, (_, flags) in COMMANDS.items() for flag in flags]
 

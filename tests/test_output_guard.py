@@ -117,6 +117,12 @@ def evaluate_data_image(d, alias):
     return Built([str(blob(d / "ckpt.pt", "checkpoint")), "--data", str(data), "-o", str(alias(victim))], victim)
 
 
+def evaluate_onnx_model_is_plot(d, alias):
+    model = blob(d / "lfm.onnx", "onnx bytes")
+    return Built([str(model), "--data", str(images_folder(d / "data", 4)), "--perturb", "jpeg:75",
+                  "--plot", str(alias(model))], model)
+
+
 def infer_model(d, alias):
     model = blob(d / "lfm.onnx", "onnx bytes")
     return Built(["--model", str(model), str(png(d / "a.png")), "-o", str(alias(model))], model)
@@ -189,6 +195,19 @@ def bench_batch_model_is_report(d, alias):
                   "--output-dir", str(d / "results")], report)
 
 
+def calibrate_model(d, alias):
+    model = blob(d / "lfm.onnx", "onnx bytes")
+    return Built([str(model), "--real", str(images_folder(d / "real", 2)), "--target-fpr", "0.5", "--bound", "none",
+                  "-o", str(alias(model))], model)
+
+
+def calibrate_real_image_is_report(d, alias):
+    real = images_folder(d / "real", 2)
+    victim = real / "0_real" / "1.png"
+    return Built([str(blob(d / "lfm.onnx", "onnx")), "--real", str(real), "--target-fpr", "0.5", "--bound", "none",
+                  "-o", str(d / "out.onnx"), "--report", str(alias(victim))], victim)
+
+
 def bench_serve_image_is_report(d, alias):
     report = png(d / "results" / "bench_serve.md")
     images = d / "images"
@@ -210,6 +229,7 @@ CASES = [
     Case("sensitivity", "model", sensitivity_model),
     Case("evaluate", "checkpoint", evaluate_checkpoint),
     Case("evaluate", "data-image", evaluate_data_image),
+    Case("evaluate", "onnx-model-is-plot", evaluate_onnx_model_is_plot),
     Case("infer", "model", infer_model),
     Case("infer", "input", infer_input),
     Case("client", "input", client_input),
@@ -223,6 +243,8 @@ CASES = [
     Case("bench", "model-in-work-dir", bench_model_in_work_dir),
     Case("bench", "batch-mode-model-is-report", bench_batch_model_is_report),
     Case("bench", "serve-mode-image-is-report", bench_serve_image_is_report),
+    Case("calibrate", "model", calibrate_model),
+    Case("calibrate", "real-image-is-report", calibrate_real_image_is_report),
 ]
 NAMES = ("same-name", "symlink", "hard-link")
 
