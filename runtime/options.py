@@ -204,7 +204,9 @@ class PipelineArgs(ArgGroup):
 class ModelArgs(ArgGroup):
     """Which model (one of --model, --checkpoint, --engine) and how its backend runs: what
     ``make_runner`` takes. The backend's options are refused here, while parsing, where the
-    chosen backend could not use them (the registry's own rule, ``check_runner_options``)."""
+    chosen backend could not use them (the registry's own rule, ``check_runner_options``).
+    ``positional=True``: the model is the positional MODEL instead (``args.model_file``), any file
+    the runtime runs, its kind told by its extension as ``make_runner`` tells it."""
 
     title = "model"
     SOURCES = ("model", "checkpoint", "engine")
@@ -216,11 +218,18 @@ class ModelArgs(ArgGroup):
                            "and the [tensorrt] extra)"),
     }
 
-    def __init__(self, only=None, defaults=None, help=None, required: bool = True):
+    POSITIONAL_HELP = ("the model: a PyTorch checkpoint (.pt, .pth; ours or upstream's), an ONNX model (.onnx; "
+                       "ONNX Runtime, or --backend openvino) or a TensorRT engine (.plan, with its PLAN.json sidecar)")
+
+    def __init__(self, only=None, defaults=None, help=None, required: bool = True, positional: bool = False):
         super().__init__(only, defaults, help)
-        self.required = required
+        self.required, self.positional = required, positional
+        if positional:
+            self.taken = tuple(n for n in self.taken if n not in self.SOURCES)
 
     def add_to(self, command_parser: argparse.ArgumentParser):
+        if self.positional:
+            command_parser.add_argument("model_file", metavar="MODEL", help=self.help.get("model", self.POSITIONAL_HELP))
         group = command_parser.add_argument_group(self.title)
         sources = [n for n in self.taken if n in self.SOURCES]
         if sources:
@@ -266,8 +275,9 @@ class ModelArgs(ArgGroup):
 
     def runner_arguments(self, args: argparse.Namespace, **overrides) -> dict:
         """make_runner's keyword arguments: which model, which backend, its options."""
-        source, backend = source_from_flags(**{n: getattr(args, n, None) for n in self.SOURCES},
-                                            backend=getattr(args, "backend", None))
+        named = ({backend_for(args.model_file).kind: args.model_file} if self.positional
+                 else {n: getattr(args, n, None) for n in self.SOURCES})
+        source, backend = source_from_flags(**named, backend=getattr(args, "backend", None))
         given = {"source": source, "backend": backend}
         for name in ("device", "providers", "threads", "cuda_graphs", "kernels"):
             if name in self.taken:
@@ -277,7 +287,7 @@ class ModelArgs(ArgGroup):
         return {**given, **overrides}
 
     def check(self, args: argparse.Namespace) -> None:
-        if not any(getattr(args, n, None) for n in self.SOURCES if n in self.taken):
+        if not self.positional and not any(getattr(args, n, None) for n in self.SOURCES if n in self.taken):
             return  # no model named (a command where it is optional)
         try:
             kwargs = self.runner_arguments(args)

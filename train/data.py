@@ -23,7 +23,6 @@ Problems are reported with the ``warnings`` module, category ``DatasetWarning``.
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import warnings
@@ -37,6 +36,7 @@ from PIL import Image, ImageFilter, UnidentifiedImageError
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from lfm.runtime.inputs import image_files
+from lfm.runtime.perturb import jpeg_roundtrip
 from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, ImageError, apply_policy, is_image_path, normalize, open_image
 from lfm.runtime.spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES
 
@@ -327,14 +327,6 @@ class EvalTransform:
         except ImageError as e:
             raise ImageError(path or e.source, e.problem) from None
         return normalize(np.asarray(img, dtype=np.uint8), self.mean, self.std)
-
-
-def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as out:
-        return out.convert("RGB")
 
 
 def _as_range(value, kind) -> tuple:

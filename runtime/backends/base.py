@@ -110,7 +110,7 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", "lfm.runtime.backends.trt_engine:TrtRunner", "engine", (".plan", ".engine", ".trt"),
             ("cuda_graphs",), "a TensorRT engine"),
     Backend("torch", "lfm.runtime.backends.pyt:TorchRunner", "checkpoint", (".pt", ".pth", ".ckpt", ".bin"),
-            ("device", "kernels", "cuda_graphs"), "a PyTorch checkpoint"),
+            ("device", "kernels", "cuda_graphs", "amp"), "a PyTorch checkpoint"),
 )}
 
 
@@ -136,6 +136,8 @@ OPTIONS: dict[str, Option] = {
                         "or built in"),
     "kernels": Option(False, "--kernels", "it runs a PyTorch checkpoint through the Triton kernels: give --checkpoint"),
     "cuda_graphs": Option(False, "--cuda-graphs"),
+    "amp": Option(False, "--amp", "an ONNX model or a TensorRT engine computes in the precision it was exported or "
+                  "built in"),
 }
 
 
@@ -199,7 +201,7 @@ def provider_list(providers: str | list[str] | tuple[str, ...] | None) -> list[s
 
 def make_runner(source: str | os.PathLike, *, backend: str | None = None, device: str = "auto",
                 providers: str | list[str] | None = None, threads: int | None = None, precision: str = "auto",
-                kernels: bool = False, cuda_graphs: bool = False) -> Runner:
+                kernels: bool = False, cuda_graphs: bool = False, amp: bool = False) -> Runner:
     """The runner (not yet active) for a model file: by its extension (.onnx: ONNX Runtime,
     .plan/.engine/.trt: TensorRT, .pt/.pth/.ckpt/.bin: PyTorch) unless ``backend`` names one of
     ``REGISTRY``. Backend options:
@@ -210,12 +212,13 @@ def make_runner(source: str | os.PathLike, *, backend: str | None = None, device
       comma-separated, as --providers) or a list such as ["cuda", "cpu"] (see provider_list);
     - precision: OpenVINO's inference precision (auto | f32 | bf16 | f16);
     - kernels: a checkpoint through our Triton kernels (a CUDA GPU);
-    - cuda_graphs: replay each batch shape as a CUDA graph (TensorRT engines, checkpoints on a GPU).
+    - cuda_graphs: replay each batch shape as a CUDA graph (TensorRT engines, checkpoints on a GPU);
+    - amp: a checkpoint under float16 autocast on CUDA (faster, not exact fp32; no effect on a CPU).
 
     An option the chosen backend would silently ignore is refused with a BackendError (one line)."""
     entry = backend_for(source, backend)
     given = {"device": device, "providers": provider_list(providers), "threads": threads, "precision": precision,
-             "kernels": kernels, "cuda_graphs": cuda_graphs}
+             "kernels": kernels, "cuda_graphs": cuda_graphs, "amp": amp}
     check_runner_options(entry, given)
     return entry.runner_class()(os.fspath(source), **{k: v for k, v in given.items() if k in entry.options})
 

@@ -22,17 +22,20 @@ class TorchRunner(Runner):
     convolutions); it needs a CUDA GPU (on a CPU the kernels run only in Triton's interpreter,
     TRITON_INTERPRET=1, slowly, in float32: for checks). ``cuda_graphs=True`` on a GPU captures each
     batch shape once as a CUDA graph and replays it (fewer launches; most useful at small batches).
+    ``amp=True`` runs the eager model under float16 autocast on CUDA (train/evaluate.py --amp; on a
+    CPU it changes nothing).
     """
 
     name = "torch"
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", kernels: bool = False,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, amp: bool = False):
         super().__init__()
         self.checkpoint = os.fspath(checkpoint)
         self.device_name = device
         self.kernels = kernels
         self.cuda_graphs = cuda_graphs
+        self.amp = amp
         if kernels:
             self.name = "torch-kernels"
 
@@ -120,7 +123,8 @@ class TorchRunner(Runner):
             x = self._ring.stage(np.ascontiguousarray(feed["pixels"], dtype=np.uint8))
         else:
             x = torch.from_numpy(np.ascontiguousarray(feed["image"], dtype=np.float32)).to(self.device)
-        with torch.inference_mode():
+        autocast = self.amp and not self.kernels and self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=autocast):
             if self.cuda_graphs and self.device.type == "cuda":
                 return self._replay(x)
             return self.model(x)
