@@ -3,8 +3,9 @@
 The rule (export/calibrate.py): an image is called fake when its score is strictly above the
 threshold (``spec.is_fake``). Of n real images, k may be called fake; the threshold leaves at
 most k of them above it: the lowest such is the (k+1)-th highest real score, and
-``choose_threshold`` places it just above that image (halfway to the next higher score seen),
-with the same counts, so that rounding in a re-run does not flip that image.
+``choose_threshold`` places it just above that image (ROUNDING_MARGIN in logit, less where the
+next higher score seen is nearer), with the same counts, so that rounding in a re-run does not
+flip that image.
 
 How k is chosen:
 
@@ -97,6 +98,13 @@ def allowed_false_positives(n: int, target: float, confidence: float | None) -> 
     return None if allowed < 0 else allowed
 
 
+# Logits of one model from two fp32 backends or batch sizes differ by rounding: up to 5.3e-5 between
+# PyTorch and ONNX Runtime on upstream's checkpoint (docs/export.md). The threshold sits this far
+# above the boundary image's logit, 20x that; a reduced-precision model is a model of its own, to
+# be calibrated itself.
+ROUNDING_MARGIN = 1e-3
+
+
 @dataclass(frozen=True)
 class Choice:
     threshold: float  # a score: an image is fake when its score is strictly above it
@@ -120,10 +128,10 @@ def choose_threshold(real_logits, target: float, confidence: float | None, other
     for the confidence asked (``reals_needed`` says how many).
 
     The lowest such threshold is the score of the (allowed + 1)-th highest real image, which a
-    re-run can flip to fake when its logit moves by rounding (another batch size, another
-    backend). So the threshold is placed halfway, in logit, between that image and the next
-    higher logit among all the images scored (``other_logits``: the generated ones), or 1 above
-    it when there is none: every count on these images is the lowest threshold's, and the true
+    re-run can flip to fake when its logit moves by rounding (another batch size, another fp32
+    backend). So the threshold is placed ROUNDING_MARGIN above that image's logit, or halfway to
+    the next higher logit among all the images scored (``other_logits``: the generated ones)
+    where that is nearer: every count on these images is the lowest threshold's, and the true
     false-positive rate can only be lower (the bound still holds)."""
     logits = np.sort(np.asarray(real_logits, dtype=np.float64).ravel())
     n = logits.size
@@ -133,7 +141,8 @@ def choose_threshold(real_logits, target: float, confidence: float | None, other
     boundary = float(logits[n - 1 - allowed])
     seen = np.r_[logits, np.asarray(other_logits, dtype=np.float64).ravel()]
     above = seen[seen > boundary]
-    threshold = sigmoid((boundary + (above.min() if above.size else boundary + 1.0)) / 2)
+    margin = min(ROUNDING_MARGIN, (above.min() - boundary) / 2) if above.size else ROUNDING_MARGIN
+    threshold = sigmoid(boundary + margin)
     lowest, seen_scores = sigmoid(boundary), scores_of(seen)
     if np.count_nonzero(is_fake(seen_scores, threshold)) != np.count_nonzero(is_fake(seen_scores, lowest)):
         threshold = lowest  # the scores round together (near 0 or 1): no room between them
