@@ -242,7 +242,7 @@ def test_infer_says_what_precision_the_backend_ran(exported, reference_dir, caps
     assert main(["--model", str(exported["float"]), "--backend", "openvino", str(reference_dir / "images")]) == 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("scored 8 of 8 inputs") and last.endswith(
-        "openvino CPU, inference precision f32 (hint f32: auto: float-input graph)"), last
+        "openvino CPU, inference precision f32 (hint f32: auto: float-input graph); threshold 0.5"), last
     with pytest.raises(SystemExit) as e:  # refused while parsing, before the model loads
         main(["--model", str(exported["uint8"]), "--openvino-precision", "bf16", str(reference_dir / "images")])
     assert e.value.code == 2 and "applies to --backend openvino only" in capsys.readouterr().err
