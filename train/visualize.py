@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from lfm.runtime.cli import ArgumentParser, describe_os_error, run
+from lfm.runtime.evidence import coverage, layer_geometry, receptive_box, upsample_map  # noqa: F401 (geometry)
 from lfm.runtime.files import files_under, output_problem, overwrite_refusal
 from lfm.runtime.inputs import expand_paths
 from lfm.runtime.preprocess import ImageError, load_array, normalize
@@ -68,64 +69,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 LABEL_COLOURS = ("tab:blue", "tab:red")  # real, generated
 
 
-# ----------------------------------------------------------------------------------------------
-# Geometry: where a position of a layer comes from in the input
-
-
-def layer_geometry(layer: str, num_layers: int = 4) -> tuple[int, int]:
-    """(jump, size) of a layer's output grid, in NPR-residual pixels: position i of ``layer``
-    sees residual rows (and columns) ``jump * i .. jump * i + size - 1``.
-
-    The path is NPR -> [conv k2 s1, max-pool 2] x (num_layers - 1) -> conv k2 -> 1x1 conv; a
-    k2 s1 conv widens the window by one step of the current jump, a 2x2 s2 pool widens it by
-    one step and doubles the jump. For LFM (4 blocks): ``salience`` and ``snet.layer4`` are
-    (8, 23), ``snet.layer3`` (4, 11), ``snet.layer1`` (1, 2), ``npr`` (1, 1).
-    """
-    if layer == "npr":
-        blocks = 0
-    elif layer == "salience":
-        blocks = num_layers
-    elif layer.startswith("snet.layer") and layer[len("snet.layer"):].isdigit():
-        blocks = int(layer[len("snet.layer"):])
-        if not 1 <= blocks <= num_layers:
-            raise ValueError(f"no layer {layer!r}: SNet has layers 1..{num_layers}")
-    else:
-        raise ValueError(f"no receptive-field geometry for layer {layer!r}")
-    jump, size = 1, 1
-    for i in range(1, blocks + 1):
-        size += jump  # conv k=2, stride 1, no padding
-        if i < blocks:  # the 2x2 stride-2 max-pool between this block and the next
-            size += jump
-            jump *= 2
-    return jump, size
-
-
-def receptive_box(row: int, col: int, jump: int = 8, size: int = 23) -> tuple[int, int, int, int]:
-    """Input-pixel box (top, left, bottom, right), half-open, of position (row, col) of a layer
-    with geometry (jump, size) (``layer_geometry``; the default is a salience-map position).
-
-    Residual pixel r is x[r] - x[2 * (r // 2)], so residual rows a..b come from input rows
-    2 * (a // 2) .. b. For the salience maps (jump 8, size 23): rows 8 * row .. 8 * row + 22
-    and likewise for columns, a 23 x 23 box. No pixel outside the box can change the value. For
-    an even jump (every layer from ``snet.layer2`` on) every pixel inside can, except the
-    bottom-right one (row and column even: inside the box it only feeds the residual x - x = 0);
-    for jump 1 (``npr``, ``snet.layer1``) the box is the bounding box of a sparser set.
-    """
-    top, left = jump * row, jump * col
-    return 2 * (top // 2), 2 * (left // 2), top + size, left + size
-
-
-def upsample_map(m: np.ndarray, jump: int, size: int, height: int, width: int) -> np.ndarray:
-    """Layer-grid map [h, w] -> input pixels [height, width]: bilinear interpolation between the
-    centres of the positions' receptive fields (``jump * i + (size - 1) / 2``), held constant
-    beyond the outermost centres."""
-
-    def weights(n_out: int, n_in: int) -> np.ndarray:  # [n_out, n_in] linear-interpolation matrix
-        centres = jump * np.arange(n_in) + (size - 1) / 2.0
-        return np.stack([np.interp(np.arange(n_out), centres, e) for e in np.eye(n_in)], axis=1)
-
-    m = np.asarray(m, dtype=np.float64)
-    return (weights(height, m.shape[0]) @ m @ weights(width, m.shape[1]).T).astype(np.float32)
+# Geometry (where a position of a layer comes from in the input: layer_geometry, receptive_box,
+# upsample_map, coverage) lives in lfm.runtime.evidence, imported above: the review page
+# (runtime/app.py) draws its maps with the same functions, without torch.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,16 +136,6 @@ def topk_selection(model: LFM, x: torch.Tensor) -> dict:
     return {"rows": (idx[0] // w).cpu().numpy(), "cols": (idx[0] % w).cpu().numpy(),
             "values": values[0].cpu().numpy(), "contrib": contrib.cpu().numpy(), "logit": float(logit[0]),
             "ties": ties.cpu().numpy()}
-
-
-def coverage(rows: np.ndarray, cols: np.ndarray, height: int, width: int, jump: int = 8, size: int = 23) -> np.ndarray:
-    """How many of the selections (rows, cols: any shape) have each input pixel in their receptive
-    box -> int32 [height, width]."""
-    count = np.zeros((height, width), np.int32)
-    for r, c in zip(rows.ravel(), cols.ravel()):
-        t, l, b, rr = receptive_box(int(r), int(c), jump, size)
-        count[t:b, l:rr] += 1
-    return count
 
 
 def pooled_features(model: LFM, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
