@@ -116,6 +116,17 @@ def grad_cam(model: LFM, x: torch.Tensor, layer: str) -> tuple[np.ndarray, float
     return cam.cpu().numpy().astype(np.float32), float(logit.detach()[0])
 
 
+def gradcam_on_pixels(model: LFM, x: torch.Tensor, layer: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """``grad_cam`` of one image [1, 3, H, W], also mapped onto its input pixels: (map on the
+    layer's grid, map [H, W] (``upsample_map``), logit). NPR drops an odd last row / column, which
+    the model never sees: the map repeats its neighbour there."""
+    cam, logit = grad_cam(model, x, layer)
+    jump, size = layer_geometry(layer, model.snet.num_layers)
+    h, w = x.shape[-2:]
+    up = upsample_map(cam, jump, size, h - h % 2, w - w % 2)
+    return cam, np.pad(up, ((0, h % 2), (0, w % 2)), mode="edge"), logit
+
+
 def topk_selection(model: LFM, x: torch.Tensor) -> dict:
     """The Top-K positions of each salience map of one image: rows, cols, values [C, K] (rank 0 =
     largest), each channel's contribution to the logit [C] (sum_k fc_w[c, k] * value), logit, and
@@ -301,17 +312,13 @@ def cmd_gradcam(args, ckpt: LoadedCheckpoint, device) -> int:
     layer = args.layer or f"snet.layer{model.snet.num_layers}"
     if layer not in layers:
         raise ValueError(f"--layer {layer!r} unknown; choose one of {', '.join(layers)}")
-    jump, size = layer_geometry(layer, model.snet.num_layers)
     make_folder(args.out)
     arrays, sheet, names = {}, [], []
     with open(os.path.join(args.out, "scores.jsonl"), "w") as f:
         writer = RecordWriter(f, "jsonl")
         for path, pixels, x in _images(ckpt, args.images, writer):
             i = len(names)
-            cam, logit = grad_cam(model, x.to(device), layer)
-            h, w = pixels.shape[:2]
-            up = upsample_map(cam, jump, size, h - h % 2, w - w % 2)
-            up = np.pad(up, ((0, h % 2), (0, w % 2)), mode="edge")  # an odd last row/column is not seen: repeat
+            cam, up, logit = gradcam_on_pixels(model, x.to(device), layer)
             rec = Record.from_logit(path, logit, ckpt.spec.threshold)
             writer.write(rec)
             peak = float(up.max())
