@@ -69,15 +69,21 @@ def random_onnx(tmp_path_factory) -> Path:
     uint8 fp32 ONNX graph: a real model for runtime tests that need no reference data."""
     pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
-    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.runtime.spec import ModelSpec
 
-    model = random_lfm(var_high=2.0)
-    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
+    return export_uint8_onnx(random_lfm(var_high=2.0), ModelSpec(size=64),
+                             tmp_path_factory.mktemp("random_onnx") / "random_uint8.onnx")
+
+
+def export_uint8_onnx(model, spec, path: Path, source: str | None = None) -> Path:
+    """``model`` as the uint8 fp32 graph export/to_onnx.py writes, with its metadata; unverified
+    (the export's own tests verify the export)."""
+    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
+    from lfm.export.onnx_files import check, save_atomic, set_metadata
+
+    spec = spec.replace(input="uint8", layout="NHWC")
     proto = check(simplify(torch_to_onnx(model, spec, "uint8")))
-    set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))
-    path = tmp_path_factory.mktemp("random_onnx") / "random_uint8.onnx"
+    set_metadata(proto, metadata(spec, precision="fp32", source=source, source_sha256=None))
     save_atomic(proto, path)
     return path
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import read_tsv, random_lfm
+from conftest import export_uint8_onnx, read_tsv, random_lfm
 
 from lfm.export.threshold_choice import (allowed_false_positives, binomial_cdf, choose_threshold, fpr_upper_bound,
                                          reals_needed, scores_of)
@@ -250,19 +250,11 @@ def spread_onnx(tmp_path_factory) -> Path:
     threshold's rounding margin, which would make the test below easier to pass)."""
     torch = pytest.importorskip("torch", reason="building a model to export needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
-    from lfm.export.onnx_files import check, save_atomic, set_metadata
-
     model = random_lfm(var_high=2.0)
     with torch.no_grad():
         model.fc.weight.mul_(1000)
         model.fc.bias.mul_(1000)
-    spec = ModelSpec(input="uint8", layout="NHWC", size=64)
-    proto = check(simplify(torch_to_onnx(model, spec, "uint8")))
-    set_metadata(proto, metadata(spec, precision="fp32", source=None, source_sha256=None))
-    path = tmp_path_factory.mktemp("spread_onnx") / "spread.onnx"
-    save_atomic(proto, path)
-    return path
+    return export_uint8_onnx(model, ModelSpec(size=64), tmp_path_factory.mktemp("spread_onnx") / "spread.onnx")
 
 
 def test_the_bound_holds_on_held_out_real_images(spread_onnx, real_like):
@@ -490,17 +482,11 @@ def upstream_onnx(upstream_ckpt, tmp_path_factory) -> Path:
     export's own tests verify it)."""
     pytest.importorskip("torch", reason="exporting needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
-    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(upstream_ckpt)
-    spec = loaded.spec.replace(input="uint8", layout="NHWC")
-    proto = check(simplify(torch_to_onnx(loaded.model, spec, "uint8")))
-    set_metadata(proto, metadata(spec, precision="fp32", source=str(upstream_ckpt), source_sha256=None))
-    path = tmp_path_factory.mktemp("upstream_onnx") / "lfm_upstream.onnx"
-    save_atomic(proto, path)
-    return path
+    return export_uint8_onnx(loaded.model, loaded.spec, tmp_path_factory.mktemp("upstream_onnx") / "lfm_upstream.onnx",
+                             source=str(upstream_ckpt))
 
 
 def test_calibration_on_the_reference_set(upstream_onnx, reference_sets, tmp_path):
