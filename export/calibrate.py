@@ -12,14 +12,16 @@ through the runtime's Detector and the model's own preprocessing (its spec's pol
 `lfm infer` scores by default; no --policy or --size here, since OUT must be used the way it was
 calibrated). An image that cannot be scored gets a warning line and is left out (counted).
 
-The threshold: the lowest score threshold that calls at most k of the n real images fake (fake
-means a score strictly above the threshold, the runtime's one rule). --bound clopper-pearson (the
-default): k is the most that keeps the one-sided Clopper-Pearson upper bound on the
-false-positive rate at or below --target-fpr with --confidence, so the target holds for new real
-images of the same kind with that confidence, not only for these (export/threshold_choice.py says
-why); a set too small for that even with no false positive is refused in one line naming the
-number of real images it needs (59 for 5 % at 95 %). --bound none: k = target x n, the rate on
-these images only (a small set then over-promises).
+The threshold: just above the score of the (k+1)-th highest of the n real images (1e-3 in
+logit, less where the next score seen is nearer), so at most k of them are called fake (fake
+means a score strictly above the threshold, the runtime's one rule) and rounding in a re-run
+flips none. --bound clopper-pearson (the default): k is the most that keeps the one-sided
+Clopper-Pearson upper bound on the false-positive rate at or below --target-fpr with
+--confidence, so the target holds for new real images of the same kind with that confidence,
+not only for these (export/threshold_choice.py says why); a set too small for that even with no
+false positive is refused in one line naming the number of real images it needs (59 for 5 % at
+95 %). --bound none: k = target x n, the rate on these images only (a small set then
+over-promises).
 
 OUT is MODEL with the new threshold and the calibration's record in its spec, and nothing else
 changed (the same graph, weights or plan: identical logits). The record (spec.extra
