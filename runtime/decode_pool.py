@@ -2,8 +2,8 @@
 
     pool = DecodePool(spec, max_pixels, max_tiles, workers=4)
     ticket = pool.submit("a.jpg")        # a path or encoded bytes; waits only while every worker is full
-    arrays, error = pool.result(ticket)  # uint8 [N, h, w, 3], or None and the problem
-    arrays, error = pool.result(t, lend=True); ...; pool.release(t)  # a view of the ring, no copy
+    arrays, error, facts = pool.result(ticket)  # uint8 [N, h, w, 3], or None and the problem
+    arrays, error, facts = pool.result(t, lend=True); ...; pool.release(t)  # a view of the ring, no copy
     pool.close()                         # workers stopped, shared memory unlinked
 
 Why processes: Pillow releases the GIL while it decodes and resizes, but the array conversion
@@ -11,7 +11,8 @@ and everything around it take it, so decoding threads stop scaling after a core 
 
 How: N workers (the "spawn" context: never a fork of a process that may hold onnxruntime or
 torch threads) each run ``preprocess.load_tiles`` on one file at a time and write the result
-into a slot of one shared-memory ring, answering (ticket, shape, error) on their own pipe. A
+into a slot of one shared-memory ring, answering (ticket, shape, error, facts) on their own
+pipe (facts: ``flags.ImageFacts`` as a plain pair of numbers, a few bytes per file). A
 slot holds ``size x size x 3`` bytes: every array of policy resize / center-crop, and one tile of
 policy tiles / none. Larger results (several tiles, a native-size image) come back pickled
 through the pipe instead: correct, just without the shared-memory saving. The parent copies each
@@ -49,7 +50,8 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from .preprocess import load_tiles_or_problem
+from .flags import ImageFacts
+from .preprocess import Decoded, load_tiles_or_problem
 from .spec import ModelSpec
 
 SHM_PREFIX = "lfm-decode-"  # /dev/shm names of our rings: lfm-decode-<pid>-<random>
@@ -92,7 +94,7 @@ class DecodePool:
         self._waiting: deque = deque()  # (ticket, source, requeues): submitted, not yet sent to a worker
         self._waiting_tickets: set[int] = set()
         self._sent: dict[int, tuple[int | None, object, int]] = {}  # ticket -> (slot, source, requeues), at a worker
-        self._done: dict[int, tuple[np.ndarray | None, str | None]] = {}
+        self._done: dict[int, Decoded] = {}
         self._discarded: set[int] = set()  # in flight, but nobody will collect them
         self._deaths_unanswered = 0  # workers in a row that died without answering once
         self._next_ticket = 0
@@ -119,8 +121,8 @@ class DecodePool:
             self._pump()
         return ticket
 
-    def result(self, ticket: int, lend: bool = False) -> tuple[np.ndarray | None, str | None]:
-        """The ticket's (arrays, None) or (None, problem), once; waits for it. lend: the arrays
+    def result(self, ticket: int, lend: bool = False) -> Decoded:
+        """The ticket's (arrays, None, facts) or (None, problem, NO_FACTS), once; waits for it. lend: the arrays
         may be a view of the ring, valid until ``release(ticket)`` (which must follow)."""
         while ticket not in self._done:
             if ticket not in self._sent and ticket not in self._waiting_tickets:
@@ -129,11 +131,11 @@ class DecodePool:
             # ticket itself is still here, else only idle ones, which would otherwise wait too).
             self._dispatch(partial="all" if ticket in self._waiting_tickets else "idle")
             self._pump()
-        arrays, error = self._done.pop(ticket)
+        arrays, error, facts = self._done.pop(ticket)
         if ticket in self._held and not lend:
             arrays = arrays.copy()
             self.release(ticket)
-        return arrays, error
+        return Decoded(arrays, error, facts)
 
     def release(self, ticket: int) -> None:
         """The lent view of this ticket's result is no longer used: its slot is free again (a
@@ -242,7 +244,8 @@ class DecodePool:
             pass
 
     def _receive(self, worker: "_Worker", message) -> None:
-        ticket, shape, arrays, error = message
+        ticket, shape, arrays, error, facts = message
+        facts = ImageFacts(*facts)
         if worker.order[0] != ticket:
             raise ValueError(f"worker answered ticket {ticket}, expected {worker.order[0]}")
         worker.order.popleft()
@@ -261,17 +264,17 @@ class DecodePool:
             arrays = np.frombuffer(self._shm.buf, np.uint8, n, slot * self.slot_bytes).reshape(shape)
             if len(self._held) < self._hold:
                 self._held[ticket] = slot
-                self._keep(ticket, arrays, error)
+                self._keep(ticket, Decoded(arrays, error, facts))
                 return
             arrays = arrays.copy()
         self._free_slot(slot)
-        self._keep(ticket, arrays, error)
+        self._keep(ticket, Decoded(arrays, error, facts))
 
-    def _keep(self, ticket: int, arrays, error) -> None:
+    def _keep(self, ticket: int, decoded: Decoded) -> None:
         if ticket in self._discarded:
             self._discarded.discard(ticket)
         else:
-            self._done[ticket] = (arrays, error)
+            self._done[ticket] = decoded
 
     def _replace(self, worker: "_Worker") -> None:
         """A dead worker's first unanswered file (the one it was decoding) becomes an error; the
@@ -293,8 +296,8 @@ class DecodePool:
             if never_started:
                 requeue.append((ticket, source, requeues))  # bounded: the pool gives up, below
             elif k == 0 or requeues >= MAX_REQUEUES:
-                self._keep(ticket, None, f"the decoding process died ({how}) while decoding this file; the other "
-                                         "files are unaffected: score it again, or with --decode threads")
+                self._keep(ticket, Decoded(None, f"the decoding process died ({how}) while decoding this file; the "
+                                                 "other files are unaffected: score it again, or with --decode threads"))
             else:
                 requeue.append((ticket, source, requeues + 1))
         for task in reversed(requeue):  # first in line again, in their order
@@ -384,16 +387,17 @@ def _worker_main(conn, shm_name: str, slot_bytes: int, spec: ModelSpec, max_pixe
 
 
 def _decode_into(ring, offset, slot_bytes, source, spec, max_pixels, max_tiles, ticket):
-    """(ticket, shape, None, None) with the pixels in the slot, (ticket, None, arrays, None) for
-    arrays larger than a slot or sent without one (offset None), or (ticket, None, None, problem):
-    the thread path's messages."""
-    arrays, problem = load_tiles_or_problem(source, spec, max_pixels, max_tiles)
+    """(ticket, shape, None, None, facts) with the pixels in the slot, (ticket, None, arrays, None,
+    facts) for arrays larger than a slot or sent without one (offset None), or (ticket, None, None,
+    problem, facts): the thread path's results; facts as a plain tuple (the cheapest pickle)."""
+    arrays, problem, facts = load_tiles_or_problem(source, spec, max_pixels, max_tiles)
+    facts = tuple(facts)
     if problem is not None:
-        return ticket, None, None, problem
+        return ticket, None, None, problem, facts
     if offset is None or arrays.nbytes > slot_bytes:
-        return ticket, None, arrays, None
+        return ticket, None, arrays, None, facts
     ring[offset:offset + arrays.nbytes] = arrays.reshape(-1)
-    return ticket, arrays.shape, None, None
+    return ticket, arrays.shape, None, None, facts
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:

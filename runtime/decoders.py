@@ -2,13 +2,14 @@
 
     decoder = make_decoder("threads" | "processes" | "gpu", spec, max_pixels, max_tiles, workers)
     t = decoder.submit(item)                  # a ticket; waits only while the decoder is full
-    arrays, error = decoder.result(t)         # uint8 [N, h, w, 3] (N = 1, or the tiles), or None and the problem
-    arrays, error = decoder.result(t, lend=True); ...; decoder.release(t)   # may be a view, valid until release
+    arrays, error, facts = decoder.result(t)  # uint8 [N, h, w, 3] (N = 1, or the tiles), or None and the problem
+    arrays, error, facts = decoder.result(t, lend=True); ...; decoder.release(t)   # may be a view, valid until release
     decoder.discard(t)                        # nobody will collect t
     decoder.close()
 
-Every decoder gives what ``preprocess.load_tiles`` gives for a file (the same arrays, the same
-problems), in the order asked for, so the Detector's records do not depend on which one ran:
+Every decoder gives what ``preprocess.load_tiles_or_problem`` gives for a file (the same arrays,
+the same problems, the same ``flags.ImageFacts``), in the order asked for, so the Detector's
+records (their flags included) do not depend on which one ran:
 
 - ``ThreadDecoder``: worker threads (Pillow releases the GIL while it decodes); every kind of
   item: paths, encoded bytes, uint8 HxWx3 arrays and PIL images (only the policy applies) and
@@ -30,10 +31,10 @@ from PIL import Image
 
 from .decode_pool import DecodePool
 from .gpu_decode import GpuDecoder
-from .preprocess import ImageError, Prepared, apply_policy, load_tiles_or_problem, to_rgb, to_tiles
+from .flags import image_jpeg_quality
+from .preprocess import Decoded, ImageError, Prepared, load_tiles_or_problem, prepare_image, to_rgb
 from .spec import ModelSpec
 
-Decoded = tuple[np.ndarray | None, str | None]  # (uint8 [N, h, w, 3], None) or (None, the problem)
 FILE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview)  # an image file: its path or its encoded bytes
 
 
@@ -54,23 +55,23 @@ class Decoder(Protocol):
 
 
 def prepare_item(item, spec: ModelSpec, max_pixels: int, max_tiles: int) -> Decoded:
-    """One item of any kind the Detector takes -> (arrays, None) or (None, the problem)."""
+    """One item of any kind the Detector takes -> ``Decoded``: (arrays, None, facts) or (None, the problem)."""
     if isinstance(item, FILE_TYPES):
         return load_tiles_or_problem(item, spec, max_pixels, max_tiles)
     try:
         if isinstance(item, Prepared):  # prepared by the policy already: scored as it is
-            return item.checked(), None
+            return Decoded(item.checked(), None, item.facts)
         if isinstance(item, (np.ndarray, Image.Image)):  # decoded: only the policy applies
             img = Image.fromarray(_rgb_array(item)) if isinstance(item, np.ndarray) else to_rgb(item)
-            if spec.policy == "tiles":
-                return to_tiles(img, spec.size, max_tiles, spec.top_k), None
-            return np.asarray(apply_policy(img, spec.policy, spec.size, spec.top_k))[None], None
+            quality = image_jpeg_quality(item) if isinstance(item, Image.Image) else None  # opened from a JPEG
+            arrays, facts = prepare_image(img, spec, max_tiles, quality)
+            return Decoded(arrays, None, facts)
     except ImageError as e:
-        return None, e.problem
+        return Decoded(None, e.problem)
     except Exception as e:  # a decoder bug must cost one record, not the run
-        return None, f"{type(e).__name__}: {e}"
-    return None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
-                  "a uint8 HxWx3 array or a PIL image")
+        return Decoded(None, f"{type(e).__name__}: {e}")
+    return Decoded(None, (f"cannot score a {type(item).__name__}: expected a path, encoded bytes, "
+                          "a uint8 HxWx3 array or a PIL image"))
 
 
 def _rgb_array(a: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
     from lfm.runtime.detector import Detector
     with Detector("lfm.onnx") as det:      # or "lfm.plan" (TensorRT), "ckpt.pt" (PyTorch)
         for record in det.predict(["a.png", "b.jpg"]):
-            print(record.path, record.score, record.label, record.error)
+            print(record.path, record.score, record.label, record.error, record.flags)
         det.predict_one("c.png")           # one item -> one Record
 
     from lfm.runtime.backends import make_runner   # backend options: which runner, and how it runs
@@ -40,6 +40,7 @@ from PIL import Image
 from .backends.base import OPTIONS, Runner, backend_for, make_runner
 from .decoders import Decoder, make_decoder
 from .files import first_line
+from .flags import ImageFacts, model_band, record_flags
 from .options import PipelineOptions
 from .gpu_decode import GpuDecodeUnavailable, nvjpeg_decoder
 from .preprocess import Prepared, normalize
@@ -55,7 +56,7 @@ class DetectorClosed(RuntimeError):
 
 class Detector:
     """LFM deepfake detector: scores images through one runner (ONNX Runtime, OpenVINO, PyTorch
-    or TensorRT), one ``Record`` per input (path, logit, score, label, error).
+    or TensorRT), one ``Record`` per input (path, logit, score, label, error, flags).
 
     source: which runner. A model file, its backend by extension (.onnx: ONNX Runtime,
     .plan/.engine: TensorRT, .pt/.pth: PyTorch), or a runner: ``make_runner(path, backend=...,
@@ -81,6 +82,10 @@ class Detector:
     tile_reduce: how policy ``tiles`` turns an image's tile logits into its logit: "max"
     (default: an image is generated if any part of it looks generated) or "mean"; max_tiles:
     at most this many tiles per image.
+    uncertain_band: records whose logit lies within this many logits of the threshold's are
+    flagged "uncertain" (default: the model's spec.extra["uncertain_band"], else the measured
+    ``flags.DEFAULT_UNCERTAIN_BAND``); the other flags (``upscaled``, ``low-jpeg-quality``) come
+    from what the decoder learned preparing each image (runtime/flags.py). No flag changes a label.
 
     The old keywords, which mixed the two (checkpoint=, model=, engine=, runner=, device=,
     providers=, threads=, backend=, precision=, kernels=, cuda_graphs=), were removed: each is
@@ -102,6 +107,8 @@ class Detector:
             raise ValueError(f"size {self.spec.size} is too small: the model (top-k K={self.spec.top_k}) needs inputs "
                              f"of at least {min_input_size(self.spec.top_k)} x {min_input_size(self.spec.top_k)} pixels")
         self.options = options
+        # half-width around the threshold's logit of the records' "uncertain" flag (flags.model_band)
+        self.uncertain_band = self._band(options.uncertain_band)
         self.batch_size = options.batch_size
         self.max_pixels, self.max_model_pixels = max_pixels, options.max_model_pixels
         self.tile_reduce, self.max_tiles = options.tile_reduce, max_tiles
@@ -110,6 +117,13 @@ class Detector:
         # hold: room to lend what predict_iter holds (the read-ahead window and the batch forming)
         self.decoder: Decoder = make_decoder(decode, self.spec, max_pixels, max_tiles, self.workers,
                                              hold=5 * self.batch_size, gpu_jpegs=gpu_decoder)
+
+    def _band(self, given: float | None) -> float:
+        try:
+            return model_band(self.spec.extra, given)
+        except ValueError:
+            self.runner.deactivate()
+            raise
 
     @staticmethod
     def _gpu_decoder_check():
@@ -177,14 +191,14 @@ class Detector:
                 yield record
 
     def _records(self, items: Iterable[Item]) -> Iterator[Record]:
-        pending: list[tuple[str, np.ndarray | None, str | None]] = []  # (name, arrays, error)
+        pending: list[tuple[str, np.ndarray | None, str | None, ImageFacts]] = []  # (name, arrays, error, facts)
         lent: list[int] = []  # tickets of the decoding processes whose ring slots pending's arrays view
         ticket = None  # the item in hand, not yet in pending while an earlier batch is collected
         shape, n_ready = None, 0
         in_flight: deque = deque()
         depth = max(1, int(getattr(self.runner, "max_in_flight", 1)))
         try:
-            for name, arrays, error, ticket in self._decoded(items, lend=True):
+            for name, arrays, error, facts, ticket in self._decoded(items, lend=True):
                 if arrays is not None:
                     if n_ready and (arrays.shape[1:] != shape or n_ready + len(arrays) > self._chunk(shape)):
                         in_flight.append(self._submit(pending))
@@ -194,7 +208,7 @@ class Detector:
                         pending, n_ready = [], 0
                     shape = arrays.shape[1:]
                     n_ready += len(arrays)
-                pending.append((name, arrays, error))
+                pending.append((name, arrays, error, facts))
                 if ticket is not None:
                     lent.append(ticket)
             in_flight.append(self._submit(pending))
@@ -210,8 +224,8 @@ class Detector:
         lent.clear()
 
     def _decoded(self, items: Iterable[Item], lend: bool = False
-                 ) -> Iterator[tuple[str, np.ndarray | None, str | None, int | None]]:
-        """(name, arrays, error, lent ticket) per item, in order. lend: the arrays may be views of
+                 ) -> Iterator[tuple[str, np.ndarray | None, str | None, ImageFacts, int | None]]:
+        """(name, arrays, error, facts, lent ticket) per item, in order. lend: the arrays may be views of
         the decoder's memory (the processes' shared ring), valid until ``decoder.release(ticket)``
         (the ticket is given with lend, else None)."""
         window = deque()
@@ -228,9 +242,9 @@ class Detector:
                 self.decoder.discard(ticket)
 
     def _finish_decode(self, name: str, ticket: int, lend: bool = False):
-        arrays, error = self.decoder.result(ticket, lend=lend)
+        arrays, error, facts = self.decoder.result(ticket, lend=lend)
         checked = (name, None, error) if error is not None else self._checked(name, arrays)
-        return (*checked, ticket if lend else None)
+        return (*checked, facts, ticket if lend else None)
 
     def _checked(self, name: str, arrays: np.ndarray) -> tuple[str, np.ndarray | None, str | None]:
         """Decoded arrays, or the problem the model would have with them, named here rather than
@@ -249,13 +263,13 @@ class Detector:
 
     def _submit(self, pending):
         """Start the batch's chunks on the runner; handles None if the runner refused one."""
-        ready = [i for i, (_, a, _) in enumerate(pending) if a is not None]
+        ready = [i for i, (_, a, _, _) in enumerate(pending) if a is not None]
         handles = []
         if ready:
             pixels = np.concatenate([pending[i][1] for i in ready])
             bounds = np.cumsum([0] + [len(pending[i][1]) for i in ready])
             for j, i in enumerate(ready):  # the batch's own copy: lent views may be released now
-                pending[i] = (pending[i][0], pixels[bounds[j]:bounds[j + 1]], pending[i][2])
+                pending[i] = (pending[i][0], pixels[bounds[j]:bounds[j + 1]], *pending[i][2:])
             step = self._chunk(pixels.shape[1:])
             try:
                 for j in range(0, len(pixels), step):
@@ -298,13 +312,15 @@ class Detector:
                     except Exception as e:
                         errors[i] = first_line(e)
         reduce = np.max if self.tile_reduce == "max" else np.mean
-        for i, (name, _, error) in enumerate(pending):
+        for i, (name, _, error, facts) in enumerate(pending):
             if error is None and i in errors:
                 error = errors[i]
             if error is not None:
                 yield Record.failed(name, error)
             else:
-                yield Record.from_logit(name, float(reduce(logits[i])), self.spec.threshold)
+                logit = float(reduce(logits[i]))
+                yield Record.from_logit(name, logit, self.spec.threshold,
+                                        record_flags(facts, logit, self.spec.threshold, self.uncertain_band))
 
     def _chunk(self, shape) -> int:
         """Images per model call for arrays of this shape: batch_size, fewer where that many

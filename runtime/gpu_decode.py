@@ -3,7 +3,7 @@
 
     dec = GpuDecoder(spec, max_pixels, max_tiles)   # refuses in one line without torch+CUDA+torchvision
     t = dec.submit("a.jpg")                          # queued; decoded in batches
-    arrays, error = dec.result(t)                    # uint8 [N, h, w, 3] (host), or None and the problem
+    arrays, error, facts = dec.result(t)             # uint8 [N, h, w, 3] (host), or None and the problem
 
 Which files go to the GPU: baseline (sequential) 3-channel JPEGs whose header Pillow reads,
 that end in an EOI marker (a truncated file is left to the CPU decoder, which names it), carry
@@ -11,7 +11,8 @@ no EXIF rotation (the CPU path applies it) and are within ``max_pixels`` (and, f
 center-crop, large enough to crop; never too small to score). PNG, progressive, greyscale or CMYK JPEGs, anything nvJPEG
 refuses (a batch that fails is retried file by file) and anything that fails on the device go
 through ``preprocess.load_tiles``, the CPU path itself, per file: the same records, the same
-error messages, the same order.
+error messages, the same order. A file decoded on the device gets its ``flags.ImageFacts`` from
+its header (size, quantization tables) by ``preprocess.image_facts``, the CPU path's own rule.
 
 On the device: ``torchvision.io.decode_jpeg(list_of_uint8_tensors, device="cuda")`` decodes a
 batch; policy resize runs ``lfm.kernels.resize.resize_bilinear`` (Pillow's BILINEAR bit for bit),
@@ -31,7 +32,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .preprocess import ImageError, load_tiles_or_problem, read_image_bytes
+from .flags import image_jpeg_quality
+from .preprocess import Decoded, ImageError, image_facts, load_tiles_or_problem, read_image_bytes
 from .spec import ModelSpec, too_small_to_score
 
 DECODE_BATCH = 64  # files per nvJPEG call
@@ -64,6 +66,12 @@ def nvjpeg_decoder(device) -> Callable:
 
 def gpu_jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     """(width, height) if nvJPEG should decode these bytes (see the module's note), else None."""
+    header = gpu_jpeg_header(data, max_pixels)
+    return None if header is None else header[:2]
+
+
+def gpu_jpeg_header(data: bytes, max_pixels: int) -> tuple[int, int, int | None] | None:
+    """(width, height, JPEG quality from its tables) if nvJPEG should decode these bytes, else None."""
     if data[:3] != b"\xff\xd8\xff" or data.rstrip(b"\0")[-2:] != b"\xff\xd9":
         return None
     try:
@@ -77,7 +85,7 @@ def gpu_jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     w, h = img.size
     if img.format != "JPEG" or img.mode != "RGB" or progressive or rotated or w * h > max_pixels:
         return None
-    return w, h
+    return w, h, image_jpeg_quality(img)
 
 
 class GpuDecoder:
@@ -93,7 +101,7 @@ class GpuDecoder:
         self.device, self.batch = device, max(1, batch)
         self._decode = decode_jpegs or nvjpeg_decoder(device)
         self._pending: list[tuple[int, object]] = []  # (ticket, source), submitted, not decoded
-        self._done: dict[int, tuple[np.ndarray | None, str | None]] = {}
+        self._done: dict[int, Decoded] = {}
         self._discarded: set[int] = set()
         self._next_ticket = 0
         self.gpu_decoded = 0  # files decoded by decode_jpegs
@@ -106,8 +114,8 @@ class GpuDecoder:
             self._flush()
         return ticket
 
-    def result(self, ticket: int, lend: bool = False) -> tuple[np.ndarray | None, str | None]:
-        """The ticket's (arrays, None) or (None, problem), once; host arrays of its own (never
+    def result(self, ticket: int, lend: bool = False) -> Decoded:
+        """The ticket's (arrays, None, facts) or (None, problem), once; host arrays of its own (never
         lent: ``release`` does nothing)."""
         if ticket not in self._done:
             if all(t != ticket for t, _ in self._pending):
@@ -129,26 +137,26 @@ class GpuDecoder:
     # -- internals ----------------------------------------------------------------------------------
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        on_gpu = []  # (ticket, source, data, (w, h))
+        on_gpu = []  # (ticket, source, data, (w, h, quality))
         for ticket, source in pending:
             if ticket in self._discarded:
                 self._discarded.discard(ticket)
                 continue
             data = _read(source)
-            size = gpu_jpeg_size(data, self.max_pixels) if data is not None else None
-            if size is not None and self._preparable(size):
-                on_gpu.append((ticket, source, data, size))
+            header = gpu_jpeg_header(data, self.max_pixels) if data is not None else None
+            if header is not None and self._preparable(header[:2]):
+                on_gpu.append((ticket, source, data, header))
             else:
                 self._done[ticket] = self._on_cpu(source)
         decoded = self._decode_all([d for _, _, d, _ in on_gpu])
         prepared = [self._prepare(chw, w, h) if chw is not None else None
-                    for (_, _, _, (w, h)), chw in zip(on_gpu, decoded)]
-        for (ticket, source, _, _), arrays in zip(on_gpu, self._to_host(prepared)):
+                    for (_, _, _, (w, h, _)), chw in zip(on_gpu, decoded)]
+        for (ticket, source, _, (w, h, quality)), arrays in zip(on_gpu, self._to_host(prepared)):
             if arrays is None:
                 self._done[ticket] = self._on_cpu(source)
             else:
                 self.gpu_decoded += 1
-                self._done[ticket] = (arrays, None)
+                self._done[ticket] = Decoded(arrays, None, image_facts(w, h, self.spec, quality))
 
     def _preparable(self, size) -> bool:
         """Whether the device can prepare an image of this size: one the CPU path refuses (too
@@ -215,7 +223,7 @@ class GpuDecoder:
             torch.cuda.current_stream().synchronize()  # the copies above have landed
         return [None if h is None else np.ascontiguousarray(h.numpy()) for h in host]
 
-    def _on_cpu(self, source) -> tuple[np.ndarray | None, str | None]:
+    def _on_cpu(self, source) -> Decoded:
         self.cpu_decoded += 1
         return load_tiles_or_problem(source, self.spec, self.max_pixels, self.max_tiles)
 

@@ -4,7 +4,8 @@ the object the code takes.
 
     ModelArgs      --model | --checkpoint | --engine and the backend's options  -> make_runner(**kwargs)
     PipelineArgs   --threshold --policy --size --tile-reduce --max-tiles --max-pixels
-                   --max-model-pixels --workers --decode --batch-size           -> PipelineOptions
+                   --max-model-pixels --workers --decode --batch-size
+                   --uncertain-band                                             -> PipelineOptions
     OutputArgs     --output --format --progress
 
     p = ArgumentParser(...)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from .backends.base import (OPENVINO_PRECISIONS, BackendError, backend_for, back
                             source_from_flags)
 from . import serve_defaults
 from .cli import argtype, number, one_of, positive_int, seconds, whole_number
+from .flags import DEFAULT_UNCERTAIN_BAND
 from .preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TILES
 from .spec import POLICIES, min_input_size
 
@@ -88,8 +91,9 @@ class Field:
             raise ValueError(f"{name}: {e}") from None
 
 
-# Options whose None means "the model's own" (threshold, policy, size) or "pick for this machine" (workers).
-OPTIONAL_FIELDS = ("threshold", "policy", "size", "workers")
+# Options whose None means "the model's own" (threshold, policy, size, uncertain_band) or "pick for this
+# machine" (workers).
+OPTIONAL_FIELDS = ("threshold", "policy", "size", "workers", "uncertain_band")
 
 FIELDS: dict[str, Field] = {
     "threshold": Field(number(0.0, 1.0, "a score"), "T",
@@ -116,13 +120,18 @@ FIELDS: dict[str, Field] = {
                          "same records, same order), or gpu: JPEGs by nvJPEG (needs torch + CUDA + torchvision; "
                          "pixels not bit-identical to the CPU decoder), other files on the CPU"),
     "batch_size": Field(whole_number(1), "N", help="images per backend call"),
+    "uncertain_band": Field(number(0.0, math.inf, "a logit half-width"), "LOGITS",
+                            help="records whose logit lies within this many logits of the threshold's are flagged "
+                                 "'uncertain' (0: never) (default: the model's own, written by a calibration, "
+                                 f"else {DEFAULT_UNCERTAIN_BAND:g}, measured: docs/runtime.md#flags)"),
 }
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
     """How the Detector runs, whatever runs the model. threshold, policy and size of None take the
-    model's own (its spec); workers of None picks ``default_workers(decode)``. Every value is
+    model's own (its spec); uncertain_band of None the model's own or the measured default
+    (``flags.model_band``); workers of None picks ``default_workers(decode)``. Every value is
     checked here, so a Detector built from code refuses what the command line refuses."""
 
     threshold: float | None = None
@@ -135,6 +144,7 @@ class PipelineOptions:
     workers: int | None = None
     decode: str = "threads"
     batch_size: int = 16
+    uncertain_band: float | None = None
 
     def __post_init__(self):
         for name, field in FIELDS.items():

@@ -4,6 +4,8 @@ One image's path: bytes -> ``open_image`` (EXIF orientation applied, any mode to
 limit enforced) -> ``apply_policy`` (resize | center-crop | none) -> uint8 HWC array, or
 ``to_tiles`` (policy tiles) -> uint8 [N, h, w, 3], N tiles of one image at native resolution.
 A batch of such arrays -> ``normalize`` -> float32 NCHW, the input of the float graph.
+``load_prepared`` also gives what preparing learned (``flags.ImageFacts``: the policy's
+enlargement, the file's JPEG quality), which the records' flags are made of.
 
 ``resize`` is Pillow's bilinear resize, which is exactly what upstream's eval transform
 (torchvision ``Resize((256, 256))`` on a PIL image) runs.
@@ -16,11 +18,12 @@ import re
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .flags import NO_FACTS, ImageFacts, image_jpeg_quality, upscale_factor
 from .spec import IMAGENET_MEAN, IMAGENET_STD, POLICIES, ModelSpec, too_small_to_score
 
 IMAGE_EXTENSIONS = frozenset(
@@ -116,6 +119,12 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     an image, truncated data, or more than ``max_pixels`` pixels (checked from the header,
     before the pixels are decoded).
     """
+    return decode_image(source, max_pixels)[0]
+
+
+def decode_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int | None]:
+    """``open_image``'s image, and the JPEG quality its file's quantization tables fit
+    (``flags.image_jpeg_quality``, read from the header; None for any other format)."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else read_image_bytes(source)
     if not data:
         raise ImageError(source, "empty file (0 bytes)")
@@ -128,6 +137,7 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
             if w * h > max_pixels:
                 raise ImageError(source, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             img.load()
+            quality = image_jpeg_quality(img)  # before exif_transpose: its copy has no tables
             img = ImageOps.exif_transpose(img)
     except ImageError:
         raise
@@ -143,7 +153,7 @@ def open_image(source: Source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise ImageError(source, f"{size} exceeds the limit of {max_pixels} (rejected as a decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(source, f"truncated or corrupt image data ({e})") from None
-    return to_rgb(img)
+    return to_rgb(img), quality
 
 
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
@@ -249,38 +259,64 @@ def load_array(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PI
     see ``load_tiles``)."""
     if spec.policy == "tiles":
         raise ValueError("policy 'tiles' gives several arrays per image: use load_tiles")
-    img = open_image(source, max_pixels)
-    try:
-        img = apply_policy(img, spec.policy, spec.size, spec.top_k)
-    except ImageError as e:
-        raise ImageError(source, e.problem) from None
-    return np.asarray(img, dtype=np.uint8)
+    return load_prepared(source, spec, max_pixels)[0][0]
 
 
 def load_tiles(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_tiles: int = DEFAULT_MAX_TILES) -> np.ndarray:
     """File or bytes -> uint8 [N, h, w, 3]: the image's tiles for policy ``tiles``, or the one
     array of any other policy with a leading axis of 1."""
-    if spec.policy != "tiles":
-        return load_array(source, spec, max_pixels)[None]
-    img = open_image(source, max_pixels)
+    return load_prepared(source, spec, max_pixels, max_tiles)[0]
+
+
+def load_prepared(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_tiles: int = DEFAULT_MAX_TILES) -> tuple[np.ndarray, ImageFacts]:
+    """``load_tiles``'s arrays and what preparing them learned (``flags.ImageFacts``: how much
+    the policy enlarged the image, the JPEG quality of its file)."""
+    img, quality = decode_image(source, max_pixels)
     try:
-        return to_tiles(img, spec.size, max_tiles, spec.top_k)
+        return prepare_image(img, spec, max_tiles, quality)
     except ImageError as e:
         raise ImageError(source, e.problem) from None
 
 
+def prepare_image(img: Image.Image, spec: ModelSpec, max_tiles: int = DEFAULT_MAX_TILES,
+                  jpeg_quality: int | None = None) -> tuple[np.ndarray, ImageFacts]:
+    """A decoded RGB image -> uint8 [N, h, w, 3] by the spec's policy (its tiles, or one array),
+    and its facts (``jpeg_quality``: its file's, when known)."""
+    facts = image_facts(img.width, img.height, spec, jpeg_quality)
+    if spec.policy == "tiles":
+        return to_tiles(img, spec.size, max_tiles, spec.top_k), facts
+    return np.asarray(apply_policy(img, spec.policy, spec.size, spec.top_k), dtype=np.uint8)[None], facts
+
+
+def image_facts(width: int, height: int, spec: ModelSpec, jpeg_quality: int | None = None) -> ImageFacts:
+    """The facts of a ``width`` x ``height`` image (after EXIF orientation) prepared by the spec's
+    policy: every decoder's (the GPU decoder's too) one way of stating them."""
+    return ImageFacts(upscale_factor(width, height, spec.policy, spec.size), jpeg_quality)
+
+
+class Decoded(NamedTuple):
+    """What every decoder gives per item: (arrays, None, facts), or (None, the problem as a
+    record words it, NO_FACTS)."""
+
+    arrays: np.ndarray | None
+    error: str | None
+    facts: ImageFacts = NO_FACTS
+
+
 def load_tiles_or_problem(source: Source, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS,
-                          max_tiles: int = DEFAULT_MAX_TILES) -> tuple[np.ndarray | None, str | None]:
-    """``load_tiles`` with its failure as a value, for every decoder (threads, processes, GPU
-    fallback, Ray): (arrays, None), or (None, the problem as a record words it). Any other
-    exception is a decoder bug, which costs this input only, never the run."""
+                          max_tiles: int = DEFAULT_MAX_TILES) -> Decoded:
+    """``load_prepared`` with its failure as a value, for every decoder (threads, processes, GPU
+    fallback, Ray): ``Decoded``. Any other exception is a decoder bug, which costs this input
+    only, never the run."""
     try:
-        return load_tiles(source, spec, max_pixels, max_tiles), None
+        arrays, facts = load_prepared(source, spec, max_pixels, max_tiles)
+        return Decoded(arrays, None, facts)
     except ImageError as e:
-        return None, e.problem
+        return Decoded(None, e.problem)
     except Exception as e:
-        return None, f"{type(e).__name__}: {e}"
+        return Decoded(None, f"{type(e).__name__}: {e}")
 
 
 @dataclass(frozen=True)
@@ -288,10 +324,12 @@ class Prepared:
     """An image already prepared for the model: uint8 [N, h, w, 3], what ``load_tiles`` gives
     under the model's policy (N = 1, or its tiles). The Detector scores it as it is: neither
     decoded nor resized nor tiled again (``runtime/batch.py``'s decoding tasks hand these to its
-    scorers). ``name``: the record's path (default: a description of the arrays)."""
+    scorers). ``name``: the record's path (default: a description of the arrays); ``facts``: what
+    preparing them learned (``load_prepared``'s), for the record's flags."""
 
     arrays: np.ndarray
     name: str = ""
+    facts: ImageFacts = NO_FACTS
 
     def checked(self) -> np.ndarray:
         """The arrays, if they are a stack of RGB uint8 images; else ImageError."""

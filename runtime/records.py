@@ -1,11 +1,15 @@
 """Output records and their writers. One record per input; the format is a stable contract.
 
     {"path": str, "logit": float | null, "score": float | null, "label": "real" | "fake" | null,
-     "error": str | null}
+     "error": str | null, "flags": [str, ...]}
 
 ``score`` is sigmoid(logit); ``label`` is "fake" when the score is strictly above the threshold
 (``spec.is_fake``).
-A failed input keeps its path and carries its error, with the other fields null.
+A failed input keeps its path and carries its error, with the other fields null and no flags.
+``flags``: what is known to make this answer less trustworthy (``upscaled:2.56``,
+``low-jpeg-quality:40``, ``uncertain``; see runtime/flags.py), empty when nothing is; a flag
+never changes the label. JSONL writes a list, CSV one field joined by ";" (empty for none), the
+table a column before the path ("-" for none).
 
 File names need not be valid UTF-8 (a Latin-1 ``caf\xe9.png``); Python holds their odd bytes as
 lone surrogates. JSONL writes them as JSON escapes (``"caf\udce9.png"``; ``os.fsencode`` of the
@@ -20,13 +24,15 @@ import csv
 import json
 import math
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO, Callable, Iterable, Iterator, Optional
 
+from .flags import join_flags
 from .spec import is_fake
 
-FIELDS = ("path", "logit", "score", "label", "error")
+FIELDS = ("path", "logit", "score", "label", "error", "flags")  # flags last: the older columns keep their places
 FORMATS = ("jsonl", "csv", "table")
+FLAGS_WIDTH = 14  # the table's flags column, before the path (which may hold spaces): "upscaled:2.56" fits
 # Output file extensions that choose a format when --format is not given.
 FORMAT_BY_EXTENSION = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "table"}
 
@@ -75,16 +81,19 @@ class Record:
     score: Optional[float] = None
     label: Optional[str] = None
     error: Optional[str] = None
+    flags: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     @classmethod
-    def from_logit(cls, path: str, logit: float, threshold: float) -> "Record":
+    def from_logit(cls, path: str, logit: float, threshold: float, flags: Iterable[str] = ()) -> "Record":
+        """The record of a scored image; ``flags`` are carried as given, the label is the threshold's alone."""
         logit = float(logit)
         score = sigmoid(logit)
-        return cls(path=path, logit=logit, score=score, label="fake" if is_fake(score, threshold) else "real")
+        return cls(path=path, logit=logit, score=score, label="fake" if is_fake(score, threshold) else "real",
+                   flags=list(flags))
 
     @classmethod
     def failed(cls, path: str, error: str) -> "Record":
@@ -124,16 +133,20 @@ class RecordWriter:
         if self._csv:
             self._csv.writeheader()
         elif fmt == "table":
-            stream.write(f"{'label':<6} {'score':>8} {'logit':>10}  path\n")
+            stream.write(f"{'label':<6} {'score':>8} {'logit':>10}  {'flags':<{FLAGS_WIDTH}}  path\n")
 
     def write(self, r: Record) -> None:
         if self.fmt == "jsonl":  # json escapes every non-ASCII character, surrogates included
             self.stream.write(json.dumps(r.to_dict()) + "\n")
         elif self._csv:
+            row = {**r.to_dict(), "flags": join_flags(r.flags)}
             self._csv.writerow({k: ("" if v is None else printable(v) if isinstance(v, str) else v)
-                                for k, v in r.to_dict().items()})
+                                for k, v in row.items()})
         elif r.ok:
-            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {one_line(r.path)}\n")
+            flags = join_flags(r.flags) or "-"
+            self.stream.write(f"{r.label:<6} {r.score:>8.4f} {r.logit:>10.4f}  {flags:<{FLAGS_WIDTH}}  "
+                              f"{one_line(r.path)}\n")
         else:
-            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {one_line(r.path)}  ({one_line(r.error)})\n")
+            self.stream.write(f"{'ERROR':<6} {'-':>8} {'-':>10}  {'-':<{FLAGS_WIDTH}}  {one_line(r.path)}  "
+                              f"({one_line(r.error)})\n")
         self.stream.flush()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lfm.runtime.flags import NO_FACTS
 from lfm.runtime.preprocess import ImageError, load_tiles
 from lfm.runtime.spec import ModelSpec
 
@@ -225,7 +226,7 @@ def test_every_decoding_path_reads_files_through_the_one_reader(special_files):
     def gpu_decode():
         dec = GpuDecoder(spec, 10**8, 64, device="cpu", decode_jpegs=lambda tensors: [])
         return dec.result(dec.submit(fifo))
-    assert finishes(gpu_decode) == (None, FIFO_PROBLEM)
+    assert finishes(gpu_decode) == (None, FIFO_PROBLEM, NO_FACTS)
     pytest.importorskip("tritonclient", reason="the client needs the [serve] extra")
     from lfm.runtime.client import LfmClient
 
@@ -235,7 +236,7 @@ def test_every_decoding_path_reads_files_through_the_one_reader(special_files):
     from lfm.runtime.batch_stages import decode_one
 
     for source in (fifo, f"file://{fifo}"):
-        assert finishes(lambda: decode_one(source, spec, 10**8, 64)) == (None, FIFO_PROBLEM)
+        assert finishes(lambda: decode_one(source, spec, 10**8, 64)) == (None, FIFO_PROBLEM, NO_FACTS)
 
 
 def test_synthetic_data_skips_a_fifo_among_its_real_photos(special_files):

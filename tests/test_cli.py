@@ -63,7 +63,7 @@ def test_output_that_is_an_input_or_the_model_is_refused_before_anything_is_writ
 def test_output_format_follows_the_extension_unless_given(random_onnx, images, tmp_path):
     r = infer(random_onnx, images[0], "-o", tmp_path / "res.csv")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "res.csv").read_text().splitlines()[0] == "path,logit,score,label,error"
+    assert (tmp_path / "res.csv").read_text().splitlines()[0] == "path,logit,score,label,error,flags"
     r = infer(random_onnx, images[0], "-o", tmp_path / "res.txt", "--format", "jsonl")
     assert json.loads((tmp_path / "res.txt").read_text())["path"] == str(images[0])
     assert format_for("a.CSV", None) == "csv" and format_for("a.txt", None) == "table"

@@ -17,7 +17,8 @@ from PIL import Image
 
 from lfm.runtime.decode_pool import SHM_PREFIX, DecodePool
 from lfm.runtime.detector import Detector
-from lfm.runtime.preprocess import load_tiles
+from lfm.runtime.flags import NO_FACTS
+from lfm.runtime.preprocess import load_prepared, load_tiles
 from lfm.runtime.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,7 @@ def test_processes_give_the_thread_path_records_in_order(random_onnx, files):
     assert [r.path for r in by_processes] == [r.path for r in by_threads]
     assert [r.logit for r in by_processes] == [r.logit for r in by_threads]  # equal, not close
     assert [r.error for r in by_processes] == [r.error for r in by_threads]
+    assert [r.flags for r in by_processes] == [r.flags for r in by_threads]  # the facts crossed the process boundary
     assert sum(r.error is not None for r in by_threads) == 9  # 4 bad files (one twice), 3 as bytes, the 42
 
 
@@ -92,10 +94,11 @@ def test_pool_copies_out_exactly_what_load_tiles_gives(files, tmp_path):
     for spec, path in ((SPEC, files[0]), (SPEC.replace(policy="tiles"), big), (SPEC.replace(policy="tiles"), files[0])):
         pool = DecodePool(spec, 10**8, 64, workers=1)
         try:
-            arrays, error = pool.result(pool.submit(path))
+            arrays, error, facts = pool.result(pool.submit(path))
         finally:
             pool.close()
         assert error is None and np.array_equal(arrays, load_tiles(path, spec, 10**8, 64))
+        assert facts == load_prepared(path, spec, 10**8, 64)[1]
 
 
 @pytest.mark.slow
@@ -109,7 +112,7 @@ def test_a_worker_dead_before_its_files_arrive_costs_no_file(files):
         victim.join(timeout=10)
         tickets = [pool.submit(p) for p in good]  # the dead worker's chunks cannot be written: sent elsewhere
         results = [pool.result(t) for t in tickets]
-        for path, (arrays, error) in zip(good, results):
+        for path, (arrays, error, _) in zip(good, results):
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
         assert victim not in pool.processes() and len(pool.processes()) == 2  # replaced: as many workers as asked
         assert all(p.is_alive() for p in pool.processes())
@@ -134,10 +137,10 @@ def test_a_worker_killed_while_decoding_costs_exactly_that_file(files, chunk):
         tickets = [pool.submit(p) for p in order]  # the other worker decodes while this one is held
         assert holder.order[0] == tickets[0] and len(holder.order) > 1  # files are queued behind the first
         os.kill(holder.process.pid, signal.SIGKILL)
-        arrays, error = pool.result(tickets[0])
+        arrays, error, _ = pool.result(tickets[0])
         assert arrays is None and "decoding process died (killed by signal 9)" in error
         for path, t in zip(order[1:], tickets[1:]):
-            arrays, error = pool.result(t)
+            arrays, error, _ = pool.result(t)
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
         assert holder.process not in pool.processes() and len(pool.processes()) == 2  # it was replaced
         assert [pool.result(pool.submit(p))[1] for p in good] == [None] * len(good)  # a replacement works
@@ -151,9 +154,9 @@ def test_encoded_bytes_decode_as_their_file_does(files):
     try:
         tickets = [pool.submit(p.read_bytes()) for p in good] + [pool.submit(b"not an image")]
         results = [pool.result(t) for t in tickets]
-        for path, (arrays, error) in zip(good, results):
+        for path, (arrays, error, _) in zip(good, results):
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
-        assert results[-1] == (None, "not an image (unrecognised format)")
+        assert results[-1] == (None, "not an image (unrecognised format)", NO_FACTS)
     finally:
         pool.close()
 
@@ -235,7 +238,7 @@ def test_a_ring_smaller_than_the_work_brings_the_rest_through_the_pipe(files, mo
     try:
         assert len(pool._free_slots) == slots
         results = [pool.result(t) for t in [pool.submit(p) for p in good * 2]]
-        for path, (arrays, error) in zip(good * 2, results):
+        for path, (arrays, error, _) in zip(good * 2, results):
             assert error is None and np.array_equal(arrays, load_tiles(path, SPEC))
         assert len(pool._free_slots) == slots  # every slot came back
     finally:
@@ -267,7 +270,7 @@ def test_workers_leave_sigint_and_sigterm_to_the_parent(files):
             os.kill(worker.pid, sig)
         results = [pool.result(t) for t in [pool.submit(p) for p in good]]
         assert pool.processes() == [worker] and worker.is_alive()
-        assert [e for _, e in results] == [None] * len(good)
+        assert [e for _, e, _ in results] == [None] * len(good)
     finally:
         pool.close()
     assert not worker.is_alive()  # close() still stops it
@@ -292,16 +295,16 @@ def test_lent_results_are_views_until_released_and_then_their_slots_serve_again(
     try:
         assert len(pool._free_slots) == 3  # 1 in flight + 2 to hold
         t0, t1, t2 = (pool.submit(p) for p in good[:3])
-        a0, _ = pool.result(t0, lend=True)
-        a1, _ = pool.result(t1, lend=True)
-        a2, _ = pool.result(t2, lend=True)  # the hold is full: this one was copied out
+        a0, _, _ = pool.result(t0, lend=True)
+        a1, _, _ = pool.result(t1, lend=True)
+        a2, _, _ = pool.result(t2, lend=True)  # the hold is full: this one was copied out
         assert not a0.flags.owndata and not a1.flags.owndata and a2.flags.owndata
         assert np.array_equal(a0, load_tiles(good[0], SPEC)) and np.array_equal(a1, load_tiles(good[1], SPEC))
         pool.release(t0)
         pool.release(t2)  # copied out: nothing to release, no slot counted twice
         assert len(pool._free_slots) == 2
         for p in good[3:] * 3:  # the released slot is written again; the held one is not
-            arrays, error = pool.result(pool.submit(p))
+            arrays, error, _ = pool.result(pool.submit(p))
             assert error is None and arrays.flags.owndata and np.array_equal(arrays, load_tiles(p, SPEC))
         assert np.array_equal(a1, load_tiles(good[1], SPEC))  # a held slot is never written over
         pool.release(t1)
@@ -348,7 +351,7 @@ if __name__ == "__main__":
     spec = ModelSpec(input="uint8", layout="NHWC", size=64)
     pool = DecodePool(spec, 10**8, 64, workers=1, hold=4)
     t = pool.submit({good!r})
-    view, _ = pool.result(t, lend=True)
+    view, _, _ = pool.result(t, lend=True)
     assert not view.flags.owndata
     pool.close()
     assert np.array_equal(view, load_tiles({good!r}, spec))

@@ -14,6 +14,7 @@ from lfm.runtime.decode_pool import DecodePool
 from lfm.runtime.decoders import FilesApart, ThreadDecoder, make_decoder, prepare_item
 from lfm.runtime.detector import Detector
 from lfm.runtime.gpu_decode import GpuDecoder
+from lfm.runtime.flags import NO_FACTS
 from lfm.runtime.preprocess import Prepared, load_tiles_or_problem
 from lfm.runtime.spec import ModelSpec
 
@@ -60,8 +61,10 @@ def files(tmp_path_factory) -> list:
 
 
 def same(got, want) -> bool:
-    (a, e), (b, f) = got, want
-    return e == f and (a is None and b is None or a is not None and b is not None and np.array_equal(a, b))
+    """The same arrays (or none), the same problem and the same facts (the records' flags)."""
+    (a, e, facts), (b, f, want_facts) = got, want
+    return e == f and facts == want_facts and (
+        a is None and b is None or a is not None and b is not None and np.array_equal(a, b))
 
 
 @pytest.mark.slow
@@ -70,7 +73,7 @@ def same(got, want) -> bool:
 def test_every_decoder_gives_what_load_tiles_gives_ticket_by_ticket(kind, policy, files):
     spec = SPEC.replace(policy=policy, size=48 if policy == "tiles" else 64)
     want = [load_tiles_or_problem(f, spec, *LIMITS) for f in files]
-    assert sum(e is None for _, e in want) == 5 and sum(e is not None for _, e in want) == 3
+    assert sum(e is None for _, e, _ in want) == 5 and sum(e is not None for _, e, _ in want) == 3
     decoder = start(kind, spec)
     try:
         tickets = [decoder.submit(f) for f in files]
@@ -106,7 +109,7 @@ def test_the_routers_keep_files_apart_and_the_rest_on_threads(kind, files):
         got = [decoder.result(decoder.submit(item)) for item in others]
         assert decoder.files is None and all(decoder.decoder_for(item) is decoder.others for item in others)
         assert all(same(g, prepare_item(item, SPEC, *LIMITS)) for g, item in zip(got, others))
-        assert same(got[2], (arrays[None], None))  # prepared: as it is, not resized to 64
+        assert same(got[2], (arrays[None], None, NO_FACTS))  # prepared: as it is, not resized to 64
         assert got[3][1] == "expected a uint8 HxWx3 RGB array, got uint8 [4, 4]"
         assert got[4][1].startswith("cannot score a int")
         square = files[1]  # a 64 x 64 JPEG: on the GPU path without a resize kernel (none runs here)

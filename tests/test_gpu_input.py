@@ -29,7 +29,8 @@ from lfm.runtime import detector as detector_module  # noqa: E402
 from lfm.runtime.detector import Detector  # noqa: E402
 from lfm.runtime.gpu_decode import GpuDecoder, gpu_jpeg_size  # noqa: E402
 from lfm.runtime.gpu_input import StagingRing  # noqa: E402
-from lfm.runtime.preprocess import ImageError, load_tiles  # noqa: E402
+from lfm.runtime.flags import NO_FACTS, ImageFacts  # noqa: E402
+from lfm.runtime.preprocess import ImageError, load_prepared  # noqa: E402
 from lfm.runtime.spec import ModelSpec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +122,10 @@ def cpu_records(files, spec):
     out = []
     for f in files:
         try:
-            out.append((load_tiles(f, spec, 10**8, 64), None))
+            arrays, facts = load_prepared(f, spec, 10**8, 64)
+            out.append((arrays, None, facts))
         except ImageError as e:
-            out.append((None, e.problem))
+            out.append((None, e.problem, NO_FACTS))
     return out
 
 
@@ -140,12 +142,13 @@ def test_gpu_decoder_gives_the_cpu_path_records_in_order(mixed_files, policy):
     dec = GpuDecoder(spec, 10**8, 64, device="cpu", batch=4, decode_jpegs=pillow_decoder)
     tickets = [dec.submit(f) for f in mixed_files]
     got = [dec.result(t) for t in tickets]
-    for f, (arrays, error), (want, want_error) in zip(mixed_files, got, cpu_records(mixed_files, spec)):
+    for f, (arrays, error, facts), (want, want_error, want_facts) in zip(mixed_files, got, cpu_records(mixed_files, spec)):
         assert error == want_error, f
         assert (arrays is None and want is None) or np.array_equal(arrays, want), f
+        assert facts == want_facts, f  # the flags' facts: the device path states them as the CPU path does
     assert dec.gpu_decoded == 3  # base0..2; "refused" fell back after its batch was retried file by file
     assert dec.cpu_decoded == len(mixed_files) - 3
-    assert sum(e is not None for _, e in got) == 3  # truncated, missing, empty
+    assert sum(e is not None for _, e, _ in got) == 3  # truncated, missing, empty
 
 
 def test_gpu_decoder_sends_an_image_too_small_to_score_to_the_cpu_paths_refusal(tmp_path):
@@ -159,8 +162,9 @@ def test_gpu_decoder_sends_an_image_too_small_to_score_to_the_cpu_paths_refusal(
         files.append(str(tmp_path / f"{side}.jpg"))
     dec = GpuDecoder(spec, 10**8, 64, device="cpu", batch=4, decode_jpegs=pillow_decoder)
     got = [dec.result(t) for t in [dec.submit(f) for f in files]]
-    assert [e is not None and "the smallest square image it scores is 48x48" in e for _, e in got] == [True, True, False]
+    assert [e is not None and "the smallest square image it scores is 48x48" in e for _, e, _ in got] == [True, True, False]
     assert got[2][0].shape == (1, 64, 64, 3) and dec.gpu_decoded == 1 and dec.cpu_decoded == 2
+    assert got[2].facts == ImageFacts(64 / 48, 90)  # enlarged on the device: its record is flagged upscaled
 
 
 @pytest.mark.slow

@@ -30,17 +30,18 @@ BAD_VALUES = {
     "--decode": ("fast", "argument --decode: invalid choice: 'fast'"),
     "--progress": ("sometimes", "argument --progress: invalid choice: 'sometimes'"),
     "--model-name": ("a/b", "argument --model-name: 'a/b' is not a valid Triton model name"),
+    "--uncertain-band": ("-1", "argument --uncertain-band: must be a logit half-width >= 0, got -1"),
 }
 
 # Each command: the arguments it needs to get as far as parsing, and the shared flags it takes.
 PIPELINE = ("--threshold", "--size", "--batch-size", "--max-pixels", "--max-tiles", "--policy", "--tile-reduce")
 COMMANDS = {
     "infer": (["--model", "m.onnx", "x.png"],
-              PIPELINE + ("--max-model-pixels", "--workers", "--decode", "--threads", "--progress")),
+              PIPELINE + ("--max-model-pixels", "--workers", "--decode", "--threads", "--progress", "--uncertain-band")),
     "serve": (["--model", "m.onnx"], tuple(f for f in PIPELINE if f != "--batch-size")
-              + ("--max-model-pixels", "--workers", "--decode", "--threads", "--model-name")),
-    "batch": (["m.onnx", "x.png", "--output", "out"], PIPELINE + ("--threads", "--progress")),
-    "client": (["x.png"], ("--threshold", "--batch-size", "--progress", "--model-name")),
+              + ("--max-model-pixels", "--workers", "--decode", "--threads", "--model-name", "--uncertain-band")),
+    "batch": (["m.onnx", "x.png", "--output", "out"], PIPELINE + ("--threads", "--progress", "--uncertain-band")),
+    "client": (["x.png"], ("--threshold", "--batch-size", "--progress", "--model-name", "--uncertain-band")),
     "evaluate": (["ckpt.pt", "--data", "d"], PIPELINE + ("--max-model-pixels", "--workers", "--threads")),
     "bench": ([], ("--threads",)),
     "calibrate": (["m.onnx", "--real", "r", "--target-fpr", "0.05", "-o", "o.onnx"],

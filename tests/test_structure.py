@@ -271,7 +271,7 @@ def test_an_import_in_a_class_body_runs_at_import(tmp_path):
 # module fails the test until it is placed here.
 RUNTIME_LAYERS = (
     ("foundation", "__init__ spec preprocess evidence records files inputs cli custom_ops serve_defaults serve_contract "
-                   "stderr_filter gpu_input perturb"),
+                   "stderr_filter gpu_input perturb flags"),
     ("backends", "backends backends.base backends.cuda_support backends.onnxrt backends.openvino_rt backends.pyt "
                  "backends.trt_engine backends.trt_plan"),
     ("pipeline", "options decode_pool gpu_decode decoders detector"),  # the Detector, its options and decoders
