@@ -15,13 +15,15 @@ onnxruntime, tensorrt and python backends. Four models, named from --name (defau
                          fp32 [3,-1,-1]; logit and score fp32, [batch] reshaped to [batch, 1])
     DIR/lfm_preprocess/  python backend, 1/model.py: encoded image bytes -> the model's input, by
                          the runtime's own decoding and preprocessing (lfm.runtime.preprocess, the
-                         spec from the model's metadata, kept in config.pbtxt parameters), and
-                         each image's error: a bad image costs only its own answer.
-    DIR/lfm_postprocess/ python backend, 1/model.py: logit + error -> the serving contract's
+                         spec from the model's metadata, kept in config.pbtxt parameters),
+                         each image's error (a bad image costs only its own answer) and its facts
+                         (FP64 [2]: the policy's enlargement, its JPEG quality; for the flags).
+    DIR/lfm_postprocess/ python backend, 1/model.py: logit + error + facts -> the serving contract's
                          outputs (lfm.runtime.serve_contract), labelled at the model's threshold
-                         (lfm.threshold, a parameter of this config, from the model's spec).
+                         (lfm.threshold, a parameter of this config, from the model's spec) and
+                         flagged as infer.py flags records (lfm.uncertain_band: the model's band).
     DIR/lfm/             ensemble: image BYTES [1] -> lfm_preprocess -> lfm_model -> lfm_postprocess
-                         -> logit, score (FP64), label, error (BYTES): the same name, input and
+                         -> logit, score (FP64), label, error, flags (BYTES): the same name, input and
                          outputs as runtime/serve.py's model, so runtime/client.py reads both alike.
 
 Load shedding, as runtime/serve.py does it: the ensemble's first step, lfm_preprocess, holds
@@ -62,7 +64,7 @@ if __package__ in (None, ""):  # run as a script: don't let export/'s modules sh
 from lfm.runtime import serve_defaults as defaults  # noqa: E402  (serve.py's batching and queue defaults)
 from lfm.runtime.cli import describe_os_error, run  # noqa: E402  (standard library only)
 from lfm.runtime.files import files_under, first_line, overwrite_refusal  # noqa: E402  (standard library only)
-from lfm.runtime.serve_contract import OUTPUTS as SERVED_OUTPUTS  # noqa: E402  (numpy only)
+from lfm.runtime.serve_contract import FACTS_WIDTH, OUTPUTS as SERVED_OUTPUTS  # noqa: E402  (numpy only)
 
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # ONNX TensorProto element types -> Triton data types (those LFM's graphs can have)
@@ -230,7 +232,8 @@ def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us
         'backend: "python"',
         f"max_batch_size: {max_batch}",
         "input [\n" + _tensor("image", "TYPE_STRING", [1]) + "\n]",
-        "output [\n" + _tensor(in_name, in_type, in_dims) + ",\n" + _tensor("error", "TYPE_STRING", [1]) + "\n]",
+        "output [\n" + ",\n".join([_tensor(in_name, in_type, in_dims), _tensor("error", "TYPE_STRING", [1]),
+                                    _tensor("facts", "TYPE_FP64", [FACTS_WIDTH])]) + "\n]",
         _batching(preferred, delay_us, max_queue_size, queue_timeout_ms),
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
         _parameters({"lfm.spec": spec.to_json(), "lfm.max_pixels": max_pixels}),
@@ -238,19 +241,27 @@ def preprocess_config(name: str, desc: dict, max_batch: int, preferred, delay_us
 
 
 def postprocess_config(name: str, desc: dict, max_batch: int, instances: int) -> str:
-    """The ensemble's last step: the model's logit and the preprocessing's error -> the serving
-    contract's outputs (serve_contract), labelled at the model's threshold (lfm.threshold)."""
+    """The ensemble's last step: the model's logit, the preprocessing's error and facts -> the
+    serving contract's outputs (serve_contract), labelled at the model's threshold (lfm.threshold)
+    and flagged with the model's uncertain band (lfm.uncertain_band, ``flags.model_band``)."""
+    from lfm.runtime.flags import model_band
+
     logit_type = next(t for o, t, _ in desc["outputs"] if o == "logit")
+    try:
+        band = model_band(desc["spec"].extra)
+    except ValueError as e:
+        raise RepositoryError(str(e)) from None
     return "\n".join([
-        "# LFM: logit + preprocessing error -> logit, score, label, error (lfm.runtime.serve_contract). "
-        "Written by export/to_triton.py.",
+        "# LFM: logit + preprocessing error and facts -> logit, score, label, error, flags "
+        "(lfm.runtime.serve_contract). Written by export/to_triton.py.",
         f"name: {_q(name)}",
         'backend: "python"',
         f"max_batch_size: {max_batch}",
-        "input [\n" + _tensor("logit", logit_type, [1]) + ",\n" + _tensor("error", "TYPE_STRING", [1]) + "\n]",
+        "input [\n" + ",\n".join([_tensor("logit", logit_type, [1]), _tensor("error", "TYPE_STRING", [1]),
+                                   _tensor("facts", "TYPE_FP64", [FACTS_WIDTH])]) + "\n]",
         "output [\n" + ",\n".join(_tensor(o, t, [1]) for o, t in CONTRACT_OUTPUTS) + "\n]",
         f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
-        _parameters({"lfm.threshold": desc["spec"].threshold}),
+        _parameters({"lfm.threshold": desc["spec"].threshold, "lfm.uncertain_band": band}),
     ]) + "\n"
 
 
@@ -263,12 +274,13 @@ def _step(model: str, inputs: dict, outputs: dict) -> str:
 
 def ensemble_config(name: str, model_name: str, pre_name: str, post_name: str, desc: dict, max_batch: int) -> str:
     (in_name, _, _) = desc["inputs"][0]
-    steps = [_step(pre_name, {"image": "image"}, {in_name: "preprocessed", "error": "preprocess_error"}),
+    steps = [_step(pre_name, {"image": "image"},
+                   {in_name: "preprocessed", "error": "preprocess_error", "facts": "preprocess_facts"}),
              _step(model_name, {in_name: "preprocessed"}, {"logit": "model_logit"}),
-             _step(post_name, {"logit": "model_logit", "error": "preprocess_error"},
+             _step(post_name, {"logit": "model_logit", "error": "preprocess_error", "facts": "preprocess_facts"},
                    {o: o for o, _ in CONTRACT_OUTPUTS})]
     return "\n".join([
-        f"# LFM: image bytes -> {pre_name} -> {model_name} -> {post_name} -> logit, score, label, error. "
+        f"# LFM: image bytes -> {pre_name} -> {model_name} -> {post_name} -> logit, score, label, error, flags. "
         "Written by export/to_triton.py.",
         f"name: {_q(name)}",
         'platform: "ensemble"',
@@ -287,8 +299,9 @@ PREPROCESS_MODEL_PY = '''\
 Encoded image bytes (input "image", BYTES [batch, 1]) -> the LFM model's input, with the
 runtime's own decoding and preprocessing: lfm.runtime.preprocess (Pillow: EXIF orientation,
 any mode to RGB, the pixel limit against decompression bombs, then the model's size policy),
-and output "error" (BYTES [batch, 1]): b"" for an image prepared, else its problem, as
-runtime/serve.py words it. A failed image gets a black placeholder in the model's input (its
+output "error" (BYTES [batch, 1]): b"" for an image prepared, else its problem, as
+runtime/serve.py words it, and output "facts" (FP64 [batch, 2]: what preparing it learned,
+lfm.runtime.serve_contract.facts_row, for the postprocessing's flags). A failed image gets a black placeholder in the model's input (its
 logit is dropped by the postprocessing step), so it costs only its own answer, never its
 request's or the other requests' batched with it. The spec comes from this model's
 config.pbtxt parameters (lfm.spec, lfm.max_pixels).
@@ -301,7 +314,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 try:
+    from lfm.runtime.flags import NO_FACTS
     from lfm.runtime.preprocess import DEFAULT_MAX_PIXELS, load_tiles_or_problem, normalize
+    from lfm.runtime.serve_contract import facts_row
     from lfm.runtime.spec import ModelSpec, check_input_size, min_input_size
 except ImportError as e:  # pragma: no cover - the container lacks the package
     raise ImportError(f"LFM preprocessing needs the lfm package in Triton's Python ({e}); "
@@ -324,38 +339,40 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            pixels, errors = self._prepare(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
+            pixels, errors, facts = self._prepare(pb_utils.get_input_tensor_by_name(request, "image").as_numpy())
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(self.output_name, pixels), pb_utils.Tensor("error", errors)]))
+                pb_utils.Tensor(self.output_name, pixels), pb_utils.Tensor("error", errors),
+                pb_utils.Tensor("facts", facts)]))
         return responses
 
     def _prepare(self, blobs):
         prepared = [self._one(blob) for blob in blobs.reshape(-1)]
-        shape = next((a.shape for a, _ in prepared if a is not None), self.placeholder)
-        arrays, errors = [], []
-        for a, problem in prepared:
+        shape = next((a.shape for a, _, _ in prepared if a is not None), self.placeholder)
+        arrays, errors, facts = [], [], []
+        for a, problem, row in prepared:
             if a is not None and a.shape != shape:  # policy none: one batch holds one size
                 a, problem = None, (f"{a.shape[1]}x{a.shape[0]} at its native size, another image of this request "
                                     f"{shape[1]}x{shape[0]} (policy none): send it in a request of its own")
             arrays.append(np.zeros(shape, np.uint8) if a is None else a)
             errors.append([problem.encode() if problem else b""])
+            facts.append(row)
         batch = np.stack(arrays)
         if self.spec.input != "uint8":
             batch = normalize(batch, self.spec.mean, self.spec.std)
-        return batch.astype(self.output_dtype, copy=False), np.array(errors, dtype=object)
+        return batch.astype(self.output_dtype, copy=False), np.array(errors, dtype=object), np.array(facts, np.float64)
 
     def _one(self, blob):
-        """(the image's model input, None) or (None, its problem)."""
+        """(the image's model input, None, its facts row) or (None, its problem, a facts row)."""
         if not isinstance(blob, (bytes, bytearray)):
-            return None, f"expected encoded image bytes, got {type(blob).__name__}"
-        arrays, problem = load_tiles_or_problem(bytes(blob), self.spec, self.max_pixels)
+            return None, f"expected encoded image bytes, got {type(blob).__name__}", facts_row(NO_FACTS)
+        arrays, problem, facts = load_tiles_or_problem(bytes(blob), self.spec, self.max_pixels)
         if problem is not None:
-            return None, problem
+            return None, problem, facts_row(facts)
         try:
             check_input_size(arrays.shape[1], arrays.shape[2], self.spec.top_k)
         except ValueError as e:
-            return None, str(e)
-        return arrays[0], None
+            return None, str(e), facts_row(facts)
+        return arrays[0], None, facts_row(facts)
 
     def finalize(self):
         pass
@@ -366,10 +383,12 @@ class TritonPythonModel:
 POSTPROCESS_MODEL_PY = '''\
 """LFM postprocessing for Triton's python backend (written by export/to_triton.py).
 
-The model's logit (FP32 [batch, 1]) and the preprocessing's error (BYTES [batch, 1]) -> the
-serving contract's outputs, as runtime/serve.py answers (lfm.runtime.serve_contract): logit and
-score FP64, label b"fake" | b"real" at the model's threshold (this config's lfm.threshold, from
-the model's spec), error; a failed image's logit and score are the contract's placeholders.
+The model's logit (FP32 [batch, 1]), the preprocessing's error (BYTES [batch, 1]) and facts
+(FP64 [batch, 2]) -> the serving contract's outputs, as runtime/serve.py answers
+(lfm.runtime.serve_contract): logit and score FP64, label b"fake" | b"real" at the model's
+threshold (this config's lfm.threshold, from the model's spec), error, and flags (";"-joined,
+the uncertain band from this config's lfm.uncertain_band); a failed image's logit and score are
+the contract's placeholders.
 
 Needs the lfm package in the container's Python: pip install --no-deps /path/to/lfm-deploy pillow.
 """
@@ -388,13 +407,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.threshold = float(config["parameters"]["lfm.threshold"]["string_value"])
+        self.band = float(config["parameters"]["lfm.uncertain_band"]["string_value"])
 
     def execute(self, requests):
         responses = []
         for request in requests:
             logits = pb_utils.get_input_tensor_by_name(request, "logit").as_numpy()
             errors = pb_utils.get_input_tensor_by_name(request, "error").as_numpy()
-            out = outputs(records_from_logits(logits, errors, self.threshold))
+            facts = pb_utils.get_input_tensor_by_name(request, "facts").as_numpy()
+            out = outputs(records_from_logits(logits, errors, self.threshold, facts, self.band))
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, out[n]) for n in OUTPUT_NAMES]))
         return responses
 

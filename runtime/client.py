@@ -6,9 +6,11 @@ repository export/to_triton.py writes): one record per input, as runtime/infer.p
 
 Files are read here and sent as encoded bytes (input ``image``, BYTES); the server decodes and
 preprocesses them. PATHS are files, directories and globs, as for infer.py. Both servers answer
-with one contract (``serve_contract``: logit, score, label at the model's own threshold, error
-per image), which the records carry as they come; --threshold T relabels each record from its
-score instead ("fake" when score > T, as ``spec.is_fake``). Exit status: 0 every input scored,
+with one contract (``serve_contract``: logit, score, label at the model's own threshold, error,
+flags per image), which the records carry as they come; --threshold T relabels each record from
+its score instead ("fake" when score > T, as ``spec.is_fake``) and decides its ``uncertain`` flag
+again around T (--uncertain-band, default the measured band of runtime/flags.py; the server's
+other flags are kept). Exit status: 0 every input scored,
 1 some failed, 2 the server could not be reached or has no such model.
 
 Python API (tritonclient only: no torch, no model file needed here):
@@ -43,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
 
 import numpy as np  # noqa: E402
 
+from lfm.runtime.flags import DEFAULT_UNCERTAIN_BAND, is_uncertain, parse_flags  # noqa: E402
 from lfm.runtime.preprocess import ImageError, read_image_bytes  # noqa: E402  (Pillow + numpy, no model code)
 from lfm.runtime.records import FORMATS, Record, in_input_order  # noqa: E402
 from lfm.runtime.serve_contract import OUTPUT_NAMES  # noqa: E402  (numpy only)
@@ -98,10 +101,12 @@ class LfmClient:
     thread (tritonclient's own advice for its HTTP client)."""
 
     def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str = MODEL_NAME,
-                 timeout: float = 60.0, threshold: float | None = None):
+                 timeout: float = 60.0, threshold: float | None = None, uncertain_band: float | None = None):
         self.protocol, self.address = parse_url(url, protocol)
         self.model, self.timeout = model, timeout
         self.threshold = threshold  # None: the server's labels; else each record relabelled from its score
+        # with a threshold: the band of the "uncertain" flag decided again around it
+        self.uncertain_band = DEFAULT_UNCERTAIN_BAND if uncertain_band is None else uncertain_band
         try:
             if self.protocol == "grpc":
                 import tritonclient.grpc as tc
@@ -150,7 +155,7 @@ class LfmClient:
         return False
 
     def output_names(self) -> list[str]:
-        """The serving contract's outputs (serve_contract: logit, score, label, error), which
+        """The serving contract's outputs (serve_contract: logit, score, label, error, flags), which
         serve.py and export/to_triton.py's repository both answer with; ServerError for a model
         without them."""
         if self._outputs is None:
@@ -254,19 +259,25 @@ class LfmClient:
 
     def _records(self, out: dict[str, np.ndarray], names: Sequence[str]) -> list[Record]:
         """The server's answer per image (serve_contract), as records; with ``threshold`` set,
-        each label is decided again from the score (``spec.is_fake``: score > threshold)."""
+        each label is decided again from the score (``spec.is_fake``: score > threshold), and the
+        ``uncertain`` flag around it."""
         logit, score = (out[n].reshape(-1).astype(np.float64) for n in ("logit", "score"))
-        label, error = (out[n].reshape(-1) for n in ("label", "error"))
+        label, error, flags = (out[n].reshape(-1) for n in ("label", "error", "flags"))
         records = []
         for i, name in enumerate(names):
             if _text(error[i]):
                 records.append(Record.failed(name, _text(error[i])))
             elif not (math.isfinite(logit[i]) and 0.0 <= score[i] <= 1.0):
                 records.append(Record.failed(name, "server returned no score"))
+            elif self.threshold is None:
+                records.append(Record(path=name, logit=float(logit[i]), score=float(score[i]), label=_text(label[i]),
+                                      flags=parse_flags(flags[i])))
             else:
-                relabelled = None if self.threshold is None else ("fake" if is_fake(score[i], self.threshold) else "real")
+                kept = [f for f in parse_flags(flags[i]) if f != "uncertain"]
+                uncertain = ["uncertain"] if is_uncertain(float(logit[i]), self.threshold, self.uncertain_band) else []
                 records.append(Record(path=name, logit=float(logit[i]), score=float(score[i]),
-                                      label=relabelled or _text(label[i])))
+                                      label="fake" if is_fake(score[i], self.threshold) else "real",
+                                      flags=kept + uncertain))
         return records
 
 
@@ -293,10 +304,13 @@ def parse_args(argv=None):
     from lfm.runtime.records import format_for
 
     server = ServerArgs(only=("model_name",), help={"model_name": "Triton model name (serve.py --model-name)"})
-    pipeline = PipelineArgs(only=("threshold", "batch_size"), defaults={"batch_size": 8}, help={
+    pipeline = PipelineArgs(only=("threshold", "batch_size", "uncertain_band"), defaults={"batch_size": 8}, help={
         "batch_size": "images per request",
         "threshold": "relabel every record from its score at this threshold (default: the server's labels, at the "
-                     "model's own threshold)"})
+                     "model's own threshold)",
+        "uncertain_band": "with --threshold: flag 'uncertain' the records whose logit lies within this many logits "
+                          f"of that threshold's (default: {DEFAULT_UNCERTAIN_BAND:g}); without it the server's flags "
+                          "are kept as they come"})
     output = OutputArgs(FORMATS, help={"output": "write records here instead of standard output (replaced when the "
                                                  "run ends; never an input)"})
     p = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
@@ -308,6 +322,8 @@ def parse_args(argv=None):
     for group in (server, pipeline, output):
         group.add_to(p)
     args = parse_and_check(p, argv, server, pipeline, output)
+    if args.uncertain_band is not None and args.threshold is None:  # the server's threshold is not known here
+        p.error("--uncertain-band applies with --threshold (the server flags 'uncertain' around its own threshold)")
     args.format = format_for(args.output, args.format)
     return args
 
@@ -329,7 +345,7 @@ def main(argv=None) -> int:
             return 2
     try:
         client = LfmClient(args.url, protocol=args.protocol, model=args.model_name, timeout=args.timeout,
-                           threshold=args.threshold)
+                           threshold=args.threshold, uncertain_band=args.uncertain_band)
         client.output_names()
     except (ValueError, ServerError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,6 +27,8 @@ Model ``lfm`` (max_batch_size > 0: every tensor below has a leading batch dimens
              score   FP64 [1]          sigmoid(logit); -1 (never a score) where the item failed
              label   BYTES [1]         b"fake" | b"real" | b"" (failed)
              error   BYTES [1]         b"" on success, else what was wrong with this item
+             flags   BYTES [1]         the record's flags, ";"-joined (b"upscaled:2.56;uncertain"), b"" for
+                                       none (runtime/flags.py; --uncertain-band)
              (no NaN: JSON has none, and Triton's HTTP answer would carry a bare NaN that strict
              JSON parsers refuse for the whole response; read ``error`` first)
 
@@ -231,10 +233,10 @@ def self_test_image(spec) -> bytes:
 
 
 def records_agree(served: Record, local: Record) -> bool:
-    """The server answers as the local Detector does: the same logit and score, or the same
+    """The server answers as the local Detector does: the same logit, score and flags, or the same
     error (e.g. an image over --max-pixels: both refuse it, which is agreement, not a fault)."""
     if served.ok and local.ok:
-        return served.logit == local.logit and served.score == local.score
+        return served.logit == local.logit and served.score == local.score and served.flags == local.flags
     return not served.ok and not local.ok and served.error == local.error
 
 

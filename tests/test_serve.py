@@ -157,7 +157,8 @@ def server(random_onnx, tmp_path_factory):
 
 
 def same(a, b) -> bool:
-    return (a.ok and b.ok and a.logit == b.logit and a.score == b.score and a.label == b.label)
+    return (a.ok and b.ok and a.logit == b.logit and a.score == b.score and a.label == b.label
+            and a.flags == b.flags)
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,7 +696,9 @@ def test_client_command(server, images, offline, tmp_path):
     for row in rows[:-1]:
         ref = offline[row["path"]].to_dict()
         assert row == ref
-    assert rows[-1]["error"] == "no such file"
+    assert rows[-1]["error"] == "no such file" and rows[-1]["flags"] == []
+    flags = {Path(r["path"]).name: r["flags"] for r in rows}  # through the server's flags output and back
+    assert "low-jpeg-quality:90" in flags["photo.jpg"] and "upscaled:1.28" in flags["padded.bmp"]
 
 
 def test_pixels_input_equals_detector_on_arrays(server, random_onnx):
@@ -1075,6 +1078,7 @@ def _parse_config(path: Path):
 def test_to_triton_repository(random_onnx, tmp_path):
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from lfm.export.to_triton import main
+    from lfm.runtime.flags import DEFAULT_UNCERTAIN_BAND
 
     repo = tmp_path / "repo"
     assert main([str(random_onnx), "--repository", str(repo), "--max-batch-size", "16",
@@ -1096,19 +1100,21 @@ def test_to_triton_repository(random_onnx, tmp_path):
     spec = json.loads(model.parameters["lfm.spec"].string_value)
     assert spec["input"] == "uint8" and spec["size"] == 64
     assert pre.backend == "python" and [(i.name, i.data_type) for i in pre.input] == [("image", mc.TYPE_STRING)]
-    assert [(o.name, list(o.dims)) for o in pre.output] == [("pixels", [64, 64, 3]), ("error", [1])]
-    assert post.backend == "python" and [i.name for i in post.input] == ["logit", "error"]
+    assert [(o.name, list(o.dims)) for o in pre.output] == [("pixels", [64, 64, 3]), ("error", [1]), ("facts", [2])]
+    assert post.backend == "python" and [i.name for i in post.input] == ["logit", "error", "facts"]
     assert float(post.parameters["lfm.threshold"].string_value) == 0.5  # the model's spec's
+    assert float(post.parameters["lfm.uncertain_band"].string_value) == DEFAULT_UNCERTAIN_BAND  # no band of its own
     assert ens.platform == "ensemble" and ens.input[0].data_type == mc.TYPE_STRING
     steps = ens.ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["lfm_preprocess", "lfm_model", "lfm_postprocess"]
-    assert dict(steps[0].output_map) == {"pixels": "preprocessed", "error": "preprocess_error"}
+    assert dict(steps[0].output_map) == {"pixels": "preprocessed", "error": "preprocess_error",
+                                         "facts": "preprocess_facts"}
     assert dict(steps[1].input_map) == {"pixels": "preprocessed"} and dict(steps[1].output_map) == {"logit": "model_logit"}
-    assert dict(steps[2].input_map) == {"logit": "model_logit", "error": "preprocess_error"}
-    # the serving contract, as serve.py's model declares it: logit and score FP64, label and error BYTES
+    assert dict(steps[2].input_map) == {"logit": "model_logit", "error": "preprocess_error", "facts": "preprocess_facts"}
+    # the serving contract, as serve.py's model declares it: logit and score FP64, label, error and flags BYTES
     assert [(o.name, o.data_type, list(o.dims)) for o in ens.output] == [
         ("logit", mc.TYPE_FP64, [1]), ("score", mc.TYPE_FP64, [1]), ("label", mc.TYPE_STRING, [1]),
-        ("error", mc.TYPE_STRING, [1])]
+        ("error", mc.TYPE_STRING, [1]), ("flags", mc.TYPE_STRING, [1])]
     assert [(o.name, o.data_type) for o in post.output] == [(o.name, o.data_type) for o in ens.output]
     assert dict(steps[2].output_map) == {o.name: o.name for o in ens.output}
     # an existing repository is not overwritten without --force
@@ -1138,7 +1144,8 @@ def test_to_triton_plan_from_sidecar(random_onnx, tmp_path, capsys):
     assert [(g.kind) for g in model.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     assert [(i.name, i.data_type, list(i.dims)) for i in model.input] == [("image", mc.TYPE_FP32, [3, -1, -1])]
     assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [("image", mc.TYPE_FP32, [3, 224, 224]),
-                                                                          ("error", mc.TYPE_STRING, [1])]
+                                                                          ("error", mc.TYPE_STRING, [1]),
+                                                                          ("facts", mc.TYPE_FP64, [2])]
     assert list(model.dynamic_batching.preferred_batch_size) == [8, 16]
     assert main([str(plan), "--repository", str(tmp_path / "r2"), "--kind", "cpu"]) == 2
     (tmp_path / "lfm.plan.json").unlink()
@@ -1217,12 +1224,15 @@ def _load_python_model(repo: Path, name: str):
 def test_to_triton_python_models_answer_each_image(random_onnx, images, tmp_path):
     """The written python-backend models, run with a stand-in pb_utils. Preprocessing: the
     runtime's arrays, and a bad image is its own error (a placeholder in the batch), never its
-    request's. Postprocessing: logit, score (float64, sigmoid of the logit), label at the model's
-    threshold, error, as infer.py's records have them."""
+    request's, and each image's facts (the flags' makings) are the runtime's. Postprocessing:
+    logit, score (float64, sigmoid of the logit), label at the model's threshold, error and flags
+    (the model's band), as infer.py's records have them."""
     pytest.importorskip("onnx", reason="reading the ONNX graph needs the [export] extra")
     from lfm.export.to_triton import write_repository
-    from lfm.runtime.preprocess import load_array
+    from lfm.runtime.flags import DEFAULT_UNCERTAIN_BAND, NO_FACTS, record_flags
+    from lfm.runtime.preprocess import load_array, load_prepared
     from lfm.runtime.records import Record
+    from lfm.runtime.serve_contract import facts_row
     from lfm.runtime.spec import ModelSpec
 
     repo = tmp_path / "repo"
@@ -1235,24 +1245,32 @@ def test_to_triton_python_models_answer_each_image(random_onnx, images, tmp_path
     responses = pre.execute(requests)
     spec = ModelSpec.from_dict(json.loads(config.parameters["lfm.spec"].string_value))
     assert all(r.error is None for r in responses)
-    (p0, e0), (p1, e1), (p2, e2) = ([t.array for t in r.output_tensors] for r in responses)
+    (p0, e0, f0), (p1, e1, f1), (p2, e2, f2) = ([t.array for t in r.output_tensors] for r in responses)
     np.testing.assert_array_equal(p0, np.stack([load_array(b, spec) for b in blobs[:2]]))
     np.testing.assert_array_equal(p1[1], load_array(blobs[2], spec))
     assert not p1[0].any() and not p1[2].any() and p2.shape == (1, 64, 64, 3)  # placeholders, the model's size
     assert e0.tolist() == [[b""], [b""]] and e2.tolist() == [[b"not an image (unrecognised format)"]]
     assert e1.tolist() == [[b"not an image (unrecognised format)"], [b""], [b"empty file (0 bytes)"]]
+    assert f0.tolist() == [facts_row(load_prepared(b, spec)[1]) for b in blobs[:2]] and f0.dtype == np.float64
+    assert f1.tolist() == [facts_row(NO_FACTS), facts_row(load_prepared(blobs[2], spec)[1]), facts_row(NO_FACTS)]
 
     post, config, Tensor = _load_python_model(repo, "lfm_postprocess")
+    assert float(config.parameters["lfm.uncertain_band"].string_value) == DEFAULT_UNCERTAIN_BAND
     logits = np.array([[0.25], [-3.5], [7.0]], np.float32)
-    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e1)}])
+    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e1),
+                                "facts": Tensor("facts", f1)}])
     out = {t.name: t.array for t in response.output_tensors}
-    assert list(out) == ["logit", "score", "label", "error"]
+    assert list(out) == ["logit", "score", "label", "error", "flags"]
     assert out["logit"].dtype == out["score"].dtype == np.float64
-    want = Record.from_logit("", float(logits[1, 0]), 0.5)  # infer.py's record of that logit
+    flags = record_flags(load_prepared(blobs[2], spec)[1], -3.5, 0.5, DEFAULT_UNCERTAIN_BAND)
+    want = Record.from_logit("", float(logits[1, 0]), 0.5, flags)  # infer.py's record of that logit and image
     assert (out["logit"][1, 0], out["score"][1, 0]) == (want.logit, want.score) and want.label == "real"
     assert out["label"].tolist() == [[b""], [b"real"], [b""]] and out["error"].tolist() == e1.tolist()
+    assert out["flags"].tolist() == [[b""], [b"upscaled:1.28;uncertain"], [b""]] and want.flags == [
+        "upscaled:1.28", "uncertain"]  # padded.bmp, 50 x 60, at the model's 64
     assert out["score"][[0, 2], 0].tolist() == [-1.0, -1.0]  # failed: no sigmoid's value
-    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e0.repeat(2)[:3, None])}])
+    [response] = post.execute([{"logit": Tensor("logit", logits), "error": Tensor("error", e0.repeat(2)[:3, None]),
+                                "facts": Tensor("facts", f0.repeat(2, axis=0)[:3])}])
     assert [t.array.tolist() for t in response.output_tensors if t.name == "label"] == [[[b"fake"], [b"real"], [b"fake"]]]
 
 
@@ -1325,7 +1343,13 @@ def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline
             relabelled = c.score([str(p) for p in images], batch_size=2)
         assert [r.label for r in relabelled] == ["fake" if s > threshold else "real" for s in scores]
         assert [(r.logit, r.score) for r in relabelled] == [(r.logit, r.score) for r in records]
-        with pytest.raises(ServerError, match="lacks the output.s. label, error"):
+        from lfm.runtime.flags import DEFAULT_UNCERTAIN_BAND
+        from lfm.runtime.spec import logit_boundary
+
+        near = [abs(r.logit - logit_boundary(threshold)) < DEFAULT_UNCERTAIN_BAND for r in records]
+        assert [r.flags for r in relabelled] == [[f for f in r.flags if f != "uncertain"] + ["uncertain"] * n
+                                                 for r, n in zip(records, near)]  # uncertain: around the new threshold
+        with pytest.raises(ServerError, match="lacks the output.s. label, error, flags"):
             LfmClient(f"http://127.0.0.1:{http}", model="lfm_model").output_names()  # not the contract
     finally:
         proc.send_signal(signal.SIGINT)
