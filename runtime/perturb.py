@@ -28,12 +28,17 @@ MAX_SCALE = 8.0
 MAX_BLUR = 50.0
 
 
-def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
-    """The image as a JPEG file at ``quality`` would decode (Pillow's encoder, its defaults)."""
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    """The JPEG file Pillow writes for ``img`` at ``quality`` (its other defaults): what a platform
+    that re-encodes delivers (the review page scores it as a file, so its flags are a file's)."""
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as out:
+    return buf.getvalue()
+
+
+def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
+    """The image as a JPEG file at ``quality`` would decode (``jpeg_bytes``, decoded)."""
+    with Image.open(io.BytesIO(jpeg_bytes(img, quality))) as out:
         return out.convert("RGB")
 
 
@@ -119,4 +124,4 @@ def parse_perturbations(text: str) -> list[Perturbation]:
     return out
 
 
-__all__ = ["KINDS", "Perturbation", "center_square", "jpeg_roundtrip", "parse_perturbations", "rescaled_size"]
+__all__ = ["KINDS", "Perturbation", "center_square", "jpeg_bytes", "jpeg_roundtrip", "parse_perturbations", "rescaled_size"]
