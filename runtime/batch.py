@@ -13,7 +13,7 @@ number to keep the scorers fed and memory bounded), and scored by a pool of --ac
 each holding one model (--gpus-per-actor GPUs when the cluster has GPUs, else ONNX Runtime on
 --cpus-per-actor CPUs with --threads threads). Records go to DIR as shards of --shard-size
 inputs (shard-000000.parquet, ...; --format jsonl for JSON lines): path, logit, score, label,
-error and model_sha256, the same records as infer.py --model gives, in input order.
+error, flags and model_sha256, the same records as infer.py --model gives, in input order.
 
 Exactly once: input i belongs to shard i // --shard-size; a shard is written once, atomically,
 when all its records are back, so each input appears once in DIR, failures as error records.
@@ -50,10 +50,11 @@ from lfm.runtime.options import ModelArgs, OutputArgs, PipelineArgs, parse_and_c
 from lfm.runtime.stderr_filter import drop_stderr_lines  # noqa: E402
 
 CLUSTER_HINT = "pip install 'lfm-deploy[cluster]'"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards carry the records' flags
 
 
-PIPELINE = PipelineArgs(only=("threshold", "policy", "size", "tile_reduce", "max_tiles", "max_pixels", "batch_size"),
+PIPELINE = PipelineArgs(only=("threshold", "policy", "size", "tile_reduce", "max_tiles", "max_pixels", "batch_size",
+                              "uncertain_band"),
                         help={"batch_size": "images per model call (and per decoding step)"})
 BACKEND = ModelArgs(only=("threads",), help={"threads": "ONNX Runtime threads per actor (default: --cpus-per-actor, "
                                                         "at least 1)"})
@@ -177,9 +178,9 @@ def load_model(args) -> Model:
     sha256 = hashlib.sha256(files[name]).hexdigest()
     local = args.model if not is_uri(args.model) else materialize(files, sha256)[name]
     with Detector(local, PIPELINE.options(args)) as det:
-        spec, describe = det.spec, det.runner.describe()
+        spec, describe, band = det.spec, det.runner.describe(), det.uncertain_band
     settings = {"threshold": spec.threshold, "policy": spec.policy, "size": spec.size, "tile_reduce": args.tile_reduce,
-                "max_tiles": args.max_tiles, "max_pixels": args.max_pixels}
+                "max_tiles": args.max_tiles, "max_pixels": args.max_pixels, "uncertain_band": band}
     return Model(name, None if is_uri(args.model) else os.path.abspath(args.model), files, sha256, settings, describe,
                  spec)
 
@@ -284,7 +285,7 @@ class Job:
         # the driver's resolved spec, so every actor runs as the manifest says; one decoding worker: the
         # actors get arrays decoded by the Ray tasks
         options = PIPELINE.options(self.args, threshold=spec["threshold"], policy=spec["policy"], size=spec["size"],
-                                   workers=1)
+                                   uncertain_band=spec["uncertain_band"], workers=1)
         return ds.map_batches(
             Scorer, batch_format="pyarrow", batch_size=step, compute=ray.data.ActorPoolStrategy(size=plan["actors"]),
             fn_constructor_args=(self.model.files, self.model.name, self.model.sha256, self.model.path, plan["threads"],
@@ -298,14 +299,14 @@ class Job:
         t0 = time.perf_counter()
         try:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                columns = [table.column(c).to_pylist() for c in ("index", "logit", "score", "label", "error")]
-                for i, logit, score, label, error in zip(*columns):
+                columns = [table.column(c).to_pylist() for c in ("index", "logit", "score", "label", "error", "flags")]
+                for i, logit, score, label, error, flags in zip(*columns):
                     shard = i // shard_size
                     got = pending.setdefault(shard, {}) if shard not in self.done else None
                     if got is None or i in got:  # a retried task's second answer: exactly once
                         self.duplicates += 1
                         continue
-                    got[i] = (inputs[i], logit, score, label, error)
+                    got[i] = (inputs[i], logit, score, label, error, flags)
                     bar.update(error is None)
                     if len(got) == self.expected[shard]:
                         self.done[shard] = self.out.write_shard(shard, [got[k] for k in sorted(got)], self.model.sha256)

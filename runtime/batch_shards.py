@@ -10,8 +10,9 @@ A shard is written to a hidden temp name beside its final name and moved there w
 shard file that exists is complete: its footer's ``lfm.count`` says how many records it holds
 and a rerun skips it. Readers (pandas, pyarrow, Ray Data, Spark) skip the ``_`` and ``.``
 files, so ``pd.read_parquet("OUT")`` reads the records. Records: path, logit, score, label,
-error and model_sha256 (infer.py's record plus the model's checksum). JSONL shards hold the
-same fields, one JSON object per line, as infer.py writes them.
+error, flags and model_sha256 (infer.py's record plus the model's checksum; flags a parquet
+list<string>, empty for none). JSONL shards hold the same fields, one JSON object per line, as
+infer.py writes them.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .records import printable
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
-FIELDS = ("path", "logit", "score", "label", "error", "model_sha256")
+FIELDS = ("path", "logit", "score", "label", "error", "flags", "model_sha256")
 EXTENSIONS = {"parquet": "parquet", "jsonl": "jsonl"}
 _SHARD_NAME = re.compile(r"^shard-(\d+)\.(parquet|jsonl)$")
 
@@ -115,7 +116,7 @@ class OutputFolder:
         return len(lines), sum(json.loads(line)["error"] is not None for line in lines)
 
     def write_shard(self, shard: int, records: list[tuple], model_sha256: str) -> tuple[int, int]:
-        """Write a shard's records ((path, logit, score, label, error) in input order) once,
+        """Write a shard's records ((path, logit, score, label, error, flags) in input order) once,
         atomically; (records, failed)."""
         failed = sum(r[4] is not None for r in records)
         if self.fmt == "parquet":
@@ -156,6 +157,7 @@ def _table(records: list[tuple], model_sha256: str, metadata: dict):
         "score": pa.array([r[2] for r in records], pa.float64()),
         "label": pa.array([r[3] for r in records], pa.string()),
         "error": pa.array([None if r[4] is None else printable(r[4]) for r in records], pa.string()),
+        "flags": pa.array([list(r[5] or ()) for r in records], pa.list_(pa.string())),
         "model_sha256": pa.array([model_sha256] * len(records), pa.string()),
     }
     return pa.table(columns).replace_schema_metadata({k: str(v) for k, v in metadata.items()})

@@ -119,6 +119,7 @@ def assert_same_records(got: list[dict], want: list[dict], model: Path) -> None:
             assert (g["logit"], g["score"]) == (w["logit"], w["score"]), (g["path"], g["logit"] - w["logit"])
         else:
             assert g["logit"] is None and g["score"] is None
+        assert g["flags"] == w["flags"], g["path"]  # parquet list<string> or a JSON list: infer.py's list
         assert g["model_sha256"] == sha
 
 
@@ -200,6 +201,8 @@ def test_records_match_infer_with_bad_files_as_records(ray_cluster, random_onnx,
                         [r for r in want if "/sub/" in r["path"]], random_onnx)
     errors = {Path(r["path"]).name: r["error"] for r in got if r["error"]}
     assert set(errors) == {"not_an_image.png", "truncated.png", "empty.jpg", "missing.png", "nothing*.png"}
+    flags = {Path(r["path"]).name: r["flags"] for r in got}
+    assert flags["photo.jpg"][0] == "low-jpeg-quality:75" and flags["missing.png"] == []  # Pillow's default quality
     assert "no such file" in errors["missing.png"] and "no file matches" in errors["nothing*.png"]
     assert status == 1  # as infer.py: 1 when any input failed
     assert "left out 1 file(s) without an image extension" in err
@@ -375,13 +378,14 @@ def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, other_on
     from lfm.runtime.preprocess import load_tiles
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the node's model cache goes here
-    paths = [str(corpus / "im00.png"), str(corpus / "not_an_image.png"), str(corpus / "sub" / "alpha.png"), "gone.png"]
+    paths = [str(corpus / "im00.png"), str(corpus / "not_an_image.png"), str(corpus / "sub" / "alpha.png"), "gone.png",
+             str(corpus / "sub" / "photo.jpg")]
     options = PipelineOptions(policy=policy, size=48 if policy == "tiles" else None, batch_size=2, workers=1)
     with Detector(make_runner(random_onnx, threads=1), options) as det:
         want, spec = det.predict(paths), det.spec
-    inputs = pa.table({"index": pa.array(range(5), pa.int64()),
+    inputs = pa.table({"index": pa.array(range(6), pa.int64()),
                        "path": pa.array([os.fsencode(p) for p in paths + ["x*"]], pa.binary()),
-                       "error": pa.array([None] * 4 + ["no file matches this pattern"], pa.string())})
+                       "error": pa.array([None] * 5 + ["no file matches this pattern"], pa.string())})
     decoded = decode_batch(inputs, spec=spec, max_pixels=10**8, max_tiles=64)
     for i in (0, 2):
         row = decoded.slice(i, 1).to_pylist()[0]
@@ -398,9 +402,11 @@ def test_the_stages_score_as_the_detector_from_model_bytes(random_onnx, other_on
         finally:
             scorer.detector.close()
         assert (tmp_path / "lfm-batch-models" / sha / "m.onnx").read_bytes() == random_onnx.read_bytes()
-        assert [g["index"] for g in got] == [0, 1, 2, 3, 4]
-        assert [(g["error"], g["label"], g["logit"]) for g in got[:4]] == [(w.error, w.label, w.logit) for w in want]
-        assert got[4]["error"] == "no file matches this pattern" and got[4]["logit"] is None
+        assert [g["index"] for g in got] == [0, 1, 2, 3, 4, 5]
+        assert [(g["error"], g["label"], g["logit"], g["flags"]) for g in got[:5]] == [
+            (w.error, w.label, w.logit, w.flags) for w in want]  # the facts crossed from the decoding stage
+        assert got[5]["error"] == "no file matches this pattern" and got[5]["logit"] is None and got[5]["flags"] == []
+    assert "low-jpeg-quality:75" in want[4].flags
 
 
 # -- exactly once on the driver, whatever the cluster hands back ----------------------------------------------
@@ -413,11 +419,12 @@ def test_the_driver_writes_each_shard_once_and_never_a_short_one(tmp_path, capsy
     from lfm.runtime.batch_inputs import Listing
     from lfm.runtime.batch_shards import OutputFolder
 
-    def block(*index, again=False):  # the scorers' output: (index, logit, score, label, error)
+    def block(*index, again=False):  # the scorers' output: (index, logit, score, label, error, flags)
         logits = [float(i) + (100.0 if again else 0.0) for i in index]  # a retried task's answer may differ
         return pa.table({"index": pa.array(index, pa.int64()), "logit": pa.array(logits),
                          "score": pa.array([0.5] * len(index)), "label": pa.array(["real"] * len(index)),
-                         "error": pa.array([None] * len(index), pa.string())})
+                         "error": pa.array([None] * len(index), pa.string()),
+                         "flags": pa.array([["uncertain"]] * len(index), pa.list_(pa.string()))})
 
     class Blocks:  # Ray Data's stream: blocks in any order; a retried task's block may come twice
         def __init__(self, *blocks):
@@ -437,6 +444,7 @@ def test_the_driver_writes_each_shard_once_and_never_a_short_one(tmp_path, capsy
     assert complete.stream(blocks, 5) is None
     assert [r["path"] for r in read_shards(tmp_path / "complete")] == list("abcde")
     assert [r["logit"] for r in read_shards(tmp_path / "complete")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [r["flags"] for r in read_shards(tmp_path / "complete")] == [["uncertain"]] * 5
     assert complete.duplicates == 4 and set(complete.done) == {0, 1, 2}
     short = job("short")  # input 4 never comes back: its shard is not written, the run says so
     assert short.stream(Blocks(block(0, 1), block(2, 3)), 5) == 1
@@ -603,7 +611,7 @@ def test_a_shard_whose_writing_fails_leaves_no_file(tmp_path, fmt):
         f"out = OutputFolder({str(out)!r}, {fmt!r})\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() fails (EFBIG) instead\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
-        "records = [(f'/photos/{i:06d}.jpg', i / 7, 0.5, 'real', None) for i in range(5000)]\n"
+        "records = [(f'/photos/{i:06d}.jpg', i / 7, 0.5, 'real', None, []) for i in range(5000)]\n"
         "try:\n"
         "    out.write_shard(0, records, 'f00d')\n"
         "except OSError as e:\n"
