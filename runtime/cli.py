@@ -214,7 +214,7 @@ def describe_os_error(e: OSError) -> str:
 EXTRA_FOR_MODULE = {"torch": "train", "tqdm": "train", "onnx": "export", "onnxslim": "export", "polygraphy": "export",
                     "onnxruntime_extensions": "plugins", "openvino": "openvino", "matplotlib": "viz",
                     "sklearn": "viz", "pytriton": "serve", "tritonclient": "serve", "tensorrt": "tensorrt",
-                    "cuda": "tensorrt", "triton": "kernels", "pytest": "dev", "hypothesis": "dev"}
+                    "cuda": "tensorrt", "triton": "kernels", "pytest": "dev", "hypothesis": "dev", "gradio": "app"}
 
 
 def missing_extra_message(e: ModuleNotFoundError, prog: str) -> str | None:
@@ -480,6 +480,7 @@ SUBCOMMANDS = {
     "batch": ("lfm.runtime.batch", "score a corpus on Ray Data: Parquet shards, resumable, exactly once (needs [cluster])"),
     "calibrate": ("lfm.export.calibrate", "fit the threshold to your own real images: a target false-positive rate, "
                                           "met at a confidence bound"),
+    "app": ("lfm.runtime.app", "a web page for people who review images: verdict, evidence, stability (needs [app])"),
 }
 
 
@@ -515,6 +516,7 @@ infer, train, evaluate, export, build, serve, client, inspect, visualize, synthe
                               "visualize", "synthetic", "bench", "triton-repo", "sensitivity"))
 batch = _entry("batch")
 calibrate = _entry("calibrate")
+app = _entry("app")
 
 
 def main(argv: list[str] | None = None) -> int:

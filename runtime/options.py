@@ -420,7 +420,8 @@ class ServerArgs(ArgGroup):
             where, kwargs = self.FLAGS[name]
             if where not in groups:
                 groups[where] = command_parser.add_argument_group(self.TITLES[where])
-            kwargs = {**kwargs, **({"default": self.defaults[name]} if name in self.defaults else {})}
+            kwargs = {**kwargs, **({"default": self.defaults[name]} if name in self.defaults else {}),
+                      **({"help": self.help[name]} if name in self.help else {})}
             groups[where].add_argument(flag_name(name), **kwargs)
         return groups
 

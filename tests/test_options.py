@@ -44,6 +44,8 @@ COMMANDS = {
     "client": (["x.png"], ("--threshold", "--batch-size", "--progress", "--model-name", "--uncertain-band")),
     "evaluate": (["ckpt.pt", "--data", "d"], PIPELINE + ("--max-model-pixels", "--workers", "--threads")),
     "bench": ([], ("--threads",)),
+    "app": (["--model", "m.onnx"], PIPELINE + ("--max-model-pixels", "--workers", "--decode", "--threads",
+                                               "--uncertain-band")),
     "calibrate": (["m.onnx", "--real", "r", "--target-fpr", "0.05", "-o", "o.onnx"],
                   ("--batch-size", "--max-pixels", "--workers", "--decode", "--threads", "--progress")),
 }

@@ -29,6 +29,7 @@ from lfm.runtime import cli
 NOT_WRITING = {
     "serve": "serves requests; writes no file the user names",
     "inspect": "prints what a model is; writes nothing",
+    "app": "serves a page; writes no file (uploads are deleted once read; downloads are made in the browser)",
 }
 
 

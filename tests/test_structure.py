@@ -276,7 +276,7 @@ RUNTIME_LAYERS = (
                  "backends.trt_engine backends.trt_plan"),
     ("pipeline", "options decode_pool gpu_decode decoders detector"),  # the Detector, its options and decoders
     ("commands", "infer inspect_model serve serve_health serve_triton client batch batch_inputs batch_shards "
-                 "batch_stages"),
+                 "batch_stages app"),
 )
 # The stages: each may import those before it (train/, kernels/ and export/ only runtime's layers below
 # its commands); benchmarks/ drives them all.
@@ -289,6 +289,8 @@ RUNTIME_IMPORTS_UP = {
     ("lfm.runtime.backends.pyt", "lfm.kernels.triton_lfm"): "the torch backend's --kernels: the Triton forward pass",
     ("lfm.runtime.gpu_decode", "lfm.kernels.resize"): "--decode gpu resizes with the Pillow-exact Triton kernel",
     ("lfm.runtime.inspect_model", "lfm.train.checkpoint"): "`lfm inspect ckpt.pt` reads a checkpoint",
+    ("lfm.runtime.app", "lfm.train.checkpoint"): "`lfm app --checkpoint` loads the model for its Grad-CAM",
+    ("lfm.runtime.app", "lfm.train.visualize"): "`lfm app --checkpoint`: Top-K positions and Grad-CAM as visualize draws them",
 }
 
 
