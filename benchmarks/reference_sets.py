@@ -1,6 +1,7 @@
 """The reference images as labelled folders for train/evaluate.py, and small images made from them.
 
     python benchmarks/reference_sets.py cnndetection OUT              # the 102 reference images, as symlinks
+    python benchmarks/reference_sets.py photos OUT                    # the 8 reference PNGs, all real
     python benchmarks/reference_sets.py small OUT [--sides 112,160]   # small images made from them
 
 cnndetection: OUT/<subset>/{0_real,1_fake}/NAME, a symlink to ../shared/reference/cnndetection/NAME.
@@ -8,7 +9,12 @@ The label is the one in labels_and_upstream_logits.tsv (1 = generated), not the 
 files of the deepfake subset are named *_real.jpg and labelled 1. The subset is the name's second
 field (0_cyclegan_real.jpg: cyclegan; example_fake.png: example).
 
-small: each of those images made small two ways for each side S of --sides, written as PNG
+photos: OUT/{photo,upsampled}/0_real/NAME, symlinks to ../shared/reference/images/*_photo.png (four
+real photographs, 256 px) and *_upsampled.png (the same photographs enlarged: real too, but carrying
+the up-sampling trace NPR reads). There is no generated image among them: only their real accuracy
+(1 - the false-positive rate) means anything.
+
+small: each of the cnndetection images made small two ways for each side S of --sides, written as PNG
 (lossless: no JPEG trace added), in OUT/<way>-S/{0_real,1_fake}/NAME.png, so that each way
 and side is one subset of evaluate.py's report:
   down-S   the whole image shrunk so that its longer side is S (Pillow LANCZOS, antialiased), as a
@@ -58,6 +64,16 @@ def lay_out_cnndetection(out: Path, reference: Path = REFERENCE) -> Path:
     return out
 
 
+def lay_out_photos(out: Path, reference: Path = REFERENCE) -> Path:
+    """OUT/{photo,upsampled}/0_real/NAME symlinks to the reference PNGs (every one real); OUT."""
+    for path in sorted((reference / "images").glob("*.png")):
+        subset = "upsampled" if path.stem.endswith("_upsampled") else "photo"
+        folder = out / subset / LABEL_DIRS[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        os.symlink(path, folder / path.name)
+    return out
+
+
 def shrunk(img: Image.Image, side: int) -> Image.Image:
     """The whole image, its longer side ``side`` (LANCZOS)."""
     scale = side / max(img.size)
@@ -88,7 +104,7 @@ def sides(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("set", choices=("cnndetection", "small"))
+    p.add_argument("set", choices=("cnndetection", "photos", "small"))
     p.add_argument("out", help="folder to create (must not exist)")
     p.add_argument("--sides", type=sides, default=list(SMALL_SIDES), help="small: the sides S, comma-separated")
     p.add_argument("--reference", type=Path, default=REFERENCE, help="the reference folder (default: %(default)s)")
@@ -100,6 +116,8 @@ def main(argv=None) -> int:
         p.error(f"{args.reference}: no cnndetection/labels_and_upstream_logits.tsv (set LFM_REFERENCE or --reference)")
     if args.set == "cnndetection":
         lay_out_cnndetection(out, args.reference)
+    elif args.set == "photos":
+        lay_out_photos(out, args.reference)
     else:
         make_small_set(out, args.sides, args.reference)
     print(f"wrote {out}")

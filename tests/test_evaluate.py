@@ -247,3 +247,41 @@ def test_a_model_the_runtime_cannot_run_is_one_line(tmp_path, labelled, random_o
         r.stderr
     r = run(EVALUATE + [random_onnx, "--data", labelled, "--device", "cuda"])
     assert r.returncode == 2 and "--device" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_the_small_reference_images_are_made_as_documented(reference_dir, tmp_path):
+    """reference_sets.py small: each labelled image shrunk whole (longer side S, LANCZOS) and cut
+    to its central S x S, in <way>-S/{0_real,1_fake} by the TSV's label."""
+    from lfm.benchmarks.reference_sets import cnndetection_labels, make_small_set
+
+    out = make_small_set(tmp_path / "small", sides=(112,), reference=reference_dir)
+    labelled = cnndetection_labels(reference_dir)
+    for path, label, _ in labelled[:6] + labelled[-2:]:
+        original = Image.open(path).convert("RGB")
+        folder = ("0_real", "1_fake")[label]
+        with Image.open(out / "down-112" / folder / f"{path.stem}.png") as down:
+            scale = 112 / max(original.size)
+            want = original.resize((round(original.width * scale), round(original.height * scale)), Image.LANCZOS)
+            assert np.array_equal(np.asarray(down), np.asarray(want))
+        with Image.open(out / "crop-112" / folder / f"{path.stem}.png") as crop:
+            left, top = (original.width - 112) // 2, (original.height - 112) // 2
+            assert np.array_equal(np.asarray(crop), np.asarray(original.crop((left, top, left + 112, top + 112))))
+    assert sum(1 for _ in out.rglob("*.png")) == 2 * len(labelled)
+
+
+def test_fpr_at_a_matched_tpr_is_its_definition():
+    """small_images.py: the highest threshold calling at least the target share of generated
+    images fake, and the share of real images at or above it."""
+    from lfm.benchmarks.small_images import at_matched_tpr
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        y = rng.integers(0, 2, 40)
+        y[:2] = (0, 1)
+        logit = np.round(rng.normal(size=40), 1)  # ties
+        for target in (0.1, 0.25, 0.5, 1.0):
+            best = max(t for t in logit if (logit[y == 1] >= t).mean() >= target)
+            got = at_matched_tpr(y, logit, target)
+            assert got["threshold_logit"] == best
+            assert got["tpr"] == pytest.approx((logit[y == 1] >= best).mean())
+            assert got["fpr"] == pytest.approx((logit[y == 0] >= best).mean())

@@ -263,9 +263,14 @@ def plot_accuracy(report: dict, perturbations: list[Perturbation], path: str) ->
     unchanged = {"resize": 1.0, "blur": 0.0}  # the value at which the degradation is the clean image
     axis = {"jpeg": "JPEG quality", "resize": "scale factor (bicubic)", "blur": "Gaussian blur sigma (px)",
             "crop": "central crop side (px)"}
-    fig = Figure(figsize=(4.2 * len(kinds), 3.4), layout="constrained")
+    ncols = min(2, len(kinds))
+    nrows = -(-len(kinds) // ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), layout="constrained")
     clean = report[CLEAN]["overall"]
-    for ax, kind in zip(fig.subplots(1, len(kinds), squeeze=False)[0], kinds):
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(kinds):]:
+        ax.set_visible(False)
+    for ax, kind in zip(axes, kinds):
         chosen = [(p.value, report[p.name]["overall"]) for p in perturbations if p.kind == kind]
         if kind in unchanged:
             chosen.append((unchanged[kind], report[CLEAN]["overall"]))
@@ -359,6 +364,7 @@ def main(argv=None) -> int:
           f"{' (each named above)' if bad.count else ''}")
     if args.output:
         write_report(args.output, {
+            "command": ["train/evaluate.py", *(sys.argv[1:] if argv is None else argv)],
             "model": os.path.abspath(args.model_file), "backend": describe, "data": os.path.abspath(args.data),
             "spec": spec.to_dict(), "results": results,
             "conditions": {name: {"perturbation": None if name == CLEAN else p.describe(), **report[name]}
