@@ -465,7 +465,7 @@ def summary_exit(run_: RecordRun, total: int, output: str | None, describe: str)
 # subcommand -> (module, what it does). Modules are imported only when their subcommand runs.
 SUBCOMMANDS = {
     "train": ("lfm.train.train", "train LFM from images (needs [train])"),
-    "evaluate": ("lfm.train.evaluate", "AP / accuracy of a checkpoint on labelled folders (needs [train])"),
+    "evaluate": ("lfm.train.evaluate", "accuracy, AP, AUC of any model on labelled folders, clean and degraded ([train])"),
     "export": ("lfm.export.to_onnx", "checkpoint -> verified ONNX, fp32 / fp16 / INT8 (needs [train,export])"),
     "build": ("lfm.export.to_trt", "ONNX -> TensorRT engine (needs an NVIDIA GPU and [tensorrt])"),
     "triton-repo": ("lfm.export.to_triton", "ONNX -> a Triton Inference Server model repository"),
