@@ -597,7 +597,7 @@ def test_health_endpoints_and_python_backend_fix(server):
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     assert sum(g["count"] for g in config["instance_group"]) == 2
     assert {i["name"]: i["data_type"] for i in config["input"]} == {"image": "TYPE_STRING", "pixels": "TYPE_UINT8"}
-    assert [o["name"] for o in config["output"]] == ["logit", "score", "label", "error"]
+    assert [o["name"] for o in config["output"]] == ["logit", "score", "label", "error", "flags"]
     # The root-cause fix: the Python-backend stubs run this interpreter's own libpython.
     from lfm.runtime.serve_triton import stub_libpythons
 
