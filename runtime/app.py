@@ -393,7 +393,7 @@ def build_page(review: Review):
     with gr.Blocks(title="LFM: is this image generated?", delete_cache=(60, 300)) as page:
         gr.Markdown(intro(review))
         files = gr.File(label="Images: drop them here, or click to choose", file_count="multiple", type="filepath",
-                        elem_id="lfm-upload")
+                        elem_id="lfm-upload", height=150)
         verdicts = gr.HTML(elem_id="lfm-verdicts")
         gr.Markdown("### Evidence and stability\nWhere the model's answer comes from, and whether it survives what "
                     "platforms do to images.")
@@ -405,15 +405,14 @@ def build_page(review: Review):
         table = gr.HTML(elem_id="lfm-table")
         kept = gr.State({})  # this visitor's detailed images: name -> Scored, in memory only
 
-        def on_upload(paths, level):
+        def on_upload(paths):
             scored = review.score_files(list(paths or []))
             records = [s.record for s in scored]
             details = {f"{i}. {s.name}": s for i, s in enumerate(scored, 1) if s.data is not None}
             details = dict(list(details.items())[:DETAILED])
-            first = next(iter(details), None)
-            shown = details_of(first, details, level)
+            waiting = "<p>Working out the evidence and the stability check...</p>" if details else ""
             return (None, "".join(verdict_card(r, review.spec) for r in records),
-                    gr.Dropdown(choices=list(details), value=first), *shown,
+                    gr.Dropdown(choices=list(details), value=next(iter(details), None)), waiting, waiting,
                     records_table(records) + download_links(records), details)
 
         def details_of(key, details, level):
@@ -422,8 +421,10 @@ def build_page(review: Review):
             s = details[key]
             return evidence_html(review.explain(s), level), stability_html(s.record, review.stability(s))
 
+        # The verdicts first; then the evidence and stability of the first image (or the one chosen).
         scoring = dict(concurrency_limit=1, concurrency_id="model")
-        files.upload(on_upload, [files, opacity], [files, verdicts, choice, evidence, stability, table, kept], **scoring)
+        files.upload(on_upload, files, [files, verdicts, choice, evidence, stability, table, kept], **scoring).then(
+            details_of, [choice, kept, opacity], [evidence, stability], **scoring)
         choice.input(details_of, [choice, kept, opacity], [evidence, stability], **scoring)
         opacity.change(None, opacity, None, js=OPACITY_JS, queue=False)
     return page
