@@ -148,13 +148,15 @@ def main(argv=None) -> int:
             app.terminate()
             app.wait(60)
             browser.close()
-    doc = {"machine": machine(0, ("numpy", "onnxruntime", "gradio", "playwright")), "model": os.path.basename(args.model),
+    doc = {"date": time.strftime("%Y-%m-%d"), "machine": machine(0, ("numpy", "onnxruntime", "gradio")),
+           "load_average_1min": round(os.getloadavg()[0], 2), "model": os.path.basename(args.model),
            "browser": f"Chromium {browser_version} (Debian), Playwright", "image": f"{SIDE} x {SIDE}: {what}",
            "start_to_startup_line_s": round(listening, 3), "start_to_page_ready_s": round(ready, 3),
            "upload_to_verdict": summary(verdict), "upload_to_evidence_and_stability": summary(details)}
     m = doc["machine"]
-    md = (f"# The review page's response times\n\n{m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), {m['usable_cpus']} "
-          f"usable cores; model {doc['model']}; {doc['browser']}; image {doc['image']}.\n\n"
+    md = (f"# The review page's response times\n\n{doc['date']}, {m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), "
+          f"{m['usable_cpus']} usable cores (load average {doc['load_average_1min']} at the end); model {doc['model']}; "
+          f"{doc['browser']}; image {doc['image']}.\n\n"
           "| what | seconds |\n| --- | --- |\n"
           f"| start to the start-up line (Detector, evidence graph, Gradio listening) | {listening:.2f} |\n"
           f"| start to page ready in the browser | {ready:.2f} |\n"

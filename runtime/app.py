@@ -51,6 +51,7 @@ from lfm.runtime.spec import calibration_of, threshold_text  # noqa: E402
 DEFAULT_PORT = 7860  # Gradio's
 MAX_FILE_SIZE = "100mb"  # per uploaded file, refused by Gradio before it is stored (pixel bombs: --max-pixels)
 DETAILED = 20  # images per upload whose evidence and stability can be shown (their bytes stay in memory)
+KEPT_S = 1800  # ... for at most this long after the upload
 # What platforms do to images, as train/evaluate.py --perturb names it: re-encoded, halved, doubled.
 STABILITY = (*parse_perturbations("jpeg:75"), *parse_perturbations("resize:0.5,2"))
 GRADCAM_LAYER = "snet.layer4"  # train/visualize.py gradcam's default for LFM's four SNet blocks
@@ -403,7 +404,9 @@ def build_page(review: Review):
         stability = gr.HTML(elem_id="lfm-stability")
         gr.Markdown("### All images")
         table = gr.HTML(elem_id="lfm-table")
-        kept = gr.State({})  # this visitor's detailed images: name -> Scored, in memory only
+        # this visitor's detailed images (name -> Scored), in memory only: Gradio drops them when the page is
+        # closed or reloaded, or KEPT_S after the last upload
+        kept = gr.State({}, time_to_live=KEPT_S)
 
         def on_upload(paths):
             scored = review.score_files(list(paths or []))

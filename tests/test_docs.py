@@ -60,3 +60,12 @@ def test_the_link_check_can_fail(tmp_path):
     page.write_text("# Title\n\n[a](missing.md) [b](#nowhere) [c](#title)\n")
     assert links(page) == ["missing.md", "#nowhere", "#title"]
     assert not (tmp_path / "missing.md").exists() and "nowhere" not in anchors(page) and "title" in anchors(page)
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run runs exactly the README's test command (the install line with every extra the tests need)."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"# the tests \(what CI runs, via \.ci/run\)\n(.+)\n", readme).group(1)
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("pip install")]
+    assert ci == [command]
+    assert "app" in re.search(r"'\.\[([^\]]+)\]'", command).group(1).split(",")  # the review page's tests run
