@@ -94,17 +94,11 @@ def upstream_onnx(upstream_ckpt, tmp_path_factory) -> Path:
     export's own tests verify it)."""
     pytest.importorskip("torch", reason="exporting needs the [train] extra")
     pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.export.onnx_export import metadata, simplify, torch_to_onnx
-    from lfm.export.onnx_files import check, save_atomic, set_metadata
     from lfm.train.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(upstream_ckpt)
-    spec = loaded.spec.replace(input="uint8", layout="NHWC")
-    proto = check(simplify(torch_to_onnx(loaded.model, spec, "uint8")))
-    set_metadata(proto, metadata(spec, precision="fp32", source=str(upstream_ckpt), source_sha256=None))
-    path = tmp_path_factory.mktemp("upstream_onnx") / "lfm_upstream.onnx"
-    save_atomic(proto, path)
-    return path
+    return export_uint8_onnx(loaded.model, loaded.spec, tmp_path_factory.mktemp("upstream_onnx") / "lfm_upstream.onnx",
+                             source=str(upstream_ckpt))
 
 
 def infer_without_torch(model: Path, images: Path) -> list[dict]:

@@ -476,19 +476,6 @@ def reference_sets(reference_dir, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def upstream_onnx(upstream_ckpt, tmp_path_factory) -> Path:
-    """Upstream's checkpoint as the uint8 fp32 graph export/to_onnx.py writes (unverified: the
-    export's own tests verify it)."""
-    pytest.importorskip("torch", reason="exporting needs the [train] extra")
-    pytest.importorskip("onnx", reason="exporting needs the [export] extra")
-    from lfm.train.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(upstream_ckpt)
-    return export_uint8_onnx(loaded.model, loaded.spec, tmp_path_factory.mktemp("upstream_onnx") / "lfm_upstream.onnx",
-                             source=str(upstream_ckpt))
-
-
 def test_calibration_on_the_reference_set(upstream_onnx, reference_sets, tmp_path):
     real, fake = reference_sets / "real", reference_sets / "fake"
     assert len(os.listdir(real)) == 46 and len(os.listdir(fake)) == 56
