@@ -81,6 +81,16 @@ def test_the_pages_records_and_downloads_are_infers(random_onnx, folder, tmp_pat
     assert [s.data for s in scored] == [(folder / n).read_bytes() if r.ok else None for n, r in zip(NAMES, records)]
 
 
+def test_the_pages_decoding_limits_are_infers(random_onnx, folder, tmp_path):
+    """The same pixel limit, the same refusal: wide.png (300 x 200) over --max-pixels 50000."""
+    with Detector(random_onnx, max_pixels=50_000) as det:
+        scored = Review(det, upload_root=str(tmp_path)).score_files(uploads(folder, tmp_path, ["wide.png", "noise.png"]))
+    expected = [json.loads(line) for line in infer(random_onnx, folder, ["wide.png", "noise.png"], "jsonl",
+                                                     "--max-pixels", "50000").splitlines()]
+    assert [s.record.to_dict() for s in scored] == expected
+    assert "exceeds the limit of 50000" in expected[0]["error"] and expected[1]["error"] is None
+
+
 def test_an_upload_that_cannot_be_read_is_its_own_record(tmp_path, capsys):
     root = tmp_path / "up"
     (root / "x" / "folder.png").mkdir(parents=True)  # not a file: refused, and left with a warning
