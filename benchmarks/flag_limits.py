@@ -39,16 +39,14 @@ from PIL import Image
 
 from lfm.benchmarks.common import log, work_folder
 from lfm.benchmarks.reference_sets import cnndetection_labels
-from lfm.runtime.perturb import Perturbation, center_square
+from lfm.runtime.perturb import BAND_QUANTILE, BAND_RESIZES, band_logits, band_shifts, center_square, measured_band
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
 FACTORS = (1.0, 1.004, 1.01, 1.02, 1.05, 1.1, 1.15, 1.2, 1.25, 1.33, 1.5, 2.0, 2.5, 3.0)
 QUALITIES = (100, 95, 90, 85, 80, 75, 70, 60, 50, 40, 30, 20, 10)
 FULL_CHROMA = (100, 95)  # also re-encoded without chroma subsampling (4:4:4): is it the subsampling?
-MILD_SCALES = (0.9, 0.95, 1.05, 1.1)
 SIZE = 256
-BAND_QUANTILE = 0.95  # the band: this quantile of |logit change| under the mild resizes
 GROUPS = ("real", "generated", "upsampled")
 
 
@@ -143,23 +141,22 @@ def jpeg_table(scorer: Scorer, groups: dict, clean: dict) -> list[dict]:
 
 
 def mild_table(scorer: Scorer, images: list, clean: np.ndarray) -> dict:
-    """Resizes by MILD_SCALES (perturb.py's resize, as evaluate --perturb applies it): how far each
-    logit moves; the band is the BAND_QUANTILE of those moves, and where the flipped images lay."""
-    shifts, flips, rows = [], [], []
-    for scale in MILD_SCALES:
-        perturbation = Perturbation("resize", scale)
-        got = scorer.logits([perturbation.apply(img) for _, img in images])
-        shift = np.abs(got - clean)
+    """Resizes by perturb.BAND_RESIZES (as evaluate --perturb applies them): how far each logit
+    moves; the band (perturb.measured_band: the BAND_QUANTILE of those moves, the one definition
+    lfm calibrate also measures by), and where the flipped images lay."""
+    names = [n for n, _ in images]
+    resized = band_logits(lambda items: scorer.logits(list(items)), [img for _, img in images])
+    shifts, flips, rows = band_shifts(clean, resized), [], []
+    for j, perturbation in enumerate(BAND_RESIZES):
+        got, shift = resized[:, j], shifts[:, j]
         flipped = (got > 0) != (clean > 0)
-        shifts.append(shift)
-        flips += [(abs(float(c)), name) for c, name, f in zip(clean, [n for n, _ in images], flipped) if f]
+        flips += [(abs(float(c)), name) for c, name, f in zip(clean, names, flipped) if f]
         rows.append({"perturbation": perturbation.name, "n": len(images), "flipped": int(flipped.sum()),
                      "abs_logit_shift": quantiles(shift)})
         log(f"mild {rows[-1]}")
-    every = np.concatenate(shifts)
-    band = round(float(np.quantile(every, BAND_QUANTILE)), 1)
+    band = round(measured_band(clean, resized), 1)
     distances = np.array([d for d, _ in flips])
-    return {"rows": rows, "abs_logit_shift_all": quantiles(every),
+    return {"rows": rows, "abs_logit_shift_all": quantiles(shifts.ravel()),
             "band": {"quantile": BAND_QUANTILE, "logits": band,
                      "flips_within_band": int((distances < band).sum()), "flips": len(flips),
                      "clean_images_within_band": share(np.abs(clean) < band)},

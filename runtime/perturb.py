@@ -11,11 +11,19 @@ model sees it (``train/evaluate.py --perturb``; training's JPEG augmentation). P
 
 A condition is named ``kind:value`` with the value as Python's ``:g`` writes it (``jpeg:75``,
 ``resize:0.5``, ``resize:2``); ``parse_perturbations("jpeg:95,75")`` gives one per value.
+
+The ``uncertain`` flag's band is measured here, one definition for the benchmark that set the
+default (benchmarks/flag_limits.py) and for ``lfm calibrate`` on a user's images: each image
+resized by each of BAND_RESIZES before the policy (``band_logits``), the band the BAND_QUANTILE
+of |logit - clean logit| over all images and factors (``measured_band``).
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
 
 from PIL import Image, ImageFilter
 
@@ -106,6 +114,53 @@ class Perturbation:
         return center_square(img, int(self.value))
 
 
+# The uncertain band's measurement: how far a mild resize, which a user's pipeline applies without
+# thinking, moves a logit; the band holds BAND_QUANTILE of those moves (flags.DEFAULT_UNCERTAIN_BAND).
+BAND_RESIZES = tuple(Perturbation("resize", s) for s in (0.9, 0.95, 1.05, 1.1))
+BAND_QUANTILE = 0.95
+
+
+def band_logits(score: Callable[[Iterable[Image.Image]], Iterable[float]], images: Iterable[Image.Image | None],
+                max_pixels: int | None = None) -> np.ndarray:
+    """[n images, len(BAND_RESIZES)]: the logit of each image resized by each of BAND_RESIZES.
+    ``score`` takes the resized images (a lazy iterable: only a few are held at a time) and gives
+    their logits in order, NaN for one it could not score; an image given as None, or one whose
+    enlargement would exceed ``max_pixels``, gets NaN."""
+    sent: list[tuple[int, int]] = []
+    count = 0
+
+    def resized() -> Iterator[Image.Image]:
+        nonlocal count
+        for i, img in enumerate(images):
+            count = i + 1
+            for j, resize in enumerate(BAND_RESIZES):
+                try:
+                    out = None if img is None else resize.apply(img, max_pixels)
+                except ImageError:
+                    out = None
+                if out is not None:
+                    sent.append((i, j))
+                    yield out
+
+    got = list(score(resized()))
+    logits = np.full((count, len(BAND_RESIZES)), np.nan)
+    for (i, j), logit in zip(sent, got):
+        logits[i, j] = logit
+    return logits
+
+
+def band_shifts(clean: np.ndarray, resized: np.ndarray) -> np.ndarray:
+    """|resized logit - clean logit| per image and factor (``band_logits``' shape; NaN where either is missing)."""
+    return np.abs(np.asarray(resized, np.float64) - np.asarray(clean, np.float64)[:, None])
+
+
+def measured_band(clean: np.ndarray, resized: np.ndarray) -> float | None:
+    """The band: numpy's (linear) BAND_QUANTILE of every finite ``band_shifts``; None when there is none."""
+    shifts = band_shifts(clean, resized)
+    shifts = shifts[np.isfinite(shifts)]
+    return float(np.quantile(shifts, BAND_QUANTILE)) if shifts.size else None
+
+
 def parse_perturbations(text: str) -> list[Perturbation]:
     """``KIND:V[,V...]`` -> one Perturbation per value; ValueError (one line) for anything else."""
     kind, sep, values = text.partition(":")
@@ -124,4 +179,5 @@ def parse_perturbations(text: str) -> list[Perturbation]:
     return out
 
 
-__all__ = ["KINDS", "Perturbation", "center_square", "jpeg_bytes", "jpeg_roundtrip", "parse_perturbations", "rescaled_size"]
+__all__ = ["BAND_QUANTILE", "BAND_RESIZES", "KINDS", "Perturbation", "band_logits", "band_shifts", "center_square",
+           "jpeg_bytes", "jpeg_roundtrip", "measured_band", "parse_perturbations", "rescaled_size"]
