@@ -2,7 +2,7 @@
 
     python export/calibrate.py MODEL --real PATH... [--fake PATH...] --target-fpr F -o OUT
                                [--bound clopper-pearson|none] [--confidence 0.95]
-                               [--report FILE.json] [--plot FILE.png]
+                               [--uncertain-band B | --keep-band] [--report FILE.json] [--plot FILE.png]
     lfm calibrate lfm.onnx --real photos/ --fake generated/ --target-fpr 0.05 -o lfm.calibrated.onnx
 
 MODEL is any model the runtime runs: an ONNX model, a checkpoint (ours, or upstream's .pth) or a
@@ -23,21 +23,32 @@ false positive is refused in one line naming the number of real images it needs 
 95 %). --bound none: k = target x n, the rate on these images only (a small set then
 over-promises).
 
+The uncertain band (records whose logit lies within it of the threshold's are flagged
+'uncertain'): measured on these images as the runtime's default was on the reference images
+(runtime/perturb.py, measured_band): every image scored (real and generated) is resized by 0.9,
+0.95, 1.05 and 1.1 before the model's preprocessing and scored again by the same Detector; the
+band is the 95th percentile of |logit - its clean logit| over all of them (4 more scorings per
+image; a copy that cannot be scored is left out, counted). --uncertain-band B writes B instead
+(logits; 0: never flagged); --keep-band keeps MODEL's own (none: the runtime's default, 7.8).
+
 OUT is MODEL with the new threshold and the calibration's record in its spec, and nothing else
 changed (the same graph, weights or plan: identical logits). The record (spec.extra
-["calibration"]): method, target_fpr, confidence, threshold, counts, false_positives,
-achieved_fpr, fpr_upper_bound, TPR, AP, AUC and EER on the fakes (null without), data_sha256 (the
-images' contents), model_sha256, date (UTC) and lfm_version. infer, serve, batch, client (through
-the server) and the Python API use the threshold; `lfm inspect OUT` shows the record, and infer's
-and serve's summaries say the threshold was calibrated. An .onnx MODEL gives an .onnx OUT (only its
-metadata differs); a checkpoint, a checkpoint of ours (upstream's weights stored in our layout);
-a plan, the plan copied byte for byte and OUT.json, its sidecar with the new spec. OUT, --report
-and --plot may not be MODEL, its sidecar or an image, by any name.
+["calibration"]): method, target_fpr, confidence, threshold, counts, false_positives, achieved_fpr,
+fpr_upper_bound, TPR, AP, AUC and EER on the fakes (null without), uncertain_band (logits, how:
+measured / given / kept / default; measured: images, copies, left_out, factors, quantile),
+data_sha256 (the images' contents), model_sha256, date (UTC) and lfm_version; the band measured or
+given is also spec.extra["uncertain_band"], the key every runtime path reads. infer, serve, batch,
+client (through the server) and the Python API use the threshold and the band; `lfm inspect OUT`
+shows the record, and infer's and serve's summaries say the threshold was calibrated. An .onnx
+MODEL gives an .onnx OUT (only its metadata differs); a checkpoint, a checkpoint of ours
+(upstream's weights stored in our layout); a plan, the plan copied byte for byte and OUT.json, its
+sidecar with the new spec. OUT, --report and --plot may not be MODEL, its sidecar or an image, by
+any name.
 
-Printed: a table of the threshold, FPR, its bound and TPR against the model's own threshold, and
-AP, AUC and EER. --report FILE.json: the record, every image's logit and score, the images left
-out. --plot FILE.png: the ROC curve with the target and the chosen point (needs --fake and the
-[viz] extra).
+Printed: a table of the threshold, FPR, its bound and TPR against the model's own threshold, AP,
+AUC and EER, and the band with how many of the images lie within it of the new threshold. --report
+FILE.json: the record, every image's logit and score, the images left out. --plot FILE.png: the ROC
+curve with the target and the chosen point (needs --fake and the [viz] extra).
 
 Exit status: 0 when OUT was written; 2 for bad arguments, a set too small for the target, or a
 model that cannot be loaded (one line); 130 / 143 when interrupted (nothing is written).
@@ -64,16 +75,21 @@ from lfm.runtime.backends.base import REGISTRY, BackendError, backend_for, make_
 from lfm.runtime.backends.trt_plan import sidecar_path  # noqa: E402
 from lfm.runtime.cli import ArgumentParser, CommandError, Progress, argtype, number, run, version  # noqa: E402
 from lfm.runtime.detector import Detector  # noqa: E402
+from lfm.runtime.flags import BAND_KEY, band_text, is_uncertain  # noqa: E402
 from lfm.runtime.files import (ReplacedAtEnd, file_sha256, first_line, give_default_mode, output_problem,  # noqa: E402
                                overwrite_refusal, write_target)
 from lfm.runtime.inputs import expand_paths  # noqa: E402
 from lfm.runtime.options import ModelArgs, OutputArgs, PipelineArgs, parse_and_check  # noqa: E402
+from lfm.runtime.perturb import BAND_QUANTILE, BAND_RESIZES, band_logits, band_shifts, measured_band  # noqa: E402
+from lfm.runtime.preprocess import ImageError, open_image  # noqa: E402
 from lfm.runtime.spec import ModelSpec, is_fake, threshold_text  # noqa: E402
 from lfm.train.metrics import average_precision, equal_error_rate, roc_auc, roc_curve  # noqa: E402  (numpy only)
 
 BOUNDS = ("clopper-pearson", "none")
 MODEL_ARGS = ModelArgs(only=("threads", "device"))
-PIPELINE = PipelineArgs(only=("batch_size", "workers", "decode", "max_pixels"))
+PIPELINE = PipelineArgs(only=("batch_size", "workers", "decode", "max_pixels", "uncertain_band"),
+                        help={"uncertain_band": "write this band (logits; 0: never flag 'uncertain') into OUT instead "
+                                                "of measuring it on the images (default: measured)"})
 OUTPUT = OutputArgs(only=("output", "progress"), required=True, metavar="OUT",
                     help={"output": "the calibrated model, a file of MODEL's kind (.onnx; .pt/.pth; a plan, its "
                                     "sidecar OUT.json beside it)"})
@@ -118,9 +134,14 @@ def parse_args(argv=None):
                                                           "extra) (default: none)")
     for group in (MODEL_ARGS, PIPELINE, OUTPUT):
         group.add_to(p)
+    p.add_argument("--keep-band", action="store_true",
+                   help="OUT keeps MODEL's uncertain band (its own, else the runtime's default) instead of one "
+                        "measured on the images (skips the 4 resized copies of each image)")
     args = parse_and_check(p, argv, MODEL_ARGS, PIPELINE, OUTPUT)
     if args.plot and not args.fake:
         p.error("--plot draws the ROC curve, which needs generated images: give --fake")
+    if args.keep_band and args.uncertain_band is not None:
+        p.error("--keep-band keeps MODEL's band and --uncertain-band gives one: choose one")
     args.confidence_level = None if args.bound == "none" else args.confidence
     return args
 
@@ -205,6 +226,7 @@ class Scored:
     skipped: list = field(default_factory=list)  # [(path, problem)]
     model_threshold: float = 0.5
     describe: str = ""
+    band: dict = field(default_factory=dict)  # the uncertain band OUT gets and how (band_note)
 
     def array(self, which: str, column: int) -> np.ndarray:
         return np.array([row[column] for row in getattr(self, which)], dtype=np.float64)
@@ -217,7 +239,7 @@ def score(args, real: list[str], fake: list[str]) -> Scored:
     except (BackendError, ValueError) as e:
         raise CalibrationError(first_line(e)) from None
     scored = Scored()
-    progress = Progress(len(real) + len(fake), enabled={"auto": None, "on": True, "off": False}[args.progress])
+    progress = progress_line(args, len(real) + len(fake))
     with detector:
         scored.model_threshold, scored.describe = detector.spec.threshold, detector.runner.describe()
         for i, record in enumerate(detector.predict_iter(real + fake)):
@@ -228,8 +250,59 @@ def score(args, real: list[str], fake: list[str]) -> Scored:
                 scored.skipped.append((record.path, record.error))
                 continue
             (scored.real if i < len(real) else scored.fake).append((record.path, record.logit, record.score))
-    progress.close()
+        progress.close()
+        if scored.real:
+            scored.band = band_note(args, detector, scored)
     return scored
+
+
+def progress_line(args, total: int, what: str = "scored") -> Progress:
+    return Progress(total, what, enabled={"auto": None, "on": True, "off": False}[args.progress])
+
+
+def band_note(args, detector: Detector, scored: Scored) -> dict:
+    """The uncertain band OUT gets and how it was obtained: --uncertain-band as given, --keep-band
+    MODEL's own (or, where it has none, the default the runtime then uses), else measured."""
+    if args.uncertain_band is not None:
+        return {"logits": args.uncertain_band, "how": "given"}
+    if args.keep_band:
+        own = isinstance(detector.spec.extra, dict) and detector.spec.extra.get(BAND_KEY) is not None
+        return {"logits": detector.uncertain_band, "how": "kept" if own else "default"}
+    return measure_band(args, detector, scored)
+
+
+def measure_band(args, detector: Detector, scored: Scored) -> dict:
+    """The band measured on the images scored, as the default was on the reference images
+    (perturb.band_logits, measured_band): each resized by each of BAND_RESIZES before the model's
+    policy, scored by the same Detector; BAND_QUANTILE of |logit - clean logit| over all of them."""
+    rows = scored.real + scored.fake
+    progress = progress_line(args, len(rows) * len(BAND_RESIZES), "resized copies scored")
+
+    def decoded():
+        for path, _, _ in rows:
+            try:
+                yield open_image(path, args.max_pixels)
+            except ImageError:  # scored a moment ago: changed since; its copies are left out (counted)
+                yield None
+
+    def logits(copies):
+        for record in detector.predict_iter(copies):
+            progress.update(record.ok)
+            yield record.logit if record.ok else math.nan
+
+    clean = np.array([logit for _, logit, _ in rows])
+    resized = band_logits(logits, decoded(), args.max_pixels)
+    progress.close()
+    band, measured = measured_band(clean, resized), np.isfinite(band_shifts(clean, resized))
+    if band is None:
+        raise CalibrationError("no resized copy of the images could be scored, so the uncertain band cannot be "
+                               "measured: give it with --uncertain-band, or --keep-band")
+    if not measured.all():
+        print(f"warning: {int((~measured).sum())} of {measured.size} resized copies could not be scored; the "
+              "uncertain band is measured without them", file=sys.stderr)
+    return {"logits": band, "how": "measured", "images": int(measured.any(axis=1).sum()),
+            "copies": int(measured.sum()), "left_out": int((~measured).sum()),
+            "factors": [p.value for p in BAND_RESIZES], "quantile": BAND_QUANTILE}
 
 
 # -- the record ----------------------------------------------------------------------------------------
@@ -274,7 +347,7 @@ def calibration_record(args, choice: Choice, scored: Scored) -> dict:
         "n_real": choice.n, "n_fake": len(scored.fake), "skipped": len(scored.skipped),
         "allowed_false_positives": choice.allowed, "false_positives": choice.false_positives,
         "achieved_fpr": choice.achieved_fpr, "fpr_upper_bound": choice.fpr_upper_bound,
-        "tpr": rates_at(scored, choice.threshold)["tpr"], **ranking_metrics(scored),
+        "tpr": rates_at(scored, choice.threshold)["tpr"], **ranking_metrics(scored), "uncertain_band": scored.band,
         "data_sha256": data_fingerprint(scored), "model_sha256": file_sha256(args.model),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "lfm_version": version(),
@@ -284,7 +357,10 @@ def calibration_record(args, choice: Choice, scored: Scored) -> dict:
 # -- writing OUT: the same model, the new spec -----------------------------------------------------------
 
 def calibrated(spec: ModelSpec, calibration: dict) -> ModelSpec:
-    return spec.replace(threshold=calibration["threshold"], extra={**spec.extra, "calibration": calibration})
+    """The new threshold and record; the band where one was measured or given (kept: as it was)."""
+    band = calibration.get("uncertain_band") or {}
+    own = {BAND_KEY: band["logits"]} if band.get("how") in ("measured", "given") else {}
+    return spec.replace(threshold=calibration["threshold"], extra={**spec.extra, **own, "calibration": calibration})
 
 
 def write_onnx(model: str, out: str, calibration: dict) -> ModelSpec:
@@ -346,7 +422,7 @@ def percent(value) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def report_lines(args, calibration: dict, scored: Scored) -> list[str]:
+def report_lines(args, calibration: dict, scored: Scored, spec: ModelSpec) -> list[str]:
     c, before, after = calibration, rates_at(scored, scored.model_threshold), rates_at(scored, calibration["threshold"])
     n, n_fake = c["n_real"], c["n_fake"]
     how = (f"Clopper-Pearson upper bound at {c['confidence']:.0%} confidence" if c["confidence"]
@@ -367,6 +443,10 @@ def report_lines(args, calibration: dict, scored: Scored) -> list[str]:
     lines += [f"  {a:<30}{b:<20}{d}" for a, b, d in rows]
     if n_fake:
         lines.append(f"  AP {c['ap']:.4f}   AUC {c['auc']:.4f}   EER {percent(c['eer'])}   (any threshold; ranked by logit)")
+    logits = [logit for which in ("real", "fake") for _, logit, _ in getattr(scored, which)]
+    within = sum(is_uncertain(logit, c["threshold"], c["uncertain_band"]["logits"]) for logit in logits)
+    lines.append(f"  {band_text(spec)}: {within} of these {len(logits)} images lie within it of the threshold "
+                 "(flagged 'uncertain')")
     if c["threshold"] >= 1.0:
         lines.append("  warning: the threshold is 1: no image will be called fake (real images score 1.0)")
     return lines
@@ -444,7 +524,7 @@ def main(argv=None) -> int:
     choice = choose_threshold(scored.array("real", 1), args.target_fpr, args.confidence_level, scored.array("fake", 1))
     calibration = calibration_record(args, choice, scored)
     spec = WRITERS[kind](args.model, args.output, calibration)
-    print("\n".join(report_lines(args, calibration, scored)))
+    print("\n".join(report_lines(args, calibration, scored, spec)))
     if args.report:
         write_report(args.report, args, calibration, scored)
     if args.plot:

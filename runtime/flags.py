@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .spec import logit_boundary
+from .spec import ModelSpec, calibration_of, logit_boundary
 
 # The limits, measured on upstream's checkpoint (benchmarks/results/flag_limits.json; docs/runtime.md, "Flags"):
 # Any enlargement: already at 1.004x (255 -> 256 px) the policy moves real images' logits a median +16
@@ -35,7 +35,8 @@ UPSCALE_LIMIT = 1.0
 # Every JPEG (below 101): re-encoded by Pillow at any quality 10..100, 4:2:0 or 4:4:4, none of the 17
 # lossless images the model called fake stayed fake; it calls none of the 55 generated q75 JPEGs fake.
 JPEG_QUALITY_LIMIT = 101
-# The 95th percentile of |logit change| under a resize by 0.9, 0.95, 1.05 or 1.1 before the policy.
+# The 95th percentile of |logit change| under a resize by 0.9, 0.95, 1.05 or 1.1 before the policy
+# (perturb.measured_band, which lfm calibrate also measures a user's images by), rounded to 0.1.
 DEFAULT_UNCERTAIN_BAND = 7.8
 # Where a model's own band is kept: written by a calibration (export/calibrate.py), read by every runtime path.
 BAND_KEY = "uncertain_band"
@@ -148,6 +149,27 @@ def model_band(extra: dict, given: float | None = None) -> float:
     if isinstance(own, bool) or not isinstance(own, (int, float)) or not (math.isfinite(own) and own >= 0):
         raise ValueError(f"the model's spec extra[{BAND_KEY!r}] must be a number of logits >= 0, got {own!r}")
     return float(own)
+
+
+def band_text(spec: ModelSpec) -> str:
+    """The band ``spec``'s model flags records with and where it came from, said one way (lfm
+    calibrate's report, lfm inspect): 'uncertain band 2.31 logits (measured on 110 calibration
+    images resized by 0.9 to 1.1)'; the calibration's note (extra["calibration"]["uncertain_band"])
+    says how, where it describes the band the model carries."""
+    try:
+        band = model_band(spec.extra)
+    except ValueError as e:
+        return f"uncertain band: none usable ({e})"
+    if not isinstance(spec.extra, dict) or spec.extra.get(BAND_KEY) is None:
+        return f"uncertain band {band:.3g} logits (the default, measured on the reference images)"
+    note = (calibration_of(spec) or {}).get("uncertain_band")
+    note = note if isinstance(note, dict) and note.get("logits") == band else {}
+    factors = note.get("factors") or [float("nan")]
+    source = {"measured": f"measured on {note.get('images')} calibration images resized by {min(factors):g} to "
+                          f"{max(factors):g}",
+              "given": "given to lfm calibrate",
+              "kept": "the model's own, kept by lfm calibrate"}.get(note.get("how"), "the model's own")
+    return f"uncertain band {band:.3g} logits ({source})"
 
 
 def parse_flags(text) -> list[str]:

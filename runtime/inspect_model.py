@@ -21,6 +21,9 @@ and SHA-256 of the file, then:
   checkpoint:  architecture, ours or upstream's, the spec if stored, epoch and metrics if stored
                (needs PyTorch: the [train] extra).
 
+Every model with a spec: where its threshold came from (lfm calibrate's record) and the band
+its records are flagged 'uncertain' with, and where that came from (``uncertain_band`` in JSON).
+
 Exit status: 0 when the file was inspected (warnings, if any, are part of the report), 2 when
 it could not be (missing, unreadable, not a model, truncated): one line, ``error: PATH: problem``.
 """
@@ -40,6 +43,7 @@ from lfm.runtime.backends.onnxrt import inference_session  # noqa: E402  (onnxru
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
                                            rebuild_command, recognise_plan, sidecar_path)
 from lfm.runtime.files import file_sha256, first_line  # noqa: E402
+from lfm.runtime.flags import band_text, model_band  # noqa: E402
 from lfm.runtime.spec import ModelSpec, calibration_of, threshold_text  # noqa: E402
 
 KINDS = {"onnx": "ONNX model", "plan": "TensorRT plan", "checkpoint": "PyTorch checkpoint"}
@@ -125,7 +129,17 @@ def inspect_file(path: str | os.PathLike) -> dict:
     report = {"path": path, "kind": kind, "kind_name": KINDS[kind], "size_bytes": os.path.getsize(path),
               "sha256": file_sha256(path), "warnings": []}
     {"onnx": inspect_onnx, "plan": inspect_plan, "checkpoint": inspect_checkpoint}[kind](path, report)
+    report["uncertain_band"] = uncertain_band(report.get("spec"))
     return report
+
+
+def uncertain_band(spec: dict | None) -> float | None:
+    """The band the runtime flags this model's records 'uncertain' with (flags.model_band), None
+    without a spec or with one whose band is unusable (the text says why)."""
+    try:
+        return model_band(ModelSpec.from_dict(spec).extra) if spec else None
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,6 +513,7 @@ def format_text(r: dict) -> str:
     lines = [f"{r['path']}: {r['kind_name']}", f"  size: {_size(r['size_bytes'])}", f"  sha256: {r['sha256']}"]
     lines += {"onnx": _onnx_lines, "plan": _plan_lines, "checkpoint": _checkpoint_lines}[r["kind"]](r)
     lines += _threshold_lines(r.get("spec"))
+    lines += [f"  {band_text(ModelSpec.from_dict(r['spec']))}"] if r.get("spec") else []
     lines += [f"warning: {w}" for w in r["warnings"]]
     return "\n".join(lines)
 

@@ -281,6 +281,85 @@ def test_the_bound_holds_on_held_out_real_images(spread_onnx, real_like):
     assert exceeded[None] / splits > 0.4, exceeded  # the rate on 100 images alone over-promises: the test can fail
 
 
+# -- the uncertain band (issue 26, item 3) --------------------------------------------------------------------
+
+def pillow_resized(path: Path, factor: float) -> Image.Image:
+    """The file decoded and resized by ``factor`` with Pillow's bicubic filter, each side rounded."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    return rgb.resize((round(rgb.width * factor), round(rgb.height * factor)), Image.BICUBIC)
+
+
+def test_the_band_is_measured_on_the_images_and_flags_exactly_the_records_within_it(spread_onnx, small_sets, tmp_path):
+    from lfm.export.onnx_files import model_spec
+    from lfm.runtime.detector import Detector
+    from lfm.runtime.spec import logit_boundary
+
+    out, report = tmp_path / "calibrated.onnx", tmp_path / "report.json"
+    r = lfm("calibrate", spread_onnx, "--real", small_sets / "real", "--fake", small_sets / "fake", "--target-fpr",
+            "0.05", "-o", out, "--report", report, block=BLOCK_SCIPY_AND_TORCH)
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout
+    note = json.loads(report.read_text())["calibration"]["uncertain_band"]
+    spec = model_spec(out)
+    assert spec.extra["uncertain_band"] == note["logits"] and spec.extra["calibration"]["uncertain_band"] == note
+    assert (note["how"], note["images"], note["copies"], note["left_out"]) == ("measured", 110, 440, 0)
+
+    # independently: Pillow's resized copies scored through the runtime, numpy's 95th percentile
+    files = sorted((small_sets / "real").iterdir()) + sorted((small_sets / "fake").iterdir())
+    clean = logits(spread_onnx, files)
+    with Detector(spread_onnx) as det:
+        resized = np.array([[r.logit for r in det.predict([pillow_resized(f, s) for f in files])]
+                            for s in (0.9, 0.95, 1.05, 1.1)])
+    assert note["logits"] == pytest.approx(np.percentile(np.abs(resized - clean), 95), rel=1e-9, abs=1e-9)
+
+    # infer on OUT flags 'uncertain' exactly for the records within the band of the threshold's logit
+    r = subprocess.run([sys.executable, "runtime/infer.py", "--model", str(out), *map(str, files)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    got = records(r.stdout)
+    within = [abs(g["logit"] - logit_boundary(spec.threshold)) < note["logits"] for g in got]
+    assert [("uncertain" in g["flags"]) for g in got] == within and 0 < sum(within) < len(within)
+    text = f"uncertain band {note['logits']:.3g} logits (measured on 110 calibration images resized by 0.9 to 1.1)"
+    assert f"{text}: {sum(within)} of these 110 images lie within it of the threshold" in printed
+    assert text in lfm("inspect", out).stdout
+    assert json.loads(lfm("inspect", out, "--json").stdout)["uncertain_band"] == note["logits"]
+
+
+def test_a_given_band_is_written_as_given_and_kept_when_asked(random_onnx, small_sets, tmp_path):
+    from lfm.export.onnx_files import model_spec
+    from lfm.runtime.flags import DEFAULT_UNCERTAIN_BAND
+
+    real, given = small_sets / "real", tmp_path / "given.onnx"
+    r = lfm("calibrate", random_onnx, "--real", real, "--target-fpr", "0.05", "-o", given, "--uncertain-band", "2.5")
+    assert r.returncode == 0, r.stderr
+    spec = model_spec(given)
+    assert spec.extra["uncertain_band"] == 2.5
+    assert spec.extra["calibration"]["uncertain_band"] == {"logits": 2.5, "how": "given"}
+    assert "uncertain band 2.5 logits (given to lfm calibrate)" in r.stdout
+    assert "uncertain band 2.5 logits (given to lfm calibrate)" in lfm("inspect", given).stdout
+
+    # --keep-band: the model's own stays (and says so); a model without one keeps the runtime's default
+    kept = tmp_path / "kept.onnx"
+    assert lfm("calibrate", given, "--real", real, "--target-fpr", "0.1", "-o", kept, "--keep-band").returncode == 0
+    spec = model_spec(kept)
+    assert spec.extra["uncertain_band"] == 2.5 and spec.extra["calibration"]["uncertain_band"]["how"] == "kept"
+    assert "uncertain band 2.5 logits (the model's own, kept by lfm calibrate)" in lfm("inspect", kept).stdout
+    default = tmp_path / "default.onnx"
+    assert lfm("calibrate", random_onnx, "--real", real, "--target-fpr", "0.1", "-o", default,
+               "--keep-band").returncode == 0
+    spec = model_spec(default)
+    assert "uncertain_band" not in spec.extra
+    assert spec.extra["calibration"]["uncertain_band"] == {"logits": DEFAULT_UNCERTAIN_BAND, "how": "default"}
+    assert (f"uncertain band {DEFAULT_UNCERTAIN_BAND:.3g} logits (the default, measured on the reference images)"
+            in lfm("inspect", default).stdout)
+
+    r = lfm("calibrate", random_onnx, "--real", real, "--target-fpr", "0.1", "-o", tmp_path / "x.onnx", "--keep-band",
+            "--uncertain-band", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "choose one" in r.stderr, r.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
 # -- serving ----------------------------------------------------------------------------------------------------
 
 def test_serve_labels_at_the_calibrated_threshold_and_says_so(random_onnx, small_sets, tmp_path):

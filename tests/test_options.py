@@ -47,7 +47,8 @@ COMMANDS = {
     "app": (["--model", "m.onnx"], PIPELINE + ("--max-model-pixels", "--workers", "--decode", "--threads",
                                                "--uncertain-band")),
     "calibrate": (["m.onnx", "--real", "r", "--target-fpr", "0.05", "-o", "o.onnx"],
-                  ("--batch-size", "--max-pixels", "--workers", "--decode", "--threads", "--progress")),
+                  ("--batch-size", "--max-pixels", "--workers", "--decode", "--threads", "--progress",
+                   "--uncertain-band")),
 }
 CASES = [(command, flag) for command, (_, flags) in COMMANDS.items() for flag in flags]
 
