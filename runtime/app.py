@@ -4,8 +4,10 @@
     lfm app --checkpoint ckpt.pt --port 8080         # a checkpoint adds Grad-CAM
     lfm app --model lfm.onnx --host 0.0.0.0          # every interface: trusted networks only
 
-Drop one image or many on the page. Each gets the record infer.py gives for the same file (the
-same Detector, options and decoding limits), said in words: "likely generated", "likely real",
+Drop one image or many on the page, or paste one. Each file gets the record infer.py gives for the
+same file (the same Detector, options and decoding limits); a pasted image has no file (the
+clipboard holds pixels), so it is scored from its pixels as an array, the record the Python API's
+Detector.predict([pixels]) gives, and the page says so next to its answer. Each said in words: "likely generated", "likely real",
 or "uncertain: ..." when a flag undermines that answer (an image the preprocessing enlarged, for
 "generated"; a JPEG, for "real"; a score near the threshold, for both), with the score, the
 threshold in force (calibrated or not) and each flag's reason. For one image at a time:
@@ -16,7 +18,7 @@ quality 75, halved and doubled (train/evaluate.py --perturb's degradations) and 
 side by side. All images: a table of the records, and the CSV and JSONL infer.py writes for them.
 
 Safe by default: it listens on 127.0.0.1 (--host to change; a public share link only with
---share); an uploaded file is read into memory and deleted from Gradio's upload folder before it
+--share); an uploaded file (or the browser's PNG of a pasted image) is read into memory and deleted from Gradio's upload folder before it
 is scored, and nothing of it is written anywhere (pictures and downloads are data: URIs); one
 Detector serves every visitor, one request at a time (a lock; the page queues the rest).
 Ctrl-C (or SIGTERM) stops it: exit 130 (143). Needs the [app] extra (Gradio).
@@ -55,6 +57,10 @@ KEPT_S = 1800  # ... for at most this long after the upload
 # What platforms do to images, as train/evaluate.py --perturb names it: re-encoded, halved, doubled.
 STABILITY = (*parse_perturbations("jpeg:75"), *parse_perturbations("resize:0.5,2"))
 GRADCAM_LAYER = "snet.layer4"  # train/visualize.py gradcam's default for LFM's four SNet blocks
+PASTED = "pasted image"  # the name a pasted image's record goes by: it has no file name
+PASTED_NOTE = ("Pasted, so scored from its pixels: the clipboard holds no file, so file facts such as a "
+               "JPEG's quality are not known, and no flag can warn of them. If the image came from a file, "
+               "drop the file instead.")
 
 MODEL, PIPELINE = ModelArgs(), PipelineArgs()
 NETWORK = ServerArgs(only=("host",), help={"host": "address the page listens on; 0.0.0.0 for every interface "
@@ -130,6 +136,7 @@ class Scored:
     name: str
     record: Record
     data: bytes | None = None
+    pasted: bool = False  # scored from its pixels (PASTED_NOTE); ``data``: the browser's PNG of them
 
 
 def take_upload(path: str, root: str | None = None) -> tuple[str, bytes | None, str | None]:
@@ -226,6 +233,21 @@ class Review:
             out.append(Scored(name, record, data if record.ok else None))
         return out
 
+    def score_pasted(self, path: str) -> Scored:
+        """A pasted image: the PNG the browser made of the clipboard's pixels, read and deleted as an
+        upload is, decoded under the same limits, and scored as the array of its pixels
+        (Detector.predict([pixels]), the Python API's record): a paste has no file, hence no file facts."""
+        _, data, problem = take_upload(path, self.upload_root)
+        try:
+            pixels = None if data is None else np.asarray(open_image(data, self.detector.options.max_pixels))
+        except ImageError as e:
+            problem = e.problem
+            pixels = None
+        if pixels is None:
+            return Scored(PASTED, Record.failed(PASTED, problem), pasted=True)
+        (record,) = self.predict([pixels])
+        return Scored(PASTED, replace(record, path=PASTED), data if record.ok else None, pasted=True)
+
     def stability(self, scored: Scored) -> list[tuple[Perturbation, Record]]:
         """The image degraded as train/evaluate.py --perturb degrades it (the decoded image, then each
         of STABILITY), scored again; a JPEG re-encoding is scored as the file a platform would
@@ -291,11 +313,14 @@ def _e(text) -> str:
     return html.escape(str(text))
 
 
-def verdict_card(record: Record, spec) -> str:
-    """One image's answer: the verdict in words, score, the record's label, each flag's reason."""
+def verdict_card(record: Record, spec, note: str = "") -> str:
+    """One image's answer: the verdict in words, score, the record's label, each flag's reason;
+    ``note``: what the reviewer must know about how it was scored (PASTED_NOTE)."""
+    note_html = f'<div class="lfm-note" data-lfm="note">{_e(note)}</div>' if note else ""
     if not record.ok:
         return (f'<div class="lfm-card lfm-failed" data-lfm-file="{_e(record.path)}"><div class="lfm-name">{_e(record.path)}'
-                f'</div><div class="lfm-headline" data-lfm="error">Could not score this file: {_e(record.error)}</div></div>')
+                f'</div><div class="lfm-headline" data-lfm="error">Could not score this file: {_e(record.error)}</div>'
+                f"{note_html}</div>")
     words = verdict_words(record)
     tone = "uncertain" if words.startswith("uncertain") else record.label
     side = "above" if record.label == "fake" else "not above"
@@ -304,7 +329,8 @@ def verdict_card(record: Record, spec) -> str:
             f'<div class="lfm-headline" data-lfm="verdict">{_e(words)}</div>'
             f'<div>score <b data-lfm="score" data-value="{record.score!r}">{record.score:.4f}</b>, {side} the '
             f'threshold {spec.threshold:.4g}: the model\'s label is <b data-lfm="label">{_e(record.label)}</b>'
-            f' (logit {record.logit:.3f})</div>' + (f'<ul class="lfm-reasons">{reasons}</ul>' if reasons else "") + "</div>")
+            f' (logit {record.logit:.3f})</div>' + (f'<ul class="lfm-reasons">{reasons}</ul>' if reasons else "")
+            + note_html + "</div>")
 
 
 def records_table(records: list[Record]) -> str:
@@ -348,9 +374,9 @@ def evidence_html(view: EvidenceView, opacity: float) -> str:
     return '<div class="lfm-evidence">' + "".join(parts) + "</div>"
 
 
-def stability_html(original: Record, rows: list[tuple[Perturbation, Record]]) -> str:
+def stability_html(original: Record, rows: list[tuple[Perturbation, Record]], given: str = "as uploaded") -> str:
     cells = []
-    for words, r in [("as uploaded", original), *((condition_words(p), r) for p, r in rows)]:
+    for words, r in [(given, original), *((condition_words(p), r) for p, r in rows)]:
         same = "" if r is original else ("same answer" if r.ok and verdict_words(r) == verdict_words(original)
                                          else "changed" if r.ok else "")
         score = f"{r.score:.4f}" if r.ok else _e(r.error)
@@ -368,6 +394,7 @@ CSS = """
 .lfm-uncertain {border-left-color: #e0a800} .lfm-failed {border-left-color: #555}
 .lfm-headline {font-size: 1.4em; font-weight: 600; margin: 2px 0}
 .lfm-name {color: #666; font-size: 0.9em}
+.lfm-note {color: #555; font-style: italic; margin-top: 4px}
 .lfm-stack {position: relative; display: inline-block; max-width: 512px; width: 100%}
 .lfm-stack img {display: block; width: 100%; image-rendering: pixelated}
 .lfm-stack .lfm-overlay {position: absolute; left: 0; top: 0; height: 100%}
@@ -381,7 +408,7 @@ OPACITY_JS = "(v) => { document.querySelectorAll('.lfm-overlay').forEach(e => e.
 # -- the page --------------------------------------------------------------------------------------
 
 def intro(review: Review) -> str:
-    return (f"## Is this image generated?\nDrop one image or many below. Each is scored by LFM "
+    return (f"## Is this image generated?\nDrop one image or many below, or paste one. Each is scored by LFM "
             f"({review.detector.runner.describe()}; {threshold_words(review.spec)}); the file is deleted from this "
             "machine as soon as it is read. A score is a model's reading of up-sampling traces, not proof: read the "
             "reasons under each answer, the evidence and the stability check before you act on it.")
@@ -393,8 +420,12 @@ def build_page(review: Review):
 
     with gr.Blocks(title="LFM: is this image generated?", delete_cache=(60, 300)) as page:
         gr.Markdown(intro(review))
-        files = gr.File(label="Images: drop them here, or click to choose", file_count="multiple", type="filepath",
-                        elem_id="lfm-upload", height=150)
+        with gr.Row():
+            files = gr.File(label="Images: drop them here, or click to choose", file_count="multiple",
+                            type="filepath", elem_id="lfm-upload", height=150, scale=3)
+            # Gradio uploads the browser's PNG of the clipboard; image_mode=None: the file itself, not a re-save
+            paste = gr.Image(label="Or paste an image: copy it, then click here", sources=["clipboard"],
+                             type="filepath", image_mode=None, elem_id="lfm-paste", height=150, scale=1, buttons=[])
         verdicts = gr.HTML(elem_id="lfm-verdicts")
         gr.Markdown("### Evidence and stability\nWhere the model's answer comes from, and whether it survives what "
                     "platforms do to images.")
@@ -408,26 +439,34 @@ def build_page(review: Review):
         # closed or reloaded, or KEPT_S after the last upload
         kept = gr.State({}, time_to_live=KEPT_S)
 
-        def on_upload(paths):
-            scored = review.score_files(list(paths or []))
+        def answers(scored: list[Scored]):
+            """The outputs for these images, the upload or paste target cleared (its file is gone)."""
             records = [s.record for s in scored]
             details = {f"{i}. {s.name}": s for i, s in enumerate(scored, 1) if s.data is not None}
             details = dict(list(details.items())[:DETAILED])
             waiting = "<p>Working out the evidence and the stability check...</p>" if details else ""
-            return (None, "".join(verdict_card(r, review.spec) for r in records),
+            return (None, "".join(verdict_card(s.record, review.spec, PASTED_NOTE if s.pasted else "") for s in scored),
                     gr.Dropdown(choices=list(details), value=next(iter(details), None)), waiting, waiting,
                     records_table(records) + download_links(records), details)
+
+        def on_upload(paths):
+            return answers(review.score_files(list(paths or [])))
+
+        def on_paste(path):
+            return answers([review.score_pasted(path)] if path else [])
 
         def details_of(key, details, level):
             if key is None or key not in (details or {}):
                 return "", ""
             s = details[key]
-            return evidence_html(review.explain(s), level), stability_html(s.record, review.stability(s))
+            return evidence_html(review.explain(s), level), stability_html(s.record, review.stability(s),
+                                                                         "as pasted" if s.pasted else "as uploaded")
 
         # The verdicts first; then the evidence and stability of the first image (or the one chosen).
         scoring = dict(concurrency_limit=1, concurrency_id="model")
-        files.upload(on_upload, files, [files, verdicts, choice, evidence, stability, table, kept], **scoring).then(
-            details_of, [choice, kept, opacity], [evidence, stability], **scoring)
+        for target, score in ((files, on_upload), (paste, on_paste)):
+            target.upload(score, target, [target, verdicts, choice, evidence, stability, table, kept], **scoring).then(
+                details_of, [choice, kept, opacity], [evidence, stability], **scoring)
         choice.input(details_of, [choice, kept, opacity], [evidence, stability], **scoring)
         opacity.change(None, opacity, None, js=OPACITY_JS, queue=False)
     return page

@@ -14,14 +14,15 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lfm.runtime.app import (STABILITY, Review, records_text, take_upload, threshold_words, verdict_card,
-                             verdict_words)
+from lfm.runtime.app import (PASTED, PASTED_NOTE, STABILITY, Review, records_text, take_upload, threshold_words,
+                             verdict_card, verdict_words)
 from lfm.runtime.detector import Detector
 from lfm.runtime.records import Record
 from lfm.runtime.spec import ModelSpec
@@ -89,6 +90,47 @@ def test_the_pages_decoding_limits_are_infers(random_onnx, folder, tmp_path):
                                                      "--max-pixels", "50000").splitlines()]
     assert [s.record.to_dict() for s in scored] == expected
     assert "exceeds the limit of 50000" in expected[0]["error"] and expected[1]["error"] is None
+
+
+def pasted(image: Path, root: Path) -> str:
+    """``image``'s pixels as a paste reaches the page: the PNG the browser makes of the clipboard,
+    stored by Gradio as ROOT/<a folder>/clipboard.png."""
+    (root / "paste").mkdir(parents=True)
+    Image.open(image).convert("RGB").save(root / "paste" / "clipboard.png")
+    return str(root / "paste" / "clipboard.png")
+
+
+def test_a_pasted_image_is_scored_from_its_pixels_as_the_python_api_scores_them(random_onnx, folder, tmp_path):
+    """A paste's record is Detector.predict([pixels])'s for the same pixels (Pillow's, decoded here),
+    under the name 'pasted image', and its card says it was scored from pixels. The JPEG's own file
+    is flagged low-jpeg-quality; its pixels pasted are not (no file, no file facts), and the page
+    says so rather than claiming the flag."""
+    root = tmp_path / "gradio"
+    with Detector(random_onnx) as det:
+        review = Review(det, upload_root=str(root))
+        got = [review.score_pasted(pasted(folder / n, root)) for n in ("gradient q60.jpg", "noise.png")]
+        api = [det.predict([np.asarray(Image.open(folder / n).convert("RGB"))])[0]
+               for n in ("gradient q60.jpg", "noise.png")]
+        (jpeg_file,) = det.predict([str(folder / "gradient q60.jpg")])
+        # read into memory, then gone, as an upload is
+        assert root.is_dir() and not any(root.iterdir())
+    for s, want in zip(got, api):
+        assert s.pasted and s.name == PASTED and want.ok
+        assert s.record == replace(want, path=PASTED) and want.path.startswith("<array ")
+        assert s.data is not None  # kept for the evidence and stability, as an upload's bytes are
+    assert "low-jpeg-quality:60" in jpeg_file.flags and not any(f.startswith("low-jpeg") for f in got[0].record.flags)
+    card = verdict_card(got[0].record, ModelSpec(), PASTED_NOTE)
+    assert 'data-lfm="note"' in card and "scored from its pixels" in card and "quality are not known" in card
+    assert "data-lfm=\"note\"" not in verdict_card(api[0], ModelSpec())
+
+
+def test_a_pasted_image_meets_the_uploads_pixel_limit(random_onnx, folder, tmp_path):
+    """Over --max-pixels, a paste is refused with infer.py's words for the file, before decoding."""
+    with Detector(random_onnx, max_pixels=50_000) as det:
+        s = Review(det, upload_root=str(tmp_path)).score_pasted(pasted(folder / "wide.png", tmp_path))
+    (want,) = map(json.loads, infer(random_onnx, folder, ["wide.png"], "jsonl", "--max-pixels", "50000").splitlines())
+    assert s.record.path == PASTED and s.record.error == want["error"] and s.data is None
+    assert "exceeds the limit of 50000" in s.record.error
 
 
 def test_an_upload_that_cannot_be_read_is_its_own_record(tmp_path, capsys):

@@ -1,8 +1,10 @@
 """The review page in a real browser: Playwright drives Debian's Chromium (``apt-get install
 chromium``; Playwright's own browser download is not used) against a real ``runtime/app.py``
 serving upstream's model. It uploads a generated-looking and a real image and reads label and
-score from the page, compared with runtime/infer.py's records for the same files; uploads a file
-that is no image and reads the error; uploads again and the page still answers. Skips, saying
+score from the page, compared with runtime/infer.py's records for the same files; pastes an image
+(its PNG put on Chromium's clipboard, the paste target clicked) and reads the Python API's record
+for its pixels and the note that it was scored from pixels; uploads a file that is no image and
+reads the error; uploads again and the page still answers. Skips, saying
 why, without Playwright, Chromium or ../shared/reference."""
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 UPLOAD = "#lfm-upload input[type=file]"
+PASTE = "#lfm-paste [data-testid=image] button.upload-container"  # Gradio's "Paste from Clipboard" area
 GENERATED, REAL = "chelsea_upsampled.png", "chelsea_photo.png"  # upstream's logits +24.3 and -41.4
 
 pytestmark = pytest.mark.slow
@@ -75,7 +78,7 @@ def cards(page) -> list[dict]:
         score = card.query_selector("[data-lfm=score]")
         out.append({"name": card.get_attribute("data-lfm-file"), "verdict": text("verdict"), "label": text("label"),
                     "score": text("score"), "exact": float(score.get_attribute("data-value")) if score else None,
-                    "error": text("error")})
+                    "error": text("error"), "note": text("note")})
     return out
 
 
@@ -87,6 +90,32 @@ def upload(page, files: list[Path]) -> list[dict]:
     page.wait_for_function("(names) => JSON.stringify([...document.querySelectorAll('#lfm-verdicts .lfm-card')]"
                            ".map(c => c.dataset.lfmFile)) === JSON.stringify(names)", arg=names, timeout=120_000)
     return cards(page)
+
+
+def paste(page, image: Path) -> list[dict]:
+    """Put ``image`` on the browser's clipboard as a copy does (an image/png item), click the paste
+    target, and wait for its answer."""
+    data = base64.b64encode(image.read_bytes()).decode("ascii")
+    page.evaluate("""async (data) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        await navigator.clipboard.write([new ClipboardItem({'image/png': new Blob([bytes], {type: 'image/png'})})]);
+    }""", data)
+    page.click(PASTE)
+    page.wait_for_function("() => [...document.querySelectorAll('#lfm-verdicts .lfm-card')].map(c => c.dataset.lfmFile)"
+                           ".join('|') === 'pasted image'", timeout=120_000)
+    return cards(page)
+
+
+def python_api(model: Path, image: Path):
+    """The Python API's record for ``image``'s pixels, as an array."""
+    import numpy as np
+    from PIL import Image
+
+    from lfm.runtime.detector import Detector
+
+    with Detector(model) as det:
+        (record,) = det.predict([np.asarray(Image.open(image).convert("RGB"))])
+    return record
 
 
 def test_a_reviewer_uploads_reads_the_verdicts_and_uploads_again(page_server, browser_path, upstream_onnx, reference_dir,
@@ -103,7 +132,8 @@ def test_a_reviewer_uploads_reads_the_verdicts_and_uploads_again(page_server, br
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path)
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page = browser.new_page(viewport={"width": 1100, "height": 900},
+                                    permissions=["clipboard-read", "clipboard-write"])
             page.goto(url)
             page.wait_for_selector(UPLOAD, state="attached", timeout=60_000)
 
@@ -126,6 +156,15 @@ def test_a_reviewer_uploads_reads_the_verdicts_and_uploads_again(page_server, br
             uploaded = {(images / n).read_bytes() for n in (GENERATED, REAL)}
             left = [f for f in uploads.rglob("*") if f.is_file() and f.stat().st_size]
             assert not [f for f in left if f.read_bytes() in uploaded], left
+
+            # a pasted image: the Python API's record for its pixels, said to be scored from pixels
+            (pasted,) = paste(page, images / GENERATED)
+            want = python_api(upstream_onnx, images / GENERATED)
+            assert pasted["label"] == want.label == "fake" and pasted["exact"] == want.score
+            assert "scored from its pixels" in pasted["note"] and "not known" in pasted["note"]
+            page.wait_for_selector("#lfm-stability tr[data-lfm=condition]", timeout=60_000)  # the paste's own
+            assert page.inner_text("#lfm-stability tr[data-lfm=condition] td").strip() == "as pasted"
+            assert not [f for f in uploads.rglob("clipboard*") if f.is_file() and f.stat().st_size]
 
             (failed,) = upload(page, [notes])
             assert failed["name"] == "notes.txt" and failed["label"] is None
