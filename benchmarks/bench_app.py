@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lfm.benchmarks.reference_sets import reference_pngs  # noqa: E402
 from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, run_main, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 
 def test_image(path: Path) -> str:
     """A 1024 x 1024 JPEG: the reference photos tiled, or noise; returns what it is."""
-    photos = sorted((REFERENCE / "images").glob("*_photo.png"))
+    photos = [p for p in reference_pngs(REFERENCE) if p.stem.endswith("_photo")]
     if photos:
         tiles = [np.asarray(Image.open(p).convert("RGB").resize((SIDE // 4, SIDE // 4))) for p in photos]
         rows = [np.concatenate([tiles[(r * 4 + c) % len(tiles)] for c in range(4)], 1) for r in range(4)]

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from lfm.benchmarks.common import log, work_folder
-from lfm.benchmarks.reference_sets import cnndetection_labels
+from lfm.benchmarks.reference_sets import cnndetection_labels, reference_pngs
 from lfm.runtime.perturb import BAND_QUANTILE, BAND_RESIZES, band_logits, band_shifts, center_square, measured_band
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def reference_groups(reference: Path) -> dict[str, list[tuple[str, Image.Image]]
     groups = {g: [] for g in GROUPS}
     for path, label, _ in cnndetection_labels(reference):
         groups[("real", "generated")[label]].append((f"cnndetection/{path.name}", open_image(str(path))))
-    for path in sorted((reference / "images").glob("*.png")):
+    for path in reference_pngs(reference):
         group = "upsampled" if path.stem.endswith("_upsampled") else "real"
         groups[group].append((f"images/{path.name}", open_image(str(path))))
     groups["upsampled"] += [(f"{name} halved-2x", halved_2x(img)) for name, img in groups["real"]]

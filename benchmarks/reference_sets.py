@@ -64,9 +64,16 @@ def lay_out_cnndetection(out: Path, reference: Path = REFERENCE) -> Path:
     return out
 
 
+def reference_pngs(reference: Path = REFERENCE) -> list[Path]:
+    """The reference PNGs (images/: photographs and their enlarged copies), by the runtime's one listing."""
+    from lfm.runtime.inputs import image_files
+
+    return [Path(p) for p in image_files(str(reference / "images"))]
+
+
 def lay_out_photos(out: Path, reference: Path = REFERENCE) -> Path:
     """OUT/{photo,upsampled}/0_real/NAME symlinks to the reference PNGs (every one real); OUT."""
-    for path in sorted((reference / "images").glob("*.png")):
+    for path in reference_pngs(reference):
         subset = "upsampled" if path.stem.endswith("_upsampled") else "photo"
         folder = out / subset / LABEL_DIRS[0]
         folder.mkdir(parents=True, exist_ok=True)
