@@ -56,8 +56,9 @@ def evaluate(model: str, data: Path, policy, size: int, reduce: str, out: Path, 
 
 
 def at_matched_tpr(y: np.ndarray, logit: np.ndarray, target: float) -> dict:
-    """The threshold (a logit) calling at least ``target`` of the generated images fake, and the
-    rates it gives: scored >= threshold is fake."""
+    """The operating point (a logit, roc_curve's: a logit equal to it counts as positive) that calls
+    at least ``target`` of the generated images fake, and the rates it gives. A policy comparison,
+    not a threshold to deploy: deployed thresholds follow spec.is_fake (strictly above)."""
     fpr, tpr, thresholds = roc_curve(y, logit)
     i = int(np.argmax(tpr >= target))
     return {"threshold_logit": float(thresholds[i]), "tpr": float(tpr[i]), "fpr": float(fpr[i]),

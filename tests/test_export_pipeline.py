@@ -167,8 +167,9 @@ def test_the_export_errors_are_command_errors():
 
 
 # Each export module's layer: a module imports only modules of lower layers.
-EXPORT_LAYERS = {"onnx_files": 0, "paths": 0, "onnx_export": 1, "quantize": 1, "fidelity": 1, "trt_build": 1,
-                 "verify": 2, "sensitivity": 3, "pipeline": 3, "to_onnx": 4, "to_trt": 4, "to_triton": 4}
+EXPORT_LAYERS = {"onnx_files": 0, "paths": 0, "threshold_choice": 0, "onnx_export": 1, "quantize": 1, "fidelity": 1,
+                 "trt_build": 1, "verify": 2, "sensitivity": 3, "pipeline": 3, "to_onnx": 4, "to_trt": 4, "to_triton": 4,
+                 "calibrate": 4}
 
 
 def test_the_export_s_imports_run_one_way():
