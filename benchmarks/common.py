@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lfm.runtime.cpu_features import cpu_flags, cpu_isa, has_bf16  # the one reader of the CPU's ISA
+
 T0 = time.perf_counter()
 # Ad-hoc runs write here (relative to the current folder); the committed figures in
 # benchmarks/results/ (the README's tables) change only when a run is pointed at them.
@@ -57,13 +59,10 @@ def gpu_info() -> list[dict]:
 
 
 def machine(threads: int, modules=("numpy", "torch", "onnx", "onnxruntime", "openvino", "tensorrt", "triton")) -> dict:
-    cpu, flags = platform.processor(), set()
+    cpu = platform.processor()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu in ("", platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
     versions = {"python": platform.python_version()}
@@ -72,13 +71,12 @@ def machine(threads: int, modules=("numpy", "torch", "onnx", "onnxruntime", "ope
             versions[mod] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001  (recorded, not fatal)
             versions[mod] = f"unavailable ({type(e).__name__})"
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni") if f in flags]
     try:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         mem_gb = None
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "threads": threads,
-            "memory_gb": mem_gb, "isa": isa, "gpus": gpu_info(), "platform": platform.platform(),
+            "memory_gb": mem_gb, "isa": cpu_isa(), "gpus": gpu_info(), "platform": platform.platform(),
             "versions": versions,
             "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ}}
 
@@ -232,28 +230,13 @@ def _ort_matmul_session(op: str, weight: np.ndarray, threads: int):
     return inference_session(model, providers="cpu", threads=threads)
 
 
-BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX, Arm's BF16 extension
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (x86 "flags", Arm "Features"); empty if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def bf16_gemm_rate(threads: int, n: int = 2048, reps: int = 5) -> float | None:
     """GFLOP/s of a square bfloat16 matrix product with PyTorch (oneDNN; fast where the CPU has
     AVX512-BF16 or AMX, OpenVINO's default precision there); None without torch, or on a CPU
     known to lack bf16 instructions: there the product is emulated (minutes for a meaningless
     figure) and OpenVINO computes in f32 anyway."""
     flags = cpu_flags()
-    if flags and not flags & BF16_FLAGS:
+    if flags and not has_bf16(flags):
         return None
     try:
         import torch

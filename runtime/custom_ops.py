@@ -34,14 +34,17 @@ the very float32 values the standard graph multiplies by. ``k`` is an INT attrib
 The domain is ``ai.onnx.contrib``: onnxruntime-extensions' Python ops default to it, and the
 TensorRT parser does not look at domains, so one graph serves both.
 
-numpy and the standard library only, and nothing of the runtime: the backends, the exporter and
-the TensorRT plugins all import this module, never the other way round.
+numpy and the standard library only, and of the runtime only onnx_wire (the protobuf reader, standard
+library): the backends, the exporter and the TensorRT plugins all import this module, never the
+other way round.
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+from .onnx_wire import opset_domains
 
 DOMAIN = "ai.onnx.contrib"
 DOMAIN_VERSION = 1
@@ -157,56 +160,6 @@ def top_k_pool(maps: np.ndarray, k: int = DEFAULT_TOP_K) -> np.ndarray:
 # Finding the ops in a graph (no onnx needed)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _opset_domains(data: bytes) -> set[str]:
-    """The domains of a serialized ModelProto's opset_import (field 8), read from the protobuf wire
-    format: only top-level fields are walked (the graph is skipped by its length), no onnx needed."""
-    domains, pos = set(), 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, pos = _read_varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            size, pos = _read_varint(data, pos)
-            if field == 8:  # OperatorSetIdProto: domain is field 1 (a string; absent = "")
-                sub, end, domain = pos, pos + size, ""
-                while sub < end:
-                    k, sub = _read_varint(data, sub)
-                    if k & 7 == 2:
-                        n, sub = _read_varint(data, sub)
-                        if k >> 3 == 1:
-                            domain = data[sub:sub + n].decode("utf-8", "replace")
-                        sub += n
-                    elif k & 7 == 0:
-                        _, sub = _read_varint(data, sub)
-                    else:
-                        raise ValueError("unexpected wire type in opset_import")
-                domains.add(domain)
-            pos += size
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-    return domains
-
-
 def uses_custom_ops(model) -> bool:
     """True for a graph that imports our custom-op domain (a path, serialized bytes or an onnx
     ModelProto). An unreadable or malformed file says False: loading it reports the real problem."""
@@ -218,6 +171,6 @@ def uses_custom_ops(model) -> bool:
         else:
             with open(os.fspath(model), "rb") as f:
                 data = f.read()
-        return DOMAIN in _opset_domains(data)
+        return DOMAIN in opset_domains(data)
     except (OSError, ValueError, IndexError):
         return False
