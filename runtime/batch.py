@@ -10,8 +10,8 @@ what infer.py takes (files, folders, globs, @LIST, -) plus URIs of any filesyste
 
 Stages: image files are read and decoded by Ray tasks (--decode-cpus each; Ray Data sizes their
 number to keep the scorers fed and memory bounded), and scored by a pool of --actors actors,
-each holding one model (--gpus-per-actor GPUs when the cluster has GPUs, else ONNX Runtime on
---cpus-per-actor CPUs with --threads threads). Records go to DIR as shards of --shard-size
+each holding one model (--gpus-per-actor GPUs when the cluster has GPUs, else the CPU backend
+infer.py's auto picks, ONNX Runtime or OpenVINO, on --cpus-per-actor CPUs with --threads threads). Records go to DIR as shards of --shard-size
 inputs (shard-000000.parquet, ...; --format jsonl for JSON lines): path, logit, score, label,
 error, flags and model_sha256, the same records as infer.py --model gives, in input order.
 
@@ -56,7 +56,7 @@ FORMAT_VERSION = 2  # 2: shards carry the records' flags
 PIPELINE = PipelineArgs(only=("threshold", "policy", "size", "tile_reduce", "max_tiles", "max_pixels", "batch_size",
                               "uncertain_band"),
                         help={"batch_size": "images per model call (and per decoding step)"})
-BACKEND = ModelArgs(only=("threads",), help={"threads": "ONNX Runtime threads per actor (default: --cpus-per-actor, "
+BACKEND = ModelArgs(only=("threads",), help={"threads": "backend threads per actor (default: --cpus-per-actor, "
                                                         "at least 1)"})
 OUTPUT = OutputArgs(("parquet", "jsonl"), defaults={"format": "parquet"}, required=True, metavar="DIR",
                     help={"output": "folder (or URI) for the shards", "format": "shard format"})

@@ -58,8 +58,8 @@ class Detector:
     """LFM deepfake detector: scores images through one runner (ONNX Runtime, OpenVINO, PyTorch
     or TensorRT), one ``Record`` per input (path, logit, score, label, error, flags).
 
-    source: which runner. A model file, its backend by extension (.onnx: ONNX Runtime,
-    .plan/.engine: TensorRT, .pt/.pth: PyTorch), or a runner: ``make_runner(path, backend=...,
+    source: which runner. A model file, its backend by extension (.onnx: auto, ONNX Runtime or
+    OpenVINO by backends.auto's rules; .plan/.engine: TensorRT, .pt/.pth: PyTorch), or a runner: ``make_runner(path, backend=...,
     providers=..., threads=..., device=..., precision=..., kernels=..., cuda_graphs=...)`` (from
     ``lfm.runtime.backends``) for backend options, or any Runner. The Detector activates it and
     deactivates it on ``close()``.

@@ -11,7 +11,8 @@ and SHA-256 of the file, then:
   ONNX:        inputs and outputs (dtypes, shapes with their dynamic axes), the LFM spec from the
                metadata, precision (from the graph: QDQ nodes, float16 weights), opset, custom-op
                domains (the plugin variant), producer, and every lfm.* metadata key (provenance:
-               source checkpoint and its SHA-256, exporter, library versions). The graph itself
+               source checkpoint and its SHA-256, exporter, library versions); and the backend
+               --backend auto runs it on here, and why (``default_backend``). The graph itself
                is read with the `onnx` package ([export] extra) where it is installed; without
                it, what needs it is named as not read.
   plan:        its sidecar's record: TensorRT version, GPU, precision, optimisation profiles,
@@ -38,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: runtime/ is sys.path[0]; impor
     sys.path.pop(0)
 
 from lfm.runtime import custom_ops  # noqa: E402  (numpy only)
+from lfm.runtime.backends.auto import choose_backend  # noqa: E402  (no backend imported)
 from lfm.runtime.backends.base import BackendError  # noqa: E402
 from lfm.runtime.backends.onnxrt import inference_session  # noqa: E402  (onnxruntime on use)
 from lfm.runtime.backends.trt_plan import (EngineError, describe_profile, plan_header, read_sidecar,  # noqa: E402
@@ -309,6 +311,8 @@ def inspect_onnx(path: str, report: dict) -> None:
         report["precision_from"] = "metadata" if declared else None
     plugins = report["uses_lfm_custom_ops"]
     report["variant"] = props.get("lfm.variant") or ("plugins" if plugins else "standard")
+    backend, why = choose_backend(path)  # what --model runs it on here by default (--backend auto)
+    report["default_backend"] = {"backend": backend, "why": why}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,6 +432,8 @@ def _onnx_lines(r: dict) -> list[str]:
         lines.append(f"  precision: {r['precision'] or 'unknown'} (from the metadata)")
         lines.append(f"  graph not read: {r['graph_not_read']}")
     lines.append(f"  variant: {r['variant']}")
+    lines.append(f"  runs on (--backend auto, on this machine): {r['default_backend']['backend']}: "
+                 f"{r['default_backend']['why']}")
     lines.append("  inputs:")
     lines += [f"    {a['name']}  {a['dtype']}  {_shape(a['shape'])}" for a in r["inputs"]]
     lines.append("  outputs:")

@@ -222,14 +222,16 @@ class ModelArgs(ArgGroup):
     SOURCES = ("model", "checkpoint", "engine")
     names = SOURCES + ("backend", "providers", "threads", "device", "openvino_precision", "cuda_graphs", "kernels")
     SOURCE_HELP = {
-        "model": ("ONNX", "exported ONNX model (ONNX Runtime, the embedded default; or --backend openvino)"),
+        "model": ("ONNX", "exported ONNX model (--backend auto, the default: ONNX Runtime or OpenVINO, whichever is "
+                          "the fastest faithful path for it here)"),
         "checkpoint": ("CKPT", "PyTorch checkpoint, ours or upstream's (needs the [train] extra)"),
         "engine": ("PLAN", "TensorRT engine from export/to_trt.py, with its PLAN.json sidecar (needs an NVIDIA GPU "
                            "and the [tensorrt] extra)"),
     }
 
     POSITIONAL_HELP = ("the model: a PyTorch checkpoint (.pt, .pth; ours or upstream's), an ONNX model (.onnx; "
-                       "ONNX Runtime, or --backend openvino) or a TensorRT engine (.plan, with its PLAN.json sidecar)")
+                       "auto: ONNX Runtime or OpenVINO; or --backend) or a TensorRT engine (.plan, with its PLAN.json "
+                       "sidecar)")
 
     def __init__(self, only=None, defaults=None, help=None, required: bool = True, positional: bool = False):
         super().__init__(only, defaults, help)
@@ -260,10 +262,13 @@ class ModelArgs(ArgGroup):
         declare = {
             "backend": lambda: group.add_argument(
                 "--backend", choices=backends_for("model"), default=default,
-                help="--model: onnxruntime, or openvino (the [openvino] extra) (default: onnxruntime)"),
+                help="--model: auto (the default: ONNX Runtime or OpenVINO, whichever is the fastest path whose "
+                     "decisions are proven for this model on this CPU; the run's summary says which and why; "
+                     "docs/runtime.md), onnxruntime, or openvino (the [openvino] extra)"),
             "providers": lambda: group.add_argument(
                 "--providers", default=default, help="--model: comma-separated onnxruntime providers, e.g. cpu or "
-                                                     "cuda,cpu (default: TensorRT, CUDA, CPU as available)"),
+                                                     "cuda,cpu (default: TensorRT, CUDA, CPU as available); under "
+                                                     "auto, runs ONNX Runtime"),
             "threads": lambda: group.add_argument(
                 "--threads", type=argtype(whole_number(1)), metavar="N", default=default,
                 help=self.help.get("threads", "--model: the backend's intra-op threads (default: all cores)")),
@@ -272,7 +277,8 @@ class ModelArgs(ArgGroup):
             "openvino_precision": lambda: group.add_argument(
                 "--openvino-precision", choices=OPENVINO_PRECISIONS, default=default or "auto",
                 help="--backend openvino: inference precision; auto keeps the fp32 model's decisions: f32 for "
-                     "float-input and INT8 graphs, bf16 for uint8-input graphs where the CPU has bf16"),
+                     "float-input and INT8 graphs, bf16 for uint8-input graphs where the CPU has bf16; under "
+                     "--backend auto, anything but auto runs OpenVINO"),
             "cuda_graphs": lambda: group.add_argument(
                 "--cuda-graphs", action="store_true",
                 help="--engine, --checkpoint on a GPU: capture each batch shape as a CUDA graph once and replay it"),

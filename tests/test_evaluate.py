@@ -167,7 +167,9 @@ def test_every_figure_equals_infer_py_and_scikit_learn_on_an_onnx_model(random_o
     assert sum(c["overall"]["changed"] for c in report["conditions"].values()) > 0
     assert list(report["conditions"]) == ["clean", "jpeg:90", "jpeg:40", "resize:0.5", "resize:1.5", "blur:1.5",
                                           "crop:64"]
-    assert report["backend"].startswith("onnxruntime")
+    from lfm.runtime.backends.auto import choose_backend  # the default backend, auto, and the one it picks here
+
+    assert report["backend"].startswith(f"auto -> {choose_backend(random_onnx)[0]} ")
     halved = report["conditions"]["resize:0.5"]["overall"]
     assert halved["failed"] == 8 and halved["n"] == 8  # the 96 x 80 and 72 x 90 images of each subset and label
     check_report(report, ["--model", random_onnx], tmp_path, threshold)

@@ -125,6 +125,20 @@ def test_int8_model_is_int8_from_its_qdq_nodes_with_its_calibration(models):
 
 
 @pytest.mark.slow
+def test_the_report_names_the_backend_auto_runs_it_on_here(models):
+    """What `--model X` runs on by default on this machine, and why: the backend make_runner's
+    auto activates (issue 28, item 1); the plugin graph on ONNX Runtime whatever the CPU."""
+    from lfm.runtime.backends import make_runner
+
+    for which in ("fp32", "float", "int8", "plugins"):
+        r = inspect_file(models[which])
+        with make_runner(models[which]) as runner:
+            assert r["default_backend"] == {"backend": runner.chosen, "why": runner.why}, which
+        assert f"  runs on (--backend auto, on this machine): {runner.chosen}: {runner.why}\n" in format_text(r) + "\n"
+    assert r["default_backend"]["backend"] == "onnxruntime" and "custom ops" in r["default_backend"]["why"]
+
+
+@pytest.mark.slow
 def test_fp16_graph_is_read_from_its_weights_and_a_wrong_label_is_warned(models):
     r = inspect_file(models["fp16"])
     assert r["precision"] == "fp16" and r["precision_from"] == "graph"

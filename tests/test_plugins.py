@@ -2,6 +2,7 @@
 Runtime, agreement with the standard graph and PyTorch, and the TensorRT plugin glue."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -260,6 +261,22 @@ def test_openvino_refuses_a_plugin_graph_in_one_line(random_graphs):
     with pytest.raises(BackendError, match="plugin graph.*which OpenVINO cannot run") as e:
         OpenVinoRunner(random_graphs["uint8", "plugins"]).activate()
     assert "\n" not in str(e.value)
+
+
+def test_auto_runs_a_plugin_graph_on_onnx_runtime(random_graphs):
+    """The default backend (auto) never sends the plugin graph to OpenVINO, whatever the CPU; it
+    scores as ONNX Runtime named explicitly. --openvino-precision asks for OpenVINO: its refusal."""
+    needs_extensions()
+    from lfm.runtime.backends import BackendError, make_runner
+
+    path = random_graphs["uint8", "plugins"]
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with make_runner(path) as auto, make_runner(path, backend="onnxruntime") as explicit:
+        assert auto.chosen == "onnxruntime" and auto.why.startswith("OpenVINO cannot run LFM's custom ops")
+        np.testing.assert_array_equal(auto.infer({"x": pixels})["logit"], explicit.infer({"x": pixels})["logit"])
+    if importlib.util.find_spec("openvino"):
+        with pytest.raises(BackendError, match="plugin graph.*which OpenVINO cannot run"):
+            make_runner(path, precision="f32").activate()
 
 
 @pytest.mark.parametrize("flag", [["--fp16"], ["--int8", "--calib-synthetic"]])

@@ -299,20 +299,22 @@ def test_infer_reproduces_upstream_logits(upstream_ckpt, reference_images):
 
 def test_make_runner_picks_the_backend_by_extension_or_by_name(tmp_path):
     from lfm.runtime.backends import BackendError, make_runner
+    from lfm.runtime.backends.auto import AutoRunner
     from lfm.runtime.backends.onnxrt import OnnxRunner
     from lfm.runtime.backends.openvino_rt import OpenVinoRunner
     from lfm.runtime.backends.pyt import TorchRunner
     from lfm.runtime.backends.trt_engine import TrtRunner
 
-    kinds = {"m.onnx": OnnxRunner, "m.plan": TrtRunner, "m.ENGINE": TrtRunner, "c.pt": TorchRunner, "c.pth": TorchRunner}
+    kinds = {"m.onnx": AutoRunner, "m.plan": TrtRunner, "m.ENGINE": TrtRunner, "c.pt": TorchRunner, "c.pth": TorchRunner}
     for name, cls in kinds.items():
         assert type(make_runner(tmp_path / name)) is cls  # not activated: nothing is read yet
     assert type(make_runner(tmp_path / "m.onnx", backend="openvino")) is OpenVinoRunner
+    assert type(make_runner(tmp_path / "m.onnx", backend="onnxruntime")) is OnnxRunner
     assert type(make_runner(tmp_path / "weights", backend="torch")) is TorchRunner  # a name decides over no extension
-    with pytest.raises(ValueError, match=r"m\.gz: cannot tell the model kind .*\.onnx: onnxruntime, openvino") as e:
+    with pytest.raises(ValueError, match=r"m\.gz: cannot tell the model kind .*\.onnx: auto, onnxruntime, openvino") as e:
         make_runner(tmp_path / "m.gz")
     assert isinstance(e.value, BackendError) and "\n" not in str(e.value)
-    with pytest.raises(BackendError, match=r"unknown backend 'tflite'; expected one of \('onnxruntime', 'openvino', "):
+    with pytest.raises(BackendError, match=r"unknown backend 'tflite'; expected one of \('auto', 'onnxruntime', "):
         make_runner(tmp_path / "m.onnx", backend="tflite")
 
 
@@ -321,9 +323,16 @@ def test_make_runner_picks_the_backend_by_extension_or_by_name(tmp_path):
     ("m.onnx", {"cuda_graphs": True}, "cuda_graphs (--cuda-graphs) applies to a TensorRT engine or a PyTorch checkpoint"),
     ("m.onnx", {"kernels": True}, "kernels (--kernels) applies to a PyTorch checkpoint only; it runs a PyTorch "
                                   "checkpoint through the Triton kernels: give --checkpoint"),
-    ("m.onnx", {"precision": "bf16"}, "precision 'bf16' (--openvino-precision) applies to --backend openvino only"),
-    ("m.plan", {"providers": ["cpu"]}, "providers ['cpu'] (--providers) applies to an ONNX model on ONNX Runtime only"),
-    ("c.pt", {"precision": "f32"}, "applies to --backend openvino only"),
+    ("m.onnx", {"backend": "onnxruntime", "precision": "bf16"},
+     "precision 'bf16' (--openvino-precision) applies to an ONNX model (auto: the fastest faithful path) or --backend "
+     "openvino only"),
+    ("m.plan", {"providers": ["cpu"]}, "providers ['cpu'] (--providers) applies to an ONNX model (auto: the fastest "
+                                       "faithful path) or an ONNX model on ONNX Runtime only"),
+    ("c.pt", {"precision": "f32"}, "or --backend openvino only"),
+    # under auto each forces its backend, so both together are refused
+    ("m.onnx", {"providers": "cpu", "precision": "f32"}, "providers ['cpu'] (--providers) run ONNX Runtime and precision "
+                                                          "'f32' (--openvino-precision) OpenVINO: give one, or name the "
+                                                          "backend"),
 ])
 def test_make_runner_refuses_an_option_its_backend_would_ignore(tmp_path, source, options, says):
     from lfm.runtime.backends import BackendError, make_runner
@@ -338,7 +347,8 @@ def test_make_runner_refuses_providers_for_openvino_and_lets_threads_pass(tmp_pa
     (benchmarks pass one value to every backend)."""
     from lfm.runtime.backends import BackendError, make_runner
 
-    with pytest.raises(BackendError, match=r"providers \['cpu'\] \(--providers\) applies to an ONNX model on ONNX"):
+    with pytest.raises(BackendError, match=r"providers \['cpu'\] \(--providers\) applies to an ONNX model \(auto: the "
+                                           r"fastest faithful path\) or an ONNX model on ONNX"):
         make_runner(tmp_path / "m.onnx", backend="openvino", providers=["cpu"])
     assert make_runner(tmp_path / "m.onnx", backend="openvino", threads=2).threads == 2
     make_runner(tmp_path / "m.plan", threads=2)
@@ -362,8 +372,8 @@ def test_providers_as_a_string_are_the_clis_comma_separated_form(tmp_path, rando
     assert make_runner(tmp_path / "m.onnx", providers="cpu").requested_providers == ["cpu"]
     with pytest.raises(BackendError, match=r"providers \['cuda', 'cpu'\] \(--providers\) applies to an ONNX model"):
         make_runner(tmp_path / "m.plan", providers="cuda,cpu")
-    with make_runner(random_onnx, providers="cpu") as runner:
-        assert runner.providers == ["CPUExecutionProvider"]
+    with make_runner(random_onnx, providers="cpu") as runner:  # auto: providers run ONNX Runtime
+        assert runner.chosen == "onnxruntime" and runner.runner.providers == ["CPUExecutionProvider"]
     img = noise_png(tmp_path / "img.png")
     run = subprocess.run(INFER + ["--model", str(random_onnx), "--providers", "cpu", str(img)], capture_output=True,
                          text=True)
@@ -400,7 +410,7 @@ def test_a_closed_detector_says_so_in_every_public_method(random_onnx, tmp_path)
 def test_source_from_flags_is_the_clis_model_choice():
     from lfm.runtime.backends import BackendError, source_from_flags
 
-    assert source_from_flags(model="m.bin") == ("m.bin", "onnxruntime")  # the flag, not the extension, decides
+    assert source_from_flags(model="m.bin") == ("m.bin", "auto")  # the flag, not the extension, decides
     assert source_from_flags(model="m.onnx", backend="openvino") == ("m.onnx", "openvino")
     assert source_from_flags(engine="e.plan") == ("e.plan", "tensorrt")
     assert source_from_flags(checkpoint="c.pt") == ("c.pt", "torch")
@@ -419,8 +429,8 @@ def test_detector_takes_a_path_or_a_runner_without_warnings(random_onnx):
     a = np.random.default_rng(4).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with Detector(random_onnx) as det, Detector(make_runner(random_onnx, providers=["cpu"], threads=1),
-                                                     batch_size=2, workers=1) as custom:
+        with Detector(random_onnx) as det, Detector(make_runner(random_onnx, backend="onnxruntime", providers=["cpu"],
+                                                                threads=1), batch_size=2, workers=1) as custom:
             assert det.predict([a])[0].logit == pytest.approx(custom.predict([a])[0].logit, abs=1e-5)
             assert custom.runner.providers == ["CPUExecutionProvider"] and custom.batch_size == 2
         runner = make_runner(random_onnx)
@@ -482,7 +492,7 @@ def test_serve_builds_the_runner_apart_from_the_pipeline():
     from lfm.runtime.backends import BackendError, make_runner
 
     args = serve.parse_args(["--model", "m.onnx", "--instances", "2", "--threads", "3", "--max-batch-size", "64"])
-    assert serve.runner_kwargs(args, 2) == dict(source="m.onnx", backend="onnxruntime", device="auto", precision="auto",
+    assert serve.runner_kwargs(args, 2) == dict(source="m.onnx", backend="auto", device="auto", precision="auto",
                                                 threads=3, providers=None, kernels=False, cuda_graphs=False)
     assert serve.pipeline_options(args, 2).batch_size == 64
     # an option the backend would ignore is refused, as by infer.py (serve.py dropped it silently before):

@@ -271,9 +271,9 @@ def test_an_import_in_a_class_body_runs_at_import(tmp_path):
 # module fails the test until it is placed here.
 RUNTIME_LAYERS = (
     ("foundation", "__init__ spec preprocess evidence records files inputs cli custom_ops serve_defaults serve_contract "
-                   "stderr_filter gpu_input perturb flags"),
+                   "stderr_filter gpu_input perturb flags onnx_wire cpu_features"),
     ("backends", "backends backends.base backends.cuda_support backends.onnxrt backends.openvino_rt backends.pyt "
-                 "backends.trt_engine backends.trt_plan"),
+                 "backends.trt_engine backends.trt_plan backends.auto"),
     ("pipeline", "options decode_pool gpu_decode decoders detector"),  # the Detector, its options and decoders
     ("commands", "infer inspect_model serve serve_health serve_triton client batch batch_inputs batch_shards "
                  "batch_stages app"),
@@ -429,7 +429,7 @@ def test_each_module_states_its_job_in_its_first_docstring_line():
 def test_every_registry_line_names_a_runner_and_the_options_make_runner_knows():
     from lfm.runtime.backends.base import OPTIONS, REGISTRY, Runner
 
-    assert set(REGISTRY) == {"onnxruntime", "openvino", "tensorrt", "torch"}
+    assert set(REGISTRY) == {"auto", "onnxruntime", "openvino", "tensorrt", "torch"}
     for entry in REGISTRY.values():
         cls = entry.runner_class()
         assert issubclass(cls, Runner) and cls.name.startswith(entry.name), entry
@@ -444,7 +444,7 @@ def test_the_backends_package_imports_no_backend_and_no_heavy_library():
             "loaded = sorted(m for m in sys.modules if m.startswith('lfm.runtime.backends.'))\n"
             "assert loaded == ['lfm.runtime.backends.base'], loaded\n"
             "import lfm.runtime.backends.onnxrt, lfm.runtime.backends.openvino_rt, lfm.runtime.backends.pyt\n"
-            "import lfm.runtime.backends.trt_engine\n"  # every backend module: its library on activate() only
+            "import lfm.runtime.backends.trt_engine, lfm.runtime.backends.auto\n"  # every backend module: its library on activate() only
             "print('ok')\n")
     import subprocess
 
@@ -497,8 +497,8 @@ def test_a_new_backend_is_one_module_and_one_registry_line(tmp_path, monkeypatch
     (tmp_path / "bias.mean").write_text("-100")
     assert type(make_runner(tmp_path / "bias.mean", threads=2)).__name__ == "MeanRunner"
     assert source_kind("x.mean") == "model"
-    with pytest.raises(BackendError, match=r"providers \['cpu'\] \(--providers\) applies to an ONNX model on ONNX "
-                                           r"Runtime only"):
+    with pytest.raises(BackendError, match=r"providers \['cpu'\] \(--providers\) applies to an ONNX model \(auto: the "
+                                           r"fastest faithful path\) or an ONNX model on ONNX Runtime only"):
         make_runner(tmp_path / "bias.mean", providers=["cpu"])
     images = [np.full((64, 64, 3), v, np.uint8) for v in (10, 200)]
     with Detector(str(tmp_path / "bias.mean"), batch_size=1) as det:

@@ -3,7 +3,7 @@
     python train/evaluate.py MODEL --data DIR [--classes a,b] [--perturb jpeg:95,75,50 ...] [-o eval.json] [--plot acc.png]
 
 MODEL is what the runtime runs: a checkpoint (.pt, .pth; PyTorch, ours or upstream's), an ONNX
-model (.onnx; ONNX Runtime, or --backend openvino) or a TensorRT engine (.plan). Every image is
+model (.onnx; auto: ONNX Runtime or OpenVINO, or --backend) or a TensorRT engine (.plan). Every image is
 scored through the runtime's Detector, as infer.py scores it: the same decoding, the model's
 policy, size and threshold unless overridden. DIR is root/<subset>/{0_real,1_fake}/* or
 root/{0_real,1_fake}/*.

@@ -1,11 +1,12 @@
 """Backends: one runner per inference library (ONNX Runtime, OpenVINO, TensorRT, PyTorch) behind one registry.
 
     from lfm.runtime.backends import make_runner
-    runner = make_runner("lfm.onnx", providers=["cpu"])   # the backend by extension, or backend="openvino"
+    runner = make_runner("lfm.onnx")                      # the backend by extension (.onnx: auto), or backend="openvino"
 
 Layout, as Polygraphy's ``polygraphy/backend/{base,onnxrt,trt,pyt}``:
 
     base.py          Runner, BackendError, the registry and make_runner
+    auto.py          auto, an ONNX model's default: ONNX Runtime or OpenVINO by one rule table
     onnxrt.py        ONNX Runtime (and LFM's custom ops registered for plugin graphs)
     openvino_rt.py   OpenVINO
     pyt.py           PyTorch on a checkpoint (the reference; our Triton kernels)

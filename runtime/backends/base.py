@@ -1,6 +1,6 @@
 """The backend interface and its registry: Runner, BackendError, and make_runner, which picks a runner for a model file.
 
-    runner = make_runner("lfm.onnx")                  # the backend by extension: ONNX Runtime here
+    runner = make_runner("lfm.onnx")                  # the backend by extension: auto here (ONNX Runtime or OpenVINO)
     runner = make_runner("lfm.onnx", backend="openvino", precision="f32")
     with runner:                                      # activate() ... deactivate()
         out = runner.infer({"pixels": uint8 [B, H, W, 3]})   # or {"image": float32 [B, 3, H, W]}
@@ -103,6 +103,8 @@ class Backend:
 
 # The registry. For a file extension the first backend listed is its default.
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
+    Backend("auto", "lfm.runtime.backends.auto:AutoRunner", "model", (".onnx",), ("providers", "threads", "precision"),
+            "an ONNX model (auto: the fastest faithful path)"),
     Backend("onnxruntime", "lfm.runtime.backends.onnxrt:OnnxRunner", "model", (".onnx",), ("providers", "threads"),
             "an ONNX model on ONNX Runtime"),
     Backend("openvino", "lfm.runtime.backends.openvino_rt:OpenVinoRunner", "model", (".onnx",), ("threads", "precision"),
@@ -142,7 +144,7 @@ OPTIONS: dict[str, Option] = {
 
 
 def backends_for(kind: str) -> tuple[str, ...]:
-    """The backends that run a kind of file ("model": ("onnxruntime", "openvino")), default first."""
+    """The backends that run a kind of file ("model": ("auto", "onnxruntime", "openvino")), default first."""
     return tuple(b.name for b in REGISTRY.values() if b.kind == kind)
 
 
@@ -167,7 +169,7 @@ def backend_for(source: str | os.PathLike, backend: str | None = None) -> Backen
 
 def source_from_flags(checkpoint=None, model=None, engine=None, backend: str | None = None) -> tuple[str, str]:
     """(source, backend) for a model named the CLI's way: exactly one of --checkpoint, --model (run
-    by ``backend``, ONNX Runtime unless named) and --engine. The flag, not the extension, decides."""
+    by ``backend``, auto unless named) and --engine. The flag, not the extension, decides."""
     named = [(path, kind) for path, kind in ((checkpoint, "checkpoint"), (model, "model"), (engine, "engine"))
              if path is not None]
     if len(named) != 1:
@@ -202,15 +204,17 @@ def provider_list(providers: str | list[str] | tuple[str, ...] | None) -> list[s
 def make_runner(source: str | os.PathLike, *, backend: str | None = None, device: str = "auto",
                 providers: str | list[str] | None = None, threads: int | None = None, precision: str = "auto",
                 kernels: bool = False, cuda_graphs: bool = False, amp: bool = False) -> Runner:
-    """The runner (not yet active) for a model file: by its extension (.onnx: ONNX Runtime,
-    .plan/.engine/.trt: TensorRT, .pt/.pth/.ckpt/.bin: PyTorch) unless ``backend`` names one of
-    ``REGISTRY``. Backend options:
+    """The runner (not yet active) for a model file: by its extension (.onnx: auto, which runs
+    ONNX Runtime or OpenVINO by the rules of ``backends.auto``; .plan/.engine/.trt: TensorRT,
+    .pt/.pth/.ckpt/.bin: PyTorch) unless ``backend`` names one of ``REGISTRY``. Backend options:
 
     - device: the PyTorch device for a checkpoint (auto | cpu | cuda[:N]);
     - providers, threads: ONNX Runtime's execution providers and intra-op threads (threads also
       for OpenVINO; the other backends ignore it); providers is "cpu", "cuda,cpu" (a string is
       comma-separated, as --providers) or a list such as ["cuda", "cpu"] (see provider_list);
-    - precision: OpenVINO's inference precision (auto | f32 | bf16 | f16);
+      under auto, providers runs ONNX Runtime;
+    - precision: OpenVINO's inference precision (auto | f32 | bf16 | f16); under auto, anything
+      but "auto" runs OpenVINO;
     - kernels: a checkpoint through our Triton kernels (a CUDA GPU);
     - cuda_graphs: replay each batch shape as a CUDA graph (TensorRT engines, checkpoints on a GPU);
     - amp: a checkpoint under float16 autocast on CUDA (faster, not exact fp32; no effect on a CPU).

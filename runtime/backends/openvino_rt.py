@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 
@@ -57,6 +58,10 @@ class OpenVinoRunner(Runner):
     (2-core EPYC, 224 px, batch 8: INT8 256 -> 280 images/s, fp32 143 -> 153), so the first
     ``static_shapes`` input shapes seen (a detector sees few: the batch size and the last, short
     batch) each get their own compiled model; any further shape runs on the dynamic one.
+
+    Thread-safe, as ONNX Runtime's session.run is: an InferRequest runs one inference at a time
+    (a second thread's call fails with "Infer Request is busy"), so each compiled model's request
+    is used under its own lock, and the compiled models are added under another.
     """
 
     name = "openvino"
@@ -94,7 +99,8 @@ class OpenVinoRunner(Runner):
         if self.threads:
             self.config["INFERENCE_NUM_THREADS"] = self.threads
         self.dynamic = self._compile(self.model)
-        self.by_shape = {}  # input shape -> (compiled model, infer request)
+        self.by_shape = {}  # input shape -> (compiled model, infer request, the request's lock)
+        self.compiling = threading.Lock()
         # What the compiled model really computes in: a CPU without bf16 runs f32 whatever the hint.
         self.inference_precision = self.dynamic[0].get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
@@ -104,18 +110,27 @@ class OpenVinoRunner(Runner):
 
     def _compile(self, model):
         compiled = self.core.compile_model(model, self.device, self.config)
-        return compiled, compiled.create_infer_request()
+        return compiled, compiled.create_infer_request(), threading.Lock()
 
     def deactivate_impl(self):
         del self.dynamic, self.by_shape, self.model, self.core
 
     def infer_impl(self, feed):
         (x,) = feed.values()
-        shape = tuple(x.shape)
-        if shape not in self.by_shape and len(self.by_shape) < self.static_shapes:
-            model = self.model.clone()
-            model.reshape({model.inputs[0].get_any_name(): list(shape)})
-            self.by_shape[shape] = self._compile(model)
-        compiled, request = self.by_shape.get(shape, self.dynamic)
-        out = request.infer([x])
-        return {"logit": np.asarray(out[compiled.output("logit")]).copy()}
+        compiled, request, lock = self._compiled_for(tuple(x.shape))
+        with lock:  # the request's outputs are overwritten by its next inference: copied before release
+            out = request.infer([x])
+            return {"logit": np.asarray(out[compiled.output("logit")]).copy()}
+
+    def _compiled_for(self, shape: tuple[int, ...]):
+        """(compiled model, request, lock) for inputs of ``shape``: its own, compiled on first
+        sight while fewer than ``static_shapes`` exist, else the dynamic one."""
+        entry = self.by_shape.get(shape)
+        if entry is not None:
+            return entry
+        with self.compiling:
+            if shape not in self.by_shape and len(self.by_shape) < self.static_shapes:
+                model = self.model.clone()
+                model.reshape({model.inputs[0].get_any_name(): list(shape)})
+                self.by_shape[shape] = self._compile(model)
+            return self.by_shape.get(shape, self.dynamic)
