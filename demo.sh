@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end on the CPU (about 5 minutes on 2 cores): synthetic data -> training ->
-# evaluation -> ONNX export (fp32 and INT8, each verified) -> scoring through ONNX Runtime.
+# evaluation -> ONNX export (fp32 and INT8, each verified) -> scoring (--backend auto: ONNX Runtime or OpenVINO).
 # Usage: bash demo.sh [OUT]   (default OUT: demo/)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,7 +23,7 @@ python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.onnx"
 echo "== 5/6 INT8 (QDQ) export, calibrated on training images, checked on held-out ones and a cross-domain stress set"
 python export/to_onnx.py "$OUT/run/best.pt" -o "$OUT/lfm.int8.onnx" --int8 --calib "$OUT/data/train"
 
-echo "== 6/6 inference through ONNX Runtime (INT8): one record per file"
+echo "== 6/6 inference (INT8, --backend auto: OpenVINO where installed): one record per file"
 python runtime/infer.py --model "$OUT/lfm.int8.onnx" "$OUT/data/val" --format csv -o "$OUT/scores.csv"
 head -n 4 "$OUT/scores.csv"
 
