@@ -244,8 +244,9 @@ def test_infer_says_what_precision_the_backend_ran(exported, reference_dir, caps
     assert last.startswith("scored 8 of 8 inputs") and last.endswith(
         "openvino CPU, inference precision f32 (hint f32: auto: float-input graph); threshold 0.5"), last
     with pytest.raises(SystemExit) as e:  # refused while parsing, before the model loads
-        main(["--model", str(exported["uint8"]), "--openvino-precision", "bf16", str(reference_dir / "images")])
-    assert e.value.code == 2 and "applies to --backend openvino only" in capsys.readouterr().err
+        main(["--model", str(exported["uint8"]), "--backend", "onnxruntime", "--openvino-precision", "bf16",
+              str(reference_dir / "images")])
+    assert e.value.code == 2 and "or --backend openvino only" in capsys.readouterr().err
 
 
 def test_openvino_precision_choice():
@@ -260,5 +261,6 @@ def test_openvino_precision_choice():
     assert openvino_precision(ModelSpec(input="float"), "fp32", "bf16") == ("bf16", "asked for")
     with pytest.raises(BackendError, match="fp8"):
         openvino_precision(ModelSpec(), "fp32", "fp8")
-    with pytest.raises(BackendError, match="applies to --backend openvino only"):
-        make_runner("m.onnx", precision="bf16")
+    with pytest.raises(BackendError, match="or --backend openvino only"):
+        make_runner("m.onnx", backend="onnxruntime", precision="bf16")
+    assert make_runner("m.onnx", precision="bf16").name == "auto"  # which runs OpenVINO (tests/test_auto_backend.py)
