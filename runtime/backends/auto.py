@@ -133,8 +133,8 @@ def choose_backend(model: str | os.PathLike | ModelFacts, *, providers=None, pre
 
 
 class AutoRunner(Runner):
-    """The runner ``choose_backend`` picks for the model, made and activated on ``activate``;
-    ``chosen`` and ``why`` say which and why, ``describe()`` says both. Options: threads goes to
+    """The runner ``choose_backend`` picks for the model (``runner``), made and activated on
+    ``activate``; ``chosen`` and ``why`` say which and why, ``describe()`` says both. Options: threads goes to
     either backend, providers only to ONNX Runtime and precision only to OpenVINO (each forces
     that backend, so giving both is refused)."""
 
@@ -161,7 +161,6 @@ class AutoRunner(Runner):
         self.spec = self.runner.spec
         if hasattr(self.runner, "metadata"):
             self.metadata = self.runner.metadata
-        self.max_in_flight = self.runner.max_in_flight
 
     def deactivate_impl(self):
         self.runner.deactivate()
@@ -169,13 +168,7 @@ class AutoRunner(Runner):
     def describe(self) -> str:
         return f"auto -> {self.runner.describe()}: {self.why}"
 
+    # submit/result stay Runner's (the batch runs at submit, through infer): both backends auto
+    # picks run one batch at a time (max_in_flight 1), so every batch passes through here.
     def infer_impl(self, feed):
         return self.runner.infer(feed)
-
-    def submit(self, feed):
-        if not self.is_active:
-            raise BackendError(f"{self.name}: submit() before activate()")
-        return self.runner.submit(feed)
-
-    def result(self, handle):
-        return self.runner.result(handle)
