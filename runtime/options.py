@@ -262,9 +262,9 @@ class ModelArgs(ArgGroup):
         declare = {
             "backend": lambda: group.add_argument(
                 "--backend", choices=backends_for("model"), default=default,
-                help="--model: auto (the default: ONNX Runtime or OpenVINO, whichever is the fastest path whose "
-                     "decisions are proven for this model on this CPU; the run's summary says which and why; "
-                     "docs/runtime.md), onnxruntime, or openvino (the [openvino] extra)"),
+                help="--model: auto (ONNX Runtime or OpenVINO, whichever is the fastest path whose decisions are "
+                     "proven for this model on this CPU; the run's summary says which and why; docs/runtime.md), "
+                     "onnxruntime, or openvino (the [openvino] extra) (default: auto)"),
             "providers": lambda: group.add_argument(
                 "--providers", default=default, help="--model: comma-separated onnxruntime providers, e.g. cpu or "
                                                      "cuda,cpu (default: TensorRT, CUDA, CPU as available); under "
