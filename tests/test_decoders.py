@@ -134,7 +134,7 @@ def test_prepared_arrays_reach_the_model_as_they_are(random_onnx):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(random_onnx), options, providers=["CPUExecutionProvider"])
     want = session.run(["logit"], {"pixels": odd})[0].reshape(-1).astype(np.float64)
-    with Detector(make_runner(random_onnx, threads=1), batch_size=4) as det:
+    with Detector(make_runner(random_onnx, backend="onnxruntime", threads=1), batch_size=4) as det:  # as `session`
         assert det.spec.policy == "resize" and det.spec.size == 64
         got = det.predict([Prepared(odd[:1], "first"), Prepared(odd[1:]), Prepared(odd[0])])
         resized = det.predict_one(odd[0])

@@ -47,6 +47,7 @@ def test_tiles_cover_the_image_with_aligned_origins(width, height):
 def test_detector_reduces_tile_logits(random_onnx, tmp_path, reduce):
     import onnxruntime as ort
 
+    from lfm.runtime.backends import make_runner
     from lfm.runtime.detector import Detector
 
     rng = np.random.default_rng(1)
@@ -65,7 +66,8 @@ def test_detector_reduces_tile_logits(random_onnx, tmp_path, reduce):
         assert len(set(np.round(logits, 4))) > 1 or len(tiles) == 1  # the reduction matters
         expected.append(logits.max() if reduce == "max" else logits.mean())
     # Batch 3 < the 10 tiles of the 600 x 400 image: an image's tiles span several batches.
-    with Detector(random_onnx, policy="tiles", size=128, tile_reduce=reduce, batch_size=3) as det:
+    with Detector(make_runner(random_onnx, backend="onnxruntime"), policy="tiles", size=128, tile_reduce=reduce,
+                  batch_size=3) as det:  # ONNX Runtime, as `sess`
         records = det.predict(paths + [str(tmp_path / "missing.png")])
     assert [r.path for r in records] == paths + [str(tmp_path / "missing.png")]
     assert records[-1].error and records[-1].logit is None
@@ -92,7 +94,7 @@ def test_detector_takes_the_model_positionally(random_onnx, tmp_path):
     with pytest.raises(ValueError, match="cannot tell the model kind"):
         source_kind("model.bin.gz")
     a = np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    with Detector(random_onnx) as det, Detector(make_runner(random_onnx, backend="onnxruntime")) as ref:
+    with Detector(random_onnx) as det, Detector(make_runner(random_onnx)) as ref:
         assert det.predict([a])[0].logit == ref.predict([a])[0].logit
     with pytest.raises(TypeError, match=r"^Detector\(model=\.\.\.\) was removed: use Detector\(path\)$"):
         Detector(random_onnx, model=str(random_onnx))
