@@ -212,12 +212,19 @@ def convert_fp16(ex: Export) -> None:
     ex.passed = fp16["passed"]
 
 
+def int8_recipe(args) -> dict:
+    """quantize_int8's keywords for the command line's INT8 options: the recipe an export uses (the
+    CI's fidelity regression test, tests/test_int8_regression.py, quantises through it too)."""
+    from lfm.export.quantize import parse_int8_layers
+
+    return {"profile": args.int8_profile, "int8_layers": parse_int8_layers(args.int8_layers)}
+
+
 def quantize(ex: Export) -> None:
     from lfm.export.quantize import quantize_int8
 
     ex.model_path = os.path.join(ex.work_dir, "int8.onnx")
-    info = quantize_int8(ex.fp32_path, ex.model_path, ex.calib_files, ex.spec, profile=ex.args.int8_profile,
-                         int8_layers=ex.int8_layers)
+    info = quantize_int8(ex.fp32_path, ex.model_path, ex.calib_files, ex.spec, **int8_recipe(ex.args))
     for problem in info.pop("skipped_files"):
         print(f"skipped (calibration): {problem}", file=sys.stderr)
     ex.report["quantization"] = info

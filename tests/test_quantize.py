@@ -123,7 +123,7 @@ def test_metadata_is_copied_with_precision_int8(random_models):
         if key != "lfm.precision":
             assert after[key] == value, key
     cal = json.loads(after["lfm.calibration"])
-    assert cal["count"] == 24 and cal["method"] == "percentile" and cal["profile"] == "cpu"
+    assert cal["count"] == 24 and cal["method"] == "minmax" and cal["profile"] == "cpu"
     assert random_models["info"]["count"] == 24
 
 
