@@ -69,7 +69,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, lfm_gflop_per_image, log, machine,  # noqa: E402
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, PeakRSS, cpu_text, lfm_gflop_per_image, log, machine,  # noqa: E402
                     machine_rates, max_rss_bytes, run_main, summarize,
                     report_refusal, time_interleaved, usable_cpus, work_folder, write_report)
 from lfm.runtime.files import first_line  # noqa: E402  (standard library only)
@@ -776,7 +776,7 @@ def markdown(doc) -> str:
     m = doc["machine"]
     gpus = "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory']})" for g in m["gpus"]) or "none"
     lines = [f"# LFM benchmark ({'quick' if doc['quick'] else 'full'})", "", f"`{doc['command']}`", "",
-             f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['threads']} threads used), {m['memory_gb']} GB; "
+             f"Machine: {cpu_text(m)}, {m['usable_cpus']} usable CPUs ({m['threads']} threads used), {m['memory_gb']} GB; "
              f"GPU: {gpus}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if "unavailable" not in str(v)), "",
              f"Machine rates measured in this run: {rates_text(doc)}"
              + ". LFM needs " + ", ".join(f"{lfm_gflop_per_image(s):.2f} GFLOP at {s}" for s in doc["settings"]["sizes"])

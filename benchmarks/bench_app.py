@@ -32,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfm.benchmarks.reference_sets import reference_pngs  # noqa: E402
-from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, run_main, write_report  # noqa: E402
+from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, cpu_text, log, machine, run_main, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
            "start_to_startup_line_s": round(listening, 3), "start_to_page_ready_s": round(ready, 3),
            "upload_to_verdict": summary(verdict), "upload_to_evidence_and_stability": summary(details)}
     m = doc["machine"]
-    md = (f"# The review page's response times\n\n{doc['date']}, {m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), "
+    md = (f"# The review page's response times\n\n{doc['date']}, {cpu_text(m)}, "
           f"{m['usable_cpus']} usable cores (load average {doc['load_average_1min']} at the end); model {doc['model']}; "
           f"{doc['browser']}; image {doc['image']}.\n\n"
           "| what | seconds |\n| --- | --- |\n"

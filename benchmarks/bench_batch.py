@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, report_refusal, run_main,  # noqa: E402
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, cpu_text, log, machine, report_refusal, run_main,  # noqa: E402
                     usable_cpus, work_folder, write_report)
 
 REFERENCE = Path(os.environ.get("LFM_REFERENCE", ROOT.parent / "shared" / "reference"))
@@ -191,7 +191,7 @@ def markdown(doc: dict) -> str:
     lines = ["# Corpus scoring on Ray Data: batch.py against infer.py", "",
              "`python benchmarks/bench_batch.py`", "",
              f"{s['images']} inputs per run ({s['files']} files from {s['data']}, repeated), model {s['model']}, "
-             f"batch {s['batch_size']}, Ray {s['ray']}, on {m['cpu']} ({m['usable_cpus']} usable cores). Images/s is "
+             f"batch {s['batch_size']}, Ray {s['ray']}, on {cpu_text(m)}, {m['usable_cpus']} usable cores. Images/s is "
              f"the marginal rate, ({s['images']} - {s['warm_images']}) / (T({s['images']}) - T({s['warm_images']})) "
              f"of each command's own scoring time, median of {s['rounds']} round(s) in rotated order; wall time "
              "includes the process start and, for batch.py, starting Ray.", "",

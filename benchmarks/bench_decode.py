@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, log, machine, run_main, summarize,  # noqa: E402
+from common import (DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, cpu_text, log, machine, run_main, summarize,  # noqa: E402
                     time_interleaved, work_folder, write_report)
 from lfm.runtime.files import first_line  # noqa: E402  (standard library only)
 
@@ -461,7 +461,7 @@ def _markdown(doc) -> str:
     r, m, model = doc["rates"], doc["machine"], doc["model"]
     gpus = ", ".join(g["name"] for g in m["gpus"])
     lines = [f"# Files to scores: decode stage, pipeline ceiling{', scores' if model else ''} "
-             f"({m['cpu']}, {m['usable_cpus']} usable CPUs{', ' + gpus if gpus else ''})", "",
+             f"({cpu_text(m)}, {m['usable_cpus']} usable CPUs{', ' + gpus if gpus else ''})", "",
              f"{doc['images_per_pass']} files per pass from {doc['source']} ({doc['distinct_files']} distinct); "
              f"policy {doc['policy']} to {doc['size']}, batch {doc['batch_size']}; median of "
              f"{r[next(iter(r))]['runs']} passes per case"

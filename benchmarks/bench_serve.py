@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, report_refusal, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
+from common import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_HELP, cpu_text, report_refusal, run_main  # noqa: E402  (benchmarks/ is sys.path[0])
 from lfm.runtime.files import files_under  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,7 +352,7 @@ def render_md(result: dict) -> str:
     md = [
         "# bench_serve: LFM behind Triton Inference Server (PyTriton), loopback load test",
         "",
-        f"`{result['command']}` on {m['cpu']}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
+        f"`{result['command']}` on {cpu_text(m)}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
         f"{load['end']} at end (client threads and server share the cores; other work on a shared machine moves "
         "these figures).",
         "",
@@ -394,7 +394,7 @@ def render_overload_md(result: dict) -> str:
     md = [
         "# bench_serve --mode overload: open-loop load at the sustainable rate and at 4x",
         "",
-        f"`{result['command']}` on {m['cpu']}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
+        f"`{result['command']}` on {cpu_text(m)}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
         f"{load['end']} at end (the load generator shares the cores with the server).",
         "",
         f"Model: {st['model']}; {st['images']}, one image per request over {st['protocol']}; {_server_line(st)}. "
@@ -421,7 +421,7 @@ def render_soak_md(result: dict) -> str:
     md = [
         "# bench_serve --mode soak: resident memory under steady load",
         "",
-        f"`{result['command']}` on {m['cpu']}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
+        f"`{result['command']}` on {cpu_text(m)}, {m['usable_cpus']} usable CPUs; load average {load['start']} at start, "
         f"{load['end']} at end.",
         "",
         f"Model: {st['model']}; {_server_line(st)}. Open-loop load at {s['rate_rps']} req/s for {s['seconds']:g} s: "

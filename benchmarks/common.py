@@ -81,6 +81,12 @@ def machine(threads: int, modules=("numpy", "torch", "onnx", "onnxruntime", "ope
             "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if k in os.environ}}
 
 
+def cpu_text(m: dict) -> str:
+    """The CPU and its vector ISA as every report names it ("AMD EPYC (ISA avx2)"): CPU figures
+    compare only within one run on one ISA (issue 28), so each table says which."""
+    return f"{m.get('cpu') or '?'} (ISA {'+'.join(m.get('isa') or []) or 'no AVX2'})"
+
+
 # --------------------------------------------------------------------------------------------
 # Timing
 

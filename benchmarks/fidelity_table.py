@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import log, machine, summarize, time_interleaved, write_report
+from common import cpu_text, log, machine, summarize, time_interleaved, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TO_ONNX = [sys.executable, str(ROOT / "export" / "to_onnx.py")]
@@ -272,7 +272,7 @@ def run(args) -> int:
 
 def isa_text(m: dict) -> str:
     """The CPU and its vector ISA, as every speed figure here is labelled."""
-    return f"{m.get('cpu', '?')}, {m.get('threads', '?')} threads, ISA {'+'.join(m.get('isa') or ['unknown'])}"
+    return f"{cpu_text(m)}, {m.get('threads', '?')} threads"
 
 
 def summary_table(doc: dict) -> list[str]:
