@@ -94,8 +94,7 @@ from lfm.runtime.serve_contract import OUTPUTS, outputs  # noqa: E402
 from lfm.runtime.serve_defaults import MAX_REQUEST_BYTES, MODEL_NAME  # noqa: E402
 from lfm.runtime.serve_health import (FAULT_EXIT_STATUS, InferenceProbe, Supervision,  # noqa: E402
                                      WatchedModel)
-from lfm.runtime.serve_triton import (expected_triton_lines_left_out, fix_python_backend_libpython,  # noqa: E402
-                                      own_process_group)
+from lfm.runtime.serve_triton import fix_python_backend_libpython, start_triton  # noqa: E402
 from lfm.runtime.spec import check_input_size, min_input_size, threshold_text  # noqa: E402
 
 LOG = logging.getLogger("lfm.serve")
@@ -353,12 +352,11 @@ def serve(args) -> int:
 
     rc = 0
     models = [WatchedModel(LfmModel(d, args.max_request_bytes)) for d in detectors]
-    supervision = None
-    triton = Triton(config=config)
-    try:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signals[s] = signal.signal(s, on_signal)
-        triton.bind(
+    supervision = triton = None
+
+    def bound_triton():
+        made = Triton(config=config)
+        made.bind(
             model_name=args.model_name,
             infer_func=models,
             inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,), optional=True),
@@ -367,8 +365,12 @@ def serve(args) -> int:
             config=ModelConfig(max_batch_size=args.max_batch_size, batcher=dynamic_batcher(args)),
             strict=True,
         )
-        with own_process_group(), expected_triton_lines_left_out() as left_out:
-            triton.run()
+        return made
+
+    try:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signals[s] = signal.signal(s, on_signal)
+        triton, left_out = start_triton(bound_triton)
         if left_out:
             LOG.info("Triton's start-up: %d expected error/warning line(s) left out (%s): not faults, see "
                      "docs/serving.md", len(left_out), "; ".join(sorted(set(left_out))))
@@ -388,7 +390,8 @@ def serve(args) -> int:
         if supervision:
             supervision.stop()  # a normal stop from here on is not a fault
         faulted = supervision is not None and supervision.fault
-        triton.stop()  # SIGINT to tritonserver: no new requests, in-flight ones finish, models unload
+        if triton is not None:  # None: its start failed, and start_triton stopped it
+            triton.stop()  # SIGINT to tritonserver: no new requests, in-flight ones finish, models unload
         if not faulted:  # after a fault an instance may still be inside a batch: the process exits instead
             for d in detectors:
                 d.close()

@@ -68,11 +68,11 @@ def encode(a: np.ndarray, fmt: str, **kw) -> bytes:
 class Server:
     """runtime/serve.py in a subprocess on free loopback ports."""
 
-    def __init__(self, model: Path, log: Path, *extra: str):
+    def __init__(self, model: Path, log: Path, *extra: str, script: Path = SERVE):
         self.http, self.grpc, self.metrics = free_ports(3)
         self.log_path = log
         self._log = open(log, "wb")
-        cmd = [sys.executable, str(SERVE), "--model", str(model), "--host", "127.0.0.1",
+        cmd = [sys.executable, str(script), "--model", str(model), "--host", "127.0.0.1",
                "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
                *extra]
         # a session of its own: the SIGTERM test signals the whole process group, as a terminal's
@@ -1359,3 +1359,63 @@ def test_to_triton_ensemble_in_bundled_tritonserver(random_onnx, images, offline
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+# The error serve.py got when PyTriton's instance handshake race struck (a fresh-clone CI run,
+# 2026-12-06, test_serve_faults with --instances 2): Triton's model load error, its stub's traceback
+# inside. Abridged to the lines that carry the signature; the text is Triton's, as logged.
+HANDSHAKE_RACE_ERROR = (
+    "[400] load failed for model 'lfm': version 1 is at UNAVAILABLE state: Internal: TritonModelException: Model "
+    "initialize error: Traceback (most recent call last):\n  File \"/tmp/folderZ8IIxW/1/model.py\", line 425, in "
+    "initialize\n    inference_handler_config = get_config_from_handshake_server(handshake_socket)\n  File "
+    "\"/tmp/folderZ8IIxW/1/communication.py\", line 550, in get_config_from_handshake_server\n    "
+    "sock.connect(socket_path.as_posix())\nConnectionRefusedError: [Errno 111] Connection refused\n")
+
+
+def test_instance_handshake_race_is_told_from_other_load_failures():
+    from lfm.runtime.serve_triton import is_instance_handshake_race
+
+    assert is_instance_handshake_race(RuntimeError(HANDSHAKE_RACE_ERROR))
+    timeout = HANDSHAKE_RACE_ERROR.replace("ConnectionRefusedError: [Errno 111] Connection refused",
+                                           "TimeoutError: Timeout occurred while waiting for config file /tmp/x.sock")
+    assert is_instance_handshake_race(RuntimeError(timeout))
+    # our own model failing to load, or the handshake failing otherwise, is not retried
+    assert not is_instance_handshake_race(RuntimeError(
+        "[400] load failed for model 'lfm': version 1 is at UNAVAILABLE state: Internal: TritonModelException: "
+        "Model initialize error: ValueError: bad model"))
+    assert not is_instance_handshake_race(RuntimeError(HANDSHAKE_RACE_ERROR.replace("ConnectionRefusedError",
+                                                                                    "PermissionError")))
+
+
+def test_a_start_lost_to_the_handshake_race_starts_again_and_serves(random_onnx, images, offline, tmp_path):
+    """serve.py really started twice in one process: the first Triton really runs, then its start
+    is failed with the race's error (the race itself cannot be made to happen on demand); serve.py
+    stops it, starts a second Triton with the same instances, and serves exactly as offline."""
+    need_pytriton()
+    wrapper = tmp_path / "serve_losing_first_start.py"
+    wrapper.write_text(
+        "import runpy, sys\n"
+        "import pytriton.triton as pt\n"
+        "from tritonclient.utils import InferenceServerException\n"
+        f"ERROR = {HANDSHAKE_RACE_ERROR!r}\n"
+        "real_run, starts = pt.Triton.run, []\n"
+        "def run(self):\n"
+        "    starts.append(self)\n"
+        "    real_run(self)\n"
+        "    if len(starts) == 1:\n"
+        "        raise InferenceServerException(ERROR)\n"
+        "pt.Triton.run = run\n"
+        f"sys.argv[0] = {str(SERVE)!r}\n"
+        f"runpy.run_path({str(SERVE)!r}, run_name='__main__')\n")
+    s = Server(random_onnx, tmp_path / "serve.log", "--instances", "2", script=wrapper)
+    try:
+        s.wait_ready()
+        with LfmClient(s.http_url) as c:
+            records = c.score([str(p) for p in images], batch_size=2)
+        for r in records:
+            assert same(r, offline[r.path]), (r, offline[r.path])
+    finally:
+        code = s.stop()
+    log = s.log()
+    assert "PyTriton's start-up race between instances" in log and "(attempt 2 of 2)" in log, log[-3000:]
+    assert log.count("serving model") == 1 and code == 0, (code, log[-3000:])
