@@ -84,7 +84,12 @@ def machine(threads: int, modules=("numpy", "torch", "onnx", "onnxruntime", "ope
 def cpu_text(m: dict) -> str:
     """The CPU and its vector ISA as every report names it ("AMD EPYC (ISA avx2)"): CPU figures
     compare only within one run on one ISA (issue 28), so each table says which."""
-    return f"{m.get('cpu') or '?'} (ISA {'+'.join(m.get('isa') or []) or 'no AVX2'})"
+    return f"{m.get('cpu') or '?'} (ISA {isa_text(m)})"
+
+
+def isa_text(m: dict) -> str:
+    """The machine record's ISA list as one label ("avx2", "avx2+avx512f+avx512_vnni")."""
+    return "+".join(m.get("isa") or []) or "no AVX2"
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cpu_text, log, machine, summarize, time_interleaved, write_report
+from common import cpu_text, isa_text, log, machine, summarize, time_interleaved, write_report
+
+from lfm.runtime.cpu_features import has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 TO_ONNX = [sys.executable, str(ROOT / "export" / "to_onnx.py")]
@@ -206,7 +208,7 @@ def targets(speed: dict, rows: list[dict], isa: list[str]) -> list[dict]:
         key = (r["backend"], r["input"], r["precision"])
         passing[key] = passing.get(key, True) and r["acceptance"] == "pass"
         runs_as[key] = r["runs_as"]
-    vnni_bf16 = bool({"avx512_vnni", "amx_int8"} & set(isa)) and bool({"avx512_bf16", "amx_bf16"} & set(isa))
+    vnni_bf16 = bool({"avx512_vnni", "amx_int8"} & set(isa)) and has_bf16(isa)
     out = []
 
     def target(what, num, den, goal, note="", same_path=False):
@@ -259,20 +261,14 @@ def run(args) -> int:
         key = (row["backend"], row["input"], row["precision"])
         row["images_per_s_b8_224"] = round(speed[key], 1)
         row["x_ort_fp32_uint8"] = round(speed[key] / base, 2)
-    isa = machine(threads)["isa"]
-
-    doc = {"benchmark": "fidelity", "command": "python benchmarks/bench.py --mode fidelity", "machine": machine(threads),
+    machine_record = machine(threads)
+    doc = {"benchmark": "fidelity", "command": "python benchmarks/bench.py --mode fidelity", "machine": machine_record,
            "splits": {k: {"what": v["what"], "groups": {g: len(f) for g, f in v["test"].items()}} for k, v in sets.items()},
            "acceptance": ACCEPTANCE.to_dict(),
            "speed": [{"backend": b, "input": i, "precision": p, "images_per_s": round(v, 1)} for (b, i, p), v in speed.items()],
-           "targets": targets(speed, rows, isa), "results": rows}
+           "targets": targets(speed, rows, machine_record["isa"]), "results": rows}
     write_report(args.output_dir, "fidelity", doc, markdown(doc))
     return 0
-
-
-def isa_text(m: dict) -> str:
-    """The CPU and its vector ISA, as every speed figure here is labelled."""
-    return f"{cpu_text(m)}, {m.get('threads', '?')} threads"
 
 
 def summary_table(doc: dict) -> list[str]:
@@ -291,7 +287,7 @@ def summary_table(doc: dict) -> list[str]:
             cell[key, "speed"] = (s["images_per_s"], round(s["images_per_s"] / base, 2))
     keys = list(dict.fromkeys(k for k, _ in cell))
     splits = list(doc["splits"])
-    isa = "+".join(doc["machine"].get("isa") or ["unknown"])
+    isa = isa_text(doc["machine"])
     lines = ["| backend | input | precision | " + " | ".join(f"split {s}: flips (sure) / median / max abs dlogit"
                                                           for s in splits)
              + f" | img/s b8 224 ({isa}) | x ort fp32 uint8 ({isa}) |",
@@ -304,7 +300,7 @@ def summary_table(doc: dict) -> list[str]:
 
 
 def targets_table(doc: dict) -> list[str]:
-    isa = "+".join(doc["machine"].get("isa") or ["unknown"])
+    isa = isa_text(doc["machine"])
     lines = [f"| target | paths (this run, {isa}) | img/s | ratio | goal | met | note |", "|---|---|---|---:|---:|---|---|"]
     for t in doc.get("targets", []):
         a, b = t["images_per_s"]
@@ -316,7 +312,7 @@ def targets_table(doc: dict) -> list[str]:
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# Fidelity and speed of every CPU path", "",
-             f"`{doc['command']}` on {isa_text(m)}. Logits against the fp32 "
+             f"`{doc['command']}` on {cpu_text(m)}, {m.get('threads', '?')} threads. Logits against the fp32 "
              "graph of the same input variant in ONNX Runtime; sure = |fp32 logit| >= 2. Acceptance: "
              f"{doc['acceptance']}. `auto` is the default path (make_runner's choice for the file on this "
              "machine); `openvino direct` is OpenVINO alone at its defaults on the fp32 file (speed only).", "",
@@ -325,7 +321,7 @@ def markdown(doc: dict) -> str:
         n = sum(s["groups"].values())
         lines += [f"## Split {split}: {s['what']} ({n} test images)", "",
                   "| backend | input | precision | runs as | flips | sure flips | median abs dlogit | max abs dlogit "
-                  f"| img/s b8 224 ({'+'.join(m.get('isa') or ['unknown'])}) | x ort fp32 uint8 | export's check | acceptance |",
+                  f"| img/s b8 224 ({isa_text(m)}) | x ort fp32 uint8 | export's check | acceptance |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in [r for r in doc["results"] if r["split"] == split]:
             o = r["overall"]

@@ -43,7 +43,7 @@ class Export:
     args: object  # the command's argparse.Namespace
     given: Collection[str]  # the options set to other than their defaults (argparse dests)
     format: "ExportFormat"
-    int8_layers: tuple[str, ...] = ()
+    int8_recipe: dict = field(default_factory=dict)  # quantize_int8's keywords (int8_recipe)
     calib_files: list[str] = field(default_factory=list)
     held_out: list[str] = field(default_factory=list)
     checkpoint: object = None  # lfm.train.checkpoint.LoadedCheckpoint
@@ -75,11 +75,9 @@ def check_output(ex: Export) -> None:
 
 
 def check_calibration(ex: Export) -> None:
-    """INT8: the layer list, and the calibration and held-out images, split now: a bad folder
-    fails here, before minutes of export."""
-    from lfm.export.quantize import parse_int8_layers
-
-    ex.int8_layers = parse_int8_layers(ex.args.int8_layers)
+    """INT8: the recipe (its layer list checked), and the calibration and held-out images, split
+    now: a bad folder fails here, before minutes of export."""
+    ex.int8_recipe = int8_recipe(ex.args)
     ex.calib_files, ex.held_out = split_calibration(ex.args)
 
 
@@ -224,7 +222,7 @@ def quantize(ex: Export) -> None:
     from lfm.export.quantize import quantize_int8
 
     ex.model_path = os.path.join(ex.work_dir, "int8.onnx")
-    info = quantize_int8(ex.fp32_path, ex.model_path, ex.calib_files, ex.spec, **int8_recipe(ex.args))
+    info = quantize_int8(ex.fp32_path, ex.model_path, ex.calib_files, ex.spec, **ex.int8_recipe)
     for problem in info.pop("skipped_files"):
         print(f"skipped (calibration): {problem}", file=sys.stderr)
     ex.report["quantization"] = info
